@@ -1,0 +1,59 @@
+"""What one image request asks of the pipeline, and what comes back.
+
+Plain dataclasses so they cross process boundaries (Ray pickles them) without dragging torch along.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One user request: ``n`` images of one prompt at one size.
+
+    ``seed`` makes the request reproducible: image ``i`` of the request uses a generator seeded
+    with ``seed + i``, so the same request gives the same images alone or inside a batch.
+    """
+
+    prompt: str
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    n: int = 1
+    negative_prompt: str | None = None
+
+    @property
+    def batch_key(self) -> tuple[int, int, int, float]:
+        """Requests share one pipeline call only if size, steps and guidance all match."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
+
+    @property
+    def pixels(self) -> int:
+        """Pixels this request asks for in total (all ``n`` images)."""
+        return self.width * self.height * self.n
+
+
+@dataclass
+class GenerationResult:
+    """PNG images of one request, plus how much of the work actually ran."""
+
+    images: list[bytes]
+    steps_done: int
+    steps_requested: int
+    batch_images: int = field(default=1)
+
+
+class GenerationStopped(Exception):
+    """The step callback asked the pipeline to stop; raised out of the pipeline call.
+
+    Raising from ``callback_on_step_end`` stops the denoising loop within one step and skips the
+    VAE decode, which is the point: no GPU time is spent on an image nobody will receive.
+    """
+
+    def __init__(self, steps_done: int, reason: str = "stopped") -> None:
+        super().__init__(f"generation stopped after {steps_done} steps: {reason}")
+        self.steps_done = steps_done
+        self.reason = reason

@@ -1,0 +1,1 @@
+"""Scheduling decisions as pure functions over plain data: no torch or ray at import time."""

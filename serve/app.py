@@ -1,0 +1,55 @@
+"""The application builder: ``import_path: serve.app:build_app`` in every config file.
+
+It validates the ``args:`` section into :class:`AppSettings`, checks a GPU config can be placed at
+all, and composes the ingress with the worker deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+from ray.serve import Application
+
+from serve.ingress import Ingress
+from serve.settings import (
+    OVERRIDES_ENV,
+    AppSettings,
+    ResourceSettings,
+    apply_overrides,
+    parse_assignments,
+)
+from serve.worker import DiffusionWorker
+
+
+class NoGPUError(RuntimeError):
+    """A GPU config was deployed on a cluster that has no GPU; Ray would wait forever."""
+
+
+def check_gpus_exist(resources: ResourceSettings) -> None:
+    """Fail the deploy at once, with the fix in the message, instead of a replica pending forever."""
+    if resources.num_gpus <= 0 or not resources.fail_fast_without_gpu or not ray.is_initialized():
+        return
+    available = ray.cluster_resources().get("GPU", 0)
+    if available < resources.num_gpus:
+        raise NoGPUError(
+            f"this config asks for {resources.num_gpus} GPU per worker replica but the Ray cluster "
+            f"has {available:g} GPU(s). Run it on a GPU host, or on CPU with the tiny model: "
+            "make run CONFIG=configs/cpu.yaml (see README, 'Running a GPU config on CPU'). On an "
+            "autoscaling cluster that adds GPU nodes on demand set resources.fail_fast_without_gpu: false."
+        )
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    args = apply_overrides(args or {}, parse_assignments(os.environ.get(OVERRIDES_ENV, "")))
+    settings = AppSettings.model_validate(args)
+    check_gpus_exist(settings.resources)
+    plain = settings.model_dump()
+    worker = DiffusionWorker.options(
+        ray_actor_options={
+            "num_cpus": settings.resources.num_cpus,
+            "num_gpus": settings.resources.num_gpus,
+        }
+    ).bind(plain)
+    return Ingress.bind(plain, worker)

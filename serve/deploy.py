@@ -1,0 +1,72 @@
+"""Deploy a Serve config file from Python: load, override, submit, and wait until it serves.
+
+Shared by ``make run`` (the launcher), the integration tests and the benchmark, so all three deploy
+the shipped config files the same way ``serve run`` does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import serve
+from ray.serve.context import _get_global_client
+from ray.serve.schema import ServeDeploySchema
+
+from serve.settings import apply_overrides
+
+
+class DeployError(RuntimeError):
+    """The application did not reach RUNNING; the message carries Ray's explanation."""
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a Serve config file and apply ``key=value`` overrides to every application's args."""
+    config = yaml.safe_load(Path(path).read_text())
+    for app in config.get("applications", []):
+        app["args"] = apply_overrides(app.get("args") or {}, overrides or [])
+    return config
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = None) -> None:
+    """Start Serve with the config's HTTP options and deploy its applications; block until running.
+
+    ``progress`` (a callable taking a string) hears about status changes, for long cold starts.
+    """
+    schema = ServeDeploySchema.model_validate(config)
+    serve.start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+    )
+    _get_global_client().deploy_apps(schema, _blocking=False)
+    wait_until_running([app.name for app in schema.applications], timeout_s, progress)
+
+
+def wait_until_running(names: list[str], timeout_s: float, progress: Any = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        states = {name: apps[name].status if name in apps else "NOT_STARTED" for name in names}
+        line = ", ".join(f"{n}: {s}" for n, s in states.items())
+        if progress is not None and line != last:
+            progress(line)
+            last = line
+        failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            raise DeployError(f"application {failed[0]} failed to deploy: {_cause(apps[failed[0]].message)}")
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        time.sleep(0.25)
+    raise DeployError(f"applications {names} not running after {timeout_s:.0f}s ({last})")
+
+
+def _cause(message: str) -> str:
+    """The exception line of Ray's failure message (which leads with a traceback)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].split(":")[0].split(".")[-1].endswith(("Error", "Exception")):
+            return " ".join(lines[index:])
+    return lines[-1] if lines else message

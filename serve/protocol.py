@@ -1,0 +1,36 @@
+"""What the ingress sends a worker replica and what comes back (pickled by Ray between them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.request import GenerationRequest
+
+#: Every accepted request ends in exactly one of these.
+OUTCOMES = ("ok", "deadline_exceeded", "shed", "overloaded", "out_of_memory", "invalid", "error")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One request on its way to a worker, with its absolute deadline (unix seconds)."""
+
+    request: GenerationRequest
+    request_id: str
+    accepted_at: float
+    deadline: float | None = None
+
+
+@dataclass
+class WorkerReply:
+    """The worker's answer for one job. Failures are values, not exceptions, so nothing is lost
+    in Ray's exception wrapping and the ingress maps each outcome to one documented status."""
+
+    outcome: str
+    images: list[bytes] = field(default_factory=list)
+    message: str = ""
+    steps_done: int = 0
+    steps_requested: int = 0
+    queue_wait_s: float = 0.0
+    service_time_s: float = 0.0
+    batch_images: int = 0
+    replica_id: str = ""

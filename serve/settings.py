@@ -1,0 +1,129 @@
+"""The application's settings: what a Serve config file's ``args:`` section may say.
+
+One typed tree with documented defaults, validated when the application is built, so a typo in a
+config file fails the deploy with a message naming the key instead of surfacing at request time.
+Ray's own per-deployment knobs (``max_ongoing_requests``, autoscaling, graceful shutdown) stay in
+the config file's ``deployments:`` section where Ray reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    """Which weights to serve and where to run them."""
+
+    id: str = Field("tiny", description="'tiny', a local diffusers directory, or a Hugging Face id")
+    served_name: str | None = Field(None, description="name shown in /v1/models; default: id")
+    backend: Literal["diffusers", "simulated"] = Field(
+        "diffusers", description="'simulated' fakes GPU timing for scheduler tests; never default"
+    )
+    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    dtype: str = Field("auto", description="auto (fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16")
+    allow_download: bool = Field(False, description="fetch from the Hugging Face hub if not cached")
+    compile_unet: bool = Field(False, description="torch.compile the UNet (slow first request)")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads per replica (None: torch's)")
+    cache_dir: str | None = Field(None, description="where 'tiny' is built; default ~/.cache/sdserve")
+
+    @property
+    def name(self) -> str:
+        return self.served_name or self.id
+
+
+class BatchingSettings(_Section):
+    """``max_batch_size: 1`` is the single-concurrency (FaaS) setting; above 1, ``@serve.batch``."""
+
+    max_batch_size: int = Field(1, ge=1, le=64, description="requests per pipeline call")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, le=10, description="wait to fill a batch")
+
+
+class LimitSettings(_Section):
+    """Bounds on what one request may ask for; anything outside gets a 422 naming the field."""
+
+    default_size: str = Field("512x512", pattern=r"^\d+x\d+$")
+    max_width: int = Field(1024, ge=8)
+    max_height: int = Field(1024, ge=8)
+    max_n: int = Field(4, ge=1)
+    default_steps: int = Field(25, ge=1)
+    max_steps: int = Field(100, ge=1)
+    default_guidance_scale: float = Field(7.5, ge=0)
+    max_guidance_scale: float = Field(30.0, ge=0)
+    max_prompt_chars: int = Field(4000, ge=1)
+    max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413")
+
+    @property
+    def default_width_height(self) -> tuple[int, int]:
+        width, height = self.default_size.split("x")
+        return int(width), int(height)
+
+
+class AuthSettings(_Section):
+    """Optional bearer keys. With none set the server is open, so configs bind to loopback."""
+
+    api_keys_env: str = Field("SDSERVE_API_KEYS", description="env var with comma-separated keys")
+    api_keys_file: str | None = Field(None, description="file with one key per line")
+
+
+class ResourceSettings(_Section):
+    """Ray resources of one worker replica."""
+
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica; fractions are logical only")
+    num_cpus: float = Field(1, ge=0)
+    fail_fast_without_gpu: bool = Field(
+        True, description="refuse to deploy a GPU config on a cluster with no GPU at all"
+    )
+
+
+class AppSettings(_Section):
+    """Everything under ``args:`` in a Serve config file."""
+
+    model: ModelSettings = ModelSettings()
+    batching: BatchingSettings = BatchingSettings()
+    limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
+    resources: ResourceSettings = ResourceSettings()
+
+    @model_validator(mode="after")
+    def _default_size_within_limits(self) -> "AppSettings":
+        width, height = self.limits.default_width_height
+        if width > self.limits.max_width or height > self.limits.max_height:
+            raise ValueError(f"limits.default_size {self.limits.default_size} exceeds the maximum")
+        return self
+
+
+#: Environment variable with ``key=value`` overrides of ``args`` (comma- or space-separated), read by
+#: the application builder. It lets ``serve run configs/X.yaml`` run a GPU config on CPU:
+#: ``SDSERVE_SET="model.id=tiny resources.num_gpus=0" serve run configs/batched.yaml``.
+OVERRIDES_ENV = "SDSERVE_SET"
+
+
+def parse_assignments(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").split() if part]
+
+
+def apply_overrides(args: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Return a copy of ``args`` with dotted ``key=value`` assignments applied (values as YAML)."""
+    import copy
+
+    import yaml
+
+    result = copy.deepcopy(args)
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {assignment!r} is not KEY=VALUE (e.g. model.id=tiny)")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {assignment!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return result

@@ -1,0 +1,157 @@
+"""The serving path end to end: real Ray Serve on loopback, real HTTP clients, the shipped configs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import Deployed, deployed
+
+pytestmark = pytest.mark.ray
+
+
+def _png_sizes(response: httpx.Response) -> list[tuple[int, int]]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["created"], int)
+    return [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).size for d in body["data"]]
+
+
+def _concurrent_posts(app: Deployed, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda b: app.client.post("/v1/images/generations", json=b), bodies))
+
+
+@pytest.fixture(scope="module")
+def single(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
+    with deployed(ray_cluster, "single") as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def batched(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
+    with deployed(ray_cluster, "batched") as app:
+        yield app
+
+
+class TestSingleConfig:
+    def test_png_of_requested_size(self, single: Deployed) -> None:
+        response = single.client.post(
+            "/v1/images/generations", json={"prompt": "a lighthouse", "size": "96x64", "n": 2,
+                                            "num_inference_steps": 4}
+        )
+        assert _png_sizes(response) == [(96, 64), (96, 64)]
+        assert response.headers["x-request-id"]
+        assert float(response.headers["x-service-time-seconds"]) > 0
+
+    def test_one_pipeline_call_at_a_time_per_replica(self, single: Deployed) -> None:
+        body = {"prompt": "a boat", "size": "64x64", "num_inference_steps": 8}
+        responses = _concurrent_posts(single, [body] * 4)
+        assert [r.status_code for r in responses] == [200] * 4
+        replicas = {r.headers["x-replica-id"] for r in responses}
+        stats = single.worker_stats(replicas=len(replicas))
+        assert {s["replica_id"] for s in stats} >= replicas
+        assert all(s["max_active_calls"] == 1 for s in stats), stats
+        assert all(set(s["requests_per_call"]) == {1} for s in stats), stats
+        assert sum(s["calls"] for s in stats) >= 4
+
+    def test_openai_sdk_gets_a_decodable_image(self, single: Deployed) -> None:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{single.url}/v1", api_key="unused", max_retries=0)
+        result = client.images.generate(
+            prompt="a watercolor fox", model="tiny",
+            size="64x64", n=1, response_format="b64_json",
+        )
+        image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        assert image.size == (64, 64)
+        assert client.models.list().data[0].id == "tiny"
+
+    @pytest.mark.parametrize(
+        ("body", "status", "param"),
+        [
+            ({"n": 1}, 422, "prompt"),
+            ({"prompt": ""}, 422, "prompt"),
+            ({"prompt": "a", "n": 9}, 422, "n"),
+            ({"prompt": "a", "size": "64"}, 422, "size"),
+            ({"prompt": "a", "size": "60x64"}, 422, "size"),
+            ({"prompt": "a", "size": "2048x2048"}, 422, "size"),
+            ({"prompt": "a", "num_inference_steps": 1000}, 422, "num_inference_steps"),
+            ({"prompt": "a", "guidance_scale": 100}, 422, "guidance_scale"),
+            ({"prompt": "a", "model": "dall-e-3"}, 422, "model"),
+            ({"prompt": "a", "response_format": "url"}, 422, "response_format"),
+        ],
+    )
+    def test_bad_input_gets_its_4xx_in_openai_shape(
+        self, single: Deployed, body: dict, status: int, param: str
+    ) -> None:
+        response = single.client.post("/v1/images/generations", json=body)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["param"] == param and error["message"] and error["code"]
+        assert response.headers["x-request-id"]
+
+    def test_malformed_json_oversized_body_and_unknown_route(self, single: Deployed) -> None:
+        bad_json = single.client.post(
+            "/v1/images/generations", content=b'{"prompt": ', headers={"X-Request-Id": "rid-42"}
+        )
+        assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
+        assert bad_json.headers["x-request-id"] == "rid-42"
+        huge = single.client.post("/v1/images/generations", json={"prompt": "x" * 100_000})
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+        missing = single.client.get("/v1/nothing-here")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        assert single.client.get("/healthz").json() == {"status": "ok"}
+
+
+class TestBatchedConfig:
+    def test_png_of_requested_size(self, batched: Deployed) -> None:
+        response = batched.client.post(
+            "/v1/images/generations", json={"prompt": "a castle", "size": "64x96", "num_inference_steps": 3}
+        )
+        assert _png_sizes(response) == [(64, 96)]
+
+    def test_concurrent_requests_share_a_batch_and_sizes_never_mix(self, batched: Deployed) -> None:
+        same = {"prompt": "a tree", "size": "64x64", "num_inference_steps": 6}
+        other = {"prompt": "a tree", "size": "128x64", "num_inference_steps": 6}
+        responses = _concurrent_posts(batched, [same] * 4 + [other] * 2)
+        sizes = [_png_sizes(r) for r in responses]
+        assert sizes == [[(64, 64)]] * 4 + [[(128, 64)]] * 2
+        stats = batched.worker_stats(replicas=len({r.headers["x-replica-id"] for r in responses}))
+        assert max(size for s in stats for size in s["requests_per_call"]) > 1, stats
+        assert max(int(r.headers["x-batch-images"]) for r in responses) > 1
+
+
+def test_api_keys_gate_everything_but_healthz(ray_cluster: dict[str, Any], tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# comment\nsecret-one\nsecret-two\n")
+    with deployed(ray_cluster, "cpu", [f"auth.api_keys_file={keys}"]) as app:
+        body = {"prompt": "a key", "num_inference_steps": 2}
+        assert app.client.post("/v1/images/generations", json=body).status_code == 401
+        wrong = app.client.post(
+            "/v1/images/generations", json=body, headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        assert app.client.get("/v1/models").status_code == 401
+        right = app.client.post(
+            "/v1/images/generations", json=body, headers={"Authorization": "Bearer secret-two"}
+        )
+        assert _png_sizes(right) == [(64, 64)]
+        assert app.client.get("/healthz").status_code == 200
+
+
+def test_gpu_config_fails_fast_when_the_cluster_lacks_gpus(ray_cluster: dict[str, Any]) -> None:
+    from serve.app import NoGPUError, check_gpus_exist
+    from serve.settings import ResourceSettings
+
+    check_gpus_exist(ResourceSettings(num_gpus=1))  # 4 fake GPUs in the session cluster
+    with pytest.raises(NoGPUError, match="has 4 GPU"):
+        check_gpus_exist(ResourceSettings(num_gpus=8))
