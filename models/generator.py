@@ -77,17 +77,15 @@ class CallCounter:
             }
 
 
-class DiffusionGenerator:
-    """A loaded pipeline plus the per-request plumbing around it (seeds, grouping, stopping)."""
+class GroupedGenerator:
+    """Base of the backends: splits a request list into batch-key groups, one call per group.
 
-    def __init__(self, pipeline: Any, model_name: str) -> None:
-        self.pipeline = pipeline
-        self.model_name = model_name
-        self.counter = CallCounter()
+    Subclasses implement ``_generate_group`` for requests that share size, steps and guidance.
+    """
 
-    @property
-    def device(self) -> str:
-        return str(self.pipeline.device)
+    model_name: str
+    device: str
+    counter: CallCounter
 
     def generate(
         self, requests: Sequence[GenerationRequest], should_stop: StopCheck | None = None
@@ -103,6 +101,21 @@ class DiffusionGenerator:
             for i, result in zip(indices, self._generate_group(group, should_stop)):
                 results[i] = result
         return results  # type: ignore[return-value]
+
+    def _generate_group(
+        self, group: list[GenerationRequest], should_stop: StopCheck | None
+    ) -> list[GenerationResult]:
+        raise NotImplementedError
+
+
+class DiffusionGenerator(GroupedGenerator):
+    """A loaded diffusers pipeline plus the per-request plumbing (seeds, grouping, stopping)."""
+
+    def __init__(self, pipeline: Any, model_name: str) -> None:
+        self.pipeline = pipeline
+        self.model_name = model_name
+        self.device = str(pipeline.device)
+        self.counter = CallCounter()
 
     def _generate_group(
         self, group: list[GenerationRequest], should_stop: StopCheck | None

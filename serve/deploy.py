@@ -22,11 +22,22 @@ class DeployError(RuntimeError):
     """The application did not reach RUNNING; the message carries Ray's explanation."""
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a Serve config file and apply ``key=value`` overrides to every application's args."""
+def load_config(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    deployment_overrides: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Read a Serve config file and apply ``key=value`` overrides to every application's args
+    and, per deployment name, to its ``deployments:`` entry (e.g. autoscaling knobs)."""
     config = yaml.safe_load(Path(path).read_text())
     for app in config.get("applications", []):
         app["args"] = apply_overrides(app.get("args") or {}, overrides or [])
+        deployments = app.get("deployments", [])
+        for name, assignments in (deployment_overrides or {}).items():
+            matches = [i for i, d in enumerate(deployments) if d.get("name") == name]
+            if not matches:
+                raise ValueError(f"{path} has no deployment named {name!r}")
+            deployments[matches[0]] = apply_overrides(deployments[matches[0]], assignments)
     return config
 
 

@@ -23,6 +23,7 @@ from ray.serve.context import _get_serve_request_context
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.decision_log import read_decisions
 from serve.openai_api import ApiError, parse_body, to_generation_request
 from serve.protocol import WorkerJob, WorkerReply
 from serve.settings import AppSettings, AuthSettings
@@ -128,6 +129,12 @@ class Ingress:
             "data": [{"id": self.settings.model.name, "object": "model", "owned_by": "sdserve"}],
         }
 
+    @api.get("/v1/scheduler")
+    async def scheduler(self, request: Request) -> dict[str, Any]:
+        """The autoscaler's latest decisions and their reasons."""
+        self._authorize(request)
+        return await read_decisions()
+
     @api.post("/v1/images/generations")
     async def generations(self, request: Request) -> JSONResponse:
         self._authorize(request)
@@ -146,6 +153,6 @@ class Ingress:
                 "created": int(time.time()),
                 "data": [{"b64_json": base64.b64encode(png).decode()} for png in reply.images],
             },
-            headers=_timing_headers(reply),
+            headers={**_timing_headers(reply), "X-Model": self.settings.model.name},
         )
 

@@ -34,7 +34,21 @@ class ModelSettings(_Section):
 
     @property
     def name(self) -> str:
-        return self.served_name or self.id
+        """The served model name; a simulated backend is always labelled ``simulated:``."""
+        base = self.served_name or self.id
+        if self.backend == "simulated" and not base.startswith("simulated:"):
+            return f"simulated:{base}"
+        return base
+
+
+class SimulationSettings(_Section):
+    """Only for ``model.backend: simulated``: the service-time profile (see models/simulated.py)."""
+
+    step_time_s: dict[int, float] | None = Field(
+        None, description="seconds per denoising step by images per call; default: A10 SD 1.5"
+    )
+    load_time_s: float = Field(2.0, ge=0, description="simulated model load at replica start")
+    scale_with_pixels: bool = Field(True, description="scale step time with pixels vs 512x512")
 
 
 class BatchingSettings(_Section):
@@ -86,6 +100,7 @@ class AppSettings(_Section):
 
     model: ModelSettings = ModelSettings()
     batching: BatchingSettings = BatchingSettings()
+    simulation: SimulationSettings = SimulationSettings()
     limits: LimitSettings = LimitSettings()
     auth: AuthSettings = AuthSettings()
     resources: ResourceSettings = ResourceSettings()

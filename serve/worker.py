@@ -21,8 +21,9 @@ from typing import Any
 
 from ray import serve
 
-from models.generator import load_generator
+from models.backends import load_backend
 from models.loader import ModelSpec
+from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from models.request import GenerationStopped
 from serve.protocol import WorkerJob, WorkerReply
 from serve.settings import AppSettings
@@ -42,6 +43,33 @@ def _model_spec(settings: AppSettings) -> ModelSpec:
     )
 
 
+def _simulation_profile(settings: AppSettings) -> SimulationProfile:
+    sim = settings.simulation
+    return SimulationProfile(
+        step_time_s=tuple(sorted((sim.step_time_s or A10_SD15_STEP_TIME_S).items())),
+        load_time_s=sim.load_time_s,
+        scale_with_pixels=sim.scale_with_pixels,
+    )
+
+
+def _process_age_s() -> float:
+    """Seconds since this replica's process started: its cold start, once the model is loaded."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+class ServiceTimeTracker:
+    """Exponentially weighted mean of pipeline-call durations, the autoscaler's service time."""
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self.alpha = alpha
+        self.mean_s: float | None = None
+
+    def add(self, seconds: float) -> None:
+        self.mean_s = seconds if self.mean_s is None else self.alpha * seconds + (1 - self.alpha) * self.mean_s
+
+
 @serve.deployment(name="DiffusionWorker", max_ongoing_requests=1)
 class DiffusionWorker:
     def __init__(self, settings: dict[str, Any]) -> None:
@@ -51,17 +79,24 @@ class DiffusionWorker:
 
             torch.set_num_threads(self.settings.model.torch_threads)
         started = time.monotonic()
-        self.backend = load_generator(_model_spec(self.settings), name=self.settings.model.name)
+        self.backend = load_backend(
+            self.settings.model.backend,
+            _model_spec(self.settings),
+            self.settings.model.name,
+            _simulation_profile(self.settings),
+        )
         self.load_time_s = time.monotonic() - started
+        self.cold_start_s = _process_age_s()
+        self.service_time = ServiceTimeTracker()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         batching = self.settings.batching
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         log.info(
-            "worker %s loaded %s on %s in %.2fs (max_batch_size=%d)",
+            "worker %s loaded %s on %s in %.2fs, ready %.2fs after process start (max_batch_size=%d)",
             self.replica_id, self.backend.model_name, self.backend.device, self.load_time_s,
-            batching.max_batch_size,
+            self.cold_start_s, batching.max_batch_size,
         )
 
     async def generate(self, job: WorkerJob) -> WorkerReply:
@@ -99,6 +134,7 @@ class DiffusionWorker:
 
         try:
             results = self.backend.generate([job.request for job in jobs], should_stop)
+            self.service_time.add(time.time() - started)
         except GenerationStopped as stopped:
             return [
                 self._reply(job, "error", started, message=str(stopped), steps_done=stopped.steps_done)
@@ -125,11 +161,20 @@ class DiffusionWorker:
             **fields,
         )
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Measurements the autoscaling policy reads (serve/autoscaling_policy.py)."""
+        stats = {"cold_start_s": self.cold_start_s}
+        if self.service_time.mean_s is not None:
+            stats["service_time_s"] = self.service_time.mean_s
+        return stats
+
     async def stats(self) -> dict[str, Any]:
         """Instrumentation for tests and benchmarks: this replica's pipeline-call counters."""
         return {
             "replica_id": self.replica_id,
             "model": self.backend.model_name,
             "load_time_s": self.load_time_s,
+            "cold_start_s": self.cold_start_s,
+            "service_time_s": self.service_time.mean_s,
             **self.backend.counter.snapshot(),
         }

@@ -58,6 +58,16 @@ class Deployed:
         self.app_name = app_name
         self.client = httpx.Client(base_url=url, timeout=120)
 
+    def worker_replicas(self) -> dict[str, int]:
+        """Worker replica counts by state, from ``serve.status()``."""
+        from ray import serve
+
+        app = serve.status().applications.get(self.app_name)
+        if app is None:
+            return {}
+        states = app.deployments["DiffusionWorker"].replica_states
+        return {str(getattr(k, "value", k)): v for k, v in states.items()}
+
     def worker_stats(self, replicas: int = 1) -> list[dict[str, Any]]:
         """Counters from ``replicas`` distinct worker replicas (asked until each has answered)."""
         from ray import serve
@@ -74,14 +84,19 @@ class Deployed:
 
 @contextlib.contextmanager
 def deployed(
-    cluster: dict[str, Any], name: str, overrides: list[str] | None = None
+    cluster: dict[str, Any],
+    name: str,
+    overrides: list[str] | None = None,
+    deployment_overrides: dict[str, list[str]] | None = None,
 ) -> Iterator[Deployed]:
     """Deploy ``configs/<name>.yaml`` with the CPU overrides; delete the application afterwards."""
     from ray import serve
 
     from serve.deploy import deploy, load_config
 
-    config = load_config(CONFIGS / f"{name}.yaml", CPU_OVERRIDES + (overrides or []))
+    config = load_config(
+        CONFIGS / f"{name}.yaml", CPU_OVERRIDES + (overrides or []), deployment_overrides
+    )
     config["http_options"]["port"] = cluster["port"]
     deploy(config, timeout_s=180)
     app = Deployed(f"http://127.0.0.1:{cluster['port']}", config["applications"][0]["name"])

@@ -1,0 +1,18 @@
+"""Pick the generation backend a replica serves with: the real diffusers pipeline or the simulation."""
+
+from __future__ import annotations
+
+from models.generator import GroupedGenerator, load_generator
+from models.loader import ModelSpec
+from models.simulated import SimulatedGenerator, SimulationProfile
+
+
+def load_backend(
+    backend: str, spec: ModelSpec, name: str, profile: SimulationProfile | None = None
+) -> GroupedGenerator:
+    """``diffusers`` loads ``spec``; ``simulated`` fakes it with ``profile`` (always labelled)."""
+    if backend == "diffusers":
+        return load_generator(spec, name=name)
+    if backend == "simulated":
+        return SimulatedGenerator(profile or SimulationProfile(), name=name)
+    raise ValueError(f"unknown backend {backend!r}: use 'diffusers' or 'simulated'")

@@ -1,0 +1,104 @@
+"""SIMULATED GPU backend: realistic service times without a GPU, for scheduler work on CPU machines.
+
+Not a model. It sleeps for as long as a GPU would take and returns a small flat-colour PNG of the
+requested size, so the autoscaler, deadlines and the benchmark can be exercised at real diffusion
+timescales on a laptop. Its model name always starts with ``simulated:`` and it logs that it is a
+simulation; no shipped config except ``configs/sim-*.yaml`` selects it.
+
+Default profile: Stable Diffusion 1.5 at 512x512 on an NVIDIA A10, fp16 with SDPA, per denoising
+step, by images in the pipeline call. Published figures (diffusers' "torch 2.0" optimisation docs
+and Deci's model card, as collected in DESIGN.md):
+- batch 1: 2.95 s per image at 50 steps → 0.059 s/step;
+- batch 4: ≈ 10.0 s per batch at 50 steps → 0.200 s/step;
+- batch 8: ≈ 19.5 s → 0.390 s/step;  batch 16: ≈ 38.3 s → 0.766 s/step.
+Between the points the time is interpolated linearly; beyond them, extrapolated from the last two.
+Time scales with pixels relative to 512x512 (the UNet's cost is roughly linear in latent area).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.generator import CallCounter, GroupedGenerator, StopCheck
+from models.request import GenerationRequest, GenerationResult, GenerationStopped
+
+log = logging.getLogger(__name__)
+
+A10_SD15_STEP_TIME_S: dict[int, float] = {1: 0.059, 4: 0.200, 8: 0.390, 16: 0.766}
+REFERENCE_PIXELS = 512 * 512
+
+
+@dataclass(frozen=True)
+class SimulationProfile:
+    """Seconds per denoising step by images per call, at the reference resolution."""
+
+    step_time_s: tuple[tuple[int, float], ...] = tuple(sorted(A10_SD15_STEP_TIME_S.items()))
+    load_time_s: float = 2.0  # simulated model load at replica start
+    scale_with_pixels: bool = True
+    gpu_name: str = "A10 (simulated)"
+
+    def seconds_per_step(self, images: int, pixels_per_image: int = REFERENCE_PIXELS) -> float:
+        sizes, times = zip(*self.step_time_s)
+        if len(sizes) == 1:
+            base = times[0] * images / sizes[0]
+        elif images <= sizes[-1]:
+            base = float(np.interp(images, sizes, times))
+        else:
+            slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2])
+            base = times[-1] + slope * (images - sizes[-1])
+        scale = pixels_per_image / REFERENCE_PIXELS if self.scale_with_pixels else 1.0
+        return max(0.0, base) * scale
+
+
+def _flat_png(width: int, height: int, seed: int) -> bytes:
+    from PIL import Image
+
+    colour = ((seed * 97) % 256, (seed * 57) % 256, (seed * 17) % 256)
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class SimulatedGenerator(GroupedGenerator):
+    """Same interface as :class:`models.generator.DiffusionGenerator`; sleeps instead of computing."""
+
+    def __init__(self, profile: SimulationProfile, name: str = "sd15-a10") -> None:
+        self.profile = profile
+        self.model_name = name if name.startswith("simulated:") else f"simulated:{name}"
+        self.device = f"simulated {profile.gpu_name}"
+        self.counter = CallCounter()
+        log.warning("SIMULATED backend %s: no model runs, timings follow a profile", self.model_name)
+        time.sleep(profile.load_time_s)
+
+    def _generate_group(
+        self, group: list[GenerationRequest], should_stop: StopCheck | None
+    ) -> list[GenerationResult]:
+        first = group[0]
+        images = sum(r.n for r in group)
+        step_s = self.profile.seconds_per_step(images, first.width * first.height)
+        wake = threading.Event()
+        steps_done = 0
+        self.counter.enter(len(group), images)
+        try:
+            for step in range(first.num_inference_steps):
+                wake.wait(step_s)
+                steps_done = step + 1
+                if should_stop is not None and (reason := should_stop(steps_done)) is not None:
+                    raise GenerationStopped(steps_done, reason)
+        finally:
+            self.counter.leave(steps_done)
+        return [
+            GenerationResult(
+                images=[_flat_png(r.width, r.height, r.seed + i) for i in range(r.n)],
+                steps_done=steps_done,
+                steps_requested=r.num_inference_steps,
+                batch_images=images,
+            )
+            for r in group
+        ]

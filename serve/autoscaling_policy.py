@@ -1,0 +1,92 @@
+"""The Ray adapter of the queue-depth autoscaler: Ray's ``AutoscalingContext`` in, a replica count out.
+
+Wired into configs as ``policy: {policy_function: serve.autoscaling_policy:QueueDepthPolicy,
+policy_kwargs: {...}}``; ``policy_kwargs`` are :class:`AutoscalerConfig` fields. Ray instantiates the
+class once per deployment and calls it ~10×/s. This module only translates: what to do is decided
+by :func:`scheduler.autoscaling.decide`.
+
+Inputs: queued and running requests from Ray's context (the proxy's queue included), running replicas
+(``current_num_replicas``) and starting ones (``target - current`` while the target is ahead), and the
+service and cold-start times replicas measure and report via ``record_autoscaling_stats``.
+min/max replicas come from Ray's own ``autoscaling_config`` (capacity-adjusted), so they are set once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, decide
+
+log = logging.getLogger("ray.serve")
+STATE_KEY = "sdserve"
+
+
+def _mean_metric(ctx: Any, name: str) -> float | None:
+    values = [v for v in ((ctx.aggregated_metrics or {}).get(name) or {}).values() if v and v > 0]
+    return sum(values) / len(values) if values else None
+
+
+def inputs_from_context(ctx: Any) -> AutoscalerInputs:
+    running = int(ctx.current_num_replicas)
+    queued = int(ctx.total_queued_requests or 0)
+    return AutoscalerInputs(
+        now=ctx.current_time or time.time(),
+        queued=queued,
+        in_flight=max(0, int(round(ctx.total_num_requests)) - queued),
+        running_replicas=running,
+        starting_replicas=max(0, int(ctx.target_num_replicas) - running),
+        service_time_s=_mean_metric(ctx, "service_time_s"),
+        cold_start_s=_mean_metric(ctx, "cold_start_s"),
+    )
+
+
+def _state_from(policy_state: dict[str, Any]) -> AutoscalerState:
+    saved = policy_state.get(STATE_KEY)
+    if not saved:
+        return AutoscalerState()
+    return AutoscalerState(**{**saved, "need_history": tuple(map(tuple, saved["need_history"]))})
+
+
+class QueueDepthPolicy:
+    """Ray's class-callable policy; ``policy_kwargs`` become the :class:`AutoscalerConfig`."""
+
+    def __init__(self, **policy_kwargs: Any) -> None:
+        self.config = AutoscalerConfig(**policy_kwargs)
+        self._last_logged: tuple[int, str] | None = None
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        config = dataclasses.replace(
+            self.config,
+            min_replicas=ctx.capacity_adjusted_min_replicas,
+            max_replicas=ctx.capacity_adjusted_max_replicas,
+        )
+        inputs = inputs_from_context(ctx)
+        decision = decide(inputs, _state_from(ctx.policy_state or {}), config)
+        self._report(ctx, inputs, decision.desired, decision.reason)
+        state = {**(ctx.policy_state or {}), STATE_KEY: dataclasses.asdict(decision.state)}
+        return decision.desired, state
+
+    def _report(self, ctx: Any, inputs: AutoscalerInputs, desired: int, reason: str) -> None:
+        """Log and record a decision when the count or the kind of reason changes."""
+        key = (desired, reason.split(":")[0])
+        if key == self._last_logged:
+            return
+        self._last_logged = key
+        log.info("autoscaler %s: desired %d (%s)", ctx.deployment_name, desired, reason)
+        try:
+            from serve.decision_log import decision_log
+
+            decision_log().record.remote(
+                {
+                    "time": inputs.now,
+                    "deployment": f"{ctx.app_name}/{ctx.deployment_name}",
+                    "desired": desired,
+                    "reason": reason,
+                    **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "now"},
+                }
+            )
+        except Exception:  # the decision must never fail because its record could not be written
+            log.exception("could not record autoscaling decision")
