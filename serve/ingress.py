@@ -8,6 +8,7 @@ worker slot, then forwards one :class:`WorkerJob` to the worker deployment and m
 outcome to one documented status code.
 """
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -20,10 +21,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.context import _get_serve_request_context
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.request import GenerationRequest
+from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadline, resolve_timeout
+from scheduler.drain import DrainRate, retry_after_s
 from serve.decision_log import read_decisions
+from serve.metrics import REQUESTS
 from serve.openai_api import ApiError, parse_body, to_generation_request
 from serve.protocol import WorkerJob, WorkerReply
 from serve.settings import AppSettings, AuthSettings
@@ -36,6 +42,7 @@ api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serv
 _OUTCOME_STATUS = {
     "deadline_exceeded": (504, "timeout_error"),
     "shed": (504, "timeout_error"),
+    "cancelled": (499, "client_closed_request"),
     "out_of_memory": (507, "server_error"),
     "error": (500, "server_error"),
 }
@@ -55,6 +62,16 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     code = "not_found" if exc.status_code == 404 else "http_error"
     message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
     return error_response(ApiError(exc.status_code, message, code=code))
+
+
+def _reply_error(reply: WorkerReply) -> ApiError:
+    status, error_type = _OUTCOME_STATUS.get(reply.outcome, (500, "server_error"))
+    headers = {"X-Steps-Done": str(reply.steps_done)}
+    if reply.phase:
+        headers["X-Deadline-Phase"] = reply.phase
+    return ApiError(
+        status, reply.message or reply.outcome, code=reply.outcome, type=error_type, headers=headers
+    )
 
 
 def _timing_headers(reply: WorkerReply) -> dict[str, str]:
@@ -89,6 +106,11 @@ class Ingress:
         self.settings = AppSettings.model_validate(settings)
         self.worker = worker
         self.api_keys = load_api_keys(self.settings.auth)
+        self.app_name = serve.get_replica_context().app_name
+        d = self.settings.deadlines
+        self.deadlines = DeadlinePolicy(d.default_timeout_s, d.max_timeout_s, d.proxy_guard_s)
+        self._drain = DrainRate(self.settings.queue.drain_window_s)
+        self._outstanding = 0
         if not self.api_keys:
             log.warning("no API keys set: the API is open to anyone who can reach this address")
 
@@ -137,17 +159,18 @@ class Ingress:
 
     @api.post("/v1/images/generations")
     async def generations(self, request: Request) -> JSONResponse:
-        self._authorize(request)
-        body = parse_body(await self._read_body(request))
-        generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
-        job = WorkerJob(
-            request=generation, request_id=_get_serve_request_context().request_id,
-            accepted_at=time.time(),
-        )
-        reply: WorkerReply = await self.worker.generate.remote(job)
+        try:
+            self._authorize(request)
+            body = parse_body(await self._read_body(request))
+            generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
+            job = self._job(generation, body.timeout_s, request)
+        except ApiError as error:
+            self._count("invalid", "")
+            raise error
+        reply = await self._call_worker(job)
+        self._count(reply.outcome, reply.phase)
         if reply.outcome != "ok":
-            status, error_type = _OUTCOME_STATUS.get(reply.outcome, (500, "server_error"))
-            raise ApiError(status, reply.message or reply.outcome, code=reply.outcome, type=error_type)
+            raise _reply_error(reply)
         return JSONResponse(
             {
                 "created": int(time.time()),
@@ -155,4 +178,62 @@ class Ingress:
             },
             headers={**_timing_headers(reply), "X-Model": self.settings.model.name},
         )
+
+    def _job(self, generation: GenerationRequest, body_timeout: float | None, request: Request) -> WorkerJob:
+        try:
+            timeout_s, source = resolve_timeout(
+                body_timeout, request.headers.get("x-request-timeout-seconds"), self.deadlines
+            )
+        except TimeoutError422 as error:
+            raise ApiError(422, str(error), code="invalid_value", param=error.param) from None
+        accepted_at = time.time()
+        return WorkerJob(
+            request=generation,
+            request_id=_get_serve_request_context().request_id,
+            accepted_at=accepted_at,
+            deadline=absolute_deadline(accepted_at, timeout_s, source, self.deadlines),
+        )
+
+    async def _call_worker(self, job: WorkerJob) -> WorkerReply:
+        """Forward a job; answer for it ourselves if it never reaches a worker in time.
+
+        The worker enforces the deadline at every step and normally replies first; the ingress
+        timer (deadline + slack) catches a job still waiting for a worker slot, and cancelling the
+        call removes it from Ray's queue, so it never reaches the pipeline.
+        """
+        assert job.deadline is not None
+        response = self.worker.generate.remote(job)
+        self._outstanding += 1
+        try:
+            wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
+            reply: WorkerReply = await asyncio.wait_for(asyncio.shield(response), wait_s)
+            self._drain.completed(time.monotonic())
+            return reply
+        except asyncio.TimeoutError:
+            response.cancel()
+            waited = time.time() - job.accepted_at
+            return WorkerReply(
+                "deadline_exceeded", phase="queued",
+                message=f"deadline passed after {waited:.2f}s waiting for a worker",
+            )
+        except BackPressureError as error:
+            raise self._overloaded(error) from None
+        except asyncio.CancelledError:  # the client went away: stop the work wherever it is
+            response.cancel()
+            self._count("cancelled", "")
+            raise
+        finally:
+            self._outstanding -= 1
+
+    def _overloaded(self, error: BackPressureError) -> ApiError:
+        self._count("overloaded", "")
+        queued = max(error.args[0] if error.args else 0, self._outstanding)
+        retry_after = retry_after_s(queued, self._drain.per_second(time.monotonic()), None)
+        return ApiError(
+            503, f"overloaded: {queued} requests queued; retry in about {retry_after}s",
+            code="overloaded", type="server_error", headers={"Retry-After": str(retry_after)},
+        )
+
+    def _count(self, outcome: str, phase: str) -> None:
+        REQUESTS.labels(self.app_name, outcome, phase).inc()
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from models.request import GenerationRequest
 
 #: Every accepted request ends in exactly one of these.
-OUTCOMES = ("ok", "deadline_exceeded", "shed", "overloaded", "out_of_memory", "invalid", "error")
+OUTCOMES = (
+    "ok", "deadline_exceeded", "shed", "overloaded", "out_of_memory", "invalid", "cancelled", "error",
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,7 @@ class WorkerJob:
     request_id: str
     accepted_at: float
     deadline: float | None = None
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique, unlike client ids
 
 
 @dataclass
@@ -34,3 +38,4 @@ class WorkerReply:
     service_time_s: float = 0.0
     batch_images: int = 0
     replica_id: str = ""
+    phase: str = ""  # where a failure happened: "queued" or "running"

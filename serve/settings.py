@@ -78,6 +78,29 @@ class LimitSettings(_Section):
         return int(width), int(height)
 
 
+class DeadlineSettings(_Section):
+    """Every request has a deadline: body ``timeout_s``, else the header, else the default."""
+
+    default_timeout_s: float = Field(120.0, gt=0, description="when a request names no timeout")
+    max_timeout_s: float = Field(600.0, gt=0, description="larger timeouts are refused with 422")
+    proxy_guard_s: float = Field(
+        0.5, ge=0, description="header deadlines end this early so our 504 beats Ray's proxy 408"
+    )
+    ingress_slack_s: float = Field(
+        0.25, ge=0, description="ingress gives up this long after the deadline (queued requests)"
+    )
+    shed_hopeless: bool = Field(
+        True, description="refuse (504) requests whose measured run time exceeds their time left"
+    )
+
+
+class QueueSettings(_Section):
+    """How Retry-After is computed when the queue is full. The bound itself is Ray's
+    ``max_queued_requests`` on the DiffusionWorker deployment (set in every config)."""
+
+    drain_window_s: float = Field(30.0, gt=0, description="window for the completion rate")
+
+
 class AuthSettings(_Section):
     """Optional bearer keys. With none set the server is open, so configs bind to loopback."""
 
@@ -102,11 +125,15 @@ class AppSettings(_Section):
     batching: BatchingSettings = BatchingSettings()
     simulation: SimulationSettings = SimulationSettings()
     limits: LimitSettings = LimitSettings()
+    deadlines: DeadlineSettings = DeadlineSettings()
+    queue: QueueSettings = QueueSettings()
     auth: AuthSettings = AuthSettings()
     resources: ResourceSettings = ResourceSettings()
 
     @model_validator(mode="after")
-    def _default_size_within_limits(self) -> "AppSettings":
+    def _consistent(self) -> "AppSettings":
+        if self.deadlines.default_timeout_s > self.deadlines.max_timeout_s:
+            raise ValueError("deadlines.default_timeout_s exceeds deadlines.max_timeout_s")
         width, height = self.limits.default_width_height
         if width > self.limits.max_width or height > self.limits.max_height:
             raise ValueError(f"limits.default_size {self.limits.default_size} exceeds the maximum")

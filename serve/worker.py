@@ -24,7 +24,7 @@ from ray import serve
 from models.backends import load_backend
 from models.loader import ModelSpec
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
-from models.request import GenerationStopped
+from serve.execution import JobRunner
 from serve.protocol import WorkerJob, WorkerReply
 from serve.settings import AppSettings
 
@@ -59,17 +59,6 @@ def _process_age_s() -> float:
     return time.time() - psutil.Process().create_time()
 
 
-class ServiceTimeTracker:
-    """Exponentially weighted mean of pipeline-call durations, the autoscaler's service time."""
-
-    def __init__(self, alpha: float = 0.3) -> None:
-        self.alpha = alpha
-        self.mean_s: float | None = None
-
-    def add(self, seconds: float) -> None:
-        self.mean_s = seconds if self.mean_s is None else self.alpha * seconds + (1 - self.alpha) * self.mean_s
-
-
 @serve.deployment(name="DiffusionWorker", max_ongoing_requests=1)
 class DiffusionWorker:
     def __init__(self, settings: dict[str, Any]) -> None:
@@ -87,8 +76,9 @@ class DiffusionWorker:
         )
         self.load_time_s = time.monotonic() - started
         self.cold_start_s = _process_age_s()
-        self.service_time = ServiceTimeTracker()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.runner = JobRunner(self.backend, self.replica_id, self.settings.deadlines.shed_hopeless)
+        self._cancelled: dict[str, threading.Event] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         batching = self.settings.batching
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
@@ -100,23 +90,38 @@ class DiffusionWorker:
         )
 
     async def generate(self, job: WorkerJob) -> WorkerReply:
-        """Serve one job: alone in single-concurrency mode, else through the batch queue."""
-        if self.settings.batching.max_batch_size > 1:
-            return await self._generate_batch(job)
-        return (await self._run([job]))[0]
+        """Serve one job: alone in single-concurrency mode, else through the batch queue.
+
+        If Ray cancels this call (client gone, ingress deadline), the job is flagged so the
+        pipeline thread drops it at admission or stops at the next step.
+        """
+        flag = self._cancelled.setdefault(job.job_id, threading.Event())
+        try:
+            if self.settings.batching.max_batch_size > 1:
+                return await self._generate_batch(job)
+            return (await self._run([job]))[0]
+        except asyncio.CancelledError:
+            flag.set()
+            raise
+        finally:
+            self._cancelled.pop(job.job_id, None)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
     async def _generate_batch(self, jobs: list[WorkerJob]) -> list[WorkerReply]:
         return await self._run(jobs)
 
+    def _is_cancelled(self, job: WorkerJob) -> bool:
+        flag = self._cancelled.get(job.job_id)
+        return flag is None or flag.is_set()
+
     async def _run(self, jobs: list[WorkerJob]) -> list[WorkerReply]:
-        cancel = threading.Event()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run_blocking, jobs, cancel)
+        future = loop.run_in_executor(self._executor, self.runner.run, jobs, self._is_cancelled)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            cancel.set()
+            for job in jobs:
+                self._cancelled.get(job.job_id, threading.Event()).set()
             while not future.done():  # hold the slot until the pipeline thread has returned
                 try:
                     await asyncio.shield(future)
@@ -126,46 +131,11 @@ class DiffusionWorker:
                     break
             raise
 
-    def _run_blocking(self, jobs: list[WorkerJob], cancel: threading.Event) -> list[WorkerReply]:
-        started = time.time()
-
-        def should_stop(steps_done: int) -> str | None:
-            return "cancelled" if cancel.is_set() else None
-
-        try:
-            results = self.backend.generate([job.request for job in jobs], should_stop)
-            self.service_time.add(time.time() - started)
-        except GenerationStopped as stopped:
-            return [
-                self._reply(job, "error", started, message=str(stopped), steps_done=stopped.steps_done)
-                for job in jobs
-            ]
-        except Exception as exc:  # one failed call fails its own requests, never the replica
-            log.exception("pipeline call failed for %s", [job.request_id for job in jobs])
-            return [self._reply(job, "error", started, message=f"generation failed: {exc}") for job in jobs]
-        return [
-            self._reply(
-                job, "ok", started, images=result.images, steps_done=result.steps_done,
-                batch_images=result.batch_images,
-            )
-            for job, result in zip(jobs, results)
-        ]
-
-    def _reply(self, job: WorkerJob, outcome: str, started: float, **fields: Any) -> WorkerReply:
-        return WorkerReply(
-            outcome=outcome,
-            steps_requested=job.request.num_inference_steps,
-            queue_wait_s=max(0.0, started - job.accepted_at),
-            service_time_s=time.time() - started,
-            replica_id=self.replica_id,
-            **fields,
-        )
-
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Measurements the autoscaling policy reads (serve/autoscaling_policy.py)."""
         stats = {"cold_start_s": self.cold_start_s}
-        if self.service_time.mean_s is not None:
-            stats["service_time_s"] = self.service_time.mean_s
+        if self.runner.service_time.mean_s is not None:
+            stats["service_time_s"] = self.runner.service_time.mean_s
         return stats
 
     async def stats(self) -> dict[str, Any]:
@@ -175,6 +145,6 @@ class DiffusionWorker:
             "model": self.backend.model_name,
             "load_time_s": self.load_time_s,
             "cold_start_s": self.cold_start_s,
-            "service_time_s": self.service_time.mean_s,
+            "service_time_s": self.runner.service_time.mean_s,
             **self.backend.counter.snapshot(),
         }

@@ -1,0 +1,144 @@
+"""Deadlines on real Ray Serve: running work stops, queued work never starts, the queue is bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Deployed, deployed
+
+pytestmark = pytest.mark.ray
+
+URL = "/v1/images/generations"
+LONG = {"prompt": "slow", "size": "128x128", "num_inference_steps": 100}  # ~6 s on the tiny model
+
+
+@pytest.fixture(scope="module")
+def cpu_plain(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
+    """The CPU config with shedding off, so long requests always start."""
+    with deployed(ray_cluster, "cpu", ["deadlines.shed_hopeless=false"]) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def cpu_default(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
+    with deployed(ray_cluster, "cpu") as app:
+        yield app
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    return response.json()["error"]
+
+
+def test_running_request_stops_within_a_step_of_its_deadline(cpu_plain: Deployed) -> None:
+    started = time.monotonic()
+    response = cpu_plain.client.post(URL, json={**LONG, "timeout_s": 1.0})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert _error(response)["code"] == "deadline_exceeded"
+    assert response.headers["x-deadline-phase"] == "running"
+    steps_done = int(response.headers["x-steps-done"])
+    assert 0 < steps_done < 100
+    assert elapsed < 1.0 + 1.0, elapsed  # timeout + one step (~0.07 s) + HTTP/Ray overhead
+
+
+def test_header_timeout_gives_504_not_the_proxy_408(cpu_plain: Deployed) -> None:
+    response = cpu_plain.client.post(URL, json=LONG, headers={"X-Request-Timeout-Seconds": "1.5"})
+    assert response.status_code == 504, response.text
+    assert _error(response)["code"] == "deadline_exceeded"
+
+
+def test_queued_request_past_its_deadline_never_reaches_the_pipeline(cpu_plain: Deployed) -> None:
+    before = cpu_plain.worker_stats()[0]["calls"]
+    with ThreadPoolExecutor(1) as pool:
+        blocker = pool.submit(cpu_plain.client.post, URL, json={**LONG, "num_inference_steps": 50})
+        time.sleep(0.5)
+        queued = cpu_plain.client.post(URL, json={"prompt": "late", "timeout_s": 1.0})
+        assert blocker.result().status_code == 200
+    assert queued.status_code == 504, queued.text
+    assert queued.headers["x-deadline-phase"] == "queued"
+    assert cpu_plain.worker_stats()[0]["calls"] - before == 1  # only the blocker ran
+
+
+def test_one_pipeline_call_at_a_time_through_timeouts_and_disconnects(cpu_plain: Deployed) -> None:
+    impatient = httpx.Client(base_url=cpu_plain.url, timeout=0.4)
+
+    def send(i: int) -> int | str:
+        body = {**LONG, "num_inference_steps": 30, "seed": i}
+        try:
+            if i % 2:
+                return impatient.post(URL, json=body).status_code  # client hangs up at 0.4 s
+            return cpu_plain.client.post(URL, json={**body, "timeout_s": 0.3 + 0.2 * i}).status_code
+        except httpx.TimeoutException:
+            return "disconnected"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(send, range(8)))
+    impatient.close()
+    assert outcomes.count("disconnected") == 4
+    assert set(outcomes) - {"disconnected"} <= {200, 504}
+    after = cpu_plain.client.post(URL, json={"prompt": "still fine", "timeout_s": 30})
+    assert after.status_code == 200
+    stats = cpu_plain.worker_stats()[0]
+    assert stats["max_active_calls"] == 1, stats
+    assert stats["active_calls"] == 0
+
+
+def test_full_queue_gets_503_with_a_computed_retry_after(cpu_plain: Deployed) -> None:
+    body = {"prompt": "crowd", "size": "64x64", "num_inference_steps": 40, "timeout_s": 120}
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: cpu_plain.client.post(URL, json=body), range(16)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and codes.count(503) >= 1 and codes.count(200) >= 9, codes
+    for response in responses:
+        if response.status_code == 503:
+            assert _error(response)["code"] == "overloaded"
+            assert response.headers["retry-after"].isdigit()
+            assert int(response.headers["retry-after"]) >= 1
+
+
+def test_timeout_over_the_maximum_is_422(cpu_plain: Deployed) -> None:
+    response = cpu_plain.client.post(URL, json={"prompt": "x", "timeout_s": 301})
+    assert response.status_code == 422 and _error(response)["param"] == "timeout_s"
+    header = cpu_plain.client.post(URL, json={"prompt": "x"}, headers={"X-Request-Timeout-Seconds": "x"})
+    assert header.status_code == 422 and _error(header)["param"] == "X-Request-Timeout-Seconds"
+
+
+def test_hopeless_request_is_shed_without_running(cpu_default: Deployed) -> None:
+    for _ in range(2):  # let the replica measure its step time at this size
+        assert cpu_default.client.post(URL, json={**LONG, "num_inference_steps": 10}).status_code == 200
+    before = cpu_default.worker_stats()[0]["calls"]
+    started = time.monotonic()
+    response = cpu_default.client.post(URL, json={**LONG, "timeout_s": 2.0})
+    assert response.status_code == 504, response.text
+    assert _error(response)["code"] == "shed"
+    assert "cannot finish in time" in _error(response)["message"]
+    assert time.monotonic() - started < 2.0
+    assert cpu_default.worker_stats()[0]["calls"] == before
+
+
+def test_expired_request_in_a_batch_does_not_fail_the_others(ray_cluster: dict[str, Any]) -> None:
+    overrides = ["simulation.step_time_s={1: 0.05, 8: 0.05}", "simulation.load_time_s=0",
+                 "simulation.scale_with_pixels=false", "batching.batch_wait_timeout_s=0.5"]
+    with deployed(ray_cluster, "sim-batched", overrides,
+                  {"DiffusionWorker": ["autoscaling_config.initial_replicas=1",
+                                       "autoscaling_config.min_replicas=1"]}) as app:
+        body = {"prompt": "batch", "size": "64x64", "num_inference_steps": 40}  # 2 s per batch
+        timeouts = [None, None, 1.0, None]
+        barrier = threading.Barrier(4)
+
+        def send(timeout: float | None) -> httpx.Response:
+            barrier.wait()
+            return app.client.post(URL, json={**body, **({"timeout_s": timeout} if timeout else {})})
+
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(send, timeouts))
+        codes = [r.status_code for r in responses]
+        assert codes == [200, 200, 504, 200], [r.text[:200] for r in responses]
+        assert max(int(r.headers["x-batch-images"]) for r in responses if r.status_code == 200) > 1

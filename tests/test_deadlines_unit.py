@@ -1,0 +1,103 @@
+"""Deadline sources, admission, step-time estimation and Retry-After: tables of inputs → outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.deadlines import (
+    Admission,
+    DeadlinePolicy,
+    TimeoutError422,
+    absolute_deadline,
+    admit,
+    resolve_timeout,
+)
+from scheduler.drain import DrainRate, retry_after_s
+from scheduler.service_time import StepTimeEstimator
+
+POLICY = DeadlinePolicy(default_timeout_s=60, max_timeout_s=300, proxy_guard_s=0.5)
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "expected"),
+    [
+        (None, None, (60, "default")),
+        (5.0, None, (5.0, "timeout_s")),
+        (None, "7.5", (7.5, "X-Request-Timeout-Seconds")),
+        (5.0, "7.5", (5.0, "timeout_s")),  # the body wins
+        (300.0, None, (300.0, "timeout_s")),
+    ],
+)
+def test_timeout_sources(body, header, expected) -> None:
+    assert resolve_timeout(body, header, POLICY) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "param"),
+    [
+        (301.0, None, "timeout_s"),
+        (0.0, None, "timeout_s"),
+        (-1.0, None, "timeout_s"),
+        (float("nan"), None, "timeout_s"),
+        (None, "999", "X-Request-Timeout-Seconds"),
+        (None, "soon", "X-Request-Timeout-Seconds"),
+    ],
+)
+def test_bad_timeouts_name_their_source(body, header, param) -> None:
+    with pytest.raises(TimeoutError422) as error:
+        resolve_timeout(body, header, POLICY)
+    assert error.value.param == param
+
+
+def test_header_deadlines_end_early_to_beat_the_proxy() -> None:
+    assert absolute_deadline(100.0, 10.0, "timeout_s", POLICY) == 110.0
+    assert absolute_deadline(100.0, 10.0, "X-Request-Timeout-Seconds", POLICY) == 109.5
+    assert absolute_deadline(100.0, 0.2, "X-Request-Timeout-Seconds", POLICY) == 100.0
+
+
+@pytest.mark.parametrize(
+    ("now", "deadline", "estimate", "verdict"),
+    [
+        (100.0, None, 50.0, Admission.RUN),
+        (100.0, 110.0, None, Admission.RUN),
+        (100.0, 110.0, 9.9, Admission.RUN),
+        (100.0, 110.0, 10.1, Admission.HOPELESS),
+        (110.0, 110.0, None, Admission.EXPIRED),
+        (111.0, 110.0, 0.1, Admission.EXPIRED),
+    ],
+)
+def test_admission(now, deadline, estimate, verdict) -> None:
+    assert admit(now, deadline, estimate) is verdict
+
+
+def test_step_time_needs_samples_then_scales_with_pixels() -> None:
+    est = StepTimeEstimator(min_samples=2)
+    est.observe(4096, 10, 1.0)
+    assert est.estimate(4096, 10) is None
+    est.observe(4096, 20, 2.0)
+    assert est.estimate(4096, 10) == pytest.approx(1.0)
+    assert est.estimate(8192, 10) == pytest.approx(2.0)  # one size seen: proportional
+
+
+def test_step_time_fits_overhead_plus_per_pixel_cost() -> None:
+    est = StepTimeEstimator()
+    for pixels in (1000, 2000, 4000):
+        est.observe(pixels, 10, 10 * (0.01 + pixels * 1e-5))
+    assert est.seconds_per_step(3000) == pytest.approx(0.01 + 0.03)
+
+
+def test_drain_rate_counts_recent_completions() -> None:
+    rate = DrainRate(window_s=10)
+    assert rate.per_second(0.0) == 0.0
+    for t in range(10):
+        rate.completed(float(t))
+    assert rate.per_second(10.0) == pytest.approx(1.0)
+    assert rate.per_second(100.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("queued", "rate", "service", "expected"),
+    [(10, 2.0, None, 5), (3, 2.0, None, 2), (0, 2.0, None, 1), (4, 0.0, 2.5, 10), (4, 0.0, None, 4)],
+)
+def test_retry_after_from_drain_rate(queued, rate, service, expected) -> None:
+    assert retry_after_s(queued, rate, service) == expected
