@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,8 @@ class JobRunner:
         self.shed_hopeless = shed_hopeless
         self.step_time = StepTimeEstimator()
         self.service_time = ServiceTimeTracker()
+        #: Seconds the pipeline ran past a job's deadline (GPU time nobody received), per job.
+        self.deadline_overruns_s: deque[float] = deque(maxlen=10_000)
 
     def run(self, jobs: list[WorkerJob], cancelled: Callable[[WorkerJob], bool]) -> list[WorkerReply]:
         """One reply per job, in order."""
@@ -111,6 +114,9 @@ class JobRunner:
         try:
             results = self.backend.generate([job.request for job in group], should_stop)
         except GenerationStopped as stopped:
+            self._record_overruns(group)
+            pixels = sum(job.request.pixels for job in group)
+            self.step_time.observe(pixels, stopped.steps_done, time.time() - started)
             outcome = "cancelled" if stopped.reason == "cancelled" else "deadline_exceeded"
             return [
                 self._reply(
@@ -126,11 +132,18 @@ class JobRunner:
                 self._reply(job, "error", started, phase="running", message=f"generation failed: {exc}")
                 for job in group
             ]
+        self._record_overruns(group)
         elapsed = time.time() - started
         self.service_time.add(elapsed)
         pixels = sum(job.request.pixels for job in group)
         self.step_time.observe(pixels, results[0].steps_done, elapsed)
         return [self._finished(job, result, started) for job, result in zip(group, results)]
+
+    def _record_overruns(self, group: list[WorkerJob]) -> None:
+        ended = time.time()
+        for job in group:
+            if job.deadline is not None and ended > job.deadline:
+                self.deadline_overruns_s.append(ended - job.deadline)
 
     def _finished(self, job: WorkerJob, result: Any, started: float) -> WorkerReply:
         fields = dict(steps_done=result.steps_done, batch_images=result.batch_images)

@@ -52,6 +52,14 @@ def _simulation_profile(settings: AppSettings) -> SimulationProfile:
     )
 
 
+def _process_cpu_s() -> float:
+    """CPU seconds this replica's process has used (user + system), for waste accounting."""
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
 def _process_age_s() -> float:
     """Seconds since this replica's process started: its cold start, once the model is loaded."""
     import psutil
@@ -146,5 +154,7 @@ class DiffusionWorker:
             "load_time_s": self.load_time_s,
             "cold_start_s": self.cold_start_s,
             "service_time_s": self.runner.service_time.mean_s,
+            "deadline_overruns_s": list(self.runner.deadline_overruns_s),
+            "process_cpu_s": _process_cpu_s(),
             **self.backend.counter.snapshot(),
         }

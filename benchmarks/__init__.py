@@ -1,0 +1,1 @@
+"""sdserve benchmarks: load generation, trace replay, reports and plots, over HTTP."""
