@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import deadline_waste
+from benchmarks import deadline_waste, memory_calibration
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +20,13 @@ def _parser() -> argparse.ArgumentParser:
     waste.add_argument("--steps", type=int, default=20)
     waste.add_argument("--out", default="benchmarks/results/cpu-deadlines.json")
     waste.set_defaults(func=deadline_waste.main)
+
+    memory = commands.add_parser("memory", help="memory estimate vs measured peak, per shape")
+    memory.add_argument("--model", default="tiny")
+    memory.add_argument("--device", default="auto")
+    memory.add_argument("--threads", type=int, default=1)
+    memory.add_argument("--out", default="benchmarks/results/cpu-memory-calibration.json")
+    memory.set_defaults(func=memory_calibration.main)
     return parser
 
 

@@ -94,7 +94,7 @@ def load_pipeline(spec: ModelSpec):
             if not spec.allow_download and spec.model != TINY_SPEC
             else ""
         )
-        raise ModelLoadError(f"cannot load model {spec.model!r}: {exc}.{hint}") from exc
+        raise ModelLoadError(f"cannot load model {spec.model!r}: {str(exc).rstrip('.')}.{hint}") from exc
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     if spec.compile_unet:

@@ -67,11 +67,22 @@ def wait_until_running(names: list[str], timeout_s: float, progress: Any = None)
             last = line
         failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
-            raise DeployError(f"application {failed[0]} failed to deploy: {_cause(apps[failed[0]].message)}")
+            raise DeployError(_failure_message(failed[0], apps[failed[0]]))
         if all(s == "RUNNING" for s in states.values()):
             return
         time.sleep(0.25)
     raise DeployError(f"applications {names} not running after {timeout_s:.0f}s ({last})")
+
+
+def _failure_message(name: str, app: Any) -> str:
+    """The application's failure plus each unhealthy deployment's own cause (e.g. a model that
+    cannot load), since the application message alone is generic."""
+    parts = [f"application {name} failed to deploy: {_cause(app.message)}"]
+    for deployment_name, deployment in app.deployments.items():
+        status = str(getattr(deployment.status, "value", deployment.status))
+        if status != "HEALTHY" and deployment.message:
+            parts.append(f"{deployment_name}: {_cause(deployment.message)}")
+    return " | ".join(parts)
 
 
 def _cause(message: str) -> str:

@@ -1,12 +1,17 @@
 """What a worker replica does with a list of jobs, on its pipeline thread (no Ray here).
 
 For each group of jobs that can share a pipeline call (same size, steps, guidance):
-1. admission, just before the GPU would start: a job whose deadline passed while it queued is
-   answered 504 without touching the pipeline; one that cannot finish in its remaining time (by this
-   replica's measured step time) is shed with 504 — it would only burn GPU time nobody receives;
-2. the call, with a step callback that stops within one denoising step once every job in the call
+1. admission, just before the GPU would start: a job that can never fit the memory budget is
+   refused (4xx); a job whose deadline passed while it queued is answered 504 without touching the
+   pipeline; one that cannot finish in its remaining time (by this replica's measured step time) is
+   shed with 504 — it would only burn GPU time nobody receives;
+2. the group is split into calls whose estimated memory fits the budget;
+3. each call runs with a step callback that stops within one denoising step once every job in the call
    is past its deadline or cancelled (skipping the VAE decode);
-3. one reply per job, a job finishing past its deadline in a batch included (its image is dropped).
+4. out of memory: what the call held is released and a batch is bisected and re-run, so the
+   requests that fit succeed and only one that fails alone gets 507; a device error, or repeated
+   OOMs on requests the estimate said fit, marks the replica unhealthy so Ray replaces it;
+5. one reply per job, a job finishing past its deadline in a batch included (its image is dropped).
 
 diffusers denoises a batch as one tensor, so a single expired request cannot leave a running batch
 without re-implementing the denoising loop: it rides along, the others are unaffected, and it gets
@@ -15,6 +20,7 @@ its 504. The call stops early only when nobody in it is still waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -22,8 +28,10 @@ from collections.abc import Callable
 from typing import Any
 
 from models.generator import GroupedGenerator, group_by_batch_key
+from models.oom import is_device_fatal, is_out_of_memory, release_memory
 from models.request import GenerationStopped
 from scheduler.deadlines import Admission, admit
+from scheduler.memory import MemoryModel, largest_that_fits, split_to_fit
 from scheduler.service_time import StepTimeEstimator
 from serve.protocol import WorkerJob, WorkerReply
 
@@ -45,10 +53,23 @@ class ServiceTimeTracker:
 
 
 class JobRunner:
-    def __init__(self, backend: GroupedGenerator, replica_id: str, shed_hopeless: bool = True) -> None:
+    def __init__(
+        self,
+        backend: GroupedGenerator,
+        replica_id: str,
+        shed_hopeless: bool = True,
+        memory: MemoryModel | None = None,
+        max_oom_strikes: int = 3,
+    ) -> None:
         self.backend = backend
         self.replica_id = replica_id
         self.shed_hopeless = shed_hopeless
+        self.memory = memory
+        self.max_oom_strikes = max_oom_strikes
+        self.oom_count = 0
+        self._oom_strikes = 0  # consecutive OOMs on calls the estimate said fit
+        #: Set when the device should not serve again; ``check_health`` fails on it.
+        self.unhealthy_reason: str | None = None
         self.step_time = StepTimeEstimator()
         self.service_time = ServiceTimeTracker()
         #: Seconds the pipeline ran past a job's deadline (GPU time nobody received), per job.
@@ -67,10 +88,13 @@ class JobRunner:
                     runnable.append(job)
                 else:
                     replies[job.job_id] = verdict
-            if runnable:
-                for job, reply in zip(runnable, self._run_group(runnable, cancelled)):
+            first = group[0].request
+            for call in split_to_fit([j.request.n for j in runnable], first.width, first.height, self.memory):
+                batch = [runnable[i] for i in call]
+                for job, reply in zip(batch, self._run_group(batch, cancelled)):
                     replies[job.job_id] = reply
-        return [replies[job.job_id] for job in jobs]
+        memory = dataclasses.asdict(self.memory) if self.memory else None
+        return [dataclasses.replace(replies[job.job_id], memory=memory) for job in jobs]
 
     def _estimate(self, group: list[WorkerJob]) -> float | None:
         pixels = sum(job.request.pixels for job in group)
@@ -82,6 +106,12 @@ class JobRunner:
         now = time.time()
         if cancelled(job):
             return self._reply(job, "cancelled", now, phase="queued", message="client went away")
+        request = job.request
+        if self.memory is not None and not self.memory.fits(request.width, request.height, request.n):
+            return self._reply(
+                job, "invalid", now, code="exceeds_memory_budget",
+                message=largest_that_fits(self.memory, request.width, request.height, request.n),
+            )
         verdict = admit(now, job.deadline, estimate)
         if verdict is Admission.EXPIRED:
             waited = now - job.accepted_at
@@ -127,17 +157,53 @@ class JobRunner:
                 for job in group
             ]
         except Exception as exc:  # a failed call fails its own requests, never the replica
-            log.exception("pipeline call failed for %s", [job.request_id for job in group])
+            if is_out_of_memory(exc):
+                return self._after_oom(group, cancelled, started, str(exc))
+            if is_device_fatal(exc):
+                self.unhealthy_reason = f"device error, replica must be replaced: {exc}"
+                log.error("%s", self.unhealthy_reason)
+            else:
+                log.exception("pipeline call failed for %s", [job.request_id for job in group])
             return [
                 self._reply(job, "error", started, phase="running", message=f"generation failed: {exc}")
                 for job in group
             ]
+        self._oom_strikes = 0
         self._record_overruns(group)
         elapsed = time.time() - started
         self.service_time.add(elapsed)
         pixels = sum(job.request.pixels for job in group)
         self.step_time.observe(pixels, results[0].steps_done, elapsed)
         return [self._finished(job, result, started) for job, result in zip(group, results)]
+
+    def _after_oom(
+        self, group: list[WorkerJob], cancelled: Callable[[WorkerJob], bool], started: float, error: str
+    ) -> list[WorkerReply]:
+        """Free what the failed call held, then bisect a batch so the requests that fit succeed;
+        a request that runs out of memory alone gets 507, and only it."""
+        release_memory(self.backend.device)
+        self.oom_count += 1
+        shapes = [(j.request.width, j.request.height, j.request.n) for j in group]
+        log.warning("out of memory in a call of %d request(s) %s: %s", len(group), shapes, error)
+        if len(group) > 1:
+            middle = len(group) // 2
+            return self._run_group(group[:middle], cancelled) + self._run_group(group[middle:], cancelled)
+        request = group[0].request
+        if self.memory is not None and self.memory.fits(request.width, request.height, request.n):
+            self._oom_strikes += 1
+            if self._oom_strikes >= self.max_oom_strikes:
+                self.unhealthy_reason = (
+                    f"{self._oom_strikes} consecutive out-of-memory errors on requests the "
+                    "estimate said fit: device memory is not what it was; replacing the replica"
+                )
+                log.error("%s", self.unhealthy_reason)
+        return [
+            self._reply(
+                group[0], "out_of_memory", started, phase="running",
+                message=f"out of memory generating {request.n} x {request.width}x{request.height}; "
+                "try a smaller size or fewer images",
+            )
+        ]
 
     def _record_overruns(self, group: list[WorkerJob]) -> None:
         ended = time.time()

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models.request import GenerationRequest
 from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadline, resolve_timeout
 from scheduler.drain import DrainRate, retry_after_s
+from scheduler.memory import MemoryModel, largest_that_fits
 from serve.decision_log import read_decisions
 from serve.metrics import REQUESTS
 from serve.openai_api import ApiError, parse_body, to_generation_request
@@ -44,6 +45,7 @@ _OUTCOME_STATUS = {
     "shed": (504, "timeout_error"),
     "cancelled": (499, "client_closed_request"),
     "out_of_memory": (507, "server_error"),
+    "invalid": (422, "invalid_request_error"),
     "error": (500, "server_error"),
 }
 
@@ -70,7 +72,8 @@ def _reply_error(reply: WorkerReply) -> ApiError:
     if reply.phase:
         headers["X-Deadline-Phase"] = reply.phase
     return ApiError(
-        status, reply.message or reply.outcome, code=reply.outcome, type=error_type, headers=headers
+        status, reply.message or reply.outcome, code=reply.code or reply.outcome, type=error_type,
+        headers=headers, param="size" if reply.code == "exceeds_memory_budget" else None,
     )
 
 
@@ -111,6 +114,7 @@ class Ingress:
         self.deadlines = DeadlinePolicy(d.default_timeout_s, d.max_timeout_s, d.proxy_guard_s)
         self._drain = DrainRate(self.settings.queue.drain_window_s)
         self._outstanding = 0
+        self._memory: MemoryModel | None = None  # learnt from worker replies
         if not self.api_keys:
             log.warning("no API keys set: the API is open to anyone who can reach this address")
 
@@ -163,11 +167,14 @@ class Ingress:
             self._authorize(request)
             body = parse_body(await self._read_body(request))
             generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
+            self._check_memory(generation)
             job = self._job(generation, body.timeout_s, request)
         except ApiError as error:
             self._count("invalid", "")
             raise error
         reply = await self._call_worker(job)
+        if reply.memory is not None:
+            self._memory = MemoryModel(**reply.memory)
         self._count(reply.outcome, reply.phase)
         if reply.outcome != "ok":
             raise _reply_error(reply)
@@ -178,6 +185,15 @@ class Ingress:
             },
             headers={**_timing_headers(reply), "X-Model": self.settings.model.name},
         )
+
+    def _check_memory(self, generation: GenerationRequest) -> None:
+        """Refuse before queueing what can never fit, once a worker has told us its budget."""
+        model, g = self._memory, generation
+        if model is not None and not model.fits(g.width, g.height, g.n):
+            raise ApiError(
+                422, largest_that_fits(model, g.width, g.height, g.n),
+                code="exceeds_memory_budget", param="size",
+            )
 
     def _job(self, generation: GenerationRequest, body_timeout: float | None, request: Request) -> WorkerJob:
         try:

@@ -39,3 +39,5 @@ class WorkerReply:
     batch_images: int = 0
     replica_id: str = ""
     phase: str = ""  # where a failure happened: "queued" or "running"
+    code: str = ""  # the error code, when it says more than the outcome
+    memory: dict[str, float] | None = None  # the replica's memory model, for ingress admission

@@ -101,6 +101,28 @@ class QueueSettings(_Section):
     drain_window_s: float = Field(30.0, gt=0, description="window for the completion rate")
 
 
+class MemorySettings(_Section):
+    """Memory admission and out-of-memory handling (see scheduler/memory.py)."""
+
+    calibrate: bool = Field(True, description="measure probe calls at load time to fit the estimate")
+    budget_fraction: float = Field(
+        0.9, gt=0, le=1, description="GPU: share of device memory one call may use (minus weights)"
+    )
+    cpu_budget_mb: float = Field(4096, gt=0, description="CPU: megabytes one call may use")
+    safety_factor: float = Field(1.3, ge=1, description="estimates are multiplied by this")
+    max_oom_strikes: int = Field(
+        3, ge=1, description="consecutive OOMs on requests the estimate said fit → replica unhealthy"
+    )
+
+
+class TestingSettings(_Section):
+    """Test-only hooks. Never set in a production config."""
+
+    inject_oom_marker: str | None = Field(
+        None, description="prompts containing this raise torch.OutOfMemoryError (fault injection)"
+    )
+
+
 class AuthSettings(_Section):
     """Optional bearer keys. With none set the server is open, so configs bind to loopback."""
 
@@ -127,6 +149,8 @@ class AppSettings(_Section):
     limits: LimitSettings = LimitSettings()
     deadlines: DeadlineSettings = DeadlineSettings()
     queue: QueueSettings = QueueSettings()
+    memory: MemorySettings = MemorySettings()
+    testing: TestingSettings = TestingSettings()
     auth: AuthSettings = AuthSettings()
     resources: ResourceSettings = ResourceSettings()
 

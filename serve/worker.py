@@ -13,6 +13,7 @@ free really is.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +24,10 @@ from ray import serve
 
 from models.backends import load_backend
 from models.loader import ModelSpec
+from models.memory import device_budget_bytes, measure_probes
+from models.oom import InjectedOOM
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
+from scheduler.memory import MemoryModel
 from serve.execution import JobRunner
 from serve.protocol import WorkerJob, WorkerReply
 from serve.settings import AppSettings
@@ -85,7 +89,14 @@ class DiffusionWorker:
         self.load_time_s = time.monotonic() - started
         self.cold_start_s = _process_age_s()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.runner = JobRunner(self.backend, self.replica_id, self.settings.deadlines.shed_hopeless)
+        memory = self._calibrate_memory()
+        if self.settings.testing.inject_oom_marker:
+            log.warning("TEST fault injection on: prompts with %r raise OOM", self.settings.testing.inject_oom_marker)
+            self.backend = InjectedOOM(self.backend, self.settings.testing.inject_oom_marker)
+        self.runner = JobRunner(
+            self.backend, self.replica_id, self.settings.deadlines.shed_hopeless,
+            memory=memory, max_oom_strikes=self.settings.memory.max_oom_strikes,
+        )
         self._cancelled: dict[str, threading.Event] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         batching = self.settings.batching
@@ -139,6 +150,27 @@ class DiffusionWorker:
                     break
             raise
 
+    def _calibrate_memory(self) -> MemoryModel | None:
+        """Fit this replica's memory model from probe calls (real pipelines only)."""
+        settings = self.settings.memory
+        if not settings.calibrate or self.settings.model.backend != "diffusers":
+            return None
+        started = time.monotonic()
+        probes = measure_probes(self.backend.device, self.backend.generate)
+        budget = device_budget_bytes(
+            self.backend.device, settings.budget_fraction, settings.cpu_budget_mb * 2**20
+        )
+        model = MemoryModel.fit(probes, budget, settings.safety_factor)
+        log.info(
+            "memory model from %d probes in %.2fs: %s", len(probes), time.monotonic() - started, model
+        )
+        return model
+
+    def check_health(self) -> None:
+        """Ray calls this periodically; failing it makes Ray replace the replica."""
+        if self.runner.unhealthy_reason:
+            raise RuntimeError(self.runner.unhealthy_reason)
+
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Measurements the autoscaling policy reads (serve/autoscaling_policy.py)."""
         stats = {"cold_start_s": self.cold_start_s}
@@ -156,5 +188,7 @@ class DiffusionWorker:
             "service_time_s": self.runner.service_time.mean_s,
             "deadline_overruns_s": list(self.runner.deadline_overruns_s),
             "process_cpu_s": _process_cpu_s(),
+            "oom_count": self.runner.oom_count,
+            "memory_model": dataclasses.asdict(self.runner.memory) if self.runner.memory else None,
             **self.backend.counter.snapshot(),
         }
