@@ -4,12 +4,51 @@ from __future__ import annotations
 
 import argparse
 
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 from benchmarks import deadline_waste, memory_calibration
+from benchmarks.loadgen import RequestTemplate
+from benchmarks.report import environment, write_outputs
+from benchmarks.runner import Target, Workload, run_target
+from benchmarks.traces import busiest_window, read_trace
+from benchmarks.workloads import burst, poisson
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdserve-bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="compare configs on the same workload")
+    run.add_argument("--config", action="append", default=[], help="Serve config (repeat to compare)")
+    run.add_argument("--url", help="benchmark a server already running instead of --config")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override an args key in every config (e.g. model.id=tiny)")
+    run.add_argument("--deployment-set", action="append", default=[], metavar="DEPLOYMENT:KEY=VALUE",
+                     help="override a deployment option, e.g. DiffusionWorker:autoscaling_config.initial_replicas=0")
+    run.add_argument("--workload", choices=("burst", "poisson", "sweep", "trace"), default="burst")
+    run.add_argument("--requests", type=int, default=12, help="burst size")
+    run.add_argument("--rate", type=float, default=1.0, help="poisson arrivals per second")
+    run.add_argument("--duration", type=float, default=60.0, help="poisson duration, seconds")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--concurrency", default="1,2,4,8", help="sweep levels")
+    run.add_argument("--requests-per-level", type=int, default=16)
+    run.add_argument("--trace", help="CSV of arrivals (production trace or timestamp[,n,steps])")
+    run.add_argument("--window", help="START..END of the trace, or 'busiest' (the busiest hour)")
+    run.add_argument("--time-scale", type=float, default=1.0, help="compress trace time by this factor")
+    run.add_argument("--size", default="512x512")
+    run.add_argument("--steps", type=int, help="denoising steps (default: trace's, else server's)")
+    run.add_argument("--timeout", type=float, help="timeout_s sent with every request")
+    run.add_argument("--slo", type=float, default=30.0, help="latency objective, seconds")
+    run.add_argument("--warmup", type=int, default=2, help="requests sent before measuring")
+    run.add_argument("--idle", type=float, default=0.0, help="seconds of quiet before the load")
+    run.add_argument("--out-dir", default="benchmarks/results")
+    run.add_argument("--name", default="comparison", help="file stem of the outputs")
+    run.add_argument("--description", default="")
+    run.set_defaults(func=run_comparison)
 
     waste = commands.add_parser("deadlines", help="compute run past deadlines: sdserve vs plain Ray")
     waste.add_argument("--sdserve-config", default="configs/cpu.yaml")
@@ -33,3 +72,58 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     return args.func(args)
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    if args.workload == "burst":
+        return Workload("open", burst(args.requests), idle_before_s=args.idle)
+    if args.workload == "poisson":
+        return Workload("open", poisson(args.rate, args.duration, args.seed), idle_before_s=args.idle)
+    if args.workload == "sweep":
+        levels = [int(c) for c in args.concurrency.split(",")]
+        return Workload("sweep", concurrency=levels, requests_per_level=args.requests_per_level)
+    if not args.trace:
+        raise SystemExit("--workload trace needs --trace PATH")
+    window = busiest_window(args.trace) if args.window == "busiest" else args.window
+    args.window = window
+    arrivals = read_trace(args.trace, window, args.time_scale)
+    if not arrivals:
+        raise SystemExit(f"no arrivals in {args.trace} window {window}")
+    return Workload("open", arrivals, idle_before_s=args.idle)
+
+
+def _deployment_overrides(items: list[str]) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, assignment = item.partition(":")
+        if not sep:
+            raise SystemExit(f"--deployment-set {item!r} must look like DEPLOYMENT:KEY=VALUE")
+        result.setdefault(name, []).append(assignment)
+    return result
+
+
+def run_comparison(args: argparse.Namespace) -> int:
+    if not args.config and not args.url:
+        raise SystemExit("give --config (one or more) or --url")
+    workload = _workload(args)
+    template = RequestTemplate(size=args.size, steps=args.steps, timeout_s=args.timeout)
+    targets = [Target(args.url, url=args.url)] if args.url else [
+        Target(Path(c).stem, config=c, overrides=args.overrides,
+               deployment_overrides=_deployment_overrides(args.deployment_set))
+        for c in args.config
+    ]
+    results: dict[str, Any] = {}
+    try:
+        for target in targets:
+            results[target.name] = run_target(target, workload, template, args.slo, args.warmup)
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    meta = {"command": " ".join(shlex.quote(a) for a in sys.argv), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "environment": environment(), "settings": {k: v for k, v in vars(args).items() if k != "func"},
+            "description": args.description}
+    for path in write_outputs(results, meta, Path(args.out_dir), args.name):
+        print(f"[bench] wrote {path}")
+    return 0

@@ -56,6 +56,23 @@ def _simulation_profile(settings: AppSettings) -> SimulationProfile:
     )
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
+
+
+def _peak_device_memory(device: str) -> int | None:
+    """Peak GPU memory allocated by this replica's process so far (None off CUDA)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(torch.device(device)))
+
+
 def _process_cpu_s() -> float:
     """CPU seconds this replica's process has used (user + system), for waste accounting."""
     import psutil
@@ -183,6 +200,9 @@ class DiffusionWorker:
         return {
             "replica_id": self.replica_id,
             "model": self.backend.model_name,
+            "device": self.backend.device,
+            "device_name": _device_name(self.backend.device),
+            "peak_memory_bytes": _peak_device_memory(self.backend.device),
             "load_time_s": self.load_time_s,
             "cold_start_s": self.cold_start_s,
             "service_time_s": self.runner.service_time.mean_s,

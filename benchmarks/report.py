@@ -1,0 +1,127 @@
+"""Outputs of a comparison: one JSON with every record and summary, a Markdown table, PNG plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROWS = [
+    ("sent", lambda s: s["sent"]),
+    ("ok / deadline / shed / overloaded / oom / invalid / error",
+     lambda s: " / ".join(str(s["outcomes"][k]) for k in ("ok", "deadline", "shed", "overloaded", "oom", "invalid", "error"))),
+    ("throughput, images/s", lambda s: s["throughput_images_per_s"]),
+    ("throughput, requests/s", lambda s: s["throughput_requests_per_s"]),
+    ("latency p50 / p90 / p99, s", lambda s: _triple(s["latency_s"])),
+    ("queue wait p50 / p99, s", lambda s: _pair(s["queue_wait_s"])),
+    ("service time p50 / p99, s", lambda s: _pair(s["service_time_s"])),
+    ("SLO attainment", lambda s: f"{100 * s['slo_attainment']:.1f}% within {s['slo_s']:g}s"),
+    ("replica-seconds", lambda s: s["replica_seconds"]),
+    ("oracle replica-seconds", lambda s: s["oracle_replica_seconds"]),
+    ("replica-seconds / oracle", lambda s: s["replica_seconds_over_oracle"]),
+    ("images per replica-second", lambda s: s["images_per_replica_second"]),
+    ("replica starts (cold starts)", lambda s: s["replica_starts"]),
+    ("max replicas", lambda s: s["max_replicas"]),
+    ("s from first request to 1st, 2nd, ... replica running",
+     lambda s: ", ".join(f"{t:.1f}" for t in s.get("seconds_to_running_replicas", [])) or "-"),
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def _triple(p: dict[str, float | None]) -> str:
+    return " / ".join(_fmt(p[k]) for k in ("p50", "p90", "p99"))
+
+
+def _pair(p: dict[str, float | None]) -> str:
+    return " / ".join(_fmt(p[k]) for k in ("p50", "p99"))
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    names = list(results)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, get in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_fmt(get(results[n]["summary"])) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    import ray
+    import torch
+
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__, "ray": ray.__version__}
+
+
+def plot_latency_cdf(results: dict[str, dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, result in results.items():
+        lat = np.sort([r["latency_s"] for r in result["records"] if r["outcome"] == "ok"])
+        if len(lat):
+            ax.plot(lat, np.arange(1, len(lat) + 1) / result["summary"]["sent"], label=name)
+    ax.set(xlabel="latency of successful requests (s)", ylabel="fraction of requests sent", title="Latency CDF")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fleet(results: dict[str, dict[str, Any]], path: Path) -> None:
+    fig, axes = plt.subplots(len(results), 1, figsize=(8, 2.6 * len(results)), sharex=True, squeeze=False)
+    for ax, (name, result) in zip(axes[:, 0], results.items()):
+        t = [s["t"] for s in result["samples"]]
+        ax.step(t, [s["replicas"] for s in result["samples"]], where="post", label="replicas (incl. starting)")
+        ax.step(t, [s["running"] for s in result["samples"]], where="post", label="running", alpha=0.7)
+        ax.plot(t, [s["outstanding"] for s in result["samples"]], label="requests outstanding", alpha=0.7)
+        ax.set(title=name, ylabel="count")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("seconds since start")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(results: dict[str, dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, result in results.items():
+        levels = result.get("levels") or []
+        if levels:
+            ax.plot([lv["concurrency"] for lv in levels], [lv["throughput_images_per_s"] for lv in levels],
+                    marker="o", label=name)
+    ax.set(xlabel="concurrent clients (offered load)", ylabel="images/s", title="Throughput vs offered load")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(results)
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md",
+             out_dir / f"{stem}-latency-cdf.png", out_dir / f"{stem}-fleet.png"]
+    paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    paths[1].write_text(f"# {stem}\n\n{meta.get('description', '')}\n\n{table}\n")
+    plot_latency_cdf(results, paths[2])
+    plot_fleet(results, paths[3])
+    if any(r.get("levels") for r in results.values()):
+        paths.append(out_dir / f"{stem}-throughput.png")
+        plot_sweep(results, paths[-1])
+    print(table)
+    return paths

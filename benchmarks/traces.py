@@ -1,0 +1,99 @@
+"""Arrival traces: the production Stable Diffusion log and plain CSVs, windowed and time-scaled.
+
+Two formats, told apart by their header:
+- the production trace (``../shared/traces/alibaba-genai-2026-lora_request_trace.csv``): columns
+  ``gmt_create`` (``YYYY-MM-DD HH:MM:SS``), ``num_images_per_prompt``, ``num_inference_steps``;
+- a plain CSV: ``timestamp[,n,steps]`` with ``timestamp`` in seconds.
+Missing ``n`` means 1 image; missing ``steps`` means the server's default.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One request to send ``at`` seconds after the start of the run."""
+
+    at: float
+    n: int = 1
+    steps: int | None = None
+
+
+def _number(text: str | None) -> float | None:
+    if text is None or not text.strip():
+        return None
+    value = float(text)
+    return None if math.isnan(value) else value
+
+
+def _parse_time(text: str) -> float:
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()
+
+
+def parse_window(window: str | None) -> tuple[float | None, float | None]:
+    """``START..END`` (either side optional): datetimes or seconds, END exclusive."""
+    if not window:
+        return None, None
+    start, sep, end = window.partition("..")
+    if not sep:
+        raise ValueError(f"window {window!r} must look like START..END")
+    return (_parse_time(start) if start else None, _parse_time(end) if end else None)
+
+
+def read_trace(path: str | Path, window: str | None = None, time_scale: float = 1.0) -> list[Arrival]:
+    """Arrivals in the window, shifted to start at 0 and divided by ``time_scale`` (10 → 10× faster)."""
+    if time_scale <= 0:
+        raise ValueError("time_scale must be > 0")
+    start, end = parse_window(window)
+    rows: list[tuple[float, int, int | None]] = []
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader)]
+        production = "gmt_create" in header
+        if production:
+            cols = {name: header.index(name) for name in ("gmt_create", "num_images_per_prompt", "num_inference_steps")}
+        elif header[0] != "timestamp":
+            raise ValueError(f"{path}: expected a 'gmt_create' or 'timestamp' column, got {header}")
+        for row in reader:
+            if not row:
+                continue
+            if production:
+                t = _parse_time(row[cols["gmt_create"]])
+                n, steps = _number(row[cols["num_images_per_prompt"]]), _number(row[cols["num_inference_steps"]])
+            else:
+                t = _parse_time(row[0])
+                n = _number(row[1]) if len(row) > 1 else None
+                steps = _number(row[2]) if len(row) > 2 else None
+            if (start is None or t >= start) and (end is None or t < end):
+                rows.append((t, int(n) if n else 1, int(steps) if steps else None))
+    rows.sort(key=lambda r: r[0])
+    if not rows:
+        return []
+    origin = start if start is not None else rows[0][0]
+    return [Arrival((t - origin) / time_scale, n, steps) for t, n, steps in rows]
+
+
+def busiest_window(path: str | Path, seconds: float = 3600) -> str:
+    """The ``START..END`` window of ``seconds`` (aligned to multiples of it) with the most arrivals."""
+    counts: dict[float, int] = {}
+    production = False
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            production = "gmt_create" in row
+            bucket = _parse_time(row["gmt_create"] if production else row["timestamp"]) // seconds * seconds
+            counts[bucket] = counts.get(bucket, 0) + 1
+    best = max(counts, key=counts.__getitem__)
+    if not production:
+        return f"{best:g}..{best + seconds:g}"
+    fmt = "%Y-%m-%d %H:%M:%S"
+    return f"{datetime.fromtimestamp(best).strftime(fmt)}..{datetime.fromtimestamp(best + seconds).strftime(fmt)}"

@@ -1,0 +1,138 @@
+"""The benchmark: statistics and trace reading (unit), and a smoke run against a real server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.loadgen import Record, RequestTemplate, classify
+from benchmarks.report import write_outputs
+from benchmarks.runner import Target, Workload, run_target
+from benchmarks.stats import AccountingError, percentiles, replica_seconds, replica_starts, summarize, time_to_replicas
+from benchmarks.traces import Arrival, busiest_window, parse_window, read_trace
+from benchmarks.workloads import burst, poisson
+from tests.conftest import ROOT, Deployed, deployed
+
+SYNTHETIC = ROOT / "benchmarks" / "traces" / "synthetic-20.csv"
+
+
+def _production_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "prod.csv"
+    path.write_text(
+        "gmt_create,predict_type,predict_status,exec_time_seconds,groupId,prompt_length,"
+        "negative_prompt_length,num_images_per_prompt,num_inference_steps,checkpoint_model_version_id,num_lora\n"
+        "2024-11-15 16:57:50,TXT_2_IMG,SUCCEED,32.0,G0,63.0,26.0,1.0,30.0,M0,0\n"
+        "2024-11-15 16:58:10,TXT_2_IMG,SUCCEED,43.0,G1,93.0,,4.0,,M1,0\n"
+        "2024-11-15 16:59:50,TXT_2_IMG,SUCCEED,36.0,G1,93.0,,,40.0,M1,0\n"
+        "2024-11-15 18:00:00,TXT_2_IMG,SUCCEED,36.0,G1,93.0,,8.0,40.0,M1,0\n"
+    )
+    return path
+
+
+def test_production_trace_window_time_scale_and_missing_fields(tmp_path: Path) -> None:
+    path = _production_csv(tmp_path)
+    arrivals = read_trace(path, "2024-11-15 16:57:50..2024-11-15 17:00:00", time_scale=10)
+    assert arrivals == [Arrival(0.0, 1, 30), Arrival(2.0, 4, None), Arrival(12.0, 1, 40)]
+    assert len(read_trace(path)) == 4
+    assert read_trace(path, "2024-11-15 17:00:00..")[0] == Arrival(3600.0, 8, 40)  # from the window start
+    assert busiest_window(path) == "2024-11-15 16:00:00..2024-11-15 17:00:00"
+
+
+def test_plain_trace_and_window_parsing() -> None:
+    arrivals = read_trace(SYNTHETIC)
+    assert len(arrivals) == 20 and arrivals[0].at == 0.0
+    assert all(b.at >= a.at for a, b in zip(arrivals, arrivals[1:]))
+    assert {a.n for a in arrivals} <= {1, 2}
+    halved = read_trace(SYNTHETIC, time_scale=2.0)
+    assert halved[-1].at == pytest.approx(arrivals[-1].at / 2)
+    assert parse_window("10..20") == (10.0, 20.0) and parse_window(None) == (None, None)
+    with pytest.raises(ValueError):
+        parse_window("10-20")
+
+
+def test_workloads() -> None:
+    assert burst(3) == [Arrival(0.0)] * 3
+    arrivals = poisson(rate=5.0, duration_s=100.0, seed=1)
+    assert 400 < len(arrivals) < 600 and all(0 <= a.at < 100 for a in arrivals)
+    assert poisson(5.0, 10.0, seed=1) == poisson(5.0, 10.0, seed=1)
+
+
+@pytest.mark.parametrize(("status", "code", "outcome"), [
+    (200, "", "ok"), (504, "deadline_exceeded", "deadline"), (504, "shed", "shed"), (503, "overloaded", "overloaded"),
+    (507, "out_of_memory", "oom"), (422, "invalid_value", "invalid"), (500, "error", "error"), (408, "", "deadline"),
+])
+def test_classify(status: int, code: str, outcome: str) -> None:
+    assert classify(status, code) == outcome
+
+
+def _record(i: int, outcome: str = "ok", latency: float = 1.0, service: float = 1.0, batch: int = 1) -> Record:
+    return Record(i, 0.0, sent_s=float(i), done_s=i + latency, status=200, outcome=outcome,
+                  service_time_s=service, queue_wait_s=latency - service, batch_images=batch)
+
+
+def test_summary_statistics() -> None:
+    records = [_record(i, latency=1.0 + i) for i in range(10)] + [_record(10, "overloaded")]
+    samples = [{"t": 0.0, "replicas": 1, "running": 0, "outstanding": 0},
+               {"t": 10.0, "replicas": 3, "running": 3, "outstanding": 2},
+               {"t": 20.0, "replicas": 1, "running": 1, "outstanding": 0}]
+    summary = summarize(records, samples, slo_s=5.0)
+    assert summary["outcomes"]["ok"] == 10 and summary["outcomes"]["overloaded"] == 1
+    assert summary["slo_attainment"] == pytest.approx(5 / 11)
+    lat = summary["latency_s"]
+    assert lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert summary["replica_seconds"] == pytest.approx(40.0)
+    assert summary["oracle_replica_seconds"] == pytest.approx(10.0)
+    assert summary["replica_seconds_over_oracle"] == pytest.approx(4.0)
+    assert replica_starts(samples) == 2
+    assert time_to_replicas(samples, 5.0) == [5.0, 5.0, 5.0]
+    assert replica_seconds(samples[:1]) == 0.0
+    assert percentiles([]) == {"p50": None, "p90": None, "p99": None}
+
+
+def test_batched_oracle_shares_a_call_between_its_images() -> None:
+    records = [_record(i, service=4.0, batch=4) for i in range(4)]
+    assert summarize(records, [], 10)["oracle_replica_seconds"] == pytest.approx(4.0)
+
+
+def test_lost_request_breaks_the_accounting_identity() -> None:
+    with pytest.raises(AccountingError):
+        summarize([_record(0, outcome="vanished")], [], 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
+    with deployed(ray_cluster, "cpu", ["deadlines.shed_hopeless=false"]) as app:
+        yield app
+
+
+@pytest.mark.ray
+def test_smoke_trace_replay_against_a_real_server(tiny_server: Deployed, tmp_path: Path) -> None:
+    arrivals = read_trace(SYNTHETIC)
+    result = run_target(Target("tiny", url=tiny_server.url), Workload("open", arrivals),
+                        RequestTemplate(size="64x64", steps=4), slo_s=10.0, warmup=1, tail_s=0.2)
+    summary = result["summary"]
+    assert summary["sent"] == 20 == sum(summary["outcomes"].values())
+    assert summary["outcomes"]["ok"] + summary["outcomes"]["overloaded"] == 20
+    lat = summary["latency_s"]
+    assert lat["p50"] <= lat["p90"] <= lat["p99"]
+    sent = sorted(r["sent_s"] for r in result["records"])
+    first = sent[0]
+    for arrival, actual in zip(arrivals, sent):
+        assert actual - first == pytest.approx(arrival.at, abs=0.25)
+    paths = write_outputs({"tiny": result}, {"description": "smoke"}, tmp_path, "smoke")
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+    saved = json.loads(paths[0].read_text())
+    assert len(saved["results"]["tiny"]["records"]) == 20
+    assert "| sent | 20 |" in paths[1].read_text()
+
+
+@pytest.mark.ray
+def test_smoke_sweep_reports_levels(tiny_server: Deployed) -> None:
+    result = run_target(Target("tiny", url=tiny_server.url), Workload("sweep", concurrency=[1, 2], requests_per_level=3),
+                        RequestTemplate(size="64x64", steps=2), slo_s=10.0, warmup=0, tail_s=0.1)
+    assert [lv["concurrency"] for lv in result["levels"]] == [1, 2]
+    assert result["summary"]["sent"] == 6
