@@ -77,7 +77,11 @@ class AutoscalerState:
 class Decision:
     desired: int
     state: AutoscalerState
-    reason: str
+    reason: str  # "<kind>: <details>"; the kind is one of a few fixed words (a metric label)
+
+    @property
+    def kind(self) -> str:
+        return self.reason.split(":")[0]
 
 
 def _ceil_div(a: float, b: float) -> int:
@@ -116,14 +120,14 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         )
     elif needed_now > provisioned and current > 0:
         desired = current
-        reason = f"backlog {inputs.demand}: more replicas would be ready only after it drains"
+        reason = f"backlog: {inputs.demand} waiting; new replicas would be ready only after it drains"
     elif window_need >= current:
         desired, reason = current, f"steady: need {window_need} over the stable window"
     elif (
         state.last_scale_down_at is not None
         and now - state.last_scale_down_at < config.scale_down_interval_s
     ):
-        desired, reason = current, "cooling down after the last scale-down"
+        desired, reason = current, "cooling down: too soon after the last scale-down"
     else:
         desired = current - 1
         reason = f"low demand: need {window_need} over {config.stable_window_s:g}s, one step down"
@@ -132,10 +136,10 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     keep_alive = 1 if current > 0 and idle_for < config.scale_to_zero_after_s else 0
     floor = max(_ceil_div(inputs.in_flight, capacity), config.min_replicas, keep_alive)
     if desired < floor:
-        desired, reason = floor, f"holding {floor}: in-flight work, min_replicas or keep-alive"
+        desired, reason = floor, f"holding: {floor} for in-flight work, min_replicas or keep-alive"
     desired = max(config.min_replicas, min(config.max_replicas, desired))
     if desired == 0 and current > 0:
-        reason = f"idle {idle_for:.0f}s >= keep-alive {config.scale_to_zero_after_s:g}s: to zero"
+        reason = f"to zero: idle {idle_for:.0f}s >= keep-alive {config.scale_to_zero_after_s:g}s"
     new_state = AutoscalerState(
         target=desired,
         idle_since=idle_since,

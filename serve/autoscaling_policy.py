@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, decide
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, Decision, decide
 
 log = logging.getLogger("ray.serve")
 STATE_KEY = "sdserve"
@@ -53,9 +53,13 @@ def _state_from(policy_state: dict[str, Any]) -> AutoscalerState:
 class QueueDepthPolicy:
     """Ray's class-callable policy; ``policy_kwargs`` become the :class:`AutoscalerConfig`."""
 
+    #: Besides every change, the decision log is refreshed this often (it feeds metric gauges).
+    REFRESH_S = 1.0
+
     def __init__(self, **policy_kwargs: Any) -> None:
         self.config = AutoscalerConfig(**policy_kwargs)
         self._last_logged: tuple[int, str] | None = None
+        self._last_recorded = 0.0
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         config = dataclasses.replace(
@@ -65,17 +69,22 @@ class QueueDepthPolicy:
         )
         inputs = inputs_from_context(ctx)
         decision = decide(inputs, _state_from(ctx.policy_state or {}), config)
-        self._report(ctx, inputs, decision.desired, decision.reason)
+        self._report(ctx, inputs, decision)
         state = {**(ctx.policy_state or {}), STATE_KEY: dataclasses.asdict(decision.state)}
         return decision.desired, state
 
-    def _report(self, ctx: Any, inputs: AutoscalerInputs, desired: int, reason: str) -> None:
-        """Log and record a decision when the count or the kind of reason changes."""
-        key = (desired, reason.split(":")[0])
-        if key == self._last_logged:
+    def _report(self, ctx: Any, inputs: AutoscalerInputs, decision: Decision) -> None:
+        """Log a decision when the count or the kind of reason changes; record it then too, and
+        at least every ``REFRESH_S`` so the gauges built from the log stay current."""
+        desired, reason = decision.desired, decision.reason
+        key = (desired, decision.kind)
+        changed = key != self._last_logged
+        if changed:
+            self._last_logged = key
+            log.info("autoscaler %s: desired %d (%s)", ctx.deployment_name, desired, reason)
+        if not changed and inputs.now - self._last_recorded < self.REFRESH_S:
             return
-        self._last_logged = key
-        log.info("autoscaler %s: desired %d (%s)", ctx.deployment_name, desired, reason)
+        self._last_recorded = inputs.now
         try:
             from serve.decision_log import decision_log
 
@@ -86,7 +95,8 @@ class QueueDepthPolicy:
                     "desired": desired,
                     "reason": reason,
                     **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "now"},
-                }
+                },
+                changed,
             )
         except Exception:  # the decision must never fail because its record could not be written
             log.exception("could not record autoscaling decision")

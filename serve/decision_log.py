@@ -22,12 +22,14 @@ class DecisionLog:
         self._recent: deque[dict[str, Any]] = deque(maxlen=keep)
         self._latest: dict[str, dict[str, Any]] = {}
 
-    def record(self, decision: dict[str, Any]) -> None:
-        self._recent.append(decision)
+    def record(self, decision: dict[str, Any], changed: bool = True) -> None:
+        """Keep the latest per deployment; the recent list holds changes only."""
+        if changed:
+            self._recent.append(decision)
         self._latest[decision["deployment"]] = decision
 
     def read(self, limit: int = 50) -> dict[str, Any]:
-        return {"latest": dict(self._latest), "recent": list(self._recent)[-limit:]}
+        return {"latest": dict(self._latest), "recent": list(self._recent)[-limit:] if limit > 0 else []}
 
 
 def decision_log() -> Any:

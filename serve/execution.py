@@ -23,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from models.generator import GroupedGenerator, group_by_batch_key
+from models.memory import PeakMemory
 from models.oom import is_device_fatal, is_out_of_memory, release_memory
 from models.request import GenerationStopped
 from scheduler.deadlines import Admission, admit
@@ -68,6 +70,8 @@ class JobRunner:
         self.max_oom_strikes = max_oom_strikes
         self.oom_count = 0
         self._oom_strikes = 0  # consecutive OOMs on calls the estimate said fit
+        #: Facts about this replica sent with every reply (cold start, load time), for metrics.
+        self.replica_info: dict[str, float] = {}
         #: Set when the device should not serve again; ``check_health`` fails on it.
         self.unhealthy_reason: str | None = None
         self.step_time = StepTimeEstimator()
@@ -93,8 +97,12 @@ class JobRunner:
                 batch = [runnable[i] for i in call]
                 for job, reply in zip(batch, self._run_group(batch, cancelled)):
                     replies[job.job_id] = reply
-        memory = dataclasses.asdict(self.memory) if self.memory else None
-        return [dataclasses.replace(replies[job.job_id], memory=memory) for job in jobs]
+        replica = {
+            "memory": dataclasses.asdict(self.memory) if self.memory else None,
+            "replica_oom_total": self.oom_count,
+            **self.replica_info,
+        }
+        return [dataclasses.replace(replies[job.job_id], **replica) for job in jobs]
 
     def _estimate(self, group: list[WorkerJob]) -> float | None:
         pixels = sum(job.request.pixels for job in group)
@@ -141,8 +149,16 @@ class JobRunner:
                 return "cancelled" if all(cancelled(j) for j in group) else "deadline"
             return None
 
+        first = group[0].request
+        images = sum(job.request.n for job in group)
+        estimate = self.memory.estimate(first.width, first.height, images) if self.memory else None
+        peak = PeakMemory(self.backend.device)
         try:
-            results = self.backend.generate([job.request for job in group], should_stop)
+            if estimate is None:
+                results = self.backend.generate([job.request for job in group], should_stop)
+            else:
+                with peak:
+                    results = self.backend.generate([job.request for job in group], should_stop)
         except GenerationStopped as stopped:
             self._record_overruns(group)
             pixels = sum(job.request.pixels for job in group)
@@ -174,7 +190,9 @@ class JobRunner:
         self.service_time.add(elapsed)
         pixels = sum(job.request.pixels for job in group)
         self.step_time.observe(pixels, results[0].steps_done, elapsed)
-        return [self._finished(job, result, started) for job, result in zip(group, results)]
+        call = {"call_id": uuid.uuid4().hex, "memory_estimate_bytes": estimate,
+                "memory_peak_bytes": peak.peak_bytes if estimate is not None else None}
+        return [self._finished(job, result, started, call) for job, result in zip(group, results)]
 
     def _after_oom(
         self, group: list[WorkerJob], cancelled: Callable[[WorkerJob], bool], started: float, error: str
@@ -211,8 +229,8 @@ class JobRunner:
             if job.deadline is not None and ended > job.deadline:
                 self.deadline_overruns_s.append(ended - job.deadline)
 
-    def _finished(self, job: WorkerJob, result: Any, started: float) -> WorkerReply:
-        fields = dict(steps_done=result.steps_done, batch_images=result.batch_images)
+    def _finished(self, job: WorkerJob, result: Any, started: float, call: dict[str, Any]) -> WorkerReply:
+        fields = dict(steps_done=result.steps_done, batch_images=result.batch_images, **call)
         if job.deadline is not None and time.time() > job.deadline:
             return self._reply(
                 job, "deadline_exceeded", started, phase="running",

@@ -11,6 +11,7 @@ outcome to one documented status code.
 import asyncio
 import base64
 import hmac
+import json
 import logging
 import os
 import time
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.context import _get_serve_request_context
 from ray.serve.exceptions import BackPressureError
@@ -30,12 +32,12 @@ from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadli
 from scheduler.drain import DrainRate, retry_after_s
 from scheduler.memory import MemoryModel, largest_that_fits
 from serve.decision_log import read_decisions
-from serve.metrics import REQUESTS
+from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError, parse_body, to_generation_request
 from serve.protocol import WorkerJob, WorkerReply
 from serve.settings import AppSettings, AuthSettings
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 
 api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve")
 
@@ -110,6 +112,7 @@ class Ingress:
         self.worker = worker
         self.api_keys = load_api_keys(self.settings.auth)
         self.app_name = serve.get_replica_context().app_name
+        self.metrics = MetricsRecorder(self.app_name)
         d = self.settings.deadlines
         self.deadlines = DeadlinePolicy(d.default_timeout_s, d.max_timeout_s, d.proxy_guard_s)
         self._drain = DrainRate(self.settings.queue.drain_window_s)
@@ -161,8 +164,17 @@ class Ingress:
         self._authorize(request)
         return await read_decisions()
 
+    @api.get("/metrics")
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text format: every request's outcome and timings, the workers' measurements,
+        and the autoscaler's last decision (see serve/metrics.py). Needs the key when keys are set."""
+        self._authorize(request)
+        body = self.metrics.render(self._outstanding, await read_decisions(limit=0))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     @api.post("/v1/images/generations")
     async def generations(self, request: Request) -> JSONResponse:
+        started = time.monotonic()
         try:
             self._authorize(request)
             body = parse_body(await self._read_body(request))
@@ -170,14 +182,17 @@ class Ingress:
             self._check_memory(generation)
             job = self._job(generation, body.timeout_s, request)
         except ApiError as error:
-            self._count("invalid", "")
+            self._finish("invalid", "", started, code=error.code, status=error.status)
             raise error
-        reply = await self._call_worker(job)
+        reply = await self._call_worker(job, started)
         if reply.memory is not None:
             self._memory = MemoryModel(**reply.memory)
-        self._count(reply.outcome, reply.phase)
-        if reply.outcome != "ok":
-            raise _reply_error(reply)
+        self.metrics.reply(reply)
+        error = _reply_error(reply) if reply.outcome != "ok" else None
+        self._finish(reply.outcome, reply.phase, started, job=job, reply=reply,
+                     status=error.status if error else 200, code=error.code if error else "")
+        if error is not None:
+            raise error
         return JSONResponse(
             {
                 "created": int(time.time()),
@@ -185,6 +200,29 @@ class Ingress:
             },
             headers={**_timing_headers(reply), "X-Model": self.settings.model.name},
         )
+
+    def _finish(
+        self, outcome: str, phase: str, started: float, *, status: int, code: str = "",
+        job: WorkerJob | None = None, reply: WorkerReply | None = None,
+    ) -> None:
+        """Count the request's one outcome and write its one structured log line."""
+        latency = time.monotonic() - started
+        self.metrics.request(outcome, phase, latency)
+        request = job.request if job else None
+        line = {
+            "event": "sdserve_request",
+            "request_id": _get_serve_request_context().request_id,
+            "outcome": outcome, "phase": phase, "status": status, "code": code,
+            "latency_s": round(latency, 4),
+            "queue_wait_s": round(reply.queue_wait_s, 4) if reply else None,
+            "service_time_s": round(reply.service_time_s, 4) if reply else None,
+            "steps_done": reply.steps_done if reply else None,
+            "steps_requested": request.num_inference_steps if request else None,
+            "size": f"{request.width}x{request.height}" if request else None,
+            "n": request.n if request else None,
+            "replica_id": reply.replica_id if reply else None,
+        }
+        log.info(json.dumps(line))
 
     def _check_memory(self, generation: GenerationRequest) -> None:
         """Refuse before queueing what can never fit, once a worker has told us its budget."""
@@ -210,7 +248,7 @@ class Ingress:
             deadline=absolute_deadline(accepted_at, timeout_s, source, self.deadlines),
         )
 
-    async def _call_worker(self, job: WorkerJob) -> WorkerReply:
+    async def _call_worker(self, job: WorkerJob, started: float) -> WorkerReply:
         """Forward a job; answer for it ourselves if it never reaches a worker in time.
 
         The worker enforces the deadline at every step and normally replies first; the ingress
@@ -233,23 +271,21 @@ class Ingress:
                 message=f"deadline passed after {waited:.2f}s waiting for a worker",
             )
         except BackPressureError as error:
-            raise self._overloaded(error) from None
+            overloaded = self._overloaded(error)
+            self._finish("overloaded", "queued", started, status=503, code="overloaded", job=job)
+            raise overloaded from None
         except asyncio.CancelledError:  # the client went away: stop the work wherever it is
             response.cancel()
-            self._count("cancelled", "")
+            self._finish("cancelled", "", started, status=499, job=job)
             raise
         finally:
             self._outstanding -= 1
 
     def _overloaded(self, error: BackPressureError) -> ApiError:
-        self._count("overloaded", "")
         queued = max(error.args[0] if error.args else 0, self._outstanding)
         retry_after = retry_after_s(queued, self._drain.per_second(time.monotonic()), None)
         return ApiError(
             503, f"overloaded: {queued} requests queued; retry in about {retry_after}s",
             code="overloaded", type="server_error", headers={"Retry-After": str(retry_after)},
         )
-
-    def _count(self, outcome: str, phase: str) -> None:
-        REQUESTS.labels(self.app_name, outcome, phase).inc()
 

@@ -1,19 +1,135 @@
-"""sdserve's Prometheus metrics, defined once (prometheus-client), served on ``GET /metrics``.
+"""sdserve's Prometheus metrics, served on ``GET /metrics`` by the ingress.
 
-Outcome accounting lives in the ingress, where every request starts and ends: each accepted request
-increments ``sdserve_requests_total`` exactly once with its outcome.
+Aggregation: every request enters and leaves through the ingress, and every worker reply carries
+what the worker measured (queue wait, service time, steps, batch size, memory, the replica's cold
+start and OOM count). The ingress records all of it in one registry, so ``/metrics`` covers every
+worker replica without scraping them. The autoscaler's gauges are read from its decision log at
+scrape time. Run one ingress replica (as the shipped configs do) or scrape each ingress replica.
+Ray's own ``ray_serve_*`` metrics stay available on Ray's metrics export port.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from collections import OrderedDict
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from serve.protocol import WorkerReply
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 300, 600)
 
 REQUESTS = Counter(
-    "sdserve_requests",
-    "Requests by how they ended (ok, deadline_exceeded, shed, overloaded, out_of_memory, "
-    "invalid, cancelled, error) and, for deadlines, where (queued or running).",
-    ["app", "outcome", "phase"],
-    registry=REGISTRY,
+    "sdserve_requests", "Requests by how they ended; 'phase' says where a deadline hit (queued or running).",
+    ["app", "outcome", "phase"], registry=REGISTRY,
 )
+LATENCY = Histogram(
+    "sdserve_request_latency_seconds", "End-to-end time in the ingress, by outcome.",
+    ["app", "outcome"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "sdserve_queue_wait_seconds", "Accepted → pipeline start, of successful requests.",
+    ["app"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+SERVICE_TIME = Histogram(
+    "sdserve_service_time_seconds", "Pipeline start → end, of successful requests.",
+    ["app"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+STEP_TIME = Histogram(
+    "sdserve_step_time_seconds", "Mean denoising step time of each successful pipeline call.",
+    ["app"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=REGISTRY,
+)
+BATCH_IMAGES = Histogram(
+    "sdserve_batch_images", "Images per successful pipeline call.",
+    ["app"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=REGISTRY,
+)
+MEMORY_RATIO = Histogram(
+    "sdserve_memory_estimate_over_peak_ratio", "Estimated / measured peak memory per pipeline call.",
+    ["app"], buckets=(0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 5), registry=REGISTRY,
+)
+COLD_STARTS = Counter("sdserve_replica_cold_starts", "Worker replicas seen starting.", ["app"], registry=REGISTRY)
+COLD_START_TIME = Histogram(
+    "sdserve_replica_cold_start_seconds", "Worker process start → ready (model loaded, calibrated).",
+    ["app"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300), registry=REGISTRY,
+)
+MODEL_LOAD_TIME = Histogram(
+    "sdserve_model_load_seconds", "Time to load the model in a worker replica.",
+    ["app"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=REGISTRY,
+)
+OOMS = Counter("sdserve_oom_events", "Out-of-memory errors raised by pipeline calls (bisection retries included).",
+               ["app"], registry=REGISTRY)
+IN_PROGRESS = Gauge("sdserve_requests_in_progress", "Requests the ingress is waiting on (queued + running).",
+                    ["app"], registry=REGISTRY)
+QUEUED = Gauge("sdserve_queued_requests", "Requests waiting for a worker, as the autoscaler last saw them.",
+               ["deployment"], registry=REGISTRY)
+IN_FLIGHT = Gauge("sdserve_in_flight_requests", "Requests running on workers, as the autoscaler last saw them.",
+                  ["deployment"], registry=REGISTRY)
+IN_FLIGHT_PER_REPLICA = Gauge("sdserve_in_flight_per_replica", "In-flight requests per running replica.",
+                              ["deployment"], registry=REGISTRY)
+DESIRED = Gauge("sdserve_autoscaler_desired_replicas", "The autoscaler's last decision.", ["deployment"],
+                registry=REGISTRY)
+RUNNING = Gauge("sdserve_autoscaler_running_replicas", "Running replicas at the last decision.", ["deployment"],
+                registry=REGISTRY)
+STARTING = Gauge("sdserve_autoscaler_starting_replicas", "Starting replicas at the last decision.", ["deployment"],
+                 registry=REGISTRY)
+DECISION = Gauge("sdserve_autoscaler_decision_info", "1 for the kind of the last decision's reason.",
+                 ["deployment", "reason"], registry=REGISTRY)
+
+
+class MetricsRecorder:
+    """Turns replies and decisions into metrics; remembers what it has already counted."""
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+        self._replica_ooms: dict[str, int] = {}
+        self._calls: OrderedDict[str, None] = OrderedDict()  # recent call ids, counted once each
+
+    def request(self, outcome: str, phase: str, latency_s: float | None) -> None:
+        REQUESTS.labels(self.app, outcome, phase).inc()
+        if latency_s is not None:
+            LATENCY.labels(self.app, outcome).observe(latency_s)
+
+    def reply(self, reply: WorkerReply) -> None:
+        """What the worker measured: per request, per pipeline call, and per replica."""
+        if reply.replica_id and reply.replica_id not in self._replica_ooms:
+            self._replica_ooms[reply.replica_id] = 0
+            COLD_STARTS.labels(self.app).inc()
+            if reply.replica_cold_start_s is not None:
+                COLD_START_TIME.labels(self.app).observe(reply.replica_cold_start_s)
+            if reply.replica_load_time_s is not None:
+                MODEL_LOAD_TIME.labels(self.app).observe(reply.replica_load_time_s)
+        if reply.replica_id:
+            new = reply.replica_oom_total - self._replica_ooms[reply.replica_id]
+            if new > 0:
+                OOMS.labels(self.app).inc(new)
+                self._replica_ooms[reply.replica_id] = reply.replica_oom_total
+        if reply.outcome != "ok":
+            return
+        QUEUE_WAIT.labels(self.app).observe(reply.queue_wait_s)
+        SERVICE_TIME.labels(self.app).observe(reply.service_time_s)
+        if reply.call_id and reply.call_id not in self._calls:
+            self._calls[reply.call_id] = None
+            if len(self._calls) > 4096:
+                self._calls.popitem(last=False)
+            BATCH_IMAGES.labels(self.app).observe(reply.batch_images)
+            if reply.steps_done:
+                STEP_TIME.labels(self.app).observe(reply.service_time_s / reply.steps_done)
+            if reply.memory_estimate_bytes and reply.memory_peak_bytes:
+                MEMORY_RATIO.labels(self.app).observe(reply.memory_estimate_bytes / reply.memory_peak_bytes)
+
+    def render(self, in_progress: int, decisions: dict[str, Any]) -> bytes:
+        IN_PROGRESS.labels(self.app).set(in_progress)
+        for deployment, d in decisions.get("latest", {}).items():
+            QUEUED.labels(deployment).set(d["queued"])
+            IN_FLIGHT.labels(deployment).set(d["in_flight"])
+            IN_FLIGHT_PER_REPLICA.labels(deployment).set(d["in_flight"] / max(1, d["running_replicas"]))
+            DESIRED.labels(deployment).set(d["desired"])
+            RUNNING.labels(deployment).set(d["running_replicas"])
+            STARTING.labels(deployment).set(d["starting_replicas"])
+            kind = d["reason"].split(":")[0]
+            for labels in list(DECISION._metrics):
+                if labels[0] == deployment:
+                    DECISION.labels(*labels).set(0)
+            DECISION.labels(deployment, kind).set(1)
+        return generate_latest(REGISTRY)

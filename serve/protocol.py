@@ -41,3 +41,11 @@ class WorkerReply:
     phase: str = ""  # where a failure happened: "queued" or "running"
     code: str = ""  # the error code, when it says more than the outcome
     memory: dict[str, float] | None = None  # the replica's memory model, for ingress admission
+    # For metrics, aggregated by the ingress: the pipeline call this job ran in, its memory estimate
+    # and measured peak, and facts about the replica (cold start, model load, OOMs so far).
+    call_id: str = ""
+    memory_estimate_bytes: float | None = None
+    memory_peak_bytes: float | None = None
+    replica_cold_start_s: float | None = None
+    replica_load_time_s: float | None = None
+    replica_oom_total: int = 0

@@ -104,7 +104,6 @@ class DiffusionWorker:
             _simulation_profile(self.settings),
         )
         self.load_time_s = time.monotonic() - started
-        self.cold_start_s = _process_age_s()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         memory = self._calibrate_memory()
         if self.settings.testing.inject_oom_marker:
@@ -114,6 +113,10 @@ class DiffusionWorker:
             self.backend, self.replica_id, self.settings.deadlines.shed_hopeless,
             memory=memory, max_oom_strikes=self.settings.memory.max_oom_strikes,
         )
+        self.cold_start_s = _process_age_s()  # process start → ready, calibration included
+        self.runner.replica_info = {
+            "replica_cold_start_s": self.cold_start_s, "replica_load_time_s": self.load_time_s,
+        }
         self._cancelled: dict[str, threading.Event] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         batching = self.settings.batching

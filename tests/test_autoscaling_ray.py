@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,11 @@ def test_burst_from_zero_scales_out_back_to_zero_and_cold_starts(sim_single: Dep
     assert {r.headers["x-model"] for r in responses} == {"simulated:tiny"}
     assert 1 < max_running <= 4, max_running
     assert len({r.headers["x-replica-id"] for r in responses}) > 1
+
+    metrics = app.client.get("/metrics").text
+    deployment = f'deployment="{app.app_name}/DiffusionWorker"'
+    assert f"sdserve_autoscaler_desired_replicas{{{deployment}}}" in metrics
+    assert re.search(r'sdserve_autoscaler_decision_info\{[^}]*reason="[a-z ]+"[^}]*\} 1\.0', metrics)
 
     decisions = app.client.get("/v1/scheduler").json()
     reasons = [d["reason"] for d in decisions["recent"]]
