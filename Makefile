@@ -8,7 +8,7 @@ CONFIG ?= configs/cpu.yaml
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean kuberay
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+# deploy/kuberay/rayservice.yaml is generated from configs/single.yaml (a test checks it is current)
+kuberay: install
+	$(BIN)/python deploy/kuberay/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

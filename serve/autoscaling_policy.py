@@ -56,18 +56,41 @@ class QueueDepthPolicy:
     #: Besides every change, the decision log is refreshed this often (it feeds metric gauges).
     REFRESH_S = 1.0
 
-    def __init__(self, **policy_kwargs: Any) -> None:
+    #: How long the cluster's GPU count is cached (``follow_cluster_gpus``).
+    GPU_CACHE_S = 5.0
+
+    def __init__(
+        self, follow_cluster_gpus: bool = False, gpus_per_replica: float = 1.0, **policy_kwargs: Any
+    ) -> None:
+        """``follow_cluster_gpus``: cap max replicas at the GPUs the cluster has now divided by
+        ``gpus_per_replica`` (a fixed GPU fleet). Leave it off where GPU nodes are added on demand
+        (KubeRay with min 0 GPU workers): there the cap would stay at zero."""
         self.config = AutoscalerConfig(**policy_kwargs)
+        self.follow_cluster_gpus = follow_cluster_gpus
+        self.gpus_per_replica = gpus_per_replica
+        self._gpu_cap: tuple[float, int] | None = None  # (read at, replicas the GPUs allow)
         self._last_logged: tuple[int, str] | None = None
         self._last_recorded = 0.0
 
+    def gpu_replica_cap(self, now: float) -> int:
+        """Replicas the cluster's GPUs can hold, re-read every ``GPU_CACHE_S``."""
+        if self._gpu_cap is None or now - self._gpu_cap[0] >= self.GPU_CACHE_S:
+            import ray
+
+            gpus = ray.cluster_resources().get("GPU", 0.0)
+            self._gpu_cap = (now, int(gpus // self.gpus_per_replica))
+        return self._gpu_cap[1]
+
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        inputs = inputs_from_context(ctx)
+        max_replicas = ctx.capacity_adjusted_max_replicas
+        if self.follow_cluster_gpus:
+            max_replicas = min(max_replicas, self.gpu_replica_cap(inputs.now))
         config = dataclasses.replace(
             self.config,
             min_replicas=ctx.capacity_adjusted_min_replicas,
-            max_replicas=ctx.capacity_adjusted_max_replicas,
+            max_replicas=max(ctx.capacity_adjusted_min_replicas, max_replicas),
         )
-        inputs = inputs_from_context(ctx)
         decision = decide(inputs, _state_from(ctx.policy_state or {}), config)
         self._report(ctx, inputs, decision)
         state = {**(ctx.policy_state or {}), STATE_KEY: dataclasses.asdict(decision.state)}

@@ -33,10 +33,9 @@ class DecisionLog:
 
 
 def decision_log() -> Any:
-    """The cluster's decision log actor, created on first use (detached: outlives apps)."""
-    return DecisionLog.options(
-        name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
-    ).remote()
+    """The cluster's decision log actor, created on first use by the policy inside Serve's
+    controller, so it lives exactly as long as the controller (``serve.shutdown()`` ends both)."""
+    return DecisionLog.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True).remote()
 
 
 async def read_decisions(limit: int = 50) -> dict[str, Any]:

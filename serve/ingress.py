@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.context import _get_serve_request_context
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -253,16 +254,28 @@ class Ingress:
 
         The worker enforces the deadline at every step and normally replies first; the ingress
         timer (deadline + slack) catches a job still waiting for a worker slot, and cancelling the
-        call removes it from Ray's queue, so it never reaches the pipeline.
+        call removes it from Ray's queue, so it never reaches the pipeline. If the replica running
+        it dies (its node is lost), the job is retried once on another replica while time is left
+        (generation is seeded, so a retry gives the same image); otherwise it fails clearly.
         """
         assert job.deadline is not None
-        response = self.worker.generate.remote(job)
         self._outstanding += 1
         try:
-            wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
-            reply: WorkerReply = await asyncio.wait_for(asyncio.shield(response), wait_s)
-            self._drain.completed(time.monotonic())
-            return reply
+            for attempt in (1, 2):
+                response = self.worker.generate.remote(job)
+                try:
+                    wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
+                    reply: WorkerReply = await asyncio.wait_for(asyncio.shield(response), wait_s)
+                    self._drain.completed(time.monotonic())
+                    return reply
+                except RayActorError as lost:
+                    if attempt == 2 or time.time() >= job.deadline:
+                        return WorkerReply(
+                            "error", code="replica_lost", phase="running",
+                            message=f"the worker replica serving this request was lost: {type(lost).__name__}",
+                        )
+                    log.warning("worker replica lost for %s (%s); retrying once", job.request_id, lost)
+            raise AssertionError("unreachable")
         except asyncio.TimeoutError:
             response.cancel()
             waited = time.time() - job.accepted_at

@@ -93,3 +93,11 @@ def test_burst_from_zero_scales_out_back_to_zero_and_cold_starts(sim_single: Dep
     assert cold.status_code == 200
     assert app.worker_replicas().get("RUNNING", 0) >= 1
     print(f"first request after zero: {cold_latency:.2f}s")  # reported with -s
+
+
+def test_max_replicas_can_follow_the_cluster_gpus(ray_cluster: dict[str, Any]) -> None:
+    from serve.autoscaling_policy import QueueDepthPolicy
+
+    assert QueueDepthPolicy(follow_cluster_gpus=True, gpus_per_replica=1).gpu_replica_cap(0.0) == 4
+    assert QueueDepthPolicy(follow_cluster_gpus=True, gpus_per_replica=2).gpu_replica_cap(0.0) == 2
+    assert QueueDepthPolicy(follow_cluster_gpus=True, gpus_per_replica=0.5).gpu_replica_cap(0.0) == 8

@@ -1,0 +1,32 @@
+"""Multi-node on one machine: a 3-node Ray cluster (fake GPUs) in a subprocess, so it cannot
+collide with the session's cluster. See tests/multinode_child.py for the scenario."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.ray
+
+
+def test_replicas_spread_over_nodes_and_survive_losing_one() -> None:
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "multinode_child.py")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    assert child.returncode == 0 and lines, child.stderr[-3000:]
+    result = json.loads(lines[-1])
+    assert result["replicas_per_node"] == {"worker-0": 2, "worker-1": 2}, result
+    assert result["burst_statuses"] == [200] * 8 and result["burst_replicas"] == 4
+    during = result["during_loss"]["statuses"]
+    assert len(during) == 8 and all(s == 200 or 500 <= s < 600 for s in during), result
+    assert all(code in ("replica_lost", "deadline_exceeded") for code in result["during_loss"]["codes"])
+    assert result["after_loss_statuses"] == [200] * 4
+    survivor = "worker-1" if result["lost_node"] == "worker-0" else "worker-0"
+    assert set(result["replicas_after_loss"]) == {survivor}, result
