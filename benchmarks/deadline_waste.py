@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.runner import free_port
+
 URL_PATH = "/v1/images/generations"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _open_loop(url: str, bodies: list[dict[str, Any]], rate: float, timeout: float) -> list[dict]:
@@ -119,10 +114,10 @@ def main(args: Any) -> int:
     try:
         print(f"[bench] sdserve ({args.sdserve_config}): {args.requests} requests at {args.rate}/s, "
               f"{args.size} x {args.steps} steps, timeout {args.timeout}s", flush=True)
-        ours = run_sdserve(args, _free_port())
+        ours = run_sdserve(args, free_port())
         serve.shutdown()
         print("[bench] plain Ray Serve sync handler with request_timeout_s", flush=True)
-        plain = run_plain_ray(args, _free_port())
+        plain = run_plain_ray(args, free_port())
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -66,6 +66,14 @@ def environment() -> dict[str, Any]:
             "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__, "ray": ray.__version__}
 
 
+def _finish(fig: Any, ax: Any, path: Path) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_latency_cdf(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, result in results.items():
@@ -73,11 +81,7 @@ def plot_latency_cdf(results: dict[str, dict[str, Any]], path: Path) -> None:
         if len(lat):
             ax.plot(lat, np.arange(1, len(lat) + 1) / result["summary"]["sent"], label=name)
     ax.set(xlabel="latency of successful requests (s)", ylabel="fraction of requests sent", title="Latency CDF")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path)
 
 
 def plot_fleet(results: dict[str, dict[str, Any]], path: Path) -> None:
@@ -104,11 +108,7 @@ def plot_sweep(results: dict[str, dict[str, Any]], path: Path) -> None:
             ax.plot([lv["concurrency"] for lv in levels], [lv["throughput_images_per_s"] for lv in levels],
                     marker="o", label=name)
     ax.set(xlabel="concurrent clients (offered load)", ylabel="images/s", title="Throughput vs offered load")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path)
 
 
 def write_outputs(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:

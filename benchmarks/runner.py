@@ -35,7 +35,7 @@ class Target:
     deployment_overrides: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -52,7 +52,7 @@ def _start(target: Target) -> tuple[str, str | None]:
     if not ray.is_initialized():
         ray.init(namespace="serve", include_dashboard=False, logging_level="ERROR")
     config = load_config(target.config, target.overrides, target.deployment_overrides)
-    port = _free_port()
+    port = free_port()
     config.setdefault("http_options", {})["port"] = port
     print(f"[bench] {target.name}: deploying {target.config}", flush=True)
     deploy(config, timeout_s=600, progress=lambda line: print(f"[bench]   {line}", flush=True))

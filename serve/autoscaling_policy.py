@@ -71,6 +71,19 @@ class QueueDepthPolicy:
         self._gpu_cap: tuple[float, int] | None = None  # (read at, replicas the GPUs allow)
         self._last_logged: tuple[int, str] | None = None
         self._last_recorded = 0.0
+        #: The last measurements replicas reported, kept for when none is running (after zero).
+        self._remembered: dict[str, float] = {}
+
+    def _with_memory(self, inputs: AutoscalerInputs) -> AutoscalerInputs:
+        """Fill missing measurements with the last ones seen, so a burst after scale-to-zero is
+        sized with the measured cold start rather than the config's default."""
+        for name in ("service_time_s", "cold_start_s"):
+            value = getattr(inputs, name)
+            if value is not None:
+                self._remembered[name] = value
+            elif name in self._remembered:
+                inputs = dataclasses.replace(inputs, **{name: self._remembered[name]})
+        return inputs
 
     def gpu_replica_cap(self, now: float) -> int:
         """Replicas the cluster's GPUs can hold, re-read every ``GPU_CACHE_S``."""
@@ -82,7 +95,7 @@ class QueueDepthPolicy:
         return self._gpu_cap[1]
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
-        inputs = inputs_from_context(ctx)
+        inputs = self._with_memory(inputs_from_context(ctx))
         max_replicas = ctx.capacity_adjusted_max_replicas
         if self.follow_cluster_gpus:
             max_replicas = min(max_replicas, self.gpu_replica_cap(inputs.now))
@@ -106,6 +119,10 @@ class QueueDepthPolicy:
             self._last_logged = key
             log.info("autoscaler %s: desired %d (%s)", ctx.deployment_name, desired, reason)
         if not changed and inputs.now - self._last_recorded < self.REFRESH_S:
+            return
+        import ray
+
+        if not ray.is_initialized():  # outside Ray (unit tests): logging is all there is
             return
         self._last_recorded = inputs.now
         try:
