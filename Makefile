@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/cpu.yaml
 # torch is pinned so pip takes the CPU wheel on this kind of machine; on a GPU host set
-# TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128' or similar.
+# TORCH_SPEC to the CUDA build of torch 2.13.0 for your driver (PyTorch's install guide gives the
+# index URL), e.g. TORCH_SPEC='torch==2.13.0 --index-url <cuda wheel index>'.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 

@@ -25,6 +25,7 @@ FAST_POLICY = {
         f"{POLICY}.stable_window_s=3",
         f"{POLICY}.scale_down_interval_s=1",
         f"{POLICY}.scale_to_zero_after_s=6",
+        f"{POLICY}.default_cold_start_s=2",  # do not wait for the first replica's own measurement
     ]
 }
 BODY = {"prompt": "a burst", "size": "64x64", "num_inference_steps": 10}
