@@ -97,8 +97,8 @@ class QueueDepthPolicy:
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         inputs = self._with_memory(inputs_from_context(ctx))
         max_replicas = ctx.capacity_adjusted_max_replicas
-        if self.follow_cluster_gpus:
-            max_replicas = min(max_replicas, self.gpu_replica_cap(inputs.now))
+        if self.follow_cluster_gpus and (cap := self.gpu_replica_cap(inputs.now)) > 0:
+            max_replicas = min(max_replicas, cap)  # no GPU at all (a CPU run): no cap
         config = dataclasses.replace(
             self.config,
             min_replicas=ctx.capacity_adjusted_min_replicas,
