@@ -73,6 +73,7 @@ class QueueDepthPolicy:
         self._last_recorded = 0.0
         #: The last measurements replicas reported, kept for when none is running (after zero).
         self._remembered: dict[str, float] = {}
+        self._decision_log: Any = None  # held: a named actor lives while a handle to it does
 
     def _with_memory(self, inputs: AutoscalerInputs) -> AutoscalerInputs:
         """Fill missing measurements with the last ones seen, so a burst after scale-to-zero is
@@ -128,7 +129,9 @@ class QueueDepthPolicy:
         try:
             from serve.decision_log import decision_log
 
-            decision_log().record.remote(
+            if self._decision_log is None:
+                self._decision_log = decision_log()
+            self._decision_log.record.remote(
                 {
                     "time": inputs.now,
                     "deployment": f"{ctx.app_name}/{ctx.deployment_name}",

@@ -34,7 +34,8 @@ class DecisionLog:
 
 def decision_log() -> Any:
     """The cluster's decision log actor, created on first use by the policy inside Serve's
-    controller, so it lives exactly as long as the controller (``serve.shutdown()`` ends both)."""
+    controller. Not detached: it lives while the policy holds its handle, so redeploying or
+    ``serve.shutdown()`` never leaves a stale one (with old code) behind."""
     return DecisionLog.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True).remote()
 
 

@@ -22,8 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
-from ray.serve.context import _get_serve_request_context
 from ray.exceptions import RayActorError
+from ray.serve.context import _get_serve_request_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,7 +72,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 def _reply_error(reply: WorkerReply) -> ApiError:
     status, error_type = _OUTCOME_STATUS.get(reply.outcome, (500, "server_error"))
     headers = {"X-Steps-Done": str(reply.steps_done)}
-    if reply.phase:
+    if reply.outcome in ("deadline_exceeded", "shed") and reply.phase:
         headers["X-Deadline-Phase"] = reply.phase
     return ApiError(
         status, reply.message or reply.outcome, code=reply.code or reply.outcome, type=error_type,
@@ -113,7 +113,7 @@ class Ingress:
         self.worker = worker
         self.api_keys = load_api_keys(self.settings.auth)
         self.app_name = serve.get_replica_context().app_name
-        self.metrics = MetricsRecorder(self.app_name)
+        self.recorder = MetricsRecorder(self.app_name)
         d = self.settings.deadlines
         self.deadlines = DeadlinePolicy(d.default_timeout_s, d.max_timeout_s, d.proxy_guard_s)
         self._drain = DrainRate(self.settings.queue.drain_window_s)
@@ -166,11 +166,11 @@ class Ingress:
         return await read_decisions()
 
     @api.get("/metrics")
-    async def metrics(self, request: Request) -> Response:
+    async def prometheus_metrics(self, request: Request) -> Response:
         """Prometheus text format: every request's outcome and timings, the workers' measurements,
         and the autoscaler's last decision (see serve/metrics.py). Needs the key when keys are set."""
         self._authorize(request)
-        body = self.metrics.render(self._outstanding, await read_decisions(limit=0))
+        body = self.recorder.render(self._outstanding, await read_decisions(limit=0))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/v1/images/generations")
@@ -188,7 +188,7 @@ class Ingress:
         reply = await self._call_worker(job, started)
         if reply.memory is not None:
             self._memory = MemoryModel(**reply.memory)
-        self.metrics.reply(reply)
+        self.recorder.reply(reply)
         error = _reply_error(reply) if reply.outcome != "ok" else None
         self._finish(reply.outcome, reply.phase, started, job=job, reply=reply,
                      status=error.status if error else 200, code=error.code if error else "")
@@ -208,7 +208,7 @@ class Ingress:
     ) -> None:
         """Count the request's one outcome and write its one structured log line."""
         latency = time.monotonic() - started
-        self.metrics.request(outcome, phase, latency)
+        self.recorder.request(outcome, phase, latency)
         request = job.request if job else None
         line = {
             "event": "sdserve_request",
