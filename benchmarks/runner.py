@@ -6,7 +6,6 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -121,8 +120,3 @@ def run_target(target: Target, workload: Workload, template: RequestTemplate, sl
     finally:
         _stop(app_name)
 
-
-def save_path(out_dir: str, name: str) -> Path:
-    path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path / name

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from serve.protocol import WorkerReply
+from serve.protocol import OUTCOMES, WorkerReply
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 300, 600)
@@ -84,6 +84,8 @@ class MetricsRecorder:
         self.app = app
         self._replica_ooms: dict[str, int] = {}
         self._calls: OrderedDict[str, None] = OrderedDict()  # recent call ids, counted once each
+        for outcome in OUTCOMES:  # every outcome exported from the start, at 0, so rates work
+            REQUESTS.labels(app, outcome, "")
 
     def request(self, outcome: str, phase: str, latency_s: float | None) -> None:
         REQUESTS.labels(self.app, outcome, phase).inc()
