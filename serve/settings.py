@@ -113,6 +113,9 @@ class MemorySettings(_Section):
     max_oom_strikes: int = Field(
         3, ge=1, description="consecutive OOMs on requests the estimate said fit → replica unhealthy"
     )
+    measure_every_n_calls: int = Field(
+        10, ge=1, description="measure the real peak of every n-th call (estimate vs actual metric)"
+    )
 
 
 class TestingSettings(_Section):

@@ -112,6 +112,7 @@ class DiffusionWorker:
         self.runner = JobRunner(
             self.backend, self.replica_id, self.settings.deadlines.shed_hopeless,
             memory=memory, max_oom_strikes=self.settings.memory.max_oom_strikes,
+            measure_memory_every=self.settings.memory.measure_every_n_calls,
         )
         self.cold_start_s = _process_age_s()  # process start → ready, calibration included
         self.runner.replica_info = {

@@ -88,7 +88,7 @@ def test_counters_histograms_and_logs_account_for_every_request(ray_cluster: dic
         assert delta("sdserve_service_time_seconds_count") == statuses[200]
         assert delta("sdserve_batch_images_count") == statuses[200]  # one call per request here
         assert delta("sdserve_step_time_seconds_count") == statuses[200]
-        assert delta("sdserve_memory_estimate_over_peak_ratio_count") == statuses[200]
+        assert 1 <= delta("sdserve_memory_estimate_over_peak_ratio_count") <= statuses[200]  # sampled
         assert delta("sdserve_oom_events_total") == 1
         assert _value(after, "sdserve_replica_cold_starts_total") >= 1
         assert _value(after, "sdserve_replica_cold_start_seconds_count") >= 1
