@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
-from typing import Any
 
 from models.generator import GroupedGenerator, StopCheck
 from models.request import GenerationRequest, GenerationResult
@@ -64,6 +63,3 @@ class InjectedOOM(GroupedGenerator):
         if poisoned:
             raise torch.OutOfMemoryError(f"injected OOM (test hook) for {len(poisoned)} request(s)")
         return self.inner.generate(requests, should_stop)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
