@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import deadline_waste, memory_calibration
+from benchmarks import deadline_waste, memory_calibration, recommend, simulate
 from benchmarks.loadgen import RequestTemplate
-from benchmarks.report import environment, write_outputs
+from benchmarks.report import command_line, environment, write_outputs
 from benchmarks.runner import Target, Workload, run_target
-from benchmarks.traces import busiest_window, read_trace
+from benchmarks.traces import read_trace, resolve_window
 from benchmarks.workloads import burst, poisson
 
 
@@ -37,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", default="1,2,4,8", help="sweep levels")
     run.add_argument("--requests-per-level", type=int, default=16)
     run.add_argument("--trace", help="CSV of arrivals (production trace or timestamp[,n,steps])")
-    run.add_argument("--window", help="START..END of the trace, or 'busiest' (the busiest hour)")
+    run.add_argument("--window", help="START..END of the trace, 'busiest' (hour) or 'busiest-day'")
     run.add_argument("--time-scale", type=float, default=1.0, help="compress trace time by this factor")
     run.add_argument("--size", default="512x512")
     run.add_argument("--steps", type=int, help="denoising steps (default: trace's, else server's)")
@@ -59,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     waste.add_argument("--steps", type=int, default=20)
     waste.add_argument("--out", default="benchmarks/results/cpu-deadlines.json")
     waste.set_defaults(func=deadline_waste.main)
+
+    sim = commands.add_parser("simulate", help="replay a trace in the fleet simulator (SIMULATION)")
+    simulate.add_arguments(sim)
+    sim.set_defaults(func=simulate.main)
+
+    rec = commands.add_parser("recommend", help="cheapest config meeting an SLO target, by simulation")
+    recommend.add_arguments(rec)
+    rec.set_defaults(func=recommend.main)
 
     memory = commands.add_parser("memory", help="memory estimate vs measured peak, per shape")
     memory.add_argument("--model", default="tiny")
@@ -84,7 +90,7 @@ def _workload(args: argparse.Namespace) -> Workload:
         return Workload("sweep", concurrency=levels, requests_per_level=args.requests_per_level)
     if not args.trace:
         raise SystemExit("--workload trace needs --trace PATH")
-    window = busiest_window(args.trace) if args.window == "busiest" else args.window
+    window = resolve_window(args.trace, args.window)
     args.window = window
     arrivals = read_trace(args.trace, window, args.time_scale)
     if not arrivals:
@@ -121,7 +127,7 @@ def run_comparison(args: argparse.Namespace) -> int:
 
         if ray.is_initialized():
             ray.shutdown()
-    meta = {"command": " ".join(shlex.quote(a) for a in sys.argv), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "environment": environment(), "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "description": args.description}
     for path in write_outputs(results, meta, Path(args.out_dir), args.name):

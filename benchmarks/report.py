@@ -29,6 +29,7 @@ ROWS = [
     ("images per replica-second", lambda s: s["images_per_replica_second"]),
     ("replica starts (cold starts)", lambda s: s["replica_starts"]),
     ("max replicas", lambda s: s["max_replicas"]),
+    ("replica-seconds / clairvoyant", lambda s: s.get("replica_seconds_over_clairvoyant")),
     ("s from first request to 1st, 2nd, ... replica running",
      lambda s: ", ".join(f"{t:.1f}" for t in s.get("seconds_to_running_replicas", [])) or "-"),
 ]
@@ -50,10 +51,22 @@ def _pair(p: dict[str, float | None]) -> str:
     return " / ".join(_fmt(p[k]) for k in ("p50", "p99"))
 
 
+def command_line() -> str:
+    """This process's command as someone would type it in the repo: program name, not a path."""
+    import shlex
+    import sys
+
+    program = Path(sys.argv[0]).name
+    program = "sdserve-bench" if program in ("sdserve-bench", "__main__.py", "cli.py") else program
+    return " ".join(shlex.quote(a) for a in [program, *sys.argv[1:]])
+
+
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, get in ROWS:
+        if all(get(results[n]["summary"]) is None for n in names) and "clairvoyant" in label:
+            continue
         lines.append(f"| {label} | " + " | ".join(_fmt(get(results[n]["summary"])) for n in names) + " |")
     return "\n".join(lines)
 
@@ -81,6 +94,10 @@ def plot_latency_cdf(results: dict[str, dict[str, Any]], path: Path) -> None:
         if len(lat):
             ax.plot(lat, np.arange(1, len(lat) + 1) / result["summary"]["sent"], label=name)
     ax.set(xlabel="latency of successful requests (s)", ylabel="fraction of requests sent", title="Latency CDF")
+    if not ax.lines:  # long simulations keep no per-request records: say so instead of an empty plot
+        ax.text(0.5, 0.5, "per-request records not kept (see the table's percentiles)", ha="center",
+                transform=ax.transAxes)
+        ax.plot([], [], label="-")
     _finish(fig, ax, path)
 
 

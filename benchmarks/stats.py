@@ -40,7 +40,10 @@ def replica_starts(samples: list[dict[str, float]], key: str = "replicas") -> in
     return int(sum(max(0, b - a) for a, b in zip(counts, counts[1:])))
 
 
-def summarize(records: list[Record], samples: list[dict[str, float]], slo_s: float) -> dict[str, Any]:
+def summarize(records: list[Record], samples: list[dict[str, float]], slo_s: float,
+              paid_s: float | None = None, starts: int | None = None) -> dict[str, Any]:
+    """``paid_s`` and ``starts``: exact replica-seconds and replica starts where they are known
+    (the simulator), instead of integrating and differencing the polled samples."""
     counts = {outcome: sum(r.outcome == outcome for r in records) for outcome in OUTCOMES}
     if sum(counts.values()) != len(records):
         raise AccountingError(f"sent {len(records)} but outcomes add to {sum(counts.values())}: {counts}")
@@ -50,7 +53,7 @@ def summarize(records: list[Record], samples: list[dict[str, float]], slo_s: flo
     oracle = sum(
         r.service_time_s * r.n / r.batch_images for r in ok if r.service_time_s and r.batch_images
     )
-    paid = replica_seconds(samples)
+    paid = replica_seconds(samples) if paid_s is None else paid_s
     return {
         "sent": len(records),
         "outcomes": counts,
@@ -66,7 +69,7 @@ def summarize(records: list[Record], samples: list[dict[str, float]], slo_s: flo
         "images_per_replica_second": images / paid if paid > 0 else None,
         "oracle_replica_seconds": oracle,
         "replica_seconds_over_oracle": paid / oracle if oracle > 0 else None,
-        "replica_starts": replica_starts(samples),
+        "replica_starts": replica_starts(samples) if starts is None else starts,
         "max_replicas": max((s["replicas"] for s in samples), default=0),
         "max_outstanding": max((s["outstanding"] for s in samples), default=0),
     }

@@ -97,3 +97,12 @@ def busiest_window(path: str | Path, seconds: float = 3600) -> str:
         return f"{best:g}..{best + seconds:g}"
     fmt = "%Y-%m-%d %H:%M:%S"
     return f"{datetime.fromtimestamp(best).strftime(fmt)}..{datetime.fromtimestamp(best + seconds).strftime(fmt)}"
+
+
+def resolve_window(path: str | Path, window: str | None) -> str | None:
+    """``busiest`` (the busiest hour) and ``busiest-day`` resolved to ``START..END``; others as given."""
+    if window == "busiest":
+        return busiest_window(path, 3600)
+    if window == "busiest-day":
+        return busiest_window(path, 86400)
+    return window

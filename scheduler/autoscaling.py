@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ class AutoscalerState:
     last_scale_down_at: float | None = None
     need_history: tuple[tuple[float, int], ...] = field(default=())  # (time, replicas needed)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for Ray's ``policy_state`` (cheap: no deep copy, it is immutable)."""
+        return {"target": self.target, "idle_since": self.idle_since,
+                "last_scale_down_at": self.last_scale_down_at, "need_history": self.need_history}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> "AutoscalerState":
+        return cls(**{**saved, "need_history": tuple(map(tuple, saved.get("need_history", ())))})
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -86,6 +96,22 @@ class Decision:
 
 def _ceil_div(a: float, b: float) -> int:
     return max(0, math.ceil(a / b - 1e-9))
+
+
+def _remember_need(
+    history: tuple[tuple[float, int], ...], now: float, need: int, window_s: float
+) -> tuple[tuple[float, int], ...]:
+    """The needs seen within the window, each stamped with the last time it was seen.
+
+    A run of equal needs is kept as one entry re-stamped at every call: the window's maximum is the
+    same as with one entry per call, but the history stays as short as the number of changes
+    (the simulator calls this millions of times over a 23-day trace)."""
+    kept = [(t, n) for t, n in history if now - t < window_s]
+    if kept and kept[-1][1] == need:
+        kept[-1] = (now, need)
+    else:
+        kept.append((now, need))
+    return tuple(kept)
 
 
 def replicas_worth_starting(inputs: AutoscalerInputs, config: AutoscalerConfig) -> int:
@@ -105,8 +131,7 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     busy = inputs.demand > 0
     idle_since = None if busy else (state.idle_since if state.idle_since is not None else now)
     needed_now = _ceil_div(inputs.demand, capacity)  # replicas to run everything at once
-    history = tuple((t, n) for t, n in state.need_history if now - t < config.stable_window_s)
-    history += ((now, needed_now),)
+    history = _remember_need(state.need_history, now, needed_now, config.stable_window_s)
     window_need = max(n for _, n in history)
     provisioned = inputs.running_replicas + inputs.starting_replicas
     current = max(state.target, provisioned)

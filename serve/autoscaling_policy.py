@@ -18,36 +18,10 @@ import logging
 import time
 from typing import Any
 
-from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, Decision, decide
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, Decision
+from scheduler.policy_adapter import QueueDepthDecider, inputs_from_context  # noqa: F401 (re-export)
 
 log = logging.getLogger("ray.serve")
-STATE_KEY = "sdserve"
-
-
-def _mean_metric(ctx: Any, name: str) -> float | None:
-    values = [v for v in ((ctx.aggregated_metrics or {}).get(name) or {}).values() if v and v > 0]
-    return sum(values) / len(values) if values else None
-
-
-def inputs_from_context(ctx: Any) -> AutoscalerInputs:
-    running = int(ctx.current_num_replicas)
-    queued = int(ctx.total_queued_requests or 0)
-    return AutoscalerInputs(
-        now=ctx.current_time or time.time(),
-        queued=queued,
-        in_flight=max(0, int(round(ctx.total_num_requests)) - queued),
-        running_replicas=running,
-        starting_replicas=max(0, int(ctx.target_num_replicas) - running),
-        service_time_s=_mean_metric(ctx, "service_time_s"),
-        cold_start_s=_mean_metric(ctx, "cold_start_s"),
-    )
-
-
-def _state_from(policy_state: dict[str, Any]) -> AutoscalerState:
-    saved = policy_state.get(STATE_KEY)
-    if not saved:
-        return AutoscalerState()
-    return AutoscalerState(**{**saved, "need_history": tuple(map(tuple, saved["need_history"]))})
 
 
 class QueueDepthPolicy:
@@ -66,25 +40,13 @@ class QueueDepthPolicy:
         ``gpus_per_replica`` (a fixed GPU fleet). Leave it off where GPU nodes are added on demand
         (KubeRay with min 0 GPU workers): there the cap would stay at zero."""
         self.config = AutoscalerConfig(**policy_kwargs)
+        self.decider = QueueDepthDecider(self.config)
         self.follow_cluster_gpus = follow_cluster_gpus
         self.gpus_per_replica = gpus_per_replica
         self._gpu_cap: tuple[float, int] | None = None  # (read at, replicas the GPUs allow)
         self._last_logged: tuple[int, str] | None = None
         self._last_recorded = 0.0
-        #: The last measurements replicas reported, kept for when none is running (after zero).
-        self._remembered: dict[str, float] = {}
         self._decision_log: Any = None  # held: a named actor lives while a handle to it does
-
-    def _with_memory(self, inputs: AutoscalerInputs) -> AutoscalerInputs:
-        """Fill missing measurements with the last ones seen, so a burst after scale-to-zero is
-        sized with the measured cold start rather than the config's default."""
-        for name in ("service_time_s", "cold_start_s"):
-            value = getattr(inputs, name)
-            if value is not None:
-                self._remembered[name] = value
-            elif name in self._remembered:
-                inputs = dataclasses.replace(inputs, **{name: self._remembered[name]})
-        return inputs
 
     def gpu_replica_cap(self, now: float) -> int:
         """Replicas the cluster's GPUs can hold, re-read every ``GPU_CACHE_S``."""
@@ -96,18 +58,9 @@ class QueueDepthPolicy:
         return self._gpu_cap[1]
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
-        inputs = self._with_memory(inputs_from_context(ctx))
-        max_replicas = ctx.capacity_adjusted_max_replicas
-        if self.follow_cluster_gpus and (cap := self.gpu_replica_cap(inputs.now)) > 0:
-            max_replicas = min(max_replicas, cap)  # no GPU at all (a CPU run): no cap
-        config = dataclasses.replace(
-            self.config,
-            min_replicas=ctx.capacity_adjusted_min_replicas,
-            max_replicas=max(ctx.capacity_adjusted_min_replicas, max_replicas),
-        )
-        decision = decide(inputs, _state_from(ctx.policy_state or {}), config)
+        cap = self.gpu_replica_cap(ctx.current_time or time.time()) if self.follow_cluster_gpus else None
+        inputs, decision, state = self.decider.decide(ctx, cap)  # no GPU at all (a CPU run): no cap
         self._report(ctx, inputs, decision)
-        state = {**(ctx.policy_state or {}), STATE_KEY: dataclasses.asdict(decision.state)}
         return decision.desired, state
 
     def _report(self, ctx: Any, inputs: AutoscalerInputs, decision: Decision) -> None:

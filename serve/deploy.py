@@ -7,38 +7,17 @@ the shipped config files the same way ``serve run`` does.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
-from serve.settings import apply_overrides
+from serve.settings import load_config  # noqa: F401 (re-exported: deploy a loaded config)
 
 
 class DeployError(RuntimeError):
     """The application did not reach RUNNING; the message carries Ray's explanation."""
-
-
-def load_config(
-    path: str | Path,
-    overrides: list[str] | None = None,
-    deployment_overrides: dict[str, list[str]] | None = None,
-) -> dict[str, Any]:
-    """Read a Serve config file and apply ``key=value`` overrides to every application's args
-    and, per deployment name, to its ``deployments:`` entry (e.g. autoscaling knobs)."""
-    config = yaml.safe_load(Path(path).read_text())
-    for app in config.get("applications", []):
-        app["args"] = apply_overrides(app.get("args") or {}, overrides or [])
-        deployments = app.get("deployments", [])
-        for name, assignments in (deployment_overrides or {}).items():
-            matches = [i for i, d in enumerate(deployments) if d.get("name") == name]
-            if not matches:
-                raise ValueError(f"{path} has no deployment named {name!r}")
-            deployments[matches[0]] = apply_overrides(deployments[matches[0]], assignments)
-    return config
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = None) -> None:

@@ -8,6 +8,7 @@ the config file's ``deployments:`` section where Ray reads them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -196,3 +197,24 @@ def apply_overrides(args: dict[str, Any], assignments: list[str]) -> dict[str, A
                 raise ValueError(f"override {assignment!r}: {part!r} is not a section")
         node[leaf] = yaml.safe_load(raw)
     return result
+
+
+def load_config(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    deployment_overrides: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Read a Serve config file and apply ``key=value`` overrides to every application's args
+    and, per deployment name, to its ``deployments:`` entry (e.g. autoscaling knobs)."""
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text())
+    for app in config.get("applications", []):
+        app["args"] = apply_overrides(app.get("args") or {}, overrides or [])
+        deployments = app.get("deployments", [])
+        for name, assignments in (deployment_overrides or {}).items():
+            matches = [i for i, d in enumerate(deployments) if d.get("name") == name]
+            if not matches:
+                raise ValueError(f"{path} has no deployment named {name!r}")
+            deployments[matches[0]] = apply_overrides(deployments[matches[0]], assignments)
+    return config

@@ -1,0 +1,116 @@
+"""A Serve config file, read as the simulator's fleet and policy: the same YAML that deploys.
+
+The worker deployment's ``max_ongoing_requests``, ``max_queued_requests`` and ``autoscaling_config``
+and the application's ``batching``, ``limits`` and ``deadlines`` args become a
+:class:`~scheduler.simulation.workload.FleetSpec` and a policy: sdserve's decider when the config
+names ``serve.autoscaling_policy:QueueDepthPolicy``, else Ray's default policy — in both cases
+inside Ray's wrapper with the config's delays, look-back and bounds, as Ray runs them. The service
+time is the simulated A10 SD 1.5 profile (``models/simulated.py``), whatever model the config names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
+from scheduler.autoscaling import AutoscalerConfig
+from scheduler.simulation.policies import ControlPolicy, RayControlled, sdserve_policy
+from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig, queue_length_policy
+from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
+from serve.settings import AppSettings, load_config
+
+SDSERVE_POLICY = "serve.autoscaling_policy:QueueDepthPolicy"
+WORKER = "DiffusionWorker"
+#: Policy kwargs that only the live adapter reads (cluster look-ups), not the decider.
+LIVE_ONLY_KWARGS = ("follow_cluster_gpus", "gpus_per_replica")
+
+
+def a10_service_model(time_scale: float = 1.0, step_time_s: dict[int, float] | None = None) -> ServiceModel:
+    """The simulated backend's service time (per call), optionally compressed ``time_scale``×."""
+    profile = SimulationProfile(step_time_s=tuple(sorted((step_time_s or A10_SD15_STEP_TIME_S).items())))
+
+    def service(images: int, pixels: int, steps: int) -> float:
+        return profile.seconds_per_step(images, pixels) * steps / time_scale
+
+    return service
+
+
+@dataclass
+class SimTarget:
+    """One config as the simulator runs it."""
+
+    name: str
+    path: str
+    spec: FleetSpec
+    policy_kind: str  # "sdserve" or "ray-default"
+    ray_config: RayAutoscalingConfig
+    policy_kwargs: dict[str, Any]
+    settings: AppSettings
+
+    def policy(self) -> ControlPolicy:
+        """A fresh policy (policies keep state: one per run)."""
+        inner = (sdserve_policy(AutoscalerConfig(**self.policy_kwargs)) if self.policy_kind == "sdserve"
+                 else queue_length_policy)
+        return RayControlled(self.name, self.ray_config, inner)
+
+    def with_overrides(self, spec: dict[str, Any] | None = None, ray: dict[str, Any] | None = None,
+                       policy: dict[str, Any] | None = None, name: str | None = None) -> "SimTarget":
+        """A variant (the recommender and the Pareto sweep change knobs this way)."""
+        return dataclasses.replace(
+            self, name=name or self.name,
+            spec=dataclasses.replace(self.spec, **(spec or {})),
+            ray_config=dataclasses.replace(self.ray_config, **(ray or {})),
+            policy_kwargs={**self.policy_kwargs, **(policy or {})},
+        )
+
+    def requests(self, arrivals: list[Any], size: str | None = None, timeout_s: float | None = None) -> list[SimRequest]:
+        """Trace arrivals as this config's server would see them (default size, steps, timeout)."""
+        width, height = (int(x) for x in (size or self.settings.limits.default_size).split("x"))
+        steps = self.settings.limits.default_steps
+        timeout = timeout_s or self.settings.deadlines.default_timeout_s
+        return [SimRequest(a.at, a.n, a.steps or steps, width * height, timeout) for a in arrivals]
+
+
+def _worker(app: dict[str, Any], path: str) -> dict[str, Any]:
+    for deployment in app.get("deployments", []):
+        if deployment.get("name") == WORKER:
+            return deployment
+    raise ValueError(f"{path}: no deployment named {WORKER}")
+
+
+def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | None = None,
+                deployment_overrides: dict[str, list[str]] | None = None, seed: int = 0,
+                cold_start_jitter_s: float = 0.0, name: str | None = None) -> SimTarget:
+    """Read ``path`` (a Serve config) into a :class:`SimTarget`."""
+    config = load_config(path, overrides, deployment_overrides)
+    app = config["applications"][0]
+    settings = AppSettings.model_validate(app.get("args") or {})
+    worker = _worker(app, str(path))
+    autoscaling = dict(worker.get("autoscaling_config") or {})
+    if not autoscaling:
+        replicas = int(worker.get("num_replicas", 1))
+        autoscaling = {"min_replicas": replicas, "max_replicas": replicas, "initial_replicas": replicas}
+    policy = autoscaling.pop("policy", None) or {}
+    function = policy.get("policy_function")
+    kwargs = {k: v for k, v in (policy.get("policy_kwargs") or {}).items() if k not in LIVE_ONLY_KWARGS}
+    ray_config = RayAutoscalingConfig.from_dict(autoscaling)
+    initial = ray_config.initial_replicas if ray_config.initial_replicas is not None else ray_config.min_replicas
+    spec = FleetSpec(
+        max_batch_size=settings.batching.max_batch_size,
+        batch_wait_timeout_s=settings.batching.batch_wait_timeout_s,
+        max_ongoing_requests=int(worker.get("max_ongoing_requests", 5)),
+        max_queued_requests=int(worker.get("max_queued_requests", -1)),
+        cold_start_s=cold_start_s,
+        cold_start_jitter_s=cold_start_jitter_s,
+        initial_replicas=initial,
+        gpu_slots=ray_config.max_replicas,  # max_replicas = the GPUs you have, in every shipped config
+        shed_hopeless=settings.deadlines.shed_hopeless,
+        seed=seed,
+    )
+    if function not in (None, SDSERVE_POLICY):
+        raise ValueError(f"{path}: the simulator knows sdserve's policy and Ray's default, not {function!r}")
+    return SimTarget(name or Path(path).stem, str(path), spec, "sdserve" if function else "ray-default",
+                     ray_config, kwargs, settings)

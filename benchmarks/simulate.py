@@ -1,0 +1,152 @@
+"""``sdserve-bench simulate``: replay a trace against configs in the fleet simulator (SIMULATION).
+
+Same configs, same trace reader and the same summary shape as ``sdserve-bench run``; the fleet is
+the discrete-event simulator in ``scheduler/simulation`` and the service time the simulated A10
+profile, so days of production load replay in seconds. Every output says it is simulated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import Record
+from benchmarks.report import command_line, write_outputs
+from benchmarks.sim_config import SimTarget, a10_service_model, load_target
+from benchmarks.sim_report import downsample, plot_pareto
+from benchmarks.stats import summarize
+from benchmarks.traces import Arrival, read_trace, resolve_window
+from scheduler.simulation.clairvoyant import clairvoyant_cost
+from scheduler.simulation.fleet import SimResult, simulate
+from scheduler.simulation.policies import FixedFleet
+from scheduler.simulation.workload import ServiceModel, SimRequest
+
+#: Per-request records are kept in the JSON up to this many requests (the whole trace would be MBs).
+MAX_RECORDS = 5000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", required=True, help="CSV of arrivals (production trace or timestamp[,n,steps])")
+    parser.add_argument("--window", help="START..END, 'busiest' (hour) or 'busiest-day'; default: all")
+    parser.add_argument("--config", action="append", default=[], help="Serve config (repeat to compare)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an args key in every config")
+    parser.add_argument("--deployment-set", action="append", default=[], metavar="DEPLOYMENT:KEY=VALUE",
+                        help="override a deployment option in every config")
+    parser.add_argument("--clairvoyant", action="store_true", help="add the clairvoyant cost floor row")
+    parser.add_argument("--fixed", type=int, action="append", default=[], metavar="N",
+                        help="add a fixed fleet of N warm replicas (the first config's rules)")
+    parser.add_argument("--cold-start-s", type=float, default=22.7,
+                        help="replica start → ready (default: the trace's median base-model load)")
+    parser.add_argument("--cold-start-jitter-s", type=float, default=0.0, help="uniform ± jitter")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="compress arrivals AND service times by this factor (for sim-vs-live)")
+    parser.add_argument("--size", help="image size (default: each config's default_size)")
+    parser.add_argument("--timeout", type=float, help="timeout_s of every request (default: the config's)")
+    parser.add_argument("--slo", type=float, default=30.0, help="latency objective, seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--name", default="simulation", help="file stem of the outputs")
+    parser.add_argument("--description", default="")
+
+
+def deployment_overrides(items: list[str]) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, assignment = item.partition(":")
+        if not sep:
+            raise SystemExit(f"--deployment-set {item!r} must look like DEPLOYMENT:KEY=VALUE")
+        result.setdefault(name, []).append(assignment)
+    return result
+
+
+def records_of(result: SimResult) -> list[Record]:
+    """The simulator's outcomes as the load generator's records (one per request)."""
+    return [
+        Record(index=r.index, scheduled_s=r.arrival_s, sent_s=r.arrival_s, done_s=r.done_s, outcome=r.outcome,
+               n=r.n, queue_wait_s=r.queue_wait_s if r.outcome == "ok" else None,
+               service_time_s=r.service_time_s, batch_images=r.batch_images,
+               replica_id="" if r.replica is None else f"sim-{r.replica}")
+        for r in result.records
+    ]
+
+
+def samples_of(result: SimResult) -> list[dict[str, float]]:
+    return [{"t": t, "replicas": a, "running": r, "outstanding": o} for t, a, r, o in result.samples]
+
+
+def summarize_result(result: SimResult, slo_s: float) -> dict[str, Any]:
+    samples = samples_of(result)
+    summary = summarize(records_of(result), samples, slo_s, paid_s=result.replica_seconds(),
+                        starts=result.replica_starts())
+    summary["policy_calls"] = result.policy_calls
+    return summary
+
+
+def clairvoyant_row(requests: list[SimRequest], service: ServiceModel, cold_start_s: float) -> dict[str, Any]:
+    cost = clairvoyant_cost([(r.arrival_s, service(r.n, r.pixels, r.steps)) for r in requests], cold_start_s)
+    return {"replica_seconds": cost.replica_seconds, "replicas": cost.replicas, "cold_starts": cost.cold_starts,
+            "busy_seconds": cost.busy_seconds}
+
+
+def run_one(target: SimTarget, requests: list[SimRequest], service: ServiceModel, slo_s: float,
+            policy: Any = None) -> tuple[SimResult, dict[str, Any]]:
+    started = time.perf_counter()
+    result = simulate(requests, target.spec, service, policy or target.policy())
+    summary = summarize_result(result, slo_s)
+    summary["simulator_seconds"] = time.perf_counter() - started
+    return result, summary
+
+
+def load_arrivals(args: argparse.Namespace) -> list[Arrival]:
+    args.window = resolve_window(args.trace, args.window)
+    arrivals = read_trace(args.trace, args.window, args.time_scale)
+    if not arrivals:
+        raise SystemExit(f"no arrivals in {args.trace} window {args.window}")
+    return arrivals
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.config:
+        raise SystemExit("give at least one --config")
+    arrivals = load_arrivals(args)
+    service = a10_service_model(args.time_scale)
+    targets = [load_target(c, args.cold_start_s, args.overrides, deployment_overrides(args.deployment_set),
+                           args.seed, args.cold_start_jitter_s) for c in args.config]
+    print(f"[simulate] SIMULATION: {len(arrivals)} requests over {arrivals[-1].at / 3600:.1f} h "
+          f"(window {args.window or 'all'}), cold start {args.cold_start_s:g}s", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    floor: dict[str, Any] | None = None
+    runs = [(t, None) for t in targets] + [
+        (targets[0].with_overrides(name=f"fixed-{n}"), FixedFleet(n, f"fixed-{n}")) for n in args.fixed]
+    for target, policy in runs:
+        if policy is not None:
+            target = target.with_overrides(spec={"initial_replicas": policy.replicas})
+        requests = target.requests(arrivals, args.size, args.timeout)
+        if args.clairvoyant and floor is None:
+            floor = clairvoyant_row(requests, service, args.cold_start_s)
+        result, summary = run_one(target, requests, service, args.slo, policy)
+        print(f"[simulate] {target.name}: {summary['simulator_seconds']:.1f}s, "
+              f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s", flush=True)
+        results[target.name] = {
+            "target": {"config": target.path, "policy": target.policy_kind, "spec": target.spec.__dict__},
+            "summary": summary, "samples": downsample(samples_of(result)),
+            "records": [r.to_dict() for r in records_of(result)] if len(requests) <= MAX_RECORDS else [],
+        }
+    if floor is not None:
+        for entry in results.values():
+            entry["summary"]["clairvoyant_replica_seconds"] = floor["replica_seconds"]
+            entry["summary"]["replica_seconds_over_clairvoyant"] = (
+                entry["summary"]["replica_seconds"] / floor["replica_seconds"])
+    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "simulated": True,
+            "clairvoyant": floor, "settings": {k: v for k, v in vars(args).items() if k != "func"},
+            "description": args.description or "SIMULATION (fleet simulator, simulated A10 SD 1.5 service times)"}
+    out_dir = Path(args.out_dir)
+    for path in write_outputs(results, meta, out_dir, args.name):
+        print(f"[simulate] wrote {path}")
+    pareto = out_dir / f"{args.name}-slo-vs-cost.png"
+    plot_pareto({name: [r["summary"]] for name, r in results.items()}, pareto, floor, args.slo)
+    print(f"[simulate] wrote {pareto}")
+    return 0

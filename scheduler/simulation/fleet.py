@@ -1,0 +1,391 @@
+"""The discrete-event fleet simulator: arrivals → router queue → replicas → outcomes, over days.
+
+Pure and deterministic for a seed: no Ray, no torch, no sleeping. It reproduces the live system's
+rules (``serve/`` and Ray Serve's router and controller):
+
+- **Router**: requests wait in one FIFO queue for a replica with a free slot
+  (``max_ongoing_requests``); beyond ``max_queued_requests`` waiting, the answer is 503
+  (``overloaded``). A request whose deadline passes while it waits is answered 504 then
+  (``deadline``) and removed.
+- **Replicas** start (cold start, optional jitter), run, and stop. Ray stops starting replicas
+  first, then the newest running ones; a running replica that is stopped finishes what it holds
+  (graceful shutdown) and pays until then.
+- **Calls**: single mode runs one request per call; batched mode takes up to ``max_batch_size``
+  requests after ``batch_wait_timeout_s`` (``@serve.batch``), splits them by (size, steps) and runs
+  the groups one after another, answering all when the batch returns, as the worker does.
+  At a group's start each request is admitted (``shed`` when the replica's estimate says it cannot
+  finish in time); a group stops at the first step boundary after all of its members' deadlines;
+  a member whose deadline passes inside a call that goes on is answered 504 at its deadline.
+- **Control loop**: the policy is called every ``control_interval_s`` while anything is queued or
+  starting (``idle_control_interval_s`` otherwise) and its target is applied at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from scheduler.simulation.policies import ControlPolicy, Observation, StepSeries
+from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
+
+ARRIVE, READY, FINISH, CALL_DONE, EXPIRE, BATCH, TICK = range(7)
+
+
+@dataclass
+class Replica:
+    id: int
+    started_s: float
+    ready_s: float
+    cold_start_s: float
+    state: str = "starting"  # (pending →) starting → running → (draining →) stopped
+    stopped_s: float | None = None
+    waiting: list[int] = field(default_factory=list)  # assigned, not yet in a call
+    in_call: list[int] = field(default_factory=list)
+    busy: bool = False
+    calls: int = 0
+    service_ewma_s: float | None = None
+    batch_timer: int = 0  # token: a stale batch timer is ignored
+    cold_started: bool = False  # went through a cold start (initial warm replicas did not)
+
+    @property
+    def ongoing(self) -> int:
+        return len(self.waiting) + len(self.in_call)
+
+
+@dataclass
+class RequestRecord:
+    """One request's fate, in the shape the benchmark's records have."""
+
+    index: int
+    arrival_s: float
+    n: int
+    outcome: str = ""
+    done_s: float = 0.0
+    start_s: float | None = None
+    service_time_s: float | None = None
+    batch_images: int | None = None
+    replica: int | None = None
+
+    @property
+    def latency_s(self) -> float:
+        return self.done_s - self.arrival_s
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        return None if self.start_s is None else self.start_s - self.arrival_s
+
+
+@dataclass
+class SimResult:
+    policy: str
+    records: list[RequestRecord]
+    replicas: list[Replica]
+    samples: list[tuple[float, int, int, int]]  # (t, replicas incl. starting/draining, running, outstanding)
+    end_s: float
+    policy_calls: int
+
+    def replica_starts(self) -> int:
+        return sum(r.cold_started for r in self.replicas)
+
+    def replica_seconds(self) -> float:
+        return sum((r.stopped_s if r.stopped_s is not None else self.end_s) - r.started_s for r in self.replicas)
+
+
+class Simulator:
+    def __init__(self, requests: list[SimRequest], spec: FleetSpec, service: ServiceModel,
+                 policy: ControlPolicy) -> None:
+        self.requests = sorted(requests, key=lambda r: r.arrival_s)
+        self.spec, self.service, self.policy = spec, service, policy
+        self.rng = random.Random(spec.seed)
+        self.records = [RequestRecord(i, r.arrival_s, r.n) for i, r in enumerate(self.requests)]
+        self.deadline = [r.arrival_s + r.timeout_s for r in self.requests]
+        self.replicas: list[Replica] = []
+        self.active: list[Replica] = []  # holding a GPU: starting, running, draining
+        self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
+        self.resolved = 0
+        self.queue: deque[int] = deque()
+        self.queued_count = 0
+        self.located: dict[int, str] = {}  # request → "queued" | "replica"; absent: not here or done
+        self.outstanding = 0
+        self.target = 0
+        self.events: list[tuple[float, int, int, int, int]] = []
+        self._seq = 0
+        self.tick_pending = False
+        keep = max(policy.look_back_s, 1.0) + 1.0
+        self.total, self.waiting = StepSeries(keep), StepSeries(keep)
+        self.samples: list[tuple[float, int, int, int]] = []
+        self.policy_calls = 0
+        self.now = 0.0
+
+    # -- events -------------------------------------------------------------------------------
+    def _push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, self._seq, kind, a, b))
+
+    def run(self) -> SimResult:
+        for _ in range(self.spec.initial_replicas):
+            replica = self._new_replica(0.0, cold=False)
+            replica.state = "running"
+        self.target = self.spec.initial_replicas
+        for i, request in enumerate(self.requests):
+            self._push(request.arrival_s, ARRIVE, i)
+        if self.target:
+            self._schedule_tick(0.0)
+        total = len(self.requests)
+        handlers = {ARRIVE: self._arrive, READY: self._ready, FINISH: self._finish, CALL_DONE: self._call_done,
+                    EXPIRE: self._expire, BATCH: self._batch_timer, TICK: self._tick}
+        while self.events and self.resolved < total:
+            t, _, kind, a, b = heapq.heappop(self.events)
+            self.now = t
+            handlers[kind](a, b)
+            self._sample()
+        end = max((r.done_s for r in self.records), default=0.0)
+        return SimResult(self.policy.name, self.records, self.replicas, self.samples, end, self.policy_calls)
+
+    def _sample(self) -> None:
+        point = (len(self.active), sum(1 for r in self.active if r.state == "running"), self.outstanding)
+        if not self.samples or self.samples[-1][1:] != point:
+            self.samples.append((self.now, *point))
+
+    # -- arrivals and the router --------------------------------------------------------------
+    def _arrive(self, i: int, _: int) -> None:
+        limit = self.spec.max_queued_requests
+        if limit >= 0 and self.queued_count >= limit:
+            self._answer(i, "overloaded", self.now)
+            return
+        self.outstanding += 1
+        self.queue.append(i)
+        self.queued_count += 1
+        self.located[i] = "queued"
+        self._push(self.deadline[i], EXPIRE, i)
+        self._dispatch()
+        self._counts_changed()
+        if not self.tick_pending:
+            self._schedule_tick(self.now)
+
+    def _expire(self, i: int, _: int) -> None:
+        where = self.located.get(i)
+        if where == "queued":
+            self.queued_count -= 1  # left in the deque; skipped when popped
+        elif where == "replica":
+            replica = self.replicas[self.records[i].replica]
+            replica.waiting.remove(i)  # Ray cancels it before it reached a call
+            if replica.state == "draining" and not replica.busy and not replica.waiting:
+                self._release(replica)
+        else:
+            return
+        self.located.pop(i)
+        self.outstanding -= 1
+        self._answer(i, "deadline", self.now)
+        self._counts_changed()
+
+    def _dispatch(self) -> None:
+        cap = self.spec.max_ongoing_requests
+        while self.queued_count:
+            free = [r for r in self.active if r.state == "running" and r.ongoing < cap]
+            if not free:
+                return
+            replica = min(free, key=lambda r: (r.ongoing, r.id))
+            i = self.queue.popleft()
+            if self.located.get(i) != "queued":
+                continue  # expired while queued
+            self.queued_count -= 1
+            self.located[i] = "replica"
+            self.records[i].replica = replica.id
+            replica.waiting.append(i)
+            self._maybe_start_call(replica)
+
+    def _counts_changed(self) -> None:
+        self.total.set(self.now, self.outstanding)
+        self.waiting.set(self.now, self.queued_count)
+
+    def _answer(self, i: int, outcome: str, when: float) -> None:
+        record = self.records[i]
+        record.outcome, record.done_s = outcome, when
+        self.resolved += 1
+
+    # -- replicas -----------------------------------------------------------------------------
+    def _new_replica(self, now: float, cold: bool = True) -> Replica:
+        spec = self.spec
+        jitter = self.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
+        cold_s = max(0.0, spec.cold_start_s + jitter)
+        replica = Replica(len(self.replicas), now, now + (cold_s if cold else 0.0), cold_s)
+        self.replicas.append(replica)
+        if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
+            replica.state = "pending"  # no GPU free until a stopping replica lets go of one
+            self.pending.append(replica)
+        else:
+            self.active.append(replica)
+            if cold:
+                replica.cold_started = True
+                self._push(replica.ready_s, READY, replica.id)
+        return replica
+
+    def _release(self, replica: Replica) -> None:
+        """``replica`` stopped: its GPU goes to the oldest pending replica, whose start begins now."""
+        replica.state, replica.stopped_s = "stopped", self.now
+        self.active.remove(replica)
+        if self.pending:
+            waiting = self.pending.pop(0)
+            waiting.state, waiting.started_s = "starting", self.now
+            waiting.ready_s = self.now + waiting.cold_start_s
+            waiting.cold_started = True
+            self.active.append(waiting)
+            self._push(waiting.ready_s, READY, waiting.id)
+
+    def _ready(self, rid: int, _: int) -> None:
+        replica = self.replicas[rid]
+        if replica.state == "starting":
+            replica.state = "running"
+            self._dispatch()
+            self._counts_changed()
+
+    def _stop(self, replica: Replica) -> None:
+        if replica.state == "pending":
+            replica.state, replica.stopped_s = "stopped", replica.started_s  # never held a GPU: free
+            self.pending.remove(replica)
+        elif replica.state == "running" and (replica.busy or replica.waiting):
+            replica.state = "draining"
+        else:
+            self._release(replica)
+
+    def _apply_target(self, target: int) -> None:
+        self.target = target
+        alive = self.pending + [r for r in self.active if r.state in ("starting", "running")]
+        if target > len(alive):
+            for _ in range(target - len(alive)):
+                self._new_replica(self.now)
+        elif target < len(alive):
+            not_running = [r for r in alive if r.state != "running"][::-1]
+            running = [r for r in alive if r.state == "running"][::-1]
+            for replica in (not_running + running)[: len(alive) - target]:
+                self._stop(replica)
+
+    # -- calls --------------------------------------------------------------------------------
+    def _maybe_start_call(self, replica: Replica) -> None:
+        if replica.busy or not replica.waiting:
+            return
+        spec = self.spec
+        if spec.max_batch_size == 1 or len(replica.waiting) >= spec.max_batch_size:
+            self._start_call(replica)
+        elif replica.batch_timer == 0:
+            replica.batch_timer = self._seq + 1
+            self._push(self.now + spec.batch_wait_timeout_s, BATCH, replica.id, replica.batch_timer)
+
+    def _batch_timer(self, rid: int, token: int) -> None:
+        replica = self.replicas[rid]
+        if replica.batch_timer == token and not replica.busy and replica.waiting:
+            self._start_call(replica)
+
+    def _start_call(self, replica: Replica) -> None:
+        spec = self.spec
+        replica.batch_timer = 0
+        batch = replica.waiting[: spec.max_batch_size]
+        del replica.waiting[: len(batch)]
+        replica.in_call = batch
+        replica.busy = True
+        for i in batch:
+            self.located.pop(i, None)  # in a call: only its own finish answers it now
+        t = self.now
+        finishing: list[int] = []
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in batch:
+            groups.setdefault((self.requests[i].pixels, self.requests[i].steps), []).append(i)
+        for (pixels, steps), members in groups.items():
+            t = self._run_group(replica, members, pixels, steps, t, finishing)
+        for i in finishing:
+            self._push(t, FINISH, i, 1)
+        self._push(t, CALL_DONE, replica.id)
+
+    def _run_group(self, replica: Replica, members: list[int], pixels: int, steps: int, t: float,
+                   finishing: list[int]) -> float:
+        """Admit and run one (size, steps) group starting at ``t``; return when it ends."""
+        spec = self.spec
+        images = sum(self.requests[i].n for i in members)
+        estimate = self.service(images, pixels, steps)
+        admitted = []
+        for i in members:
+            if t >= self.deadline[i]:
+                self._push(t, FINISH, i, 0)  # expired at admission (the ingress answered already)
+                self.records[i].outcome = "deadline"
+            elif spec.shed_hopeless and replica.calls >= spec.shed_after_calls and self.deadline[i] - t < estimate:
+                self.records[i].outcome = "shed"
+                self._push(t, FINISH, i, 0)
+            else:
+                admitted.append(i)
+        if not admitted:
+            return t
+        images = sum(self.requests[i].n for i in admitted)
+        duration = self.service(images, pixels, steps)
+        step_s = duration / steps if steps else duration
+        last_deadline = max(self.deadline[i] for i in admitted)
+        stopped = last_deadline < t + duration
+        end = t + (min(duration, math.ceil((last_deadline - t) / step_s - 1e-9) * step_s) if stopped else duration)
+        replica.calls += 1
+        if not stopped:
+            alpha = spec.service_time_alpha
+            replica.service_ewma_s = duration if replica.service_ewma_s is None else (
+                alpha * duration + (1 - alpha) * replica.service_ewma_s)
+        for i in admitted:
+            record = self.records[i]
+            record.start_s, record.replica = t, replica.id
+            if self.deadline[i] < end or stopped:
+                record.outcome = "deadline"
+                self._push(min(self.deadline[i], end), FINISH, i, 0)
+            else:
+                record.outcome = "ok"
+                record.service_time_s, record.batch_images = duration, images
+                finishing.append(i)
+        return end
+
+    def _finish(self, i: int, _: int) -> None:
+        self.records[i].done_s = self.now
+        self.outstanding -= 1
+        self.resolved += 1
+        self._counts_changed()
+
+    def _call_done(self, rid: int, _: int) -> None:
+        replica = self.replicas[rid]
+        replica.busy, replica.in_call = False, []
+        if replica.state == "draining" and not replica.waiting:
+            self._release(replica)
+            return
+        self._maybe_start_call(replica)
+        self._dispatch()
+
+    # -- the control loop ---------------------------------------------------------------------
+    def _schedule_tick(self, after: float) -> None:
+        interval = self.spec.control_interval_s
+        self._push(math.ceil(after / interval - 1e-9) * interval, TICK)
+        self.tick_pending = True
+
+    def _tick(self, _a: int, _b: int) -> None:
+        self.tick_pending = False
+        running = [r for r in self.active if r.state == "running"]
+        reports: dict[str, dict[str, float]] = {"cold_start_s": {str(r.id): r.cold_start_s for r in running}}
+        service = {str(r.id): r.service_ewma_s for r in running if r.service_ewma_s is not None}
+        if service:
+            reports["service_time_s"] = service
+        obs = Observation(self.now, len(running), self.target, self.total, self.waiting, reports)
+        self.policy_calls += 1
+        target = self.policy(obs)
+        if target != self.target:
+            self._apply_target(target)
+            self._dispatch()
+        starting = self.pending or any(r.state == "starting" for r in self.active)
+        if self.queued_count or starting:
+            self._push(self.now + self.spec.control_interval_s, TICK)
+        elif self.active or self.outstanding or self.now - self.total.last_change_s <= self.policy.look_back_s:
+            self._push(self.now + self.spec.idle_control_interval_s, TICK)
+        else:
+            return  # nothing can change until the next arrival
+        self.tick_pending = True
+
+
+def simulate(requests: list[SimRequest], spec: FleetSpec, service: ServiceModel,
+             policy: ControlPolicy) -> SimResult:
+    """Replay ``requests`` against a fleet run by ``policy``; every request gets one outcome."""
+    return Simulator(requests, spec, service, policy).run()

@@ -1,0 +1,63 @@
+"""What the simulator replays and against what: requests, the service-time model, the fleet's rules.
+
+The service-time model is passed in as a plain callable (``scheduler/`` does not import
+``models/``); the benchmark CLI wires in the simulated A10 profile from ``models/simulated.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: Seconds one pipeline call takes: ``(images in the call, pixels per image, steps) -> seconds``.
+ServiceModel = Callable[[int, int, int], float]
+
+REFERENCE_PIXELS = 512 * 512
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    """One request: when it arrives, its images and steps, its size, and its deadline."""
+
+    arrival_s: float
+    n: int = 1
+    steps: int = 25
+    pixels: int = REFERENCE_PIXELS  # per image (width × height)
+    timeout_s: float = 120.0  # relative deadline, as the live ingress assigns it
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The live system's rules the simulator reproduces; each field names its live counterpart.
+
+    ``control_interval_s`` is Ray's control loop (``RAY_SERVE_CONTROL_LOOP_INTERVAL_S`` = 0.1 s): the
+    simulator calls the policy that often while anything is queued or a replica is starting, and
+    every ``idle_control_interval_s`` otherwise (only scale-down decisions are possible then, and a
+    second of error on a keep-alive of minutes is noise). With no replica, no request and nothing in
+    the policy's look-back window, it stops calling until the next arrival: nothing can change.
+    """
+
+    max_batch_size: int = 1  # batching.max_batch_size (1: single, the FaaS setting)
+    batch_wait_timeout_s: float = 0.05  # batching.batch_wait_timeout_s
+    max_ongoing_requests: int = 1  # the deployment's max_ongoing_requests
+    max_queued_requests: int = 64  # the deployment's max_queued_requests (-1: unbounded) → 503
+    cold_start_s: float = 22.7  # replica start → ready: the trace's median base-model load
+    cold_start_jitter_s: float = 0.0  # uniform ± jitter on each cold start
+    initial_replicas: int = 0  # replicas running (warm) at t = 0
+    #: GPUs for replicas: a replica beyond them waits (PENDING, unpaid) until a stopping one frees
+    #: its GPU, as Ray's scheduler holds it. None: unlimited.
+    gpu_slots: int | None = None
+    shed_hopeless: bool = True  # deadlines.shed_hopeless: refuse what cannot finish in time
+    shed_after_calls: int = 2  # the replica's step-time estimator needs this many calls first
+    service_time_alpha: float = 0.3  # EWMA weight of the service time a replica reports
+    control_interval_s: float = 0.1
+    idle_control_interval_s: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_ongoing_requests < 1:
+            raise ValueError("max_batch_size and max_ongoing_requests must be >= 1")
+        if self.cold_start_s < 0 or self.cold_start_jitter_s < 0:
+            raise ValueError("cold_start_s and cold_start_jitter_s must be >= 0")
+        if self.control_interval_s <= 0 or self.idle_control_interval_s < self.control_interval_s:
+            raise ValueError("need 0 < control_interval_s <= idle_control_interval_s")
