@@ -1,0 +1,81 @@
+"""Config search: the cheapest setting that meets an SLO target, and the Pareto front of the rest.
+
+Serverless platforms offer "auto-config" by probing live; here each candidate is scored by the
+fleet simulator instead (the caller passes ``evaluate``), so the search is pure and repeatable.
+A candidate is the handful of knobs that move cost and latency most: the mode (single, or batched
+with a batch size), the keep-alive before scale-to-zero, the stable window, and max replicas.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    max_replicas: int
+    batch_size: int  # 1: single (the FaaS setting); >1: batched
+    keep_alive_s: float  # scale_to_zero_after_s
+    stable_window_s: float
+
+    @property
+    def mode(self) -> str:
+        return "single" if self.batch_size == 1 else f"batched-{self.batch_size}"
+
+    @property
+    def label(self) -> str:
+        return (f"{self.mode}, max {self.max_replicas}, keep-alive {self.keep_alive_s:g}s, "
+                f"window {self.stable_window_s:g}s")
+
+
+@dataclass(frozen=True)
+class Score:
+    candidate: Candidate
+    slo_attainment: float  # fraction of requests answered ok within the SLO
+    replica_seconds: float
+    p99_latency_s: float | None = None
+
+
+def grid(batch_sizes: Iterable[int], keep_alives_s: Iterable[float], stable_windows_s: Iterable[float],
+         max_replicas: Iterable[int]) -> list[Candidate]:
+    return [Candidate(m, b, k, w) for b, k, w, m in
+            itertools.product(batch_sizes, keep_alives_s, stable_windows_s, max_replicas)]
+
+
+def pareto_front(scores: Iterable[Score]) -> list[Score]:
+    """Scores no other beats on both cost and attainment, cheapest first."""
+    front: list[Score] = []
+    for score in sorted(scores, key=lambda s: (s.replica_seconds, -s.slo_attainment)):
+        if not front or score.slo_attainment > front[-1].slo_attainment:
+            front.append(score)
+    return front
+
+
+#: Costs within this fraction of the cheapest count as a tie.
+TIE = 0.001
+
+
+def choose(scores: Iterable[Score], target: float) -> Score | None:
+    """The cheapest score meeting ``target`` attainment, or None if no candidate does. Among ties
+    (within 0.1 %): single before batched (isolation), then fewer replicas, the shorter keep-alive
+    and the shorter window."""
+    meeting = [s for s in scores if s.slo_attainment >= target]
+    if not meeting:
+        return None
+    cheapest = min(s.replica_seconds for s in meeting)
+    tied = [s for s in meeting if s.replica_seconds <= cheapest * (1 + TIE)]
+    return min(tied, key=lambda s: (s.candidate.batch_size, s.candidate.max_replicas,
+                                    s.candidate.keep_alive_s, s.candidate.stable_window_s))
+
+
+def recommend(candidates: list[Candidate], evaluate: Callable[[Candidate], Score], target: float,
+              progress: Callable[[int, int], None] | None = None) -> tuple[Score | None, list[Score]]:
+    """Score every candidate; return the choice and all scores."""
+    scores = []
+    for done, candidate in enumerate(candidates, 1):
+        scores.append(evaluate(candidate))
+        if progress:
+            progress(done, len(candidates))
+    return choose(scores, target), scores

@@ -1,0 +1,110 @@
+"""The config recommender (pure choice rules, and the CLI on a trace whose answer is known) and the
+``simulate`` command's outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import recommend as recommend_cli
+from benchmarks import simulate as simulate_cli
+from benchmarks.sim_config import load_target
+from scheduler.recommend import Candidate, Score, choose, grid, pareto_front
+from tests.conftest import CONFIGS, ROOT
+
+SYNTHETIC = ROOT / "benchmarks" / "traces" / "synthetic-20.csv"
+
+
+def _score(replicas: int, batch: int, slo: float, cost: float, keep: float = 60) -> Score:
+    return Score(Candidate(replicas, batch, keep, 30), slo, cost)
+
+
+@pytest.mark.parametrize(
+    "scores, target, expected",
+    [
+        # the cheapest that meets the target, not the best attainment
+        ([_score(1, 1, 0.90, 100), _score(2, 1, 0.995, 200), _score(3, 1, 1.0, 300)], 0.99, (2, 1)),
+        # nothing meets it: no recommendation
+        ([_score(1, 1, 0.90, 100)], 0.99, None),
+        # a tie on cost: single before batched, then fewer replicas
+        ([_score(2, 4, 0.999, 200), _score(2, 1, 0.999, 200.1), _score(3, 1, 0.999, 200)], 0.99, (2, 1)),
+    ],
+)
+def test_choice_table(scores: list[Score], target: float, expected: tuple[int, int] | None) -> None:
+    chosen = choose(scores, target)
+    assert (None if chosen is None else (chosen.candidate.max_replicas, chosen.candidate.batch_size)) == expected
+
+
+def test_pareto_front_drops_dominated_points() -> None:
+    a, b, c, d = _score(1, 1, 0.5, 10), _score(2, 1, 0.4, 20), _score(3, 1, 0.9, 30), _score(4, 1, 0.9, 40)
+    assert pareto_front([d, c, b, a]) == [a, c]
+    assert len(grid([1, 4], [60, 300], [30], range(1, 4))) == 12
+
+
+def _constant_trace(tmp_path: Path) -> Path:
+    """One request a second, 25 steps of 512x512 (1.475 s each on the simulated A10): one replica
+    cannot keep up (utilisation 1.5), two can (0.74) — the cheapest answer is exactly 2."""
+    path = tmp_path / "constant.csv"
+    path.write_text("timestamp,n,steps\n" + "".join(f"{i}.0,1,25\n" for i in range(400)))
+    return path
+
+
+def _args(parser_setup, **values) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser_setup(parser)
+    argv = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        for item in value if isinstance(value, list) else [value]:
+            argv += [flag] if item is True else [flag, str(item)]
+    return parser.parse_args(argv)
+
+
+def test_recommend_finds_the_known_answer_and_writes_a_deployable_config(tmp_path: Path) -> None:
+    out = tmp_path / "recommended.yaml"
+    args = _args(recommend_cli.add_arguments, trace=_constant_trace(tmp_path), slo=10, target=0.99,
+                 max_replicas=4, modes="1", keep_alive="60,300", stable_window="30", cold_start_s=5,
+                 out=out, out_dir=tmp_path, single_config=CONFIGS / "single.yaml",
+                 batched_config=CONFIGS / "batched.yaml")
+    assert recommend_cli.main(args) == 0
+    config = yaml.safe_load(out.read_text())
+    worker = next(d for d in config["applications"][0]["deployments"] if d["name"] == "DiffusionWorker")
+    assert worker["autoscaling_config"]["max_replicas"] == 2
+    assert worker["max_ongoing_requests"] == 1
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)  # what `serve run` / `serve deploy` accept
+    target = load_target(out, cold_start_s=5)  # and the simulator reads it back as the same knobs
+    assert (target.ray_config.max_replicas, target.spec.max_batch_size) == (2, 1)
+    assert "chosen" in (tmp_path / "recommend.md").read_text()
+
+
+def test_recommend_says_so_when_nothing_meets_the_target(tmp_path: Path) -> None:
+    args = _args(recommend_cli.add_arguments, trace=_constant_trace(tmp_path), slo=10, target=0.99,
+                 max_replicas=1, modes="1", keep_alive="60", stable_window="30", cold_start_s=5,
+                 out=tmp_path / "r.yaml", out_dir=tmp_path)
+    assert recommend_cli.main(args) == 1
+    assert not (tmp_path / "r.yaml").exists()
+
+
+def test_simulate_writes_the_run_shaped_summary_for_a_plain_csv(tmp_path: Path) -> None:
+    args = _args(simulate_cli.add_arguments, trace=SYNTHETIC, config=[CONFIGS / "single.yaml", CONFIGS / "ray-default.yaml"],
+                 clairvoyant=True, fixed=2, name="plain", out_dir=tmp_path, cold_start_s=10)
+    assert simulate_cli.main(args) == 0
+    data = json.loads((tmp_path / "plain.json").read_text())
+    assert data["meta"]["simulated"] is True and data["meta"]["command"].split()[0] != str(ROOT)
+    assert set(data["results"]) == {"single", "ray-default", "fixed-2"}
+    for result in data["results"].values():
+        summary = result["summary"]
+        assert summary["sent"] == 20 == sum(summary["outcomes"].values())
+        for key in ("latency_s", "queue_wait_s", "slo_attainment", "replica_seconds", "oracle_replica_seconds",
+                    "replica_starts", "max_replicas", "clairvoyant_replica_seconds"):
+            assert key in summary
+        assert summary["replica_seconds_over_clairvoyant"] > 0
+        assert len(result["records"]) == 20
+    for suffix in (".md", "-fleet.png", "-latency-cdf.png", "-slo-vs-cost.png"):
+        assert (tmp_path / f"plain{suffix}").stat().st_size > 0

@@ -1,0 +1,169 @@
+"""The fleet simulator: accounting, determinism, the live rules it reproduces, the clairvoyant floor."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.autoscaling import AutoscalerConfig
+from scheduler.simulation.clairvoyant import clairvoyant_cost
+from scheduler.simulation.fleet import SimResult, simulate
+from scheduler.simulation.policies import FixedFleet, RayControlled, StepSeries, sdserve_policy
+from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
+from scheduler.simulation.workload import FleetSpec, SimRequest
+
+OUTCOMES = {"ok", "deadline", "shed", "overloaded"}
+
+
+def flat(seconds: float):
+    """A service model: ``seconds`` per call per image, whatever the size or steps."""
+    return lambda images, pixels, steps: seconds * images
+
+
+def ray_default(**overrides) -> RayControlled:
+    return RayControlled("ray", RayAutoscalingConfig(**{"max_replicas": 4, **overrides}))
+
+
+def sdserve(max_replicas: int = 4, **kwargs) -> RayControlled:
+    ray_config = RayAutoscalingConfig(min_replicas=0, max_replicas=max_replicas, upscale_delay_s=0,
+                                      downscale_delay_s=0, downscale_to_zero_delay_s=0, look_back_period_s=2)
+    return RayControlled("sdserve", ray_config, sdserve_policy(AutoscalerConfig(**kwargs)))
+
+
+def integral(result: SimResult) -> float:
+    """Replica-seconds from the fleet-size samples: must equal Σ (stop − start) over replicas."""
+    total = 0.0
+    for (t, alive, _, _), (t2, *_rest) in zip(result.samples, result.samples[1:]):
+        total += alive * (t2 - t)
+    return total + result.samples[-1][1] * (result.end_s - result.samples[-1][0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0, 40), min_size=1, max_size=40),
+    ns=st.lists(st.integers(1, 4), min_size=40, max_size=40),
+    timeout=st.floats(2, 60),
+    batch=st.sampled_from([1, 2, 4]),
+    queue=st.sampled_from([-1, 3, 64]),
+    policy=st.sampled_from(["ray", "sdserve", "fixed"]),
+)
+def test_every_request_gets_one_outcome_and_cost_is_the_sum_of_replica_lifetimes(
+    gaps, ns, timeout, batch, queue, policy
+) -> None:
+    t, requests = 0.0, []
+    for gap, n in zip(gaps, ns):
+        t += gap
+        requests.append(SimRequest(t, n=n, steps=10, timeout_s=timeout))
+    spec = FleetSpec(max_batch_size=batch, max_ongoing_requests=batch, max_queued_requests=queue,
+                     cold_start_s=5.0, gpu_slots=4, batch_wait_timeout_s=0.1)
+    chosen = {"ray": ray_default(upscale_delay_s=3, downscale_delay_s=20), "sdserve": sdserve(
+        capacity_per_replica=batch, default_cold_start_s=5, scale_to_zero_after_s=15, stable_window_s=10,
+        scale_down_interval_s=5), "fixed": FixedFleet(2)}[policy]
+    if policy == "fixed":
+        spec = FleetSpec(**{**spec.__dict__, "initial_replicas": 2})
+    result = simulate(requests, spec, flat(1.0), chosen)
+    assert len(result.records) == len(requests)
+    assert all(r.outcome in OUTCOMES for r in result.records)
+    assert sum(r.outcome == "ok" for r in result.records) + sum(
+        r.outcome != "ok" for r in result.records) == len(requests)
+    assert all(r.done_s >= r.arrival_s for r in result.records)
+    assert all(r.latency_s <= timeout + 1e-6 for r in result.records if r.outcome == "deadline")
+    assert result.replica_seconds() == pytest.approx(integral(result), rel=1e-9, abs=1e-6)
+    assert max(alive for _, alive, _, _ in result.samples) <= 4  # never more replicas than GPUs
+
+
+def test_same_seed_same_result_and_jitter_changes_it() -> None:
+    requests = [SimRequest(i * 7.0, n=1 + i % 3, steps=20) for i in range(60)]
+    spec = FleetSpec(cold_start_s=10, cold_start_jitter_s=5, gpu_slots=4, seed=3)
+
+    def run(seed: int) -> list[tuple]:
+        result = simulate(requests, FleetSpec(**{**spec.__dict__, "seed": seed}), flat(2.0),
+                          sdserve(scale_to_zero_after_s=5, default_cold_start_s=10))
+        return [(r.outcome, r.done_s) for r in result.records] + [(result.replica_seconds(),)]
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_queue_bound_answers_overloaded_and_deadlines_answer_at_the_deadline() -> None:
+    # one warm replica, 1 s per request, 10 requests at once, room for 3 in the queue
+    requests = [SimRequest(0.0, steps=10, timeout_s=2.5) for _ in range(10)]
+    spec = FleetSpec(initial_replicas=1, max_queued_requests=3, gpu_slots=1, shed_hopeless=False)
+    result = simulate(requests, spec, flat(1.0), FixedFleet(1))
+    outcomes = [r.outcome for r in result.records]
+    # #0 runs at once; #1-#3 queue; the rest find the queue full
+    assert outcomes[4:] == ["overloaded"] * 6
+    assert outcomes[0] == "ok" and result.records[0].done_s == pytest.approx(1.0)
+    # #1 runs 1-2 s, in time; #2 starts at 2 s and is stopped at its 2.5 s deadline (answered then)
+    assert outcomes[1] == "ok"
+    assert outcomes[2] == "deadline" and result.records[2].done_s == pytest.approx(2.5)
+    assert result.replicas[0].calls == 3
+    # #3 is still queued at 2.5 s: answered then, never run
+    assert outcomes[3] == "deadline" and result.records[3].start_s is None
+
+
+def test_hopeless_requests_are_shed_once_the_replica_has_measured_calls() -> None:
+    # calls take 4 s; after two calls, a request with 3 s left is shed at once instead of run
+    requests = [SimRequest(0.0, timeout_s=100), SimRequest(0.0, timeout_s=100), SimRequest(0.0, timeout_s=11)]
+    result = simulate(requests, FleetSpec(initial_replicas=1, gpu_slots=1), flat(4.0), FixedFleet(1))
+    assert [r.outcome for r in result.records] == ["ok", "ok", "shed"]
+    assert result.records[2].done_s == pytest.approx(8.0)
+
+
+def test_batches_form_like_serve_batch_and_split_by_size() -> None:
+    # 4 same-size requests batch into one call; a different size runs as its own group after it
+    requests = [SimRequest(0.0, pixels=512 * 512) for _ in range(3)] + [SimRequest(0.0, pixels=256 * 256)]
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, max_batch_size=4, max_ongoing_requests=4)
+    result = simulate(requests, spec, flat(1.0), FixedFleet(1))
+    assert [r.batch_images for r in result.records] == [3, 3, 3, 1]
+    assert [r.done_s for r in result.records] == pytest.approx([4.0] * 4)  # a full batch: no wait; together
+
+
+def test_ray_wrapper_starts_one_replica_from_zero_then_the_policy_adds_the_rest() -> None:
+    """sdserve's burst sizing does not run at zero under Ray: the first cold start is alone."""
+    requests = [SimRequest(0.0, timeout_s=600) for _ in range(16)]
+    spec = FleetSpec(cold_start_s=20, gpu_slots=4)
+    result = simulate(requests, spec, flat(10.0), sdserve(default_cold_start_s=20, default_service_time_s=10))
+    starts = sorted(r.started_s for r in result.replicas)
+    assert starts[0] == pytest.approx(0.0, abs=0.2)
+    assert len(starts) == 4 and min(starts[1:]) >= 20.0  # the rest only once the first is running
+
+
+def test_ray_default_waits_its_upscale_delay() -> None:
+    requests = [SimRequest(i * 0.5, timeout_s=600) for i in range(40)]
+    spec = FleetSpec(cold_start_s=5, gpu_slots=4, initial_replicas=1)
+    result = simulate(requests, spec, flat(3.0), ray_default(initial_replicas=1, target_ongoing_requests=1))
+    second = sorted(r.started_s for r in result.replicas)[1]
+    assert second >= 30.0  # upscale_delay_s = 30 s by default
+
+
+def test_step_series_mean_is_time_weighted() -> None:
+    series = StepSeries(keep_s=100)
+    series.set(10.0, 4)
+    series.set(12.0, 0)
+    assert series.mean(12.0, 4.0) == pytest.approx(2.0)  # 4 for 2 s of the last 4 s
+    assert series.mean(20.0, 4.0) == 0.0
+    assert series.mean(13.0, 0.0) == 0.0
+
+
+def test_clairvoyant_cost_on_a_hand_computed_trace() -> None:
+    # cold start 10 s. Jobs (arrival, service): two overlap at 0 → two replicas.
+    # replica A: [0,5) then gap 3 → [8,10) then gap 50 (> cold: restart) → [60,61)
+    # replica B: [1,4)
+    jobs = [(0.0, 5.0), (1.0, 3.0), (8.0, 2.0), (60.0, 1.0)]
+    cost = clairvoyant_cost(jobs, cold_start_s=10.0)
+    # A: 10 + 5 + 3 + 2 + 10 + 1 = 31 ... but job 3 (t=8) takes the most recently freed replica:
+    # B freed at 4, A at 5 → A (gap 3). Job 4 at 60: A freed at 10 (gap 50 → 10), B at 4.
+    # A = 10 (start) + 5 + 3 + 2 + 10 (restart) + 1 = 31; B = 10 + 3 = 13
+    assert cost.replica_seconds == pytest.approx(44.0)
+    assert (cost.replicas, cost.cold_starts, cost.busy_seconds) == (2, 3, 11.0)
+
+
+def test_no_policy_that_never_queues_pays_less_than_the_clairvoyant_floor() -> None:
+    requests = [SimRequest(t, timeout_s=600) for t in (0, 3, 50, 51, 52, 400, 401, 1000)]
+    floor = clairvoyant_cost([(r.arrival_s, 2.0) for r in requests], 10.0).replica_seconds
+    for replicas in (1, 2, 3):
+        result = simulate(requests, FleetSpec(initial_replicas=replicas, gpu_slots=replicas), flat(2.0),
+                          FixedFleet(replicas))
+        assert result.replica_seconds() >= floor
