@@ -50,6 +50,9 @@ class SimulationSettings(_Section):
     )
     load_time_s: float = Field(2.0, ge=0, description="simulated model load at replica start")
     scale_with_pixels: bool = Field(True, description="scale step time with pixels vs 512x512")
+    time_scale: float = Field(
+        1.0, gt=0, description="run k× faster: step times and load time divided by k (compressed replays)"
+    )
 
 
 class BatchingSettings(_Section):

@@ -49,9 +49,10 @@ def _model_spec(settings: AppSettings) -> ModelSpec:
 
 def _simulation_profile(settings: AppSettings) -> SimulationProfile:
     sim = settings.simulation
+    k = sim.time_scale
     return SimulationProfile(
-        step_time_s=tuple(sorted((sim.step_time_s or A10_SD15_STEP_TIME_S).items())),
-        load_time_s=sim.load_time_s,
+        step_time_s=tuple(sorted((n, t / k) for n, t in (sim.step_time_s or A10_SD15_STEP_TIME_S).items())),
+        load_time_s=sim.load_time_s / k,
         scale_with_pixels=sim.scale_with_pixels,
     )
 

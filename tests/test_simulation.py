@@ -167,3 +167,21 @@ def test_no_policy_that_never_queues_pays_less_than_the_clairvoyant_floor() -> N
         result = simulate(requests, FleetSpec(initial_replicas=replicas, gpu_slots=replicas), flat(2.0),
                           FixedFleet(replicas))
         assert result.replica_seconds() >= floor
+
+
+def test_step_series_holds_the_last_report_until_now() -> None:
+    series = StepSeries(keep_s=100)
+    series.set(10.0, 4)
+    series.set(15.0, 0)
+    # reports up to t=12 only: the controller still believes 4 until now
+    assert series.mean(20.0, 10.0, known_until=12.0) == pytest.approx(4.0)
+    assert series.mean(20.0, 10.0, known_until=20.0) == pytest.approx(2.0)
+
+
+def test_sampled_mean_sees_only_what_falls_on_a_sample() -> None:
+    series = StepSeries(keep_s=100)
+    series.set(10.05, 3)  # a blip between two 0.2 s samples: Ray never records it
+    series.set(10.15, 0)
+    assert series.sampled_mean(12.0, 4.0, 0.2, known_until=12.0) == 0.0
+    series.set(11.0, 2)  # held from the 11.0 sample on
+    assert series.sampled_mean(12.0, 2.0, 0.2, known_until=12.0) == pytest.approx(1.0)

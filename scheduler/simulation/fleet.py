@@ -342,7 +342,8 @@ class Simulator:
         return end
 
     def _finish(self, i: int, _: int) -> None:
-        self.records[i].done_s = self.now
+        record = self.records[i]
+        record.done_s = self.now + (self.spec.request_overhead_s if record.outcome == "ok" else 0.0)
         self.outstanding -= 1
         self.resolved += 1
         self._counts_changed()

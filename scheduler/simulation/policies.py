@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,20 +47,53 @@ class StepSeries:
         while len(self._points) > 1 and self._points[1][0] <= now - self.keep_s:
             self._points.popleft()
 
-    def mean(self, now: float, window_s: float) -> float:
+    def mean(self, now: float, window_s: float, known_until: float | None = None) -> float:
+        """Mean over ``[now - window_s, now]``. ``known_until``: the last report the controller has;
+        like Ray, it assumes the last reported value holds from then until ``now``."""
+        known = now if known_until is None else min(now, known_until)
         if window_s <= 0:
-            return self.value
+            return self._value_at(known)
         start = max(now - window_s, self._points[0][0])
         if now <= start:
-            return self.value
+            return self._value_at(known)
         total = 0.0
         points = self._points
         for i, (t, v) in enumerate(points):
-            end = points[i + 1][0] if i + 1 < len(points) else now
+            end = min(points[i + 1][0] if i + 1 < len(points) else now, known)
             lo = max(t, start)
             if end > lo:
                 total += v * (end - lo)
+        if known < now:
+            total += self._value_at(known) * (now - max(known, start))
         return total / (now - start)
+
+    def sampled_mean(self, now: float, window_s: float, every_s: float, known_until: float) -> float:
+        """Ray's view: the count sampled every ``every_s`` (replicas and handles record points at
+        ``min(look_back × 0.2, metrics_interval_s)``), reported up to ``known_until``, each sample
+        held until the next and the last one until ``now``; averaged from the first sample in the
+        window. A request queued between two samples is never seen, as in Ray."""
+        last = math.floor(min(now, known_until) / every_s) * every_s
+        first = max(self._points[0][0], now - window_s)
+        times = []
+        t = last
+        while t > first - 1e-9 and len(times) < 1000:
+            times.append(t)
+            t -= every_s
+        if not times:
+            return self._value_at(last)
+        times.reverse()
+        total = sum(self._value_at(a) * (b - a) for a, b in zip(times, times[1:]))
+        total += self._value_at(times[-1]) * (now - times[-1])
+        span = now - times[0]
+        return total / span if span > 0 else self._value_at(times[-1])
+
+    def _value_at(self, t: float) -> float:
+        value = self._points[0][1]
+        for point_t, point_v in self._points:
+            if point_t > t:
+                break
+            value = point_v
+        return value
 
 
 @dataclass
@@ -124,15 +158,24 @@ class RayControlled:
 
     @property
     def look_back_s(self) -> float:
-        return self.config.look_back_period_s
+        return self.config.look_back_period_s + self.config.metrics_interval_s
 
     def __call__(self, obs: Observation) -> int:
         window = self.config.look_back_period_s
+        # Replicas and handles push their counts every metrics_interval_s (Ray's default: 10 s);
+        # with no replica running a handle pushes at once on a new request (Ray's scaled-to-zero
+        # optimisation), so the cold-start fast path is not delayed.
+        interval = self.config.metrics_interval_s
+        known = obs.now if obs.running == 0 else math.floor(obs.now / interval) * interval
+        every = min(window * 0.2, interval)  # RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR
         ctx = SimContext(
             current_num_replicas=obs.running,
             target_num_replicas=obs.target,
-            total_num_requests=obs.total.mean(obs.now, window),
-            total_queued_requests=obs.queued.mean(obs.now, window),
+            # at zero a handle pushes its fresh count on arrival: what the fast path checks
+            total_num_requests=obs.total.value if obs.running == 0 else obs.total.sampled_mean(
+                obs.now, window, every, known),
+            total_queued_requests=obs.queued.value if obs.running == 0 else obs.queued.sampled_mean(
+                obs.now, window, every, known),
             aggregated_metrics=obs.reports,
             capacity_adjusted_min_replicas=self.config.min_replicas,
             capacity_adjusted_max_replicas=self.config.max_replicas,

@@ -50,6 +50,9 @@ class FleetSpec:
     shed_hopeless: bool = True  # deadlines.shed_hopeless: refuse what cannot finish in time
     shed_after_calls: int = 2  # the replica's step-time estimator needs this many calls first
     service_time_alpha: float = 0.3  # EWMA weight of the service time a replica reports
+    #: Per-request time outside the queue and the pipeline (HTTP, proxy, ingress, PNG) added to
+    #: every successful answer: measured live when the simulator is validated, else 0.
+    request_overhead_s: float = 0.0
     control_interval_s: float = 0.1
     idle_control_interval_s: float = 1.0
     seed: int = 0
