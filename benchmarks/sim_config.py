@@ -17,7 +17,7 @@ from typing import Any
 
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from scheduler.autoscaling import AutoscalerConfig
-from scheduler.simulation.policies import ControlPolicy, RayControlled, sdserve_policy
+from scheduler.simulation.policies import ControlPolicy, ExternalScaler, RayControlled, sdserve_policy
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig, queue_length_policy
 from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
 from serve.settings import AppSettings, load_config
@@ -45,14 +45,16 @@ class SimTarget:
     name: str
     path: str
     spec: FleetSpec
-    policy_kind: str  # "sdserve" or "ray-default"
+    policy_kind: str  # "sdserve-loop" (own control loop), "sdserve-ray-hook" (Ray's policy hook), "ray-default"
     ray_config: RayAutoscalingConfig
     policy_kwargs: dict[str, Any]
     settings: AppSettings
 
     def policy(self) -> ControlPolicy:
         """A fresh policy (policies keep state: one per run)."""
-        inner = (sdserve_policy(AutoscalerConfig(**self.policy_kwargs)) if self.policy_kind == "sdserve"
+        if self.policy_kind == "sdserve-loop":
+            return ExternalScaler(self.name, AutoscalerConfig(**self.policy_kwargs))
+        inner = (sdserve_policy(AutoscalerConfig(**self.policy_kwargs)) if self.policy_kind == "sdserve-ray-hook"
                  else queue_length_policy)
         return RayControlled(self.name, self.ray_config, inner)
 
@@ -90,12 +92,24 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
     settings = AppSettings.model_validate(app.get("args") or {})
     worker = _worker(app, str(path))
     autoscaling = dict(worker.get("autoscaling_config") or {})
-    if not autoscaling:
+    loop = settings.autoscaling
+    if app.get("external_scaler_enabled") and loop.enabled:  # sdserve's own loop sizes the fleet
+        kwargs = dict(loop.policy)
+        loop_config = AutoscalerConfig(**kwargs)
         replicas = int(worker.get("num_replicas", 1))
-        autoscaling = {"min_replicas": replicas, "max_replicas": replicas, "initial_replicas": replicas}
-    policy = autoscaling.pop("policy", None) or {}
-    function = policy.get("policy_function")
-    kwargs = {k: v for k, v in (policy.get("policy_kwargs") or {}).items() if k not in LIVE_ONLY_KWARGS}
+        autoscaling = {"min_replicas": loop_config.min_replicas, "max_replicas": loop_config.max_replicas,
+                       "initial_replicas": replicas}
+        kind = "sdserve-loop"
+    else:
+        if not autoscaling:
+            replicas = int(worker.get("num_replicas", 1))
+            autoscaling = {"min_replicas": replicas, "max_replicas": replicas, "initial_replicas": replicas}
+        policy = autoscaling.pop("policy", None) or {}
+        function = policy.get("policy_function")
+        if function not in (None, SDSERVE_POLICY):
+            raise ValueError(f"{path}: the simulator knows sdserve's policies and Ray's default, not {function!r}")
+        kwargs = {k: v for k, v in (policy.get("policy_kwargs") or {}).items() if k not in LIVE_ONLY_KWARGS}
+        kind = "sdserve-ray-hook" if function else "ray-default"
     ray_config = RayAutoscalingConfig.from_dict(autoscaling)
     initial = ray_config.initial_replicas if ray_config.initial_replicas is not None else ray_config.min_replicas
     spec = FleetSpec(
@@ -110,7 +124,4 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         shed_hopeless=settings.deadlines.shed_hopeless,
         seed=seed,
     )
-    if function not in (None, SDSERVE_POLICY):
-        raise ValueError(f"{path}: the simulator knows sdserve's policy and Ray's default, not {function!r}")
-    return SimTarget(name or Path(path).stem, str(path), spec, "sdserve" if function else "ray-default",
-                     ray_config, kwargs, settings)
+    return SimTarget(name or Path(path).stem, str(path), spec, kind, ray_config, kwargs, settings)

@@ -12,7 +12,13 @@ requests exist at zero and track demand directly. The decision is separated from
 - **Scale down slowly**: only to the highest need seen over the stable window (a burst inside the
   window keeps its capacity), one replica per ``scale_down_interval_s``, never below what in-flight
   work needs, and never while the backlog exceeds capacity (panic mode).
-- **Scale to zero** only after ``scale_to_zero_after_s`` with no request queued or running.
+- **Deadline-aware** (when the inputs carry the queued requests' slack, as the ingress's collector
+  gives them): start the fewest replicas that bring the requests expected to miss their deadline
+  (or the latency objective) to a minimum — only replicas that serve a still-waiting request in time
+  (``scheduler/deadline_scaling.py``).
+- **Scale to zero** only after the keep-alive with no request queued or running: fixed
+  (``scale_to_zero_after_s``) or learned from the idle times the fleet saw, with pre-warming
+  (``keep_alive: histogram``, ``scheduler/keepalive.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from scheduler.deadline_scaling import Backlog, replicas_to_save_deadlines
+from scheduler.keepalive import KeepAlivePlan, keep_alive_plan, keep_one, record_idle, regime_of
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,14 @@ class AutoscalerConfig:
     scale_to_zero_after_s: float = 120.0  # keep-alive of the last replica with no requests
     default_service_time_s: float = 3.0  # per request, until replicas report a measurement
     default_cold_start_s: float = 25.0  # replica start → ready, until replicas report one
+    deadline_aware: bool = True  # start replicas that save queued requests' deadlines (needs backlog)
+    latency_objective_s: float | None = None  # aim to answer within this (the collector's slack)
+    keep_alive: str = "fixed"  # "fixed": scale_to_zero_after_s; "histogram": learned (Shahrad et al.)
+    keep_alive_percentile: float = 0.99  # histogram: keep one replica up to this idle-time quantile
+    cold_start_penalty_s: float | None = None  # histogram: set → cost-optimal keep-alive (keepalive.py)
+    prewarm_percentile: float = 0.05  # histogram: pre-warm before this quantile if > a cold start
+    keep_alive_min_samples: int = 20  # histogram: idle periods needed before it replaces the fixed one
+    keep_alive_max_s: float = 3600.0  # histogram: never keep a replica idle longer than this
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -45,6 +62,14 @@ class AutoscalerConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.default_service_time_s <= 0 or self.default_cold_start_s < 0:
             raise ValueError("default_service_time_s must be > 0 and default_cold_start_s >= 0")
+        if self.keep_alive not in ("fixed", "histogram"):
+            raise ValueError(f"keep_alive must be 'fixed' or 'histogram', got {self.keep_alive!r}")
+        if not 0 < self.prewarm_percentile < self.keep_alive_percentile <= 1:
+            raise ValueError("need 0 < prewarm_percentile < keep_alive_percentile <= 1")
+        if self.latency_objective_s is not None and self.latency_objective_s <= 0:
+            raise ValueError("latency_objective_s must be > 0 (or unset)")
+        if self.cold_start_penalty_s is not None and self.cold_start_penalty_s < 0:
+            raise ValueError("cold_start_penalty_s must be >= 0 (or unset)")
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,9 @@ class AutoscalerInputs:
     starting_replicas: int
     service_time_s: float | None = None  # measured mean seconds per request (None: unknown)
     cold_start_s: float | None = None  # measured replica start → ready (None: unknown)
+    backlog: Backlog | None = None  # queued requests' slack and service (None: counts only)
+    slot_free_in_s: tuple[float, ...] | None = None  # when each running/starting slot frees
+    recent_arrivals: int | None = None  # requests in the last 10 minutes (the load regime)
 
     @property
     def demand(self) -> int:
@@ -72,15 +100,25 @@ class AutoscalerState:
     idle_since: float | None = None  # since when nothing was queued or running (None: busy)
     last_scale_down_at: float | None = None
     need_history: tuple[tuple[float, int], ...] = field(default=())  # (time, replicas needed)
+    #: Idle periods seen, one histogram per load regime (scheduler/keepalive.py).
+    idle_histograms: tuple[tuple[int, ...], ...] = field(default=())
+    idle_regime: int = 0  # the load regime when the current idle period began
+    #: The keep-alive chosen when the current idle period began: (keep-alive, pre-warm after, source).
+    idle_plan: tuple[float, float | None, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for Ray's ``policy_state`` (cheap: no deep copy, it is immutable)."""
         return {"target": self.target, "idle_since": self.idle_since,
-                "last_scale_down_at": self.last_scale_down_at, "need_history": self.need_history}
+                "last_scale_down_at": self.last_scale_down_at, "need_history": self.need_history,
+                "idle_histograms": self.idle_histograms, "idle_regime": self.idle_regime,
+                "idle_plan": self.idle_plan}
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> "AutoscalerState":
-        return cls(**{**saved, "need_history": tuple(map(tuple, saved.get("need_history", ())))})
+        plan = saved.get("idle_plan")
+        return cls(**{**saved, "need_history": tuple(map(tuple, saved.get("need_history", ()))),
+                      "idle_histograms": tuple(tuple(h) for h in saved.get("idle_histograms", ())),
+                      "idle_plan": tuple(plan) if plan else None})
 
 
 @dataclass(frozen=True)
@@ -124,11 +162,54 @@ def replicas_worth_starting(inputs: AutoscalerInputs, config: AutoscalerConfig) 
     return inputs.running_replicas + _ceil_div(left_when_ready, capacity)
 
 
+def _deadline_target(inputs: AutoscalerInputs, config: AutoscalerConfig, provisioned: int) -> tuple[int, str]:
+    """Replicas (total) the deadline rule wants, and why; ``provisioned`` if it wants none."""
+    if not config.deadline_aware or inputs.backlog is None or inputs.slot_free_in_s is None:
+        return provisioned, ""
+    cold = config.default_cold_start_s if inputs.cold_start_s is None else inputs.cold_start_s
+    room = max(0, config.max_replicas - provisioned)
+    extra, before, after = replicas_to_save_deadlines(
+        inputs.backlog, inputs.slot_free_in_s, cold, config.capacity_per_replica, room)
+    if not extra:
+        return provisioned, ""
+    return provisioned + extra, (f"deadline: {before} of {inputs.queued} queued would miss; "
+                                 f"{extra} more ready in {cold:.0f}s leave {after}")
+
+
+def _keep_alive(histogram: tuple[int, ...], config: AutoscalerConfig, cold_start_s: float) -> KeepAlivePlan:
+    return keep_alive_plan(
+        histogram, mode=config.keep_alive, fixed_s=config.scale_to_zero_after_s,
+        keep_percentile=config.keep_alive_percentile, prewarm_percentile=config.prewarm_percentile,
+        min_samples=config.keep_alive_min_samples, max_s=config.keep_alive_max_s,
+        cold_start_s=cold_start_s, penalty_s=config.cold_start_penalty_s,
+    )
+
+
+def _learn_idle(state: AutoscalerState, busy: bool, inputs: AutoscalerInputs, config: AutoscalerConfig,
+                cold_start_s: float) -> tuple[tuple[tuple[int, ...], ...], int, KeepAlivePlan | None]:
+    """Histograms, regime and keep-alive plan after this call: an idle period that just ended is
+    recorded in its regime's histogram; one that just began gets its plan (computed once)."""
+    histograms, regime, plan = state.idle_histograms, state.idle_regime, state.idle_plan
+    if busy:
+        if state.idle_since is not None:
+            per_regime = list(histograms) + [()] * (regime + 1 - len(histograms))
+            per_regime[regime] = record_idle(per_regime[regime], inputs.now - state.idle_since)
+            histograms = tuple(per_regime)
+        return histograms, regime, None
+    if state.idle_since is None or plan is None:  # idle from now on
+        regime = regime_of(inputs.recent_arrivals)
+        histogram = histograms[regime] if regime < len(histograms) else ()
+        return histograms, regime, _keep_alive(histogram, config, cold_start_s)
+    return histograms, regime, KeepAlivePlan(*plan)
+
+
 def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerConfig) -> Decision:
     """The desired replica count for ``inputs``, the new state, and why."""
     capacity = config.capacity_per_replica
     now = inputs.now
     busy = inputs.demand > 0
+    cold = config.default_cold_start_s if inputs.cold_start_s is None else inputs.cold_start_s
+    histograms, regime, plan = _learn_idle(state, busy, inputs, config, cold)
     idle_since = None if busy else (state.idle_since if state.idle_since is not None else now)
     needed_now = _ceil_div(inputs.demand, capacity)  # replicas to run everything at once
     history = _remember_need(state.need_history, now, needed_now, config.stable_window_s)
@@ -137,7 +218,10 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     current = max(state.target, provisioned)
 
     up = min(needed_now, replicas_worth_starting(inputs, config))
-    if up > current:
+    for_deadlines, deadline_reason = _deadline_target(inputs, config, provisioned)
+    if for_deadlines > max(up, current):
+        desired, reason = for_deadlines, deadline_reason
+    elif up > current:
         desired = up
         reason = (
             f"burst: {inputs.queued} queued, {inputs.in_flight} running, "
@@ -158,17 +242,26 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         reason = f"low demand: need {window_need} over {config.stable_window_s:g}s, one step down"
 
     idle_for = 0.0 if idle_since is None else now - idle_since
-    keep_alive = 1 if current > 0 and idle_for < config.scale_to_zero_after_s else 0
+    wants_one = plan is None or keep_one(idle_for, plan, cold)
+    prewarms = plan is not None and plan.prewarm_after_s is not None
+    keep_alive = 1 if wants_one and (current > 0 or prewarms) else 0
     floor = max(_ceil_div(inputs.in_flight, capacity), config.min_replicas, keep_alive)
     if desired < floor:
-        desired, reason = floor, f"holding: {floor} for in-flight work, min_replicas or keep-alive"
+        if keep_alive and current == 0:
+            reason = f"pre-warm: idle {idle_for:.0f}s, next request expected after {plan.prewarm_after_s or 0:.0f}s"
+        else:
+            reason = f"holding: {floor} for in-flight work, min_replicas or keep-alive"
+        desired = floor
     desired = max(config.min_replicas, min(config.max_replicas, desired))
-    if desired == 0 and current > 0:
-        reason = f"to zero: idle {idle_for:.0f}s >= keep-alive {config.scale_to_zero_after_s:g}s"
+    if desired == 0 and current > 0 and plan is not None:
+        reason = f"to zero: idle {idle_for:.0f}s, keep-alive {plan.keep_alive_s:.0f}s ({plan.source})"
     new_state = AutoscalerState(
         target=desired,
         idle_since=idle_since,
         last_scale_down_at=now if desired < current else state.last_scale_down_at,
         need_history=history,
+        idle_histograms=histograms,
+        idle_regime=regime,
+        idle_plan=None if plan is None else (plan.keep_alive_s, plan.prewarm_after_s, plan.source),
     )
     return Decision(desired, new_state, reason)

@@ -1,16 +1,21 @@
 """Where autoscaling decisions can be read back: a small named Ray actor.
 
-The policy runs inside Serve's controller; this actor is the one place both it (writer) and the
-ingress (reader, ``GET /v1/scheduler``) can reach. Only changes are recorded, so it stays quiet at
-the policy's ~10 calls a second.
+Decisions are made inside Serve's controller (the Ray policy hook) or in the ingress (sdserve's own
+control loop); this actor is the one place the deciders (writers) and the ingress (reader,
+``GET /v1/scheduler`` and the metrics) can reach. Only changes are kept in the recent list, so it
+stays quiet at ~10 decisions a second.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections import deque
 from typing import Any
 
 import ray
+
+log = logging.getLogger("ray.serve")
 
 ACTOR_NAME = "sdserve-autoscaler-decisions"
 NAMESPACE = "sdserve"
@@ -46,3 +51,33 @@ async def read_decisions(limit: int = 50) -> dict[str, Any]:
     except ValueError:
         return {"latest": {}, "recent": []}
     return await actor.read.remote(limit)
+
+
+class DecisionReporter:
+    """Logs a decision when the count or the kind of its reason changes, and records it then and at
+    least every ``refresh_s`` (the gauges built from the log stay current)."""
+
+    def __init__(self, refresh_s: float = 1.0) -> None:
+        self.refresh_s = refresh_s
+        self._last_logged: tuple[int, str] | None = None
+        self._last_recorded = 0.0
+        self._actor: Any = None  # held: a named actor lives while a handle to it does
+
+    def report(self, deployment: str, now: float, desired: int, reason: str, inputs: Any) -> None:
+        kind = reason.split(":")[0]
+        changed = (desired, kind) != self._last_logged
+        if changed:
+            self._last_logged = (desired, kind)
+            log.info("autoscaler %s: desired %d (%s)", deployment, desired, reason)
+        if (not changed and now - self._last_recorded < self.refresh_s) or not ray.is_initialized():
+            return
+        self._last_recorded = now
+        counts = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)
+                  if f.name not in ("now", "backlog", "slot_free_in_s")}
+        try:
+            if self._actor is None:
+                self._actor = decision_log()
+            self._actor.record.remote(
+                {"time": now, "deployment": deployment, "desired": desired, "reason": reason, **counts}, changed)
+        except Exception:  # a decision must never fail because its record could not be written
+            log.exception("could not record autoscaling decision")

@@ -32,6 +32,8 @@ from models.request import GenerationRequest
 from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadline, resolve_timeout
 from scheduler.drain import DrainRate, retry_after_s
 from scheduler.memory import MemoryModel, largest_that_fits
+from scheduler.collector import PendingJob
+from serve.control import ScalingLoop, ServeFleet
 from serve.decision_log import read_decisions
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError, parse_body, to_generation_request
@@ -39,6 +41,8 @@ from serve.protocol import WorkerJob, WorkerReply
 from serve.settings import AppSettings, AuthSettings
 
 log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
+
+WORKER_DEPLOYMENT = "DiffusionWorker"
 
 api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve")
 
@@ -119,8 +123,25 @@ class Ingress:
         self._drain = DrainRate(self.settings.queue.drain_window_s)
         self._outstanding = 0
         self._memory: MemoryModel | None = None  # learnt from worker replies
+        self.scaling: ScalingLoop | None = None
+        if self.settings.autoscaling.enabled:
+            fleet = ServeFleet(self.app_name, WORKER_DEPLOYMENT)
+            self.scaling = ScalingLoop(self.settings.autoscaling, fleet, initial_target=-1,
+                                       deployment_name=f"{self.app_name}/{WORKER_DEPLOYMENT}")
+            self._start_scaling()
         if not self.api_keys:
             log.warning("no API keys set: the API is open to anyone who can reach this address")
+
+    def _start_scaling(self) -> None:
+        """Start the scaling loop on this replica's event loop (at construction when one runs)."""
+        if self.scaling is not None:
+            try:
+                self.scaling.start()
+            except RuntimeError:  # no running loop yet: the first request or health check starts it
+                pass
+
+    async def check_health(self) -> None:
+        self._start_scaling()
 
     def _authorize(self, request: Request) -> None:
         if not self.api_keys:
@@ -260,6 +281,11 @@ class Ingress:
         """
         assert job.deadline is not None
         self._outstanding += 1
+        if self.scaling is not None:
+            self._start_scaling()
+            r = job.request
+            self.scaling.accepted(job.job_id, PendingJob(job.accepted_at, job.deadline, r.n,
+                                                         r.num_inference_steps, r.pixels // max(1, r.n)))
         try:
             for attempt in (1, 2):
                 response = self.worker.generate.remote(job)
@@ -267,6 +293,10 @@ class Ingress:
                     wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
                     reply: WorkerReply = await asyncio.wait_for(asyncio.shield(response), wait_s)
                     self._drain.completed(time.monotonic())
+                    if self.scaling is not None and reply.outcome == "ok":
+                        self.scaling.replied(reply.service_time_s, reply.batch_images, reply.steps_done,
+                                             job.request.pixels // max(1, job.request.n),
+                                             reply.replica_cold_start_s)
                     return reply
                 except RayActorError as lost:
                     if attempt == 2 or time.time() >= job.deadline:
@@ -293,6 +323,8 @@ class Ingress:
             raise
         finally:
             self._outstanding -= 1
+            if self.scaling is not None:
+                self.scaling.answered(job.job_id)
 
     def _overloaded(self, error: BackPressureError) -> ApiError:
         queued = max(error.args[0] if error.args else 0, self._outstanding)

@@ -147,6 +147,30 @@ class ResourceSettings(_Section):
     )
 
 
+class ControlLoopSettings(_Section):
+    """sdserve's own scaling loop, run by the ingress (``serve/control.py``). Needs the application's
+    ``external_scaler_enabled: true`` and no ``autoscaling_config`` on the worker deployment; the
+    worker's ``num_replicas`` is then the fleet at deploy time. Every decision knob is a field of
+    ``scheduler.autoscaling.AutoscalerConfig`` under ``policy``."""
+
+    enabled: bool = Field(False, description="scale the worker fleet from the ingress")
+    interval_s: float = Field(0.1, gt=0, le=10, description="decide this often (Ray's own loop: 0.1 s)")
+    fleet_poll_s: float = Field(0.5, gt=0, le=30, description="read replica states from Serve this often")
+    follow_cluster_gpus: bool = Field(False, description="cap max replicas at the cluster's GPUs")
+    gpus_per_replica: float = Field(1.0, gt=0, description="= resources.num_gpus, for that cap")
+    policy: dict[str, Any] = Field(default_factory=dict, description="AutoscalerConfig fields")
+
+    @model_validator(mode="after")
+    def _valid_policy(self) -> "ControlLoopSettings":
+        from scheduler.autoscaling import AutoscalerConfig
+
+        try:
+            AutoscalerConfig(**self.policy)
+        except TypeError as error:
+            raise ValueError(f"autoscaling.policy: {error}") from None
+        return self
+
+
 class AppSettings(_Section):
     """Everything under ``args:`` in a Serve config file."""
 
@@ -160,6 +184,7 @@ class AppSettings(_Section):
     testing: TestingSettings = TestingSettings()
     auth: AuthSettings = AuthSettings()
     resources: ResourceSettings = ResourceSettings()
+    autoscaling: ControlLoopSettings = ControlLoopSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> "AppSettings":
@@ -168,6 +193,12 @@ class AppSettings(_Section):
         width, height = self.limits.default_width_height
         if width > self.limits.max_width or height > self.limits.max_height:
             raise ValueError(f"limits.default_size {self.limits.default_size} exceeds the maximum")
+        capacity = self.autoscaling.policy.get("capacity_per_replica", 1)
+        if self.autoscaling.enabled and capacity != self.batching.max_batch_size:
+            raise ValueError(
+                f"autoscaling.policy.capacity_per_replica ({capacity}) must equal "
+                f"batching.max_batch_size ({self.batching.max_batch_size}): a replica runs that many at once"
+            )
         return self
 
 

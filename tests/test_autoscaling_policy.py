@@ -60,8 +60,8 @@ def test_measurements_are_remembered_after_the_replicas_are_gone() -> None:
 
 def test_following_a_cluster_without_gpus_does_not_cap_at_zero() -> None:
     policy = QueueDepthPolicy(follow_cluster_gpus=True, default_cold_start_s=1.0)
-    policy._gpu_cap = (1000.0, 0)  # what a cluster with no GPU reads as
+    policy.gpu_cap.cached = (1000.0, 0)  # what a cluster with no GPU reads as
     ctx = FakeContext(current_num_replicas=1, target_num_replicas=1, total_num_requests=6, total_queued_requests=5)
     assert policy(ctx)[0] == 4
-    policy._gpu_cap = (1000.0, 2)
+    policy.gpu_cap.cached = (1000.0, 2)
     assert policy(ctx)[0] == 2

@@ -28,6 +28,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from scheduler.collector import PendingJob
 from scheduler.simulation.policies import ControlPolicy, Observation, StepSeries
 from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
 
@@ -109,6 +110,9 @@ class Simulator:
         self.queue: deque[int] = deque()
         self.queued_count = 0
         self.located: dict[int, str] = {}  # request → "queued" | "replica"; absent: not here or done
+        self.unanswered: dict[int, None] = {}  # accepted, not answered: the ingress's view, in arrival order
+        self.replies: list[tuple[float, float, int, int, int]] = []  # heap: (end, seconds, images, steps, pixels)
+        self.arrived: list[float] = []  # since the last tick
         self.outstanding = 0
         self.target = 0
         self.events: list[tuple[float, int, int, int, int]] = []
@@ -152,11 +156,13 @@ class Simulator:
 
     # -- arrivals and the router --------------------------------------------------------------
     def _arrive(self, i: int, _: int) -> None:
+        self.arrived.append(self.now)
         limit = self.spec.max_queued_requests
         if limit >= 0 and self.queued_count >= limit:
             self._answer(i, "overloaded", self.now)
             return
         self.outstanding += 1
+        self.unanswered[i] = None
         self.queue.append(i)
         self.queued_count += 1
         self.located[i] = "queued"
@@ -179,6 +185,7 @@ class Simulator:
             return
         self.located.pop(i)
         self.outstanding -= 1
+        self.unanswered.pop(i, None)
         self._answer(i, "deadline", self.now)
         self._counts_changed()
 
@@ -326,6 +333,7 @@ class Simulator:
         end = t + (min(duration, math.ceil((last_deadline - t) / step_s - 1e-9) * step_s) if stopped else duration)
         replica.calls += 1
         if not stopped:
+            heapq.heappush(self.replies, (end, duration, images, steps, pixels))
             alpha = spec.service_time_alpha
             replica.service_ewma_s = duration if replica.service_ewma_s is None else (
                 alpha * duration + (1 - alpha) * replica.service_ewma_s)
@@ -345,6 +353,7 @@ class Simulator:
         record = self.records[i]
         record.done_s = self.now + (self.spec.request_overhead_s if record.outcome == "ok" else 0.0)
         self.outstanding -= 1
+        self.unanswered.pop(i, None)
         self.resolved += 1
         self._counts_changed()
 
@@ -358,6 +367,14 @@ class Simulator:
         self._dispatch()
 
     # -- the control loop ---------------------------------------------------------------------
+    def _jobs(self) -> list[PendingJob]:
+        """The outstanding requests as the ingress knows them, in arrival order."""
+        return [self._job_of(i) for i in self.unanswered]
+
+    def _job_of(self, i: int) -> PendingJob:
+        r = self.requests[i]
+        return PendingJob(r.arrival_s, self.deadline[i], r.n, r.steps, r.pixels)
+
     def _schedule_tick(self, after: float) -> None:
         interval = self.spec.control_interval_s
         self._push(math.ceil(after / interval - 1e-9) * interval, TICK)
@@ -370,7 +387,13 @@ class Simulator:
         service = {str(r.id): r.service_ewma_s for r in running if r.service_ewma_s is not None}
         if service:
             reports["service_time_s"] = service
-        obs = Observation(self.now, len(running), self.target, self.total, self.waiting, reports)
+        replies = []
+        while self.replies and self.replies[0][0] <= self.now:
+            replies.append(heapq.heappop(self.replies)[1:])
+        starting = len(self.pending) + sum(1 for r in self.active if r.state == "starting")
+        obs = Observation(self.now, len(running), self.target, self.total, self.waiting, reports,
+                          starting=starting, jobs=self._jobs, replies=replies, arrivals=self.arrived)
+        self.arrived = []
         self.policy_calls += 1
         target = self.policy(obs)
         if target != self.target:

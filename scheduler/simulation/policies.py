@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from scheduler.autoscaling import AutoscalerConfig
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerState, decide
+from scheduler.collector import ArrivalWindow, PendingJob, ServiceRate, StartTracker, build_inputs
 from scheduler.policy_adapter import QueueDepthDecider
 from scheduler.simulation import ray_autoscaler
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
@@ -98,7 +100,8 @@ class StepSeries:
 
 @dataclass
 class Observation:
-    """What the controller can know at one tick (no future, no per-request secrets)."""
+    """What a controller can know at one tick (no future). Ray's controller sees counts and replica
+    reports; sdserve's ingress also sees each outstanding request and each reply."""
 
     now: float
     running: int  # RUNNING replicas (not starting, not draining)
@@ -106,6 +109,10 @@ class Observation:
     total: StepSeries  # queued + running requests
     queued: StepSeries  # requests waiting for a replica at the router
     reports: dict[str, dict[str, float]]  # metric → replica → value (record_autoscaling_stats)
+    starting: int = 0  # replicas asked for and not running yet
+    jobs: Callable[[], list[PendingJob]] = list  # outstanding requests, arrival order (the ingress's view)
+    replies: list[tuple[float, int, int, int]] = field(default_factory=list)  # calls ended since the last tick
+    arrivals: list[float] = field(default_factory=list)  # requests that arrived since the last tick
 
 
 class ControlPolicy(Protocol):
@@ -185,6 +192,40 @@ class RayControlled:
         )
         target, self.policy_state = ray_autoscaler.decide_target(self._wrapped, ctx)
         return target
+
+
+@dataclass
+class ExternalScaler:
+    """sdserve's own control loop (``serve/control.py``, Ray's external scaler): the collector's
+    inputs from every outstanding request and reply, the decider called directly every tick —
+    no Ray wrapper, so a burst at zero is sized at once."""
+
+    name: str
+    config: AutoscalerConfig
+    look_back_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.state = AutoscalerState()
+        self.rate = ServiceRate()
+        self.starts = StartTracker()
+        self.arrived = ArrivalWindow()
+        self.cold_start_s: float | None = None  # the last replica-reported cold start, kept across zero
+
+    def __call__(self, obs: Observation) -> int:
+        for seconds, images, steps, pixels in obs.replies:
+            self.rate.observe(seconds, images, steps, pixels)
+        for at in obs.arrivals:
+            self.arrived.arrived(at)
+        reported = list((obs.reports.get("cold_start_s") or {}).values())
+        if reported:
+            self.cold_start_s = sum(reported) / len(reported)
+        c = self.config
+        inputs = build_inputs(obs.now, obs.jobs(), obs.running, obs.starting, c.capacity_per_replica,
+                              self.rate, self.starts, self.cold_start_s, c.default_service_time_s,
+                              c.default_cold_start_s, c.latency_objective_s, self.arrived.count(obs.now))
+        decision = decide(inputs, self.state, c)
+        self.state = decision.state
+        return decision.desired
 
 
 @dataclass
