@@ -12,6 +12,7 @@ import argparse
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", default="1,2,4,8", help="batch sizes to try (1 = single)")
     parser.add_argument("--keep-alive", default="60,120,300,600", help="scale_to_zero_after_s values")
     parser.add_argument("--stable-window", default="30,60", help="stable_window_s values")
+    parser.add_argument("--cold-start-penalty", default="150",
+                        help="cold_start_penalty_s values for learned keep-alive candidates ('' for none)")
     parser.add_argument("--cold-start-s", type=float, default=22.7)
     parser.add_argument("--single-config", default="configs/single.yaml")
     parser.add_argument("--batched-config", default="configs/batched.yaml")
@@ -52,12 +55,24 @@ def variant(base: SimTarget, candidate: Candidate) -> SimTarget:
     b = candidate.batch_size
     return base.with_overrides(
         name=candidate.label,
-        spec={"max_batch_size": b, "max_ongoing_requests": b, "gpu_slots": candidate.max_replicas},
+        spec={"max_batch_size": b, "max_ongoing_requests": b, "gpu_slots": candidate.max_replicas,
+              "initial_replicas": min(base.spec.initial_replicas, candidate.max_replicas)},
         ray={"max_replicas": candidate.max_replicas,
              "initial_replicas": min(base.ray_config.initial_replicas or 0, candidate.max_replicas)},
-        policy={"capacity_per_replica": b, "scale_to_zero_after_s": candidate.keep_alive_s,
-                "stable_window_s": candidate.stable_window_s},
+        policy=policy_knobs(candidate),
     )
+
+
+def policy_knobs(candidate: Candidate) -> dict[str, Any]:
+    """The AutoscalerConfig fields a candidate sets."""
+    knobs: dict[str, Any] = {"capacity_per_replica": candidate.batch_size, "max_replicas": candidate.max_replicas,
+                             "scale_to_zero_after_s": candidate.keep_alive_s,
+                             "stable_window_s": candidate.stable_window_s}
+    if candidate.penalty_s >= 0:
+        knobs.update(keep_alive="histogram", cold_start_penalty_s=candidate.penalty_s)
+    else:
+        knobs.update(keep_alive="fixed", cold_start_penalty_s=None)
+    return knobs
 
 
 def score(target: SimTarget, requests: list[SimRequest], service: ServiceModel, slo_s: float,
@@ -78,12 +93,16 @@ def write_config(candidate: Candidate, base_path: str, out: Path, note: str) -> 
     app["args"].setdefault("batching", {})["max_batch_size"] = candidate.batch_size
     worker = next(d for d in app["deployments"] if d["name"] == "DiffusionWorker")
     worker["max_ongoing_requests"] = candidate.batch_size
-    scaling = worker["autoscaling_config"]
-    scaling["max_replicas"] = candidate.max_replicas
-    scaling["initial_replicas"] = min(scaling.get("initial_replicas") or 0, candidate.max_replicas)
-    kwargs = scaling.setdefault("policy", {}).setdefault("policy_kwargs", {})
-    kwargs.update(capacity_per_replica=candidate.batch_size, scale_to_zero_after_s=candidate.keep_alive_s,
-                  stable_window_s=candidate.stable_window_s)
+    knobs = policy_knobs(candidate)
+    if app.get("external_scaler_enabled"):  # sdserve's own loop: its knobs live in args
+        app["args"]["autoscaling"].setdefault("policy", {}).update(knobs)
+        worker["num_replicas"] = min(worker.get("num_replicas", 1), candidate.max_replicas)
+    else:  # Ray's policy hook
+        scaling = worker["autoscaling_config"]
+        scaling["max_replicas"] = candidate.max_replicas
+        scaling["initial_replicas"] = min(scaling.get("initial_replicas") or 0, candidate.max_replicas)
+        knobs.pop("max_replicas")
+        scaling.setdefault("policy", {}).setdefault("policy_kwargs", {}).update(knobs)
     out.write_text(f"# {note}\n# Derived from {base_path}; see it for what each setting means.\n"
                    + yaml.safe_dump(config, sort_keys=False))
 
@@ -103,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
     bases = {1: load_target(args.single_config, args.cold_start_s), 2: load_target(args.batched_config, args.cold_start_s)}
     batch_sizes = [int(x) for x in _floats(args.modes)]
     candidates = grid(batch_sizes, _floats(args.keep_alive), _floats(args.stable_window),
-                      range(1, args.max_replicas + 1))
+                      range(1, args.max_replicas + 1), _floats(args.cold_start_penalty))
     jobs = []
     for c in candidates:
         base = bases[1 if c.batch_size == 1 else 2]

@@ -53,7 +53,8 @@ class SimTarget:
     def policy(self) -> ControlPolicy:
         """A fresh policy (policies keep state: one per run)."""
         if self.policy_kind == "sdserve-loop":
-            return ExternalScaler(self.name, AutoscalerConfig(**self.policy_kwargs))
+            return ExternalScaler(self.name, AutoscalerConfig(**self.policy_kwargs),
+                                  fleet_poll_s=self.settings.autoscaling.fleet_poll_s)
         inner = (sdserve_policy(AutoscalerConfig(**self.policy_kwargs)) if self.policy_kind == "sdserve-ray-hook"
                  else queue_length_policy)
         return RayControlled(self.name, self.ray_config, inner)

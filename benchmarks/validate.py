@@ -36,7 +36,8 @@ RAY_TIME_KNOBS = ("upscale_delay_s", "downscale_delay_s", "downscale_to_zero_del
 #: the floored value, so they still model the same system.
 FLOORS = {"metrics_interval_s": 0.25, "look_back_period_s": 1.0}
 POLICY_TIME_KNOBS = ("stable_window_s", "scale_down_interval_s", "scale_to_zero_after_s",
-                     "default_service_time_s", "default_cold_start_s")
+                     "default_service_time_s", "default_cold_start_s", "latency_objective_s",
+                     "cold_start_penalty_s", "keep_alive_max_s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,13 @@ def compressed_overrides(path: str, k: float) -> tuple[list[str], list[str]]:
     timeout = ((args.get("deadlines") or {}).get("default_timeout_s")) or 120.0
     arg_overrides = [f"simulation.time_scale={k}", f"deadlines.default_timeout_s={timeout / k}"]
     worker = next(d for d in app["deployments"] if d["name"] == WORKER)
+    loop = (args.get("autoscaling") or {})
+    if app.get("external_scaler_enabled") and loop.get("enabled"):  # sdserve's loop: knobs in args
+        # (the loop's own interval and fleet poll stay: the simulator models them as they are)
+        policy = loop.get("policy") or {}
+        arg_overrides += [f"autoscaling.policy.{knob}={policy[knob] / k}" for knob in POLICY_TIME_KNOBS
+                          if policy.get(knob) is not None]
+        return arg_overrides, []
     scaling = worker.get("autoscaling_config") or {}
     ray_defaults = RayAutoscalingConfig()
     deployment = []

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 class Candidate:
     max_replicas: int
     batch_size: int  # 1: single (the FaaS setting); >1: batched
-    keep_alive_s: float  # scale_to_zero_after_s
+    keep_alive_s: float  # scale_to_zero_after_s (the fallback, with a learned keep-alive)
     stable_window_s: float
+    penalty_s: float = -1.0  # >= 0: keep-alive learned per load regime with this cold-start penalty
 
     @property
     def mode(self) -> str:
@@ -26,8 +27,9 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return (f"{self.mode}, max {self.max_replicas}, keep-alive {self.keep_alive_s:g}s, "
-                f"window {self.stable_window_s:g}s")
+        keep = (f"keep-alive {self.keep_alive_s:g}s" if self.penalty_s < 0
+                else f"learned keep-alive (penalty {self.penalty_s:g}s)")
+        return f"{self.mode}, max {self.max_replicas}, {keep}, window {self.stable_window_s:g}s"
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,13 @@ class Score:
 
 
 def grid(batch_sizes: Iterable[int], keep_alives_s: Iterable[float], stable_windows_s: Iterable[float],
-         max_replicas: Iterable[int]) -> list[Candidate]:
-    return [Candidate(m, b, k, w) for b, k, w, m in
-            itertools.product(batch_sizes, keep_alives_s, stable_windows_s, max_replicas)]
+         max_replicas: Iterable[int], penalties_s: Iterable[float] = ()) -> list[Candidate]:
+    """Every combination; each penalty adds learned keep-alive candidates (fallback: the first
+    fixed keep-alive) beside the fixed ones."""
+    keep_alives_s = list(keep_alives_s)
+    keeps = [(k, -1.0) for k in keep_alives_s] + [(keep_alives_s[0], p) for p in penalties_s]
+    return [Candidate(m, b, k, w, p) for b, (k, p), w, m in
+            itertools.product(batch_sizes, keeps, stable_windows_s, max_replicas)]
 
 
 def pareto_front(scores: Iterable[Score]) -> list[Score]:
@@ -67,7 +73,7 @@ def choose(scores: Iterable[Score], target: float) -> Score | None:
     cheapest = min(s.replica_seconds for s in meeting)
     tied = [s for s in meeting if s.replica_seconds <= cheapest * (1 + TIE)]
     return min(tied, key=lambda s: (s.candidate.batch_size, s.candidate.max_replicas,
-                                    s.candidate.keep_alive_s, s.candidate.stable_window_s))
+                                    s.candidate.penalty_s, s.candidate.keep_alive_s, s.candidate.stable_window_s))
 
 
 def recommend(candidates: list[Candidate], evaluate: Callable[[Candidate], Score], target: float,

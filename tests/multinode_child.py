@@ -54,8 +54,9 @@ def main() -> None:
         config = load_config(
             ROOT / "configs" / "sim-single.yaml",
             ["simulation.step_time_s={1: 0.1}", "simulation.scale_with_pixels=false",
-             "simulation.load_time_s=0.5", "resources.num_gpus=1", "resources.num_cpus=0.1"],
-            {"DiffusionWorker": ["autoscaling_config.min_replicas=4", "autoscaling_config.initial_replicas=4"],
+             "simulation.load_time_s=0.5", "resources.num_gpus=1", "resources.num_cpus=0.1",
+             "autoscaling.policy.min_replicas=4"],
+            {"DiffusionWorker": ["num_replicas=4"],
              # the HTTP entry point stays on the head node, which is not the one that goes away
              "Ingress": ["ray_actor_options.resources={sdserve_head: 0.01}"]},
         )

@@ -126,9 +126,7 @@ def test_hopeless_request_is_shed_without_running(cpu_default: Deployed) -> None
 def test_expired_request_in_a_batch_does_not_fail_the_others(ray_cluster: dict[str, Any]) -> None:
     overrides = ["simulation.step_time_s={1: 0.05, 8: 0.05}", "simulation.load_time_s=0",
                  "simulation.scale_with_pixels=false", "batching.batch_wait_timeout_s=0.5"]
-    with deployed(ray_cluster, "sim-batched", overrides,
-                  {"DiffusionWorker": ["autoscaling_config.initial_replicas=1",
-                                       "autoscaling_config.min_replicas=1"]}) as app:
+    with deployed(ray_cluster, "sim-batched", overrides + ["autoscaling.policy.min_replicas=1"]) as app:
         body = {"prompt": "batch", "size": "64x64", "num_inference_steps": 40}  # 2 s per batch
         timeouts = [None, None, 1.0, None]
         barrier = threading.Barrier(4)

@@ -55,9 +55,10 @@ def test_embedded_serve_config_is_single_yaml_adapted_for_kubernetes() -> None:
     worker = next(d for d in app["deployments"] if d["name"] == "DiffusionWorker")
     source_worker = next(d for d in source_app["deployments"] if d["name"] == "DiffusionWorker")
     assert worker["max_ongoing_requests"] == source_worker["max_ongoing_requests"]
-    policy = worker["autoscaling_config"]["policy"]
-    assert policy["policy_function"] == source_worker["autoscaling_config"]["policy"]["policy_function"]
-    assert policy["policy_kwargs"]["follow_cluster_gpus"] is False
+    assert app["external_scaler_enabled"] is True and "autoscaling_config" not in worker
+    loop = app["args"]["autoscaling"]
+    assert loop["enabled"] is True and loop["follow_cluster_gpus"] is False
+    assert loop["policy"] == {**source_app["args"]["autoscaling"]["policy"], "max_replicas": loop["policy"]["max_replicas"]}
     gpu_group = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-    assert worker["autoscaling_config"]["max_replicas"] == gpu_group["maxReplicas"]
+    assert loop["policy"]["max_replicas"] == gpu_group["maxReplicas"]
     assert embedded["http_options"]["host"] == "0.0.0.0"

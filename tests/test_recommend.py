@@ -43,6 +43,7 @@ def test_pareto_front_drops_dominated_points() -> None:
     a, b, c, d = _score(1, 1, 0.5, 10), _score(2, 1, 0.4, 20), _score(3, 1, 0.9, 30), _score(4, 1, 0.9, 40)
     assert pareto_front([d, c, b, a]) == [a, c]
     assert len(grid([1, 4], [60, 300], [30], range(1, 4))) == 12
+    assert len(grid([1], [60, 300], [30], range(1, 3), penalties_s=[150])) == 6
 
 
 def _constant_trace(tmp_path: Path) -> Path:
@@ -73,13 +74,13 @@ def test_recommend_finds_the_known_answer_and_writes_a_deployable_config(tmp_pat
     assert recommend_cli.main(args) == 0
     config = yaml.safe_load(out.read_text())
     worker = next(d for d in config["applications"][0]["deployments"] if d["name"] == "DiffusionWorker")
-    assert worker["autoscaling_config"]["max_replicas"] == 2
+    assert config["applications"][0]["args"]["autoscaling"]["policy"]["max_replicas"] == 2
     assert worker["max_ongoing_requests"] == 1
     from ray.serve.schema import ServeDeploySchema
 
     ServeDeploySchema.model_validate(config)  # what `serve run` / `serve deploy` accept
     target = load_target(out, cold_start_s=5)  # and the simulator reads it back as the same knobs
-    assert (target.ray_config.max_replicas, target.spec.max_batch_size) == (2, 1)
+    assert (target.policy_kwargs["max_replicas"], target.spec.gpu_slots, target.spec.max_batch_size) == (2, 2, 1)
     assert "chosen" in (tmp_path / "recommend.md").read_text()
 
 

@@ -39,6 +39,10 @@ def serve_config(source: Path = SOURCE) -> dict[str, Any]:
     config["http_options"]["host"] = "0.0.0.0"
     for app in config["applications"]:
         app["args"].setdefault("resources", {})["fail_fast_without_gpu"] = False
+        loop = app["args"].get("autoscaling")
+        if loop:  # sdserve's own scaling loop: GPU nodes come and go, max_replicas rules
+            loop["follow_cluster_gpus"] = False
+            loop.setdefault("policy", {})["max_replicas"] = MAX_GPU_WORKERS
         for deployment in app.get("deployments", []):
             policy = (deployment.get("autoscaling_config") or {}).get("policy") or {}
             kwargs = policy.get("policy_kwargs")

@@ -203,9 +203,13 @@ class ExternalScaler:
     name: str
     config: AutoscalerConfig
     look_back_s: float = 0.0
+    fleet_poll_s: float = 0.5  # the loop reads replica states from Serve this often (control.py)
 
     def __post_init__(self) -> None:
         self.state = AutoscalerState()
+        self._fleet = (0, 0)
+        self._polled_at = -math.inf
+        self._target = -1
         self.rate = ServiceRate()
         self.starts = StartTracker()
         self.arrived = ArrivalWindow()
@@ -219,12 +223,19 @@ class ExternalScaler:
         reported = list((obs.reports.get("cold_start_s") or {}).values())
         if reported:
             self.cold_start_s = sum(reported) / len(reported)
+        if obs.now - self._polled_at >= self.fleet_poll_s or obs.target != self._target:
+            self._fleet, self._polled_at = (obs.running, obs.starting), obs.now  # as ServeFleet polls
+        running, starting = self._fleet
+        starting = max(starting, obs.target - running)  # asked for, maybe not yet in Serve's view
         c = self.config
-        inputs = build_inputs(obs.now, obs.jobs(), obs.running, obs.starting, c.capacity_per_replica,
+        inputs = build_inputs(obs.now, obs.jobs(), running, starting, c.capacity_per_replica,
                               self.rate, self.starts, self.cold_start_s, c.default_service_time_s,
                               c.default_cold_start_s, c.latency_objective_s, self.arrived.count(obs.now))
         decision = decide(inputs, self.state, c)
         self.state = decision.state
+        if decision.desired != obs.target:
+            self._polled_at = -math.inf  # the live loop re-reads the fleet after it scales
+        self._target = decision.desired
         return decision.desired
 
 
