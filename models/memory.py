@@ -6,7 +6,11 @@ peak resident set (``VmHWM``), reset through ``/proc/self/clear_refs`` before th
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import hashlib
+import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +18,8 @@ from typing import Any
 
 from models.request import GenerationRequest
 from scheduler.memory import MemoryProbe
+
+log = logging.getLogger(__name__)
 
 #: (width, height, images) of the load-time probes: small and quick (one denoising step each).
 PROBES = ((64, 64, 1), (128, 128, 1), (128, 128, 2), (192, 192, 1))
@@ -80,6 +86,34 @@ def measure_probes(device: str, run: Callable[[list[GenerationRequest]], Any]) -
             run([request])
         probes.append(MemoryProbe(width, height, images, peak.peak_bytes))
     return probes
+
+
+def probe_cache_path(key: dict[str, str], cache_dir: Path) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / "memory-probes" / f"{digest}.json"
+
+
+def cached_probes(key: dict[str, str], cache_dir: Path | None,
+                  measure: Callable[[], list[MemoryProbe]]) -> tuple[list[MemoryProbe], bool]:
+    """The probes for ``key`` (model, device name, dtype, library versions): measured once per
+    key and kept in ``cache_dir``, so later replicas on the same kind of GPU skip the probe calls
+    (seconds of every cold start). Returns (probes, whether they came from the cache).
+    ``cache_dir`` None: always measure."""
+    path = probe_cache_path(key, cache_dir) if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return [MemoryProbe(**p) for p in saved["probes"]], True
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring unreadable memory probe cache %s", path)
+    probes = measure()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "probes": [dataclasses.asdict(p) for p in probes]}))
+        tmp.replace(path)  # atomic: replicas starting together never read half a file
+    return probes, False
 
 
 def device_budget_bytes(device: str, fraction: float, cpu_budget_bytes: float) -> float:

@@ -74,7 +74,7 @@ class JobRunner:
         self.oom_count = 0
         self._oom_strikes = 0  # consecutive OOMs on calls the estimate said fit
         #: Facts about this replica sent with every reply (cold start, load time), for metrics.
-        self.replica_info: dict[str, float] = {}
+        self.replica_info: dict[str, Any] = {}
         #: Set when the device should not serve again; ``check_health`` fails on it.
         self.unhealthy_reason: str | None = None
         self.step_time = StepTimeEstimator()

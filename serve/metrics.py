@@ -53,6 +53,11 @@ COLD_START_TIME = Histogram(
     "sdserve_replica_cold_start_seconds", "Worker process start → ready (model loaded, calibrated).",
     ["app"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300), registry=REGISTRY,
 )
+COLD_START_PHASE = Histogram(
+    "sdserve_replica_cold_start_phase_seconds",
+    "Where a worker replica's cold start went: process_start, imports, replica_setup, weights, calibration.",
+    ["app", "phase"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120), registry=REGISTRY,
+)
 MODEL_LOAD_TIME = Histogram(
     "sdserve_model_load_seconds", "Time to load the model in a worker replica.",
     ["app"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=REGISTRY,
@@ -101,6 +106,8 @@ class MetricsRecorder:
                 COLD_START_TIME.labels(self.app).observe(reply.replica_cold_start_s)
             if reply.replica_load_time_s is not None:
                 MODEL_LOAD_TIME.labels(self.app).observe(reply.replica_load_time_s)
+            for phase, seconds in (reply.replica_cold_start_phases or {}).items():
+                COLD_START_PHASE.labels(self.app, phase).observe(seconds)
         if reply.replica_id:
             new = reply.replica_oom_total - self._replica_ooms[reply.replica_id]
             if new > 0:

@@ -48,4 +48,5 @@ class WorkerReply:
     memory_peak_bytes: float | None = None
     replica_cold_start_s: float | None = None
     replica_load_time_s: float | None = None
+    replica_cold_start_phases: dict[str, float] | None = None  # seconds per phase (worker.py)
     replica_oom_total: int = 0

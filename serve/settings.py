@@ -109,6 +109,9 @@ class MemorySettings(_Section):
     """Memory admission and out-of-memory handling (see scheduler/memory.py)."""
 
     calibrate: bool = Field(True, description="measure probe calls at load time to fit the estimate")
+    cache_probes: bool = Field(
+        True, description="keep probe results per (model, GPU type, dtype, versions): probe once, not per replica"
+    )
     budget_fraction: float = Field(
         0.9, gt=0, le=1, description="GPU: share of device memory one call may use (minus weights)"
     )
