@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import deadline_waste, memory_calibration, recommend, simulate, validate
+from benchmarks import deadline_waste, memory_calibration, pareto, recommend, simulate, validate
 from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import command_line, environment, write_outputs
 from benchmarks.runner import Target, Workload, run_target
@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("simulate", help="replay a trace in the fleet simulator (SIMULATION)")
     simulate.add_arguments(sim)
     sim.set_defaults(func=simulate.main)
+
+    par = commands.add_parser("pareto", help="SLO vs cost, sweeping keep-alive knobs (SIMULATION)")
+    pareto.add_arguments(par)
+    par.set_defaults(func=pareto.main)
 
     val = commands.add_parser("validate", help="the simulator against a live replay of the same window")
     validate.add_arguments(val)

@@ -30,7 +30,10 @@ MAX_RECORDS = 5000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", required=True, help="CSV of arrivals (production trace or timestamp[,n,steps])")
     parser.add_argument("--window", help="START..END, 'busiest' (hour) or 'busiest-day'; default: all")
-    parser.add_argument("--config", action="append", default=[], help="Serve config (repeat to compare)")
+    parser.add_argument("--config", action="append", default=[], metavar="PATH[#NAME[#OVERRIDE...]]",
+                        help="Serve config (repeat to compare); a variant: "
+                             "'configs/ray-default.yaml#ray-target-2#DiffusionWorker:autoscaling_config.target_ongoing_requests=2' "
+                             "(OVERRIDE: KEY=VALUE for args, DEPLOYMENT:KEY=VALUE for a deployment)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an args key in every config")
     parser.add_argument("--deployment-set", action="append", default=[], metavar="DEPLOYMENT:KEY=VALUE",
@@ -60,6 +63,16 @@ def deployment_overrides(items: list[str]) -> dict[str, list[str]]:
             raise SystemExit(f"--deployment-set {item!r} must look like DEPLOYMENT:KEY=VALUE")
         result.setdefault(name, []).append(assignment)
     return result
+
+
+def config_target(spec: str, args: argparse.Namespace) -> SimTarget:
+    """``PATH[#NAME[#OVERRIDE...]]`` → a target with the command's and the spec's overrides."""
+    path, _, rest = spec.partition("#")
+    name, *extra = rest.split("#") if rest else [""]
+    arg_overrides = list(args.overrides) + [o for o in extra if ":" not in o.split("=")[0]]
+    deployment = deployment_overrides(list(args.deployment_set) + [o for o in extra if ":" in o.split("=")[0]])
+    return load_target(path, args.cold_start_s, arg_overrides, deployment, args.seed, args.cold_start_jitter_s,
+                       name=name or None)
 
 
 def records_of(result: SimResult) -> list[Record]:
@@ -113,8 +126,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("give at least one --config")
     arrivals = load_arrivals(args)
     service = a10_service_model(args.time_scale)
-    targets = [load_target(c, args.cold_start_s, args.overrides, deployment_overrides(args.deployment_set),
-                           args.seed, args.cold_start_jitter_s) for c in args.config]
+    targets = [config_target(c, args) for c in args.config]
     print(f"[simulate] SIMULATION: {len(arrivals)} requests over {arrivals[-1].at / 3600:.1f} h "
           f"(window {args.window or 'all'}), cold start {args.cold_start_s:g}s", flush=True)
     results: dict[str, dict[str, Any]] = {}

@@ -93,12 +93,15 @@ def test_recommend_says_so_when_nothing_meets_the_target(tmp_path: Path) -> None
 
 
 def test_simulate_writes_the_run_shaped_summary_for_a_plain_csv(tmp_path: Path) -> None:
-    args = _args(simulate_cli.add_arguments, trace=SYNTHETIC, config=[CONFIGS / "single.yaml", CONFIGS / "ray-default.yaml"],
+    variant = f"{CONFIGS / 'ray-default.yaml'}#ray-target-2#DiffusionWorker:autoscaling_config.target_ongoing_requests=2"
+    args = _args(simulate_cli.add_arguments, trace=SYNTHETIC,
+                 config=[CONFIGS / "single.yaml", CONFIGS / "ray-default.yaml", variant],
                  clairvoyant=True, fixed=2, name="plain", out_dir=tmp_path, cold_start_s=10)
     assert simulate_cli.main(args) == 0
     data = json.loads((tmp_path / "plain.json").read_text())
     assert data["meta"]["simulated"] is True and data["meta"]["command"].split()[0] != str(ROOT)
-    assert set(data["results"]) == {"single", "ray-default", "fixed-2"}
+    assert set(data["results"]) == {"single", "ray-default", "ray-target-2", "fixed-2"}
+    assert data["results"]["ray-target-2"]["target"]["policy"] == "ray-default"
     for result in data["results"].values():
         summary = result["summary"]
         assert summary["sent"] == 20 == sum(summary["outcomes"].values())
@@ -109,3 +112,14 @@ def test_simulate_writes_the_run_shaped_summary_for_a_plain_csv(tmp_path: Path) 
         assert len(result["records"]) == 20
     for suffix in (".md", "-fleet.png", "-latency-cdf.png", "-slo-vs-cost.png"):
         assert (tmp_path / f"plain{suffix}").stat().st_size > 0
+
+
+def test_pareto_sweeps_both_policies(tmp_path: Path) -> None:
+    from benchmarks import pareto
+
+    args = _args(pareto.add_arguments, trace=SYNTHETIC, keep_alive="60", penalty="150", ray_delay="0,600",
+                 out_dir=tmp_path, name="p", cold_start_s=10, jobs=1)
+    assert pareto.main(args) == 0
+    points = json.loads((tmp_path / "p.json").read_text())["points"]
+    assert len(points) == 4 and {p["curve"].split(",")[0].split(" (")[0] for p in points} == {"sdserve", "Ray default"}
+    assert (tmp_path / "p.png").stat().st_size > 0
