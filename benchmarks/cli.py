@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import deadline_waste, memory_calibration, pareto, recommend, simulate, validate
+from benchmarks import cold_start, deadline_waste, memory_calibration, pareto, recommend, simulate, validate
+from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import command_line, environment, write_outputs
 from benchmarks.runner import Target, Workload, run_target
@@ -21,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="compare configs on the same workload")
-    run.add_argument("--config", action="append", default=[], help="Serve config (repeat to compare)")
+    run.add_argument("--config", action="append", default=[], metavar="PATH[#NAME[#OVERRIDE...]]",
+                     help="Serve config (repeat to compare), optionally a named variant (see simulate)")
     run.add_argument("--url", help="benchmark a server already running instead of --config")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override an args key in every config (e.g. model.id=tiny)")
@@ -61,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("simulate", help="replay a trace in the fleet simulator (SIMULATION)")
     simulate.add_arguments(sim)
     sim.set_defaults(func=simulate.main)
+
+    cold = commands.add_parser("cold-start", help="where a worker replica's cold start goes")
+    cold_start.add_arguments(cold)
+    cold.set_defaults(func=cold_start.main)
 
     par = commands.add_parser("pareto", help="SLO vs cost, sweeping keep-alive knobs (SIMULATION)")
     pareto.add_arguments(par)
@@ -106,25 +112,15 @@ def _workload(args: argparse.Namespace) -> Workload:
     return Workload("open", arrivals, idle_before_s=args.idle)
 
 
-def _deployment_overrides(items: list[str]) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    for item in items:
-        name, sep, assignment = item.partition(":")
-        if not sep:
-            raise SystemExit(f"--deployment-set {item!r} must look like DEPLOYMENT:KEY=VALUE")
-        result.setdefault(name, []).append(assignment)
-    return result
-
-
 def run_comparison(args: argparse.Namespace) -> int:
     if not args.config and not args.url:
         raise SystemExit("give --config (one or more) or --url")
     workload = _workload(args)
     template = RequestTemplate(size=args.size, steps=args.steps, timeout_s=args.timeout)
+    specs = [parse_config_spec(c, args.overrides, args.deployment_set) for c in args.config]
     targets = [Target(args.url, url=args.url)] if args.url else [
-        Target(Path(c).stem, config=c, overrides=args.overrides,
-               deployment_overrides=_deployment_overrides(args.deployment_set))
-        for c in args.config
+        Target(s.name, config=s.path, overrides=s.overrides, deployment_overrides=s.deployment_overrides)
+        for s in specs
     ]
     results: dict[str, Any] = {}
     try:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
 from benchmarks.report import command_line, write_outputs
 from benchmarks.sim_config import SimTarget, a10_service_model, load_target
@@ -50,29 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, help="timeout_s of every request (default: the config's)")
     parser.add_argument("--slo", type=float, default=30.0, help="latency objective, seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="configs simulated in parallel (processes)")
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="simulation", help="file stem of the outputs")
     parser.add_argument("--description", default="")
 
 
-def deployment_overrides(items: list[str]) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    for item in items:
-        name, sep, assignment = item.partition(":")
-        if not sep:
-            raise SystemExit(f"--deployment-set {item!r} must look like DEPLOYMENT:KEY=VALUE")
-        result.setdefault(name, []).append(assignment)
-    return result
-
-
 def config_target(spec: str, args: argparse.Namespace) -> SimTarget:
-    """``PATH[#NAME[#OVERRIDE...]]`` → a target with the command's and the spec's overrides."""
-    path, _, rest = spec.partition("#")
-    name, *extra = rest.split("#") if rest else [""]
-    arg_overrides = list(args.overrides) + [o for o in extra if ":" not in o.split("=")[0]]
-    deployment = deployment_overrides(list(args.deployment_set) + [o for o in extra if ":" in o.split("=")[0]])
-    return load_target(path, args.cold_start_s, arg_overrides, deployment, args.seed, args.cold_start_jitter_s,
-                       name=name or None)
+    """``PATH[#NAME[#OVERRIDE...]]`` (benchmarks/config_spec.py) → a target."""
+    parsed = parse_config_spec(spec, args.overrides, args.deployment_set)
+    return load_target(parsed.path, args.cold_start_s, parsed.overrides, parsed.deployment_overrides,
+                       args.seed, args.cold_start_jitter_s, name=parsed.name)
 
 
 def records_of(result: SimResult) -> list[Record]:
@@ -113,6 +103,15 @@ def run_one(target: SimTarget, requests: list[SimRequest], service: ServiceModel
     return result, summary
 
 
+def _simulate_job(job: tuple[SimTarget, list[SimRequest], float, float, Any]) -> dict[str, Any]:
+    """One config's run, in a worker process (the configs of a comparison run side by side)."""
+    target, requests, time_scale, slo_s, policy = job
+    result, summary = run_one(target, requests, a10_service_model(time_scale), slo_s, policy)
+    return {"target": {"config": target.path, "policy": target.policy_kind, "spec": target.spec.__dict__},
+            "summary": summary, "samples": downsample(samples_of(result)),
+            "records": [r.to_dict() for r in records_of(result)] if len(requests) <= MAX_RECORDS else []}
+
+
 def load_arrivals(args: argparse.Namespace) -> list[Arrival]:
     args.window = resolve_window(args.trace, args.window)
     arrivals = read_trace(args.trace, args.window, args.time_scale)
@@ -132,21 +131,20 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     floor: dict[str, Any] | None = None
     runs = [(t, None) for t in targets] + [
-        (targets[0].with_overrides(name=f"fixed-{n}"), FixedFleet(n, f"fixed-{n}")) for n in args.fixed]
-    for target, policy in runs:
-        if policy is not None:
-            target = target.with_overrides(spec={"initial_replicas": policy.replicas})
-        requests = target.requests(arrivals, args.size, args.timeout)
-        if args.clairvoyant and floor is None:
-            floor = clairvoyant_row(requests, service, args.cold_start_s)
-        result, summary = run_one(target, requests, service, args.slo, policy)
-        print(f"[simulate] {target.name}: {summary['simulator_seconds']:.1f}s, "
-              f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s", flush=True)
-        results[target.name] = {
-            "target": {"config": target.path, "policy": target.policy_kind, "spec": target.spec.__dict__},
-            "summary": summary, "samples": downsample(samples_of(result)),
-            "records": [r.to_dict() for r in records_of(result)] if len(requests) <= MAX_RECORDS else [],
-        }
+        (targets[0].with_overrides(name=f"fixed-{n}", spec={"initial_replicas": n}), FixedFleet(n, f"fixed-{n}"))
+        for n in args.fixed]
+    if args.clairvoyant:
+        floor = clairvoyant_row(targets[0].requests(arrivals, args.size, args.timeout), service, args.cold_start_s)
+    jobs = [(target, target.requests(arrivals, args.size, args.timeout), args.time_scale, args.slo, policy)
+            for target, policy in runs]
+    with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(jobs)))) as pool:
+        for (target, requests, *_), entry in zip(jobs, pool.map(_simulate_job, jobs)):
+            summary = entry["summary"]
+            print(f"[simulate] {target.name}: {summary['simulator_seconds']:.1f}s, "
+                  f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s", flush=True)
+            if len(requests) > MAX_RECORDS:
+                entry["records"] = []
+            results[target.name] = entry
     if floor is not None:
         for entry in results.values():
             entry["summary"]["clairvoyant_replica_seconds"] = floor["replica_seconds"]
