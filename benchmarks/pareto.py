@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/single.yaml", help="sdserve's config")
     parser.add_argument("--ray-config", default="configs/ray-default.yaml", help="Ray's default policy")
     parser.add_argument("--keep-alive", default="30,60,120,300,600,1200", help="sdserve fixed keep-alives, s")
-    parser.add_argument("--penalty", default="0,50,100,150,300,1000", help="sdserve learned: cold_start_penalty_s")
+    parser.add_argument("--penalty", default="0,50,150,300,600,1000", help="sdserve learned: cold_start_penalty_s")
+    parser.add_argument("--window-s", default="20,120,600",
+                        help="sdserve learned: one curve per stable_window_s (how long extra replicas stay)")
     parser.add_argument("--ray-delay", default="0,60,120,300,600,1200", help="Ray: downscale_to_zero_delay_s")
     parser.add_argument("--cold-start-s", type=float, default=22.7)
     parser.add_argument("--slo", type=float, default=30.0)
@@ -54,9 +56,10 @@ def main(args: argparse.Namespace) -> int:
     for k in _numbers(args.keep_alive):
         jobs.append(("sdserve, fixed keep-alive", f"{k:g}s", sdserve.with_overrides(
             policy={"keep_alive": "fixed", "scale_to_zero_after_s": k})))
-    for p in _numbers(args.penalty):
-        jobs.append(("sdserve, learned keep-alive", f"penalty {p:g}", sdserve.with_overrides(
-            policy={"keep_alive": "histogram", "cold_start_penalty_s": p})))
+    for w in _numbers(args.window_s):
+        for p in _numbers(args.penalty):
+            jobs.append((f"sdserve, learned keep-alive, window {w:g}s", f"{p:g}", sdserve.with_overrides(
+                policy={"keep_alive": "histogram", "cold_start_penalty_s": p, "stable_window_s": w})))
     for d in _numbers(args.ray_delay):
         jobs.append((f"Ray default (target_ongoing_requests {ray.ray_config.target_ongoing_requests:g})",
                      f"{d:g}s", ray.with_overrides(ray={"downscale_to_zero_delay_s": d})))

@@ -117,7 +117,7 @@ def test_simulate_writes_the_run_shaped_summary_for_a_plain_csv(tmp_path: Path) 
 def test_pareto_sweeps_both_policies(tmp_path: Path) -> None:
     from benchmarks import pareto
 
-    args = _args(pareto.add_arguments, trace=SYNTHETIC, keep_alive="60", penalty="150", ray_delay="0,600",
+    args = _args(pareto.add_arguments, trace=SYNTHETIC, keep_alive="60", penalty="150", window_s="20", ray_delay="0,600",
                  out_dir=tmp_path, name="p", cold_start_s=10, jobs=1)
     assert pareto.main(args) == 0
     points = json.loads((tmp_path / "p.json").read_text())["points"]
