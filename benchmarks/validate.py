@@ -24,7 +24,7 @@ from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import command_line, environment
 from benchmarks.runner import Target, Workload, run_target
 from benchmarks.sim_config import WORKER, a10_service_model, load_target
-from benchmarks.simulate import load_arrivals, run_one
+from benchmarks.simulate import load_arrivals, records_of, run_one, samples_of
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from serve.settings import load_config
 
@@ -120,13 +120,15 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
                       Workload("open", arrivals), RequestTemplate(), slo, warmup=1)
     cold = live_cold_start_s(live["samples"], live["summary"]["replica_starts"])
     overhead = live_overhead_s(live["records"])
+    reported = (live.get("worker") or {}).get("cold_start_s")  # what a replica itself measured
     target = load_target(config, cold if cold is not None else 0.0, arg_overrides, {WORKER: deployment})
-    target = target.with_overrides(spec={"request_overhead_s": overhead})
-    _, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
+    target = target.with_overrides(spec={"request_overhead_s": overhead, "reported_cold_start_s": reported})
+    result, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
     return {"config": config, "overrides": arg_overrides, "deployment_overrides": deployment,
-            "measured": {"cold_start_s": cold, "request_overhead_s": overhead},
+            "measured": {"cold_start_s": cold, "request_overhead_s": overhead, "reported_cold_start_s": reported},
             "live": live["summary"], "simulated": sim, "agreement": agreement(live["summary"], sim),
-            "live_samples": live["samples"]}
+            "live_samples": live["samples"], "live_records": live["records"],
+            "simulated_samples": samples_of(result), "simulated_records": [r.to_dict() for r in records_of(result)]}
 
 
 def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
@@ -152,7 +154,8 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
                      f"{'-' if p50 is None else f'{100 * p50:+.1f}%'} {mark('p50_rel')} | "
                      f"{diff['starts_abs']:+d} {mark('starts_abs')} |")
         m = r["measured"]
-        lines.append(f"| | measured live, given to the simulator | cold start {m['cold_start_s'] or 0:.2f}s | "
+        lines.append(f"| | measured live, given to the simulator | cold start {m['cold_start_s'] or 0:.2f}s "
+                     f"(replicas report {m['reported_cold_start_s'] or 0:.2f}s) | "
                      f"per-request overhead {1000 * m['request_overhead_s']:.0f} ms | | |")
     lines.append("")
     lines.append(f"Tolerance: SLO ±{TOLERANCE['slo_points']:g} pp, replica-seconds ±{100 * TOLERANCE['replica_seconds_rel']:g}%, "

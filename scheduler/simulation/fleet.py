@@ -117,7 +117,8 @@ class Simulator:
         self.target = 0
         self.events: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
-        self.tick_pending = False
+        self.tick_token = 0
+        self.next_tick_at: float | None = None  # None: no tick scheduled (nothing can change)
         keep = max(policy.look_back_s, 1.0) + 1.0
         self.total, self.waiting = StepSeries(keep), StepSeries(keep)
         self.samples: list[tuple[float, int, int, int]] = []
@@ -169,8 +170,9 @@ class Simulator:
         self._push(self.deadline[i], EXPIRE, i)
         self._dispatch()
         self._counts_changed()
-        if not self.tick_pending:
-            self._schedule_tick(self.now)
+        grid = math.ceil(self.now / self.spec.control_interval_s - 1e-9) * self.spec.control_interval_s
+        if self.next_tick_at is None or self.next_tick_at > grid:
+            self._schedule_tick(grid)  # the live loop ticks every 0.1 s: it sees even a short request
 
     def _expire(self, i: int, _: int) -> None:
         where = self.located.get(i)
@@ -326,7 +328,8 @@ class Simulator:
         if not admitted:
             return t
         images = sum(self.requests[i].n for i in admitted)
-        duration = self.service(images, pixels, steps)
+        # the measured per-request overhead (routing, hand-offs, serialization) holds the slot too
+        duration = self.service(images, pixels, steps) + spec.request_overhead_s
         step_s = duration / steps if steps else duration
         last_deadline = max(self.deadline[i] for i in admitted)
         stopped = last_deadline < t + duration
@@ -351,7 +354,7 @@ class Simulator:
 
     def _finish(self, i: int, _: int) -> None:
         record = self.records[i]
-        record.done_s = self.now + (self.spec.request_overhead_s if record.outcome == "ok" else 0.0)
+        record.done_s = self.now
         self.outstanding -= 1
         self.unanswered.pop(i, None)
         self.resolved += 1
@@ -375,15 +378,20 @@ class Simulator:
         r = self.requests[i]
         return PendingJob(r.arrival_s, self.deadline[i], r.n, r.steps, r.pixels)
 
-    def _schedule_tick(self, after: float) -> None:
-        interval = self.spec.control_interval_s
-        self._push(math.ceil(after / interval - 1e-9) * interval, TICK)
-        self.tick_pending = True
+    def _schedule_tick(self, at: float) -> None:
+        """The next control-loop call at ``at``; any call scheduled before it is dropped."""
+        self.tick_token += 1
+        self.next_tick_at = at
+        self._push(at, TICK, self.tick_token)
 
-    def _tick(self, _a: int, _b: int) -> None:
-        self.tick_pending = False
+    def _tick(self, token: int, _b: int) -> None:
+        if token != self.tick_token:
+            return  # superseded by an earlier tick scheduled on an arrival
+        self.next_tick_at = None
         running = [r for r in self.active if r.state == "running"]
-        reports: dict[str, dict[str, float]] = {"cold_start_s": {str(r.id): r.cold_start_s for r in running}}
+        said = self.spec.reported_cold_start_s
+        reports: dict[str, dict[str, float]] = {
+            "cold_start_s": {str(r.id): r.cold_start_s if said is None else said for r in running}}
         service = {str(r.id): r.service_ewma_s for r in running if r.service_ewma_s is not None}
         if service:
             reports["service_time_s"] = service
@@ -401,12 +409,10 @@ class Simulator:
             self._dispatch()
         starting = self.pending or any(r.state == "starting" for r in self.active)
         if self.queued_count or starting:
-            self._push(self.now + self.spec.control_interval_s, TICK)
+            self._schedule_tick(self.now + self.spec.control_interval_s)
         elif self.active or self.outstanding or self.now - self.total.last_change_s <= self.policy.look_back_s:
-            self._push(self.now + self.spec.idle_control_interval_s, TICK)
-        else:
-            return  # nothing can change until the next arrival
-        self.tick_pending = True
+            self._schedule_tick(self.now + self.spec.idle_control_interval_s)
+        # else: nothing can change until the next arrival
 
 
 def simulate(requests: list[SimRequest], spec: FleetSpec, service: ServiceModel,

@@ -43,6 +43,9 @@ class FleetSpec:
     max_queued_requests: int = 64  # the deployment's max_queued_requests (-1: unbounded) → 503
     cold_start_s: float = 22.7  # replica start → ready: the trace's median base-model load
     cold_start_jitter_s: float = 0.0  # uniform ± jitter on each cold start
+    #: What replicas report as their cold start (the worker measures process start → ready, not
+    #: Ray's scheduling before the process exists). None: the cold start itself.
+    reported_cold_start_s: float | None = None
     initial_replicas: int = 0  # replicas running (warm) at t = 0
     #: GPUs for replicas: a replica beyond them waits (PENDING, unpaid) until a stopping one frees
     #: its GPU, as Ray's scheduler holds it. None: unlimited.
@@ -50,8 +53,9 @@ class FleetSpec:
     shed_hopeless: bool = True  # deadlines.shed_hopeless: refuse what cannot finish in time
     shed_after_calls: int = 2  # the replica's step-time estimator needs this many calls first
     service_time_alpha: float = 0.3  # EWMA weight of the service time a replica reports
-    #: Per-request time outside the queue and the pipeline (HTTP, proxy, ingress, PNG) added to
-    #: every successful answer: measured live when the simulator is validated, else 0.
+    #: Per-call time outside the pipeline (HTTP, proxy, ingress and handle hops), added to every
+    #: call: it holds the replica's slot and the client's latency alike. Measured live when the
+    #: simulator is validated (sdserve-bench validate), else 0.
     request_overhead_s: float = 0.0
     control_interval_s: float = 0.1
     idle_control_interval_s: float = 1.0
