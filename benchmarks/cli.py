@@ -17,6 +17,16 @@ from benchmarks.traces import read_trace, resolve_window
 from benchmarks.workloads import burst, poisson
 
 
+#: Commands whose module brings its own ``add_arguments`` and ``main``.
+MODULE_COMMANDS = (
+    ("simulate", simulate, "replay a trace in the fleet simulator (SIMULATION)"),
+    ("pareto", pareto, "SLO vs cost, sweeping keep-alive knobs (SIMULATION)"),
+    ("recommend", recommend, "cheapest config meeting an SLO target, by simulation"),
+    ("validate", validate, "the simulator against a live replay of the same window"),
+    ("cold-start", cold_start, "where a worker replica's cold start goes"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdserve-bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,25 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     waste.add_argument("--out", default="benchmarks/results/cpu-deadlines.json")
     waste.set_defaults(func=deadline_waste.main)
 
-    sim = commands.add_parser("simulate", help="replay a trace in the fleet simulator (SIMULATION)")
-    simulate.add_arguments(sim)
-    sim.set_defaults(func=simulate.main)
-
-    cold = commands.add_parser("cold-start", help="where a worker replica's cold start goes")
-    cold_start.add_arguments(cold)
-    cold.set_defaults(func=cold_start.main)
-
-    par = commands.add_parser("pareto", help="SLO vs cost, sweeping keep-alive knobs (SIMULATION)")
-    pareto.add_arguments(par)
-    par.set_defaults(func=pareto.main)
-
-    val = commands.add_parser("validate", help="the simulator against a live replay of the same window")
-    validate.add_arguments(val)
-    val.set_defaults(func=validate.main)
-
-    rec = commands.add_parser("recommend", help="cheapest config meeting an SLO target, by simulation")
-    recommend.add_arguments(rec)
-    rec.set_defaults(func=recommend.main)
+    for name, module, summary in MODULE_COMMANDS:
+        sub = commands.add_parser(name, help=summary)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.main)
 
     memory = commands.add_parser("memory", help="memory estimate vs measured peak, per shape")
     memory.add_argument("--model", default="tiny")

@@ -21,7 +21,8 @@ from benchmarks.sim_report import downsample, plot_pareto
 from benchmarks.stats import summarize
 from benchmarks.traces import Arrival, read_trace, resolve_window
 from scheduler.simulation.clairvoyant import clairvoyant_cost
-from scheduler.simulation.fleet import SimResult, simulate
+from scheduler.simulation.fleet import simulate
+from scheduler.simulation.records import SimResult
 from scheduler.simulation.policies import FixedFleet
 from scheduler.simulation.workload import ServiceModel, SimRequest
 

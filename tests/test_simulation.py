@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from scheduler.autoscaling import AutoscalerConfig
 from scheduler.simulation.clairvoyant import clairvoyant_cost
-from scheduler.simulation.fleet import SimResult, simulate
+from scheduler.simulation.fleet import simulate
+from scheduler.simulation.records import SimResult
 from scheduler.simulation.policies import FixedFleet, RayControlled, StepSeries, sdserve_policy
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from scheduler.simulation.workload import FleetSpec, SimRequest

@@ -1,0 +1,65 @@
+"""What a simulation leaves behind: each replica's life, each request's fate, the fleet over time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Replica:
+    id: int
+    started_s: float
+    ready_s: float
+    cold_start_s: float
+    state: str = "starting"  # (pending →) starting → running → (draining →) stopped
+    stopped_s: float | None = None
+    waiting: list[int] = field(default_factory=list)  # assigned, not yet in a call
+    in_call: list[int] = field(default_factory=list)
+    busy: bool = False
+    calls: int = 0
+    service_ewma_s: float | None = None
+    batch_timer: int = 0  # token: a stale batch timer is ignored
+    cold_started: bool = False  # went through a cold start (initial warm replicas did not)
+
+    @property
+    def ongoing(self) -> int:
+        return len(self.waiting) + len(self.in_call)
+
+
+@dataclass
+class RequestRecord:
+    """One request's fate, in the shape the benchmark's records have."""
+
+    index: int
+    arrival_s: float
+    n: int
+    outcome: str = ""
+    done_s: float = 0.0
+    start_s: float | None = None
+    service_time_s: float | None = None
+    batch_images: int | None = None
+    replica: int | None = None
+
+    @property
+    def latency_s(self) -> float:
+        return self.done_s - self.arrival_s
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        return None if self.start_s is None else self.start_s - self.arrival_s
+
+
+@dataclass
+class SimResult:
+    policy: str
+    records: list[RequestRecord]
+    replicas: list[Replica]
+    samples: list[tuple[float, int, int, int]]  # (t, replicas incl. starting/draining, running, outstanding)
+    end_s: float
+    policy_calls: int
+
+    def replica_starts(self) -> int:
+        return sum(r.cold_started for r in self.replicas)
+
+    def replica_seconds(self) -> float:
+        return sum((r.stopped_s if r.stopped_s is not None else self.end_s) - r.started_s for r in self.replicas)
