@@ -84,7 +84,8 @@ def test_burst_from_zero_starts_its_replicas_at_once_then_scales_back_to_zero(si
 
     decisions = app.client.get("/v1/scheduler").json()
     reasons = [d["reason"] for d in decisions["recent"]]
-    assert any(r.startswith("burst: 16 queued, 0 running") for r in reasons), reasons
+    # sized from zero by the loop itself (how many of the 16 the first tick saw depends on timing)
+    assert any(r.startswith("burst:") and ", 0 running, 0 starting" in r for r in reasons), reasons
 
     _wait_for(lambda: sum(app.worker_replicas().values()) == 0, 60, "scale back to zero")
     recent = app.client.get("/v1/scheduler").json()["recent"]
