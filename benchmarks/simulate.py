@@ -27,7 +27,7 @@ from scheduler.simulation.policies import FixedFleet
 from scheduler.simulation.workload import ServiceModel, SimRequest
 
 #: Per-request records are kept in the JSON up to this many requests (the whole trace would be MBs).
-MAX_RECORDS = 5000
+MAX_RECORDS = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
