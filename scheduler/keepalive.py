@@ -43,6 +43,12 @@ def regime_of(recent_arrivals: int | None) -> int:
     return sum(recent_arrivals >= edge for edge in REGIME_EDGES)
 
 
+#: A representative idle time per bin (geometric middle; the overflow bin lasts for ever).
+_BIN_MIDDLES_S: tuple[float, ...] = (
+    (0.5,) + tuple(math.sqrt(lo * hi) for lo, hi in zip(BIN_EDGES_S, BIN_EDGES_S[1:])) + (math.inf,)
+)
+
+
 @dataclass(frozen=True)
 class KeepAlivePlan:
     keep_alive_s: float  # idle this long with one replica, then zero
@@ -79,13 +85,12 @@ def idle_percentile(histogram: tuple[int, ...], q: float, upper: bool = True) ->
 def cost_optimal_keep_alive(histogram: tuple[int, ...], cold_start_s: float, penalty_s: float,
                             max_s: float) -> float:
     """The K (0 or a bin edge, at most ``max_s``) minimising idle plus cold-start replica-seconds."""
-    reps = [0.5] + [math.sqrt(lo * hi) for lo, hi in zip(BIN_EDGES_S, BIN_EDGES_S[1:])] + [math.inf]
     best_k, best = 0.0, math.inf
     for k in (0.0,) + BIN_EDGES_S:
         if k > max_s:
             break
         cost = sum(c * (min(rep, k) + (rep > k) * (cold_start_s + penalty_s))
-                   for c, rep in zip(histogram, reps) if c)
+                   for c, rep in zip(histogram, _BIN_MIDDLES_S) if c)
         if cost < best - 1e-9:
             best_k, best = k, cost
     return best_k

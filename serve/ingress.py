@@ -285,7 +285,7 @@ class Ingress:
             self._start_scaling()
             r = job.request
             self.scaling.accepted(job.job_id, PendingJob(job.accepted_at, job.deadline, r.n,
-                                                         r.num_inference_steps, r.pixels // max(1, r.n)))
+                                                         r.num_inference_steps, r.width * r.height))
         try:
             for attempt in (1, 2):
                 response = self.worker.generate.remote(job)
@@ -295,7 +295,7 @@ class Ingress:
                     self._drain.completed(time.monotonic())
                     if self.scaling is not None and reply.outcome == "ok":
                         self.scaling.replied(reply.service_time_s, reply.batch_images, reply.steps_done,
-                                             job.request.pixels // max(1, job.request.n),
+                                             job.request.width * job.request.height,
                                              reply.replica_cold_start_s)
                     return reply
                 except RayActorError as lost:

@@ -143,9 +143,8 @@ def test_step_series_mean_is_time_weighted() -> None:
     series = StepSeries(keep_s=100)
     series.set(10.0, 4)
     series.set(12.0, 0)
-    assert series.mean(12.0, 4.0) == pytest.approx(2.0)  # 4 for 2 s of the last 4 s
-    assert series.mean(20.0, 4.0) == 0.0
-    assert series.mean(13.0, 0.0) == 0.0
+    assert series.sampled_mean(12.0, 4.0, 0.01, known_until=12.0) == pytest.approx(2.0, abs=0.02)  # 4 for 2 of 4 s
+    assert series.sampled_mean(20.0, 4.0, 0.01, known_until=20.0) == 0.0
 
 
 def test_clairvoyant_cost_on_a_hand_computed_trace() -> None:
@@ -175,8 +174,8 @@ def test_step_series_holds_the_last_report_until_now() -> None:
     series.set(10.0, 4)
     series.set(15.0, 0)
     # reports up to t=12 only: the controller still believes 4 until now
-    assert series.mean(20.0, 10.0, known_until=12.0) == pytest.approx(4.0)
-    assert series.mean(20.0, 10.0, known_until=20.0) == pytest.approx(2.0)
+    assert series.sampled_mean(20.0, 10.0, 0.01, known_until=12.0) == pytest.approx(4.0, abs=0.02)
+    assert series.sampled_mean(20.0, 10.0, 0.01, known_until=20.0) == pytest.approx(2.0, abs=0.02)
 
 
 def test_sampled_mean_sees_only_what_falls_on_a_sample() -> None:

@@ -23,11 +23,8 @@ from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 
 
 class StepSeries:
-    """A step function of time (a request count), with its time-weighted mean over a window.
-
-    Ray's controller aggregates replica and handle reports over ``look_back_period_s``; this is the
-    same mean, computed over the exact step function instead of 0.25 s samples of it.
-    """
+    """A step function of time (a request count), and its mean over a window as Ray's controller
+    sees it: from samples of it (:meth:`sampled_mean`)."""
 
     def __init__(self, keep_s: float) -> None:
         self.keep_s = keep_s
@@ -48,26 +45,6 @@ class StepSeries:
             self._points.append((now, value))
         while len(self._points) > 1 and self._points[1][0] <= now - self.keep_s:
             self._points.popleft()
-
-    def mean(self, now: float, window_s: float, known_until: float | None = None) -> float:
-        """Mean over ``[now - window_s, now]``. ``known_until``: the last report the controller has;
-        like Ray, it assumes the last reported value holds from then until ``now``."""
-        known = now if known_until is None else min(now, known_until)
-        if window_s <= 0:
-            return self._value_at(known)
-        start = max(now - window_s, self._points[0][0])
-        if now <= start:
-            return self._value_at(known)
-        total = 0.0
-        points = self._points
-        for i, (t, v) in enumerate(points):
-            end = min(points[i + 1][0] if i + 1 < len(points) else now, known)
-            lo = max(t, start)
-            if end > lo:
-                total += v * (end - lo)
-        if known < now:
-            total += self._value_at(known) * (now - max(known, start))
-        return total / (now - start)
 
     def sampled_mean(self, now: float, window_s: float, every_s: float, known_until: float) -> float:
         """Ray's view: the count sampled every ``every_s`` (replicas and handles record points at
