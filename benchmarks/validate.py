@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo", type=float, default=30.0, help="latency objective in trace time, seconds")
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="sim-vs-live")
+    parser.add_argument("--resimulate", metavar="RESULT_JSON",
+                        help="reuse the live side of an earlier validate result (its runs, measurements and "
+                             "overrides) and recompute only the simulation: for a changed simulator")
 
 
 def compressed_overrides(path: str, k: float) -> tuple[list[str], list[str]]:
@@ -113,22 +116,42 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     k = args.time_scale
     arg_overrides, deployment = compressed_overrides(config, k)
     arrivals = load_arrivals(args)  # compressed k× by --time-scale
-    slo = args.slo / k
     name = Path(config).stem
     live = run_target(Target(name, config=config, overrides=arg_overrides,
                              deployment_overrides={WORKER: deployment}),
-                      Workload("open", arrivals), RequestTemplate(), slo, warmup=1)
-    cold = live_cold_start_s(live["samples"], live["summary"]["replica_starts"])
-    overhead = live_overhead_s(live["records"])
-    reported = (live.get("worker") or {}).get("cold_start_s")  # what a replica itself measured
-    target = load_target(config, cold if cold is not None else 0.0, arg_overrides, {WORKER: deployment})
-    target = target.with_overrides(spec={"request_overhead_s": overhead, "reported_cold_start_s": reported})
+                      Workload("open", arrivals), RequestTemplate(), args.slo / k, warmup=1)
+    measured = {"cold_start_s": live_cold_start_s(live["samples"], live["summary"]["replica_starts"]),
+                "request_overhead_s": live_overhead_s(live["records"]),
+                # what a replica itself measured
+                "reported_cold_start_s": (live.get("worker") or {}).get("cold_start_s")}
+    earlier = {"config": config, "overrides": arg_overrides, "deployment_overrides": deployment,
+               "measured": measured, "live": live["summary"], "live_samples": live["samples"],
+               "live_records": live["records"]}
+    return simulate_side(earlier, arrivals, args)
+
+
+def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namespace) -> dict[str, Any]:
+    """The simulated half for one config, from a live half (just run, or read back from a result)."""
+    k, slo = args.time_scale, args.slo / args.time_scale
+    measured, deployment = earlier["measured"], earlier["deployment_overrides"]
+    target = load_target(earlier["config"], measured["cold_start_s"] or 0.0, earlier["overrides"],
+                         {WORKER: deployment})
+    target = target.with_overrides(spec={"request_overhead_s": measured["request_overhead_s"],
+                                         "reported_cold_start_s": measured["reported_cold_start_s"]})
     result, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
-    return {"config": config, "overrides": arg_overrides, "deployment_overrides": deployment,
-            "measured": {"cold_start_s": cold, "request_overhead_s": overhead, "reported_cold_start_s": reported},
-            "live": live["summary"], "simulated": sim, "agreement": agreement(live["summary"], sim),
-            "live_samples": live["samples"], "live_records": live["records"],
+    return {**earlier, "simulated": sim, "agreement": agreement(earlier["live"], sim),
             "simulated_samples": samples_of(result), "simulated_records": [r.to_dict() for r in records_of(result)]}
+
+
+def resimulate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every config of an earlier result, its live half kept as measured, its simulation redone."""
+    earlier = json.loads(Path(args.resimulate).read_text())
+    meta = earlier["meta"]
+    if args.window != meta["window"] or args.time_scale != meta["time_scale"]:
+        raise SystemExit(f"{args.resimulate} was run on window {meta['window']!r} at k = {meta['time_scale']}: "
+                         "give the same --window and --time-scale")
+    arrivals = load_arrivals(args)
+    return {name: simulate_side(r, arrivals, args) for name, r in earlier["results"].items()}
 
 
 def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
@@ -163,29 +186,45 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    if not args.config:
-        raise SystemExit("give --config (sim-* configs: the live side uses the simulated backend)")
-    started = time.time()
-    results = {}
-    try:
-        for config in args.config:
-            results[Path(config).stem] = validate_one(config, args)
-    finally:
-        import ray
+def resimulated_note(meta: dict[str, Any]) -> str:
+    source = meta.get("live_side_from")
+    if not source:
+        return ""
+    return (f"The live side is the run of {source['when']} (`{source['command']}`), kept as measured; "
+            f"only the simulation was recomputed (simulator changed since).\n\n")
 
-        if ray.is_initialized():
-            ray.shutdown()
+
+def main(args: argparse.Namespace) -> int:
+    started = time.time()
+    if args.resimulate:
+        results = resimulate(args)
+        earlier_meta = json.loads(Path(args.resimulate).read_text())["meta"]
+        live_from = earlier_meta.get("live_side_from", earlier_meta)  # the original live run, kept across re-runs
+    else:
+        if not args.config:
+            raise SystemExit("give --config (sim-* configs: the live side uses the simulated backend)")
+        results, live_from = {}, None
+        try:
+            for config in args.config:
+                results[Path(config).stem] = validate_one(config, args)
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown(results, args.time_scale, args.slo)
     meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
             "window": args.window, "time_scale": args.time_scale, "wall_s": time.time() - started,
             "tolerance": TOLERANCE}
+    if live_from is not None:  # the live runs are the earlier ones: say so and keep their provenance
+        meta["live_side_from"] = {"file": args.resimulate, "command": live_from["command"],
+                                  "when": live_from["when"], "environment": live_from["environment"]}
     (out_dir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     (out_dir / f"{args.name}.md").write_text(
         f"# {args.name}: the fleet simulator against live runs\n\nWindow {args.window} of the production trace, "
         f"replayed live (simulated A10 backend on Ray Serve, this machine) and in the simulator.\n\n"
-        f"`{meta['command']}`\n\n{table}\n")
+        f"`{meta['command']}`\n\n{resimulated_note(meta)}{table}\n")
     print(table)
     return 0 if all(r["agreement"]["all_within"] for r in results.values()) else 1

@@ -106,10 +106,37 @@ def test_queue_bound_answers_overloaded_and_deadlines_answer_at_the_deadline() -
 
 def test_hopeless_requests_are_shed_once_the_replica_has_measured_calls() -> None:
     # calls take 4 s; after two calls, a request with 3 s left is shed at once instead of run
+    # (router polling off: a freed slot is filled at once, so the times are whole calls)
     requests = [SimRequest(0.0, timeout_s=100), SimRequest(0.0, timeout_s=100), SimRequest(0.0, timeout_s=11)]
-    result = simulate(requests, FleetSpec(initial_replicas=1, gpu_slots=1), flat(4.0), FixedFleet(1))
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, router_initial_backoff_s=0)
+    result = simulate(requests, spec, flat(4.0), FixedFleet(1))
     assert [r.outcome for r in result.records] == ["ok", "ok", "shed"]
     assert result.records[2].done_s == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize(
+    ("backoff_s", "second_starts_s"),
+    [
+        # Ray's router: tries at 0, 0, then after 25, 50, 100, 200, 400 ms and every 500 ms:
+        # 0.025, 0.075, 0.175, 0.375, 0.775, 1.275, ... 3.775, 4.275 — the slot frees at 4.0
+        (0.025, 4.275),
+        (0.0, 4.0),  # polling off: at once
+        (0.3, 4.3),  # tries at 0, 0, 0.3, then every 0.5 s (0.6 is over the cap): 0.8, ... 3.8, 4.3
+    ],
+)
+def test_a_freed_slot_is_filled_when_the_router_next_polls(backoff_s: float, second_starts_s: float) -> None:
+    requests = [SimRequest(0.0), SimRequest(0.0)]
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, router_initial_backoff_s=backoff_s)
+    result = simulate(requests, spec, flat(4.0), FixedFleet(1))
+    assert [r.outcome for r in result.records] == ["ok", "ok"]
+    assert result.records[1].start_s == pytest.approx(second_starts_s)
+
+
+def test_a_ready_replica_takes_queued_requests_without_waiting_for_a_poll() -> None:
+    # from zero there is no routing task to wait for: the new replica is used the moment it is up
+    spec = FleetSpec(cold_start_s=5.0, gpu_slots=1)
+    result = simulate([SimRequest(0.0)], spec, flat(1.0), FixedFleet(1))
+    assert result.records[0].start_s == pytest.approx(5.0)
 
 
 def test_batches_form_like_serve_batch_and_split_by_size() -> None:

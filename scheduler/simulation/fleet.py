@@ -6,7 +6,9 @@ rules (``serve/`` and Ray Serve's router and controller):
 - **Router**: requests wait in one FIFO queue for a replica with a free slot
   (``max_ongoing_requests``); beyond ``max_queued_requests`` waiting, the answer is 503
   (``overloaded``). A request whose deadline passes while it waits is answered 504 then
-  (``deadline``) and removed.
+  (``deadline``) and removed. A slot that frees is not filled at once: Ray's routing tasks
+  (two per running replica) poll for one with exponential backoff (25 ms doubling, capped at
+  0.5 s; ``request_router.py``), so a queue behind a busy replica leaves it idle between calls.
 - **Replicas** start (cold start, optional jitter), run, and stop. Ray stops starting replicas
   first, then the newest running ones; a running replica that is stopped finishes what it holds
   (graceful shutdown) and pays until then.
@@ -32,7 +34,7 @@ from scheduler.simulation.policies import ControlPolicy, Observation, StepSeries
 from scheduler.simulation.records import Replica, RequestRecord, SimResult
 from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
 
-ARRIVE, READY, FINISH, CALL_DONE, EXPIRE, BATCH, TICK = range(7)
+ARRIVE, READY, FINISH, CALL_DONE, EXPIRE, BATCH, TICK, ROUTE = range(8)
 
 
 class Simulator:
@@ -64,6 +66,8 @@ class Simulator:
         self.samples: list[tuple[float, int, int, int]] = []
         self.policy_calls = 0
         self.now = 0.0
+        self.routing: dict[int, int] = {}  # Ray's routing tasks: id → backoff attempt (-1: fresh)
+        self._routing_ids = 0
 
     # -- events -------------------------------------------------------------------------------
     def _push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
@@ -81,7 +85,8 @@ class Simulator:
             self._schedule_tick(0.0)
         total = len(self.requests)
         handlers = {ARRIVE: self._arrive, READY: self._ready, FINISH: self._finish, CALL_DONE: self._call_done,
-                    EXPIRE: self._expire, BATCH: self._batch_timer, TICK: self._tick}
+                    EXPIRE: self._expire, BATCH: self._batch_timer, TICK: self._tick,
+                    ROUTE: self._route}
         while self.events and self.resolved < total:
             t, _, kind, a, b = heapq.heappop(self.events)
             self.now = t
@@ -132,11 +137,46 @@ class Simulator:
         self._counts_changed()
 
     def _dispatch(self) -> None:
+        """Fill free slots from the queue: at once, or through Ray's polling routing tasks."""
+        if self.spec.router_initial_backoff_s <= 0:
+            while self._dispatch_one():
+                pass
+            return
+        while len(self.routing) < self._routing_target():
+            self._routing_ids += 1
+            self.routing[self._routing_ids] = -1
+            self._route(self._routing_ids, 0)
+
+    def _routing_target(self) -> int:
+        """Ray's ``target_num_routing_tasks``: one per queued request, at most two per replica."""
+        running = sum(1 for r in self.active if r.state == "running")
+        return min(self.queued_count, self.spec.router_tasks_per_replica * running, 50)
+
+    def _route(self, task: int, _: int) -> None:
+        """One routing attempt: the oldest queued request to a free slot, else back off and retry.
+        A task that routed one takes the next at once with a fresh backoff; a surplus task retires."""
+        if task not in self.routing:
+            return
+        if len(self.routing) > self._routing_target():
+            del self.routing[task]
+            return
+        if self._dispatch_one():
+            self.routing[task] = -1
+            self._push(self.now, ROUTE, task)
+            self._counts_changed()
+            return
+        attempt = self.routing[task]
+        spec = self.spec
+        backoff = 0.0 if attempt < 0 else min(
+            spec.router_initial_backoff_s * spec.router_backoff_multiplier ** attempt, spec.router_max_backoff_s)
+        self.routing[task] = attempt + 1
+        self._push(self.now + backoff, ROUTE, task)
+
+    def _dispatch_one(self) -> bool:
+        """The oldest queued request to the least-loaded running replica with a free slot."""
         cap = self.spec.max_ongoing_requests
-        while self.queued_count:
-            free = [r for r in self.active if r.state == "running" and r.ongoing < cap]
-            if not free:
-                return
+        free = [r for r in self.active if r.state == "running" and r.ongoing < cap]
+        while self.queued_count and free:
             replica = min(free, key=lambda r: (r.ongoing, r.id))
             i = self.queue.popleft()
             if self.located.get(i) != "queued":
@@ -146,6 +186,8 @@ class Simulator:
             self.records[i].replica = replica.id
             replica.waiting.append(i)
             self._maybe_start_call(replica)
+            return True
+        return False
 
     def _counts_changed(self) -> None:
         self.total.set(self.now, self.outstanding)

@@ -57,6 +57,12 @@ class FleetSpec:
     #: call: it holds the replica's slot and the client's latency alike. Measured live when the
     #: simulator is validated (sdserve-bench validate), else 0.
     request_overhead_s: float = 0.0
+    #: Ray's router (``RAY_SERVE_ROUTER_RETRY_*``): a queued request is routed by a task that polls
+    #: for a free slot, backing off from this (0: a freed slot is filled at once, no polling) ...
+    router_initial_backoff_s: float = 0.025
+    router_backoff_multiplier: float = 2.0
+    router_max_backoff_s: float = 0.5  # ... to this cap
+    router_tasks_per_replica: int = 2  # routing tasks per running replica (Ray: 2, at most 50)
     control_interval_s: float = 0.1
     idle_control_interval_s: float = 1.0
     seed: int = 0
