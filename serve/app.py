@@ -23,6 +23,16 @@ from serve.settings import (
 from serve.worker import DiffusionWorker
 
 
+#: Ray 2.60 runs replica code on a second event loop by default; cancelling a request (client gone,
+#: ingress timer) then frees the replica's slot at once, while the pipeline thread is still in its
+#: step, VAE decode or PNG encode — the router sends the next request to a busy replica and it waits
+#: there, invisible to Ray and to the autoscaler. On Ray's own loop the cancellation reaches
+#: ``DiffusionWorker._run``, which holds the slot until the pipeline thread has returned
+#: (tests/test_replica_slot.py measures both views). The worker awaits its pipeline thread, so
+#: Ray's loop stays free for health checks and metrics.
+WORKER_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
+
 class NoGPUError(RuntimeError):
     """A GPU config was deployed on a cluster that has no GPU; Ray would wait forever."""
 
@@ -50,6 +60,7 @@ def build_app(args: dict[str, Any]) -> Application:
         ray_actor_options={
             "num_cpus": settings.resources.num_cpus,
             "num_gpus": settings.resources.num_gpus,
+            "runtime_env": {"env_vars": WORKER_ENV},
         }
     ).bind(plain)
     return Ingress.bind(plain, worker)

@@ -160,6 +160,7 @@ class JobRunner:
         measure = self.memory is not None and (self._calls_run - 1) % self.measure_memory_every == 0
         estimate = self.memory.estimate(first.width, first.height, images) if measure else None
         peak = PeakMemory(self.backend.device)
+        failure: tuple[bool, str] | None = None  # (out of memory?, message) of a failed call
         try:
             if estimate is None:
                 results = self.backend.generate([job.request for job in group], should_stop)
@@ -180,15 +181,17 @@ class JobRunner:
                 for job in group
             ]
         except Exception as exc:  # a failed call fails its own requests, never the replica
-            if is_out_of_memory(exc):
-                return self._after_oom(group, cancelled, started, str(exc))
-            if is_device_fatal(exc):
-                self.unhealthy_reason = f"device error, replica must be replaced: {exc}"
-                log.error("%s", self.unhealthy_reason)
-            else:
-                log.exception("pipeline call failed for %s", [job.request_id for job in group])
+            failure = self._failure(exc, group)
+        if failure is not None:
+            # Out of the ``except`` block: the exception and its traceback are gone, and with
+            # them the failed call's frames and the tensors they held, so releasing memory and
+            # retrying halves run with that memory really free (PyTorch FAQ: "my out of memory
+            # exception handler can't allocate memory").
+            oom, message = failure
+            if oom:
+                return self._after_oom(group, cancelled, started, message)
             return [
-                self._reply(job, "error", started, phase="running", message=f"generation failed: {exc}")
+                self._reply(job, "error", started, phase="running", message=f"generation failed: {message}")
                 for job in group
             ]
         self._oom_strikes = 0
@@ -200,6 +203,17 @@ class JobRunner:
         call = {"call_id": uuid.uuid4().hex, "memory_estimate_bytes": estimate,
                 "memory_peak_bytes": peak.peak_bytes if estimate is not None else None}
         return [self._finished(job, result, started, call) for job, result in zip(group, results)]
+
+    def _failure(self, exc: Exception, group: list[WorkerJob]) -> tuple[bool, str]:
+        """Classify a failed call (and log it) while its exception is at hand; keep only text."""
+        if is_out_of_memory(exc):
+            return True, str(exc)
+        if is_device_fatal(exc):
+            self.unhealthy_reason = f"device error, replica must be replaced: {exc}"
+            log.error("%s", self.unhealthy_reason)
+        else:
+            log.exception("pipeline call failed for %s", [job.request_id for job in group])
+        return False, str(exc)
 
     def _after_oom(
         self, group: list[WorkerJob], cancelled: Callable[[WorkerJob], bool], started: float, error: str

@@ -45,6 +45,21 @@ def test_real_cpu_allocation_failure_fails_only_that_request() -> None:
     assert result["oom_count"] == 1 and result["unhealthy"] is None
 
 
+def test_a_failed_batch_releases_its_memory_before_the_halves_run() -> None:
+    """The failed call's tensors live in its frames, which the exception's traceback keeps alive
+    while an ``except`` block runs: retrying from inside it runs the halves with that memory still
+    held, so they fail too. Under an RLIMIT_AS cap with room for one image but not two, both
+    halves must succeed."""
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "oom_child.py"), "held"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["outcomes"] == ["ok", "ok"], result
+    assert result["oom_count"] == 1 and result["unhealthy"] is None
+
+
 def test_batch_with_one_poisoned_request_bisects_to_three_ok_one_oom(generator: DiffusionGenerator) -> None:
     runner = JobRunner(InjectedOOM(generator, "POISON"), "r1")
     jobs = [_job("a"), _job("b POISON"), _job("c"), _job("d")]
