@@ -111,8 +111,8 @@ def test_timeout_over_the_maximum_is_422(cpu_plain: Deployed) -> None:
 
 
 def test_hopeless_request_is_shed_without_running(cpu_default: Deployed) -> None:
-    for _ in range(2):  # let the replica measure its step time at this size
-        assert cpu_default.client.post(URL, json={**LONG, "num_inference_steps": 10}).status_code == 200
+    for steps in (5, 10):  # let the replica measure this size's fixed and per-step cost
+        assert cpu_default.client.post(URL, json={**LONG, "num_inference_steps": steps}).status_code == 200
     before = cpu_default.worker_stats()[0]["calls"]
     started = time.monotonic()
     response = cpu_default.client.post(URL, json={**LONG, "timeout_s": 2.0})

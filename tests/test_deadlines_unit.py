@@ -76,14 +76,48 @@ def test_step_time_needs_samples_then_scales_with_pixels() -> None:
     assert est.estimate(4096, 10) is None
     est.observe(4096, 20, 2.0)
     assert est.estimate(4096, 10) == pytest.approx(1.0)
-    assert est.estimate(8192, 10) == pytest.approx(2.0)  # one size seen: proportional
+    assert est.estimate(4096, 30) == pytest.approx(3.0)
+    assert est.estimate(8192, 10) is None  # one size seen: how cost grows with pixels is unknown
 
 
 def test_step_time_fits_overhead_plus_per_pixel_cost() -> None:
     est = StepTimeEstimator()
     for pixels in (1000, 2000, 4000):
-        est.observe(pixels, 10, 10 * (0.01 + pixels * 1e-5))
-    assert est.seconds_per_step(3000) == pytest.approx(0.01 + 0.03)
+        for steps in (10, 20):
+            est.observe(pixels, steps, steps * (0.01 + pixels * 1e-5))
+    assert est.estimate(3000, 10) == pytest.approx(10 * (0.01 + 0.03))
+
+
+# A call: fixed 0.5 s (text encoder, VAE, PNG) + 0.02 s per step, at 64×64 (4096 pixels).
+SMALL_CALLS = [(4096, 2, 0.54), (4096, 10, 0.70), (4096, 4, 0.58)]
+
+
+@pytest.mark.parametrize(
+    ("calls", "pixels", "steps", "expected"),
+    [
+        (SMALL_CALLS, 4096, 25, 1.0),  # fixed part counted once, not per step
+        (SMALL_CALLS, 4096, 50, 1.5),
+        (SMALL_CALLS, 512 * 512, 25, None),  # 64× the pixels ever seen: no guess, no shedding
+        (SMALL_CALLS[:1], 4096, 25, None),  # one call: not enough to estimate
+        ([(4096, 10, 0.70), (4096, 10, 0.71)], 4096, 25, None),  # one step count: parts inseparable
+        # two sizes and two step counts: both parts and their growth with pixels are separated
+        ([(4096, 10, 0.70), (4096, 20, 0.90), (16384, 10, 1.10), (16384, 20, 1.50)], 16384, 30, 1.90),
+    ],
+)
+def test_call_time_separates_fixed_from_per_step_cost(calls, pixels, steps, expected) -> None:
+    est = StepTimeEstimator()
+    for call in calls:
+        est.observe(*call)
+    got = est.estimate(pixels, steps)
+    assert got == (None if expected is None else pytest.approx(expected, rel=1e-6))
+
+
+def test_small_requests_do_not_get_a_512_request_shed() -> None:
+    """Issue #13 defect 8: after only 64×64 calls, a 512×512 request with a minute left runs."""
+    est = StepTimeEstimator()
+    for call in SMALL_CALLS:
+        est.observe(*call)
+    assert admit(100.0, 160.0, est.estimate(512 * 512, 25)) is Admission.RUN
 
 
 def test_drain_rate_counts_recent_completions() -> None:
