@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
+from serve.config_check import check_config
 from serve.settings import load_config  # noqa: F401 (re-exported: deploy a loaded config)
 
 
@@ -25,6 +26,7 @@ def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = Non
 
     ``progress`` (a callable taking a string) hears about status changes, for long cold starts.
     """
+    check_config(config)
     schema = ServeDeploySchema.model_validate(config)
     serve.start(
         http_options=schema.http_options.model_dump(),

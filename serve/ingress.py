@@ -10,15 +10,13 @@ outcome to one documented status code.
 
 import asyncio
 import base64
-import hmac
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
@@ -33,18 +31,28 @@ from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadli
 from scheduler.drain import DrainRate, retry_after_s
 from scheduler.memory import MemoryModel, largest_that_fits
 from scheduler.collector import PendingJob
+from serve.admission import (
+    Authorizer,
+    load_api_keys,
+    proxy_bind_host,
+    read_body,
+    refuse_disconnect_override,
+    refuse_open_network,
+)
 from serve.control import ScalingLoop, ServeFleet
 from serve.decision_log import read_decisions
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError, parse_body, to_generation_request
 from serve.protocol import WorkerJob, WorkerReply
-from serve.settings import AppSettings, AuthSettings
+from serve.settings import AppSettings
 
 log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 
 WORKER_DEPLOYMENT = "DiffusionWorker"
 
-api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve")
+# The schema and its pages are served by routes below that check the key like every other route.
+api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve",
+              docs_url=None, redoc_url=None, openapi_url=None)
 
 #: Worker outcome → (HTTP status, error type) for everything that is not "ok".
 _OUTCOME_STATUS = {
@@ -101,21 +109,15 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError(500, f"internal error: {type(exc).__name__}", code="error", type="server_error"))
 
 
-def load_api_keys(auth: AuthSettings) -> frozenset[str]:
-    """Keys from the environment variable (comma-separated) and the key file (one per line)."""
-    keys = {k.strip() for k in os.environ.get(auth.api_keys_env, "").split(",")}
-    if auth.api_keys_file:
-        keys |= {line.strip() for line in Path(auth.api_keys_file).read_text().splitlines()}
-    return frozenset(k for k in keys if k and not k.startswith("#"))
-
-
 @serve.deployment(name="Ingress", max_ongoing_requests=1000)
 @serve.ingress(api)
 class Ingress:
     def __init__(self, settings: dict[str, Any], worker: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         self.worker = worker
-        self.api_keys = load_api_keys(self.settings.auth)
+        keys = load_api_keys(self.settings.auth)
+        refuse_open_network(keys, proxy_bind_host(), self.settings.auth)
+        self.auth = Authorizer(keys)
         self.app_name = serve.get_replica_context().app_name
         self.recorder = MetricsRecorder(self.app_name)
         d = self.settings.deadlines
@@ -129,7 +131,7 @@ class Ingress:
             self.scaling = ScalingLoop(self.settings.autoscaling, fleet, initial_target=-1,
                                        deployment_name=f"{self.app_name}/{WORKER_DEPLOYMENT}")
             self._start_scaling()
-        if not self.api_keys:
+        if not keys:
             log.warning("no API keys set: the API is open to anyone who can reach this address")
 
     def _start_scaling(self) -> None:
@@ -143,30 +145,27 @@ class Ingress:
     async def check_health(self) -> None:
         self._start_scaling()
 
-    def _authorize(self, request: Request) -> None:
-        if not self.api_keys:
-            return
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.api_keys
-        ):
-            raise ApiError(
-                401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    def _authorize(self, request: Request) -> str | None:
+        return self.auth.key_of(request)
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.settings.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-        return bytes(body)
+    def exposure(self) -> dict[str, Any]:
+        """What this replica enforces (the launcher reports it; its own environment may differ)."""
+        return {"keys_required": self.auth.required, "bind_host": proxy_bind_host()}
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def swagger_docs(self, request: Request) -> Response:
+        self._authorize(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="sdserve API")
+
+    @api.get("/redoc", include_in_schema=False)
+    async def redoc_docs(self, request: Request) -> Response:
+        self._authorize(request)
+        return get_redoc_html(openapi_url="/openapi.json", title="sdserve API")
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -199,7 +198,8 @@ class Ingress:
         started = time.monotonic()
         try:
             self._authorize(request)
-            body = parse_body(await self._read_body(request))
+            refuse_disconnect_override(request)
+            body = parse_body(await read_body(request, self.settings.limits))
             generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
             self._check_memory(generation)
             job = self._job(generation, body.timeout_s, request)

@@ -22,18 +22,18 @@ def _say(message: str) -> None:
 
 
 def _say_exposure(config: dict, host: str) -> None:
-    """Say who can reach the server: loopback only, or everyone, with or without keys."""
-    from serve.ingress import load_api_keys
-    from serve.settings import AppSettings
+    """Say who can reach the server, from what the running ingress replicas themselves use (their
+    environment and key file, not this launcher's)."""
+    from ray import serve
 
-    apps = config.get("applications", [])
-    settings = AppSettings.model_validate(apps[0].get("args") or {}) if apps else AppSettings()
-    keyed = bool(load_api_keys(settings.auth))
-    if host in ("127.0.0.1", "localhost", "::1"):
-        _say(f"bound to loopback ({host}): reachable from this machine only")
-    elif not keyed:
-        _say(f"WARNING: bound to {host} with no API keys: anyone who can reach it can use it")
-    _say("API keys: " + ("required (Authorization: Bearer <key>)" if keyed else "none set"))
+    for app in config.get("applications", []):
+        exposure = serve.get_app_handle(app["name"]).exposure.remote().result()
+        if host in ("127.0.0.1", "localhost", "::1"):
+            _say(f"bound to loopback ({host}): reachable from this machine only")
+        elif not exposure["keys_required"]:
+            _say(f"WARNING: bound to {host} with no API keys (auth.allow_open_on_network is set): "
+                 "anyone who can reach it can use it")
+        _say("API keys: " + ("required (Authorization: Bearer <key>)" if exposure["keys_required"] else "none set"))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from serve.config_check import ConfigError, check_config
     from serve.deploy import DeployError, deploy, load_config
     from serve.settings import OVERRIDES_ENV, parse_assignments
 
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         http["host"] = options.host
     if options.port:
         http["port"] = options.port
+    try:
+        check_config(config)
+    except (ConfigError, ValueError) as exc:
+        _say(f"error: {exc}")
+        return 2
     address = os.environ.get("RAY_ADDRESS")
     _say(f"config {options.config}" + (f" with {' '.join(overrides)}" if overrides else ""))
     _say(f"attaching to Ray cluster at {address}" if address else "starting a local Ray")

@@ -75,6 +75,9 @@ class LimitSettings(_Section):
     max_guidance_scale: float = Field(30.0, ge=0)
     max_prompt_chars: int = Field(4000, ge=1)
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413")
+    body_read_timeout_s: float = Field(
+        10.0, gt=0, description="a body not fully received in this time gets 408 (slow uploads)"
+    )
 
     @property
     def default_width_height(self) -> tuple[int, int]:
@@ -134,10 +137,14 @@ class TestingSettings(_Section):
 
 
 class AuthSettings(_Section):
-    """Optional bearer keys. With none set the server is open, so configs bind to loopback."""
+    """Bearer keys. With none set the server is open, so it refuses to start on a non-loopback
+    address unless ``allow_open_on_network`` says that is meant (e.g. behind an authenticating proxy)."""
 
     api_keys_env: str = Field("SDSERVE_API_KEYS", description="env var with comma-separated keys")
     api_keys_file: str | None = Field(None, description="file with one key per line")
+    allow_open_on_network: bool = Field(
+        False, description="start without keys on a non-loopback address (someone else authenticates)"
+    )
 
 
 class ResourceSettings(_Section):
@@ -201,6 +208,12 @@ class AppSettings(_Section):
             raise ValueError(
                 f"autoscaling.policy.capacity_per_replica ({capacity}) must equal "
                 f"batching.max_batch_size ({self.batching.max_batch_size}): a replica runs that many at once"
+            )
+        loop, gpus = self.autoscaling, self.resources.num_gpus
+        if loop.enabled and loop.follow_cluster_gpus and gpus > 0 and loop.gpus_per_replica != gpus:
+            raise ValueError(
+                f"autoscaling.gpus_per_replica ({loop.gpus_per_replica}) must equal resources.num_gpus "
+                f"({gpus}): the fleet cap counts GPUs the replicas really take"
             )
         return self
 

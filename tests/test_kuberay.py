@@ -62,3 +62,17 @@ def test_embedded_serve_config_is_single_yaml_adapted_for_kubernetes() -> None:
     gpu_group = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert loop["policy"]["max_replicas"] == gpu_group["maxReplicas"]
     assert embedded["http_options"]["host"] == "0.0.0.0"
+    from serve.config_check import config_problems
+
+    assert config_problems(embedded) == []
+
+
+def test_network_bound_manifest_cannot_start_without_its_key_secret() -> None:
+    """It binds 0.0.0.0: a missing Secret must stop the pods, not start an open API."""
+    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+        g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]]
+    for container in containers:
+        [key_env] = [e for e in container["env"] if e["name"] == "SDSERVE_API_KEYS"]
+        assert key_env["valueFrom"]["secretKeyRef"]["optional"] is False, container["name"]

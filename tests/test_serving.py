@@ -107,9 +107,45 @@ class TestSingleConfig:
         assert bad_json.headers["x-request-id"] == "rid-42"
         huge = single.client.post("/v1/images/generations", json={"prompt": "x" * 100_000})
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: the limit must hold while reading
+            yield b'{"prompt": "'
+            for _ in range(100):
+                yield b"x" * 1000
+            yield b'"}'
+
+        streamed = single.client.post("/v1/images/generations", content=chunked())
+        assert "content-length" not in streamed.request.headers
+        assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
         missing = single.client.get("/v1/nothing-here")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         assert single.client.get("/healthz").json() == {"status": "ok"}
+
+    def test_a_client_cannot_switch_off_cancel_on_disconnect(self, single: Deployed) -> None:
+        response = single.client.post("/v1/images/generations", json={"prompt": "a"},
+                                      headers={"x-request-disconnect-disabled": "?1"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "x-request-disconnect-disabled"
+
+
+def test_a_slow_upload_gets_408_and_frees_the_ingress(ray_cluster: dict[str, Any]) -> None:
+    import time
+
+    with deployed(ray_cluster, "cpu", ["limits.body_read_timeout_s=1"]) as app:
+        def trickle() -> Iterator[bytes]:
+            yield b'{"prompt": "'
+            for _ in range(6):
+                time.sleep(0.5)
+                yield b"x"
+            yield b'"}'
+
+        started = time.monotonic()
+        slow = app.client.post("/v1/images/generations", content=trickle())
+        assert slow.status_code == 408, slow.text
+        assert slow.json()["error"]["code"] == "request_timeout"
+        assert time.monotonic() - started < 3.5
+        fine = app.client.post("/v1/images/generations", json={"prompt": "ok", "num_inference_steps": 2})
+        assert fine.status_code == 200
 
 
 class TestBatchedConfig:
@@ -140,12 +176,22 @@ def test_api_keys_gate_everything_but_healthz(ray_cluster: dict[str, Any], tmp_p
             "/v1/images/generations", json=body, headers={"Authorization": "Bearer nope"}
         )
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
-        assert app.client.get("/v1/models").status_code == 401
+        key = {"Authorization": "Bearer secret-one"}
+        for route in ("/v1/models", "/v1/scheduler", "/metrics", "/docs", "/redoc", "/openapi.json"):
+            refused = app.client.get(route)
+            assert refused.status_code == 401, (route, refused.status_code)
+            assert refused.json()["error"]["code"] == "invalid_api_key", route
+            assert app.client.get(route, headers=key).status_code == 200, route
         right = app.client.post(
             "/v1/images/generations", json=body, headers={"Authorization": "Bearer secret-two"}
         )
         assert _png_sizes(right) == [(64, 64)]
         assert app.client.get("/healthz").status_code == 200
+        served = app.client.get("/openapi.json", headers=key).json()["paths"]
+        assert "/v1/images/generations" in served and "/docs" not in served
+        from ray import serve
+
+        assert serve.get_app_handle(app.app_name).exposure.remote().result()["keys_required"] is True
 
 
 def test_gpu_config_fails_fast_when_the_cluster_lacks_gpus(ray_cluster: dict[str, Any]) -> None:
@@ -155,3 +201,29 @@ def test_gpu_config_fails_fast_when_the_cluster_lacks_gpus(ray_cluster: dict[str
     check_gpus_exist(ResourceSettings(num_gpus=1))  # 4 fake GPUs in the session cluster
     with pytest.raises(NoGPUError, match="has 4 GPU"):
         check_gpus_exist(ResourceSettings(num_gpus=8))
+
+
+@pytest.mark.parametrize(
+    ("keys", "host", "allow", "refused"),
+    [
+        (frozenset(), "0.0.0.0", False, True),  # open API on the network: refuse to start
+        (frozenset(), "10.1.2.3", False, True),
+        (frozenset(), "127.0.0.1", False, False),  # loopback: reachable from this machine only
+        (frozenset(), "::1", False, False),
+        (frozenset({"k"}), "0.0.0.0", False, False),  # keys: fine anywhere
+        (frozenset(), "0.0.0.0", True, False),  # explicitly allowed (someone in front authenticates)
+        (frozenset(), None, False, False),  # bind address unknown (not under Serve)
+    ],
+)
+def test_no_keys_on_a_network_address_refuses_to_start(
+    keys: frozenset[str], host: str | None, allow: bool, refused: bool
+) -> None:
+    from serve.admission import refuse_open_network
+    from serve.settings import AuthSettings
+
+    auth = AuthSettings(allow_open_on_network=allow)
+    if refused:
+        with pytest.raises(RuntimeError, match=r"http_options.host.*SDSERVE_API_KEYS"):
+            refuse_open_network(keys, host, auth)
+    else:
+        refuse_open_network(keys, host, auth)

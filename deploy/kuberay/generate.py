@@ -63,7 +63,8 @@ def _container(name: str, resources: dict[str, Any], ports: list[dict[str, Any]]
         "env": [
             {"name": "HF_HUB_OFFLINE", "value": "1"},
             {"name": "SDSERVE_API_KEYS",
-             "valueFrom": {"secretKeyRef": {"name": "sdserve-api-keys", "key": "keys", "optional": True}}},
+             # required: without the Secret the pod does not start, rather than serving an open API
+             "valueFrom": {"secretKeyRef": {"name": "sdserve-api-keys", "key": "keys", "optional": False}}},
         ],
         "volumeMounts": [{"name": "hf-cache", "mountPath": "/home/sdserve/.cache/huggingface"}],
     }
