@@ -35,7 +35,10 @@ from models.request import GenerationStopped
 from scheduler.deadlines import Admission, admit
 from scheduler.memory import MemoryModel, largest_that_fits, split_to_fit
 from scheduler.service_time import StepTimeEstimator
-from serve.protocol import WorkerJob, WorkerReply
+from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
+
+#: Called on the pipeline thread with each job's progress (the worker forwards it to the ingress).
+Notify = Callable[[WorkerEvent], None]
 
 log = logging.getLogger("ray.serve")
 
@@ -81,9 +84,12 @@ class JobRunner:
         self.service_time = ServiceTimeTracker()
         #: Seconds the pipeline ran past a job's deadline (GPU time nobody received), per job.
         self.deadline_overruns_s: deque[float] = deque(maxlen=10_000)
+        self._notify: Notify | None = None
 
-    def run(self, jobs: list[WorkerJob], cancelled: Callable[[WorkerJob], bool]) -> list[WorkerReply]:
-        """One reply per job, in order."""
+    def run(self, jobs: list[WorkerJob], cancelled: Callable[[WorkerJob], bool],
+            notify: Notify | None = None) -> list[WorkerReply]:
+        """One reply per job, in order; ``notify`` hears when each job starts and how far it got."""
+        self._notify = notify
         replies: dict[str, WorkerReply] = {}
         for indices in group_by_batch_key([job.request for job in jobs]):
             runnable = []
@@ -146,7 +152,11 @@ class JobRunner:
     ) -> list[WorkerReply]:
         started = time.time()
 
+        steps = group[0].request.num_inference_steps
+        self._tell(group, "started", 0, steps)
+
         def should_stop(steps_done: int) -> str | None:
+            self._tell(group, "progress", steps_done, steps)
             now = time.time()
             if all(cancelled(j) or (j.deadline is not None and now >= j.deadline) for j in group):
                 return "cancelled" if all(cancelled(j) for j in group) else "deadline"
@@ -203,6 +213,11 @@ class JobRunner:
         call = {"call_id": uuid.uuid4().hex, "memory_estimate_bytes": estimate,
                 "memory_peak_bytes": peak.peak_bytes if estimate is not None else None}
         return [self._finished(job, result, started, call) for job, result in zip(group, results)]
+
+    def _tell(self, group: list[WorkerJob], kind: str, step: int, steps: int) -> None:
+        if self._notify is not None:
+            for job in group:
+                self._notify(WorkerEvent(kind, job.job_id, step, steps, self.replica_id))
 
     def _failure(self, exc: Exception, group: list[WorkerJob]) -> tuple[bool, str]:
         """Classify a failed call (and log it) while its exception is at hand; keep only text."""

@@ -43,7 +43,7 @@ from serve.control import ScalingLoop, ServeFleet
 from serve.decision_log import read_decisions
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError, parse_body, to_generation_request
-from serve.protocol import WorkerJob, WorkerReply
+from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
 from serve.settings import AppSettings
 
 log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
@@ -92,6 +92,38 @@ def _reply_error(reply: WorkerReply) -> ApiError:
     )
 
 
+class JobProgress:
+    """What the ingress has heard of a job from its worker: whether its pipeline call started, and
+    how many steps it had done — so a deadline answered here names the phase the job was really in."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.step = 0
+        self.steps = 0
+
+    def heard(self, event: WorkerEvent) -> None:
+        self.started = True
+        self.step, self.steps = max(self.step, event.step), event.steps
+
+    def late_reply(self, waited_s: float) -> WorkerReply:
+        if self.started:
+            return WorkerReply(
+                "deadline_exceeded", phase="running", steps_done=self.step, steps_requested=self.steps,
+                message=f"deadline passed after {waited_s:.2f}s, while running (step {self.step} of {self.steps})",
+            )
+        return WorkerReply("deadline_exceeded", phase="queued",
+                           message=f"deadline passed after {waited_s:.2f}s waiting for a worker")
+
+
+async def _follow(response: Any, progress: JobProgress) -> WorkerReply:
+    """Read a job's event stream to its reply."""
+    async for item in response:
+        if isinstance(item, WorkerReply):
+            return item
+        progress.heard(item)
+    raise RuntimeError("the worker's stream ended without a reply")
+
+
 def _timing_headers(reply: WorkerReply) -> dict[str, str]:
     """Where the time went, for benchmarks: queue wait vs service, and who served it."""
     return {
@@ -115,6 +147,7 @@ class Ingress:
     def __init__(self, settings: dict[str, Any], worker: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         self.worker = worker
+        self.worker_events = worker.options(stream=True)  # progress events, then the reply
         keys = load_api_keys(self.settings.auth)
         refuse_open_network(keys, proxy_bind_host(), self.settings.auth)
         self.auth = Authorizer(keys)
@@ -286,12 +319,13 @@ class Ingress:
             r = job.request
             self.scaling.accepted(job.job_id, PendingJob(job.accepted_at, job.deadline, r.n,
                                                          r.num_inference_steps, r.width * r.height))
+        progress = JobProgress()
         try:
             for attempt in (1, 2):
-                response = self.worker.generate.remote(job)
+                response = self.worker_events.generate_events.remote(job)
                 try:
                     wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
-                    reply: WorkerReply = await asyncio.wait_for(asyncio.shield(response), wait_s)
+                    reply = await asyncio.wait_for(_follow(response, progress), wait_s)
                     self._drain.completed(time.monotonic())
                     if self.scaling is not None and reply.outcome == "ok":
                         self.scaling.replied(reply.service_time_s, reply.batch_images, reply.steps_done,
@@ -301,18 +335,16 @@ class Ingress:
                 except RayActorError as lost:
                     if attempt == 2 or time.time() >= job.deadline:
                         return WorkerReply(
-                            "error", code="replica_lost", phase="running",
+                            "error", code="replica_lost", phase="running" if progress.started else "queued",
+                            steps_done=progress.step,
                             message=f"the worker replica serving this request was lost: {type(lost).__name__}",
                         )
                     log.warning("worker replica lost for %s (%s); retrying once", job.request_id, lost)
+                    progress = JobProgress()
             raise AssertionError("unreachable")
         except asyncio.TimeoutError:
             response.cancel()
-            waited = time.time() - job.accepted_at
-            return WorkerReply(
-                "deadline_exceeded", phase="queued",
-                message=f"deadline passed after {waited:.2f}s waiting for a worker",
-            )
+            return progress.late_reply(time.time() - job.accepted_at)
         except BackPressureError as error:
             overloaded = self._overloaded(error)
             self._finish("overloaded", "queued", started, status=503, code="overloaded", job=job)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from models.request import GenerationRequest
 
@@ -15,13 +17,48 @@ OUTCOMES = (
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """One request on its way to a worker, with its absolute deadline (unix seconds)."""
+    """One request on its way to a worker, with its deadline (unix seconds on *this* node's clock).
+
+    Clocks of two nodes can disagree by more than a deadline's slack, so the times never travel as
+    wall-clock values: when Ray pickles the job to send it to a replica (at dispatch, after any
+    wait in the router's queue) they become durations — the time left and the time already waited
+    — and the receiving node turns them back into times on its own clock. Only the transfer itself
+    (milliseconds) goes uncounted.
+    """
 
     request: GenerationRequest
     request_id: str
     accepted_at: float
     deadline: float | None = None
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique, unlike client ids
+
+    def __getstate__(self) -> dict[str, Any]:
+        now = time.time()
+        state = dict(self.__dict__)
+        state["accepted_at"] = now - self.accepted_at  # seconds waited so far
+        state["deadline"] = None if self.deadline is None else self.deadline - now  # seconds left
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        now = time.time()
+        state = dict(state)
+        state["accepted_at"] = now - state["accepted_at"]
+        if state["deadline"] is not None:
+            state["deadline"] = now + state["deadline"]
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """Progress of one job on its replica, streamed to the ingress before the reply: ``started``
+    when its pipeline call begins (so a deadline answer can say the job was running, and after how
+    many steps), ``progress`` after denoising steps (throttled by the worker)."""
+
+    kind: str  # "started" | "progress"
+    job_id: str
+    step: int = 0
+    steps: int = 0
+    replica_id: str = ""
 
 
 @dataclass

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,10 +34,11 @@ from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from models.tiny import default_cache_dir
 from scheduler.memory import MemoryModel
 from serve.execution import JobRunner
-from serve.protocol import WorkerJob, WorkerReply
+from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
 from serve.settings import AppSettings
 
 log = logging.getLogger("ray.serve")
+PROGRESS_EVERY_S = 0.2  # at most this often a progress event per job (the last step always)
 _IMPORTS_DONE = time.time()
 
 
@@ -153,6 +155,7 @@ class DiffusionWorker:
             "replica_cold_start_phases": self.cold_start_phases,
         }
         self._cancelled: dict[str, threading.Event] = {}
+        self._listeners: dict[str, Callable[[WorkerEvent], None]] = {}  # job → its event stream
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         batching = self.settings.batching
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
@@ -184,13 +187,61 @@ class DiffusionWorker:
     async def _generate_batch(self, jobs: list[WorkerJob]) -> list[WorkerReply]:
         return await self._run(jobs)
 
+    async def generate_events(self, job: WorkerJob) -> AsyncIterator[WorkerEvent | WorkerReply]:
+        """Serve one job as a stream (``handle.options(stream=True)``): its progress events as the
+        pipeline thread reports them, then its reply. Cancelling the stream cancels the job the same
+        way as :meth:`generate`, and holds the slot until the pipeline thread has let go of it."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
+        last_progress = 0.0
+
+        def hear(event: WorkerEvent) -> None:  # on the pipeline thread
+            nonlocal last_progress
+            now = time.monotonic()
+            if event.kind == "progress" and event.step < event.steps and now - last_progress < PROGRESS_EVERY_S:
+                return
+            last_progress = now
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        self._listeners[job.job_id] = hear
+        task = asyncio.ensure_future(self.generate(job))
+        try:
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not events.empty():
+                    yield events.get_nowait()
+                yield task.result()
+                return
+        except asyncio.CancelledError:
+            task.cancel()
+            while not task.done():  # generate() returns once the pipeline thread has let go
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    continue
+                except Exception:
+                    break
+            raise
+        finally:
+            self._listeners.pop(job.job_id, None)
+
+    def _notify(self, event: WorkerEvent) -> None:
+        listener = self._listeners.get(event.job_id)
+        if listener is not None:
+            listener(event)
+
     def _is_cancelled(self, job: WorkerJob) -> bool:
         flag = self._cancelled.get(job.job_id)
         return flag is None or flag.is_set()
 
     async def _run(self, jobs: list[WorkerJob]) -> list[WorkerReply]:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self.runner.run, jobs, self._is_cancelled)
+        future = loop.run_in_executor(self._executor, self.runner.run, jobs, self._is_cancelled, self._notify)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -140,3 +140,21 @@ def test_expired_request_in_a_batch_does_not_fail_the_others(ray_cluster: dict[s
         codes = [r.status_code for r in responses]
         assert codes == [200, 200, 504, 200], [r.text[:200] for r in responses]
         assert max(int(r.headers["x-batch-images"]) for r in responses if r.status_code == 200) > 1
+        # the rider is answered at its deadline, and as what it was: running in the batch, mid-way
+        rider = responses[2]
+        assert rider.headers["x-deadline-phase"] == "running", rider.text
+        assert 0 < int(rider.headers["x-steps-done"]) < 40, rider.headers
+        assert rider.elapsed.total_seconds() < 1.9  # not held until the batch ends (2.5 s)
+
+
+def test_a_deadline_inside_a_long_step_is_answered_as_running(ray_cluster: dict[str, Any]) -> None:
+    overrides = ["simulation.step_time_s={1: 3.0}", "simulation.load_time_s=0",
+                 "simulation.scale_with_pixels=false", "deadlines.shed_hopeless=false"]
+    with deployed(ray_cluster, "sim-single", overrides + ["autoscaling.policy.min_replicas=1"]) as app:
+        response = app.client.post(URL, json={"prompt": "slow step", "size": "64x64",
+                                              "num_inference_steps": 2, "timeout_s": 1.0})
+        assert response.status_code == 504, response.text
+        assert response.headers["x-deadline-phase"] == "running"
+        assert response.headers["x-steps-done"] == "0"
+        assert "while running" in _error(response)["message"]
+        assert response.elapsed.total_seconds() < 2.5  # answered at deadline + slack, not at step end
