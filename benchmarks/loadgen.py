@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from benchmarks.traces import Arrival
+from scheduler.outcomes import OUTCOMES, classify  # noqa: F401 (OUTCOMES re-exported)
 
 PATH = "/v1/images/generations"
-OUTCOMES = ("ok", "deadline", "shed", "overloaded", "oom", "invalid", "error")
 
 
 @dataclass
@@ -42,23 +42,6 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"latency_s": self.latency_s}
-
-
-def classify(status: int, code: str) -> str:
-    """HTTP status + error code → one outcome."""
-    if status == 200:
-        return "ok"
-    if status == 504:
-        return "shed" if code == "shed" else "deadline"
-    if status in (503, 429):
-        return "overloaded"
-    if status == 507:
-        return "oom"
-    if 400 <= status < 500 and status != 408:
-        return "invalid"
-    if status == 408:
-        return "deadline"
-    return "error"
 
 
 class Tracker:

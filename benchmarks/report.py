@@ -13,10 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from scheduler.outcomes import OUTCOMES  # noqa: E402
+
 ROWS = [
     ("sent", lambda s: s["sent"]),
-    ("ok / deadline / shed / overloaded / oom / invalid / error",
-     lambda s: " / ".join(str(s["outcomes"][k]) for k in ("ok", "deadline", "shed", "overloaded", "oom", "invalid", "error"))),
+    (" / ".join(OUTCOMES),
+     lambda s: " / ".join(str(s["outcomes"].get(k, 0)) for k in OUTCOMES)),
     ("throughput, images/s", lambda s: s["throughput_images_per_s"]),
     ("throughput, requests/s", lambda s: s["throughput_requests_per_s"]),
     ("latency p50 / p90 / p99, s", lambda s: _triple(s["latency_s"])),

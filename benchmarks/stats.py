@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.loadgen import OUTCOMES, Record
+from benchmarks.loadgen import Record
+from scheduler.outcomes import OUTCOMES
 
 
 class AccountingError(AssertionError):

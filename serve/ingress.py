@@ -25,12 +25,15 @@ from ray.serve.context import _get_serve_request_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from models.request import GenerationRequest
 from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadline, resolve_timeout
 from scheduler.drain import DrainRate, retry_after_s
 from scheduler.memory import MemoryModel, largest_that_fits
 from scheduler.collector import PendingJob
+from scheduler.fair_share import FairShare
+from scheduler.outcomes import CANCELLED, ERROR, INVALID, OVERLOADED, RATE_LIMITED
 from serve.admission import (
     Authorizer,
     load_api_keys,
@@ -43,27 +46,28 @@ from serve.control import ScalingLoop, ServeFleet
 from serve.decision_log import read_decisions
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError, parse_body, to_generation_request
-from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
+from serve.protocol import WorkerJob, WorkerReply
+from serve.replies import JobProgress, follow, reply_error, timing_headers
 from serve.settings import AppSettings
 
 log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 
 WORKER_DEPLOYMENT = "DiffusionWorker"
+#: Outcome of a request refused before it reached a worker, by status (other 4xx: invalid).
+_ADMISSION_OUTCOME = {503: OVERLOADED, 429: RATE_LIMITED}
+
+
+def _address(request: Request) -> str:
+    """Who sent it, when there are no keys to tell clients apart."""
+    return request.client.host if request.client else "unknown"
+
+
+def _ewma(mean: float | None, value: float, alpha: float = 0.3) -> float:
+    return value if mean is None else alpha * value + (1 - alpha) * mean
 
 # The schema and its pages are served by routes below that check the key like every other route.
 api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve",
               docs_url=None, redoc_url=None, openapi_url=None)
-
-#: Worker outcome → (HTTP status, error type) for everything that is not "ok".
-_OUTCOME_STATUS = {
-    "deadline_exceeded": (504, "timeout_error"),
-    "shed": (504, "timeout_error"),
-    "cancelled": (499, "client_closed_request"),
-    "out_of_memory": (507, "server_error"),
-    "invalid": (422, "invalid_request_error"),
-    "error": (500, "server_error"),
-}
-
 
 def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
@@ -79,60 +83,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     code = "not_found" if exc.status_code == 404 else "http_error"
     message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
     return error_response(ApiError(exc.status_code, message, code=code))
-
-
-def _reply_error(reply: WorkerReply) -> ApiError:
-    status, error_type = _OUTCOME_STATUS.get(reply.outcome, (500, "server_error"))
-    headers = {"X-Steps-Done": str(reply.steps_done)}
-    if reply.outcome in ("deadline_exceeded", "shed") and reply.phase:
-        headers["X-Deadline-Phase"] = reply.phase
-    return ApiError(
-        status, reply.message or reply.outcome, code=reply.code or reply.outcome, type=error_type,
-        headers=headers, param="size" if reply.code == "exceeds_memory_budget" else None,
-    )
-
-
-class JobProgress:
-    """What the ingress has heard of a job from its worker: whether its pipeline call started, and
-    how many steps it had done — so a deadline answered here names the phase the job was really in."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.step = 0
-        self.steps = 0
-
-    def heard(self, event: WorkerEvent) -> None:
-        self.started = True
-        self.step, self.steps = max(self.step, event.step), event.steps
-
-    def late_reply(self, waited_s: float) -> WorkerReply:
-        if self.started:
-            return WorkerReply(
-                "deadline_exceeded", phase="running", steps_done=self.step, steps_requested=self.steps,
-                message=f"deadline passed after {waited_s:.2f}s, while running (step {self.step} of {self.steps})",
-            )
-        return WorkerReply("deadline_exceeded", phase="queued",
-                           message=f"deadline passed after {waited_s:.2f}s waiting for a worker")
-
-
-async def _follow(response: Any, progress: JobProgress) -> WorkerReply:
-    """Read a job's event stream to its reply."""
-    async for item in response:
-        if isinstance(item, WorkerReply):
-            return item
-        progress.heard(item)
-    raise RuntimeError("the worker's stream ended without a reply")
-
-
-def _timing_headers(reply: WorkerReply) -> dict[str, str]:
-    """Where the time went, for benchmarks: queue wait vs service, and who served it."""
-    return {
-        "X-Queue-Wait-Seconds": f"{reply.queue_wait_s:.4f}",
-        "X-Service-Time-Seconds": f"{reply.service_time_s:.4f}",
-        "X-Batch-Images": str(reply.batch_images),
-        "X-Steps-Done": str(reply.steps_done),
-        "X-Replica-Id": reply.replica_id,
-    }
 
 
 @api.exception_handler(Exception)
@@ -157,6 +107,8 @@ class Ingress:
         self.deadlines = DeadlinePolicy(d.default_timeout_s, d.max_timeout_s, d.proxy_guard_s)
         self._drain = DrainRate(self.settings.queue.drain_window_s)
         self._outstanding = 0
+        self._service_s: float | None = None  # mean service time the workers reported (Retry-After)
+        self.fair = FairShare(self.settings.queue.max_outstanding_per_client)
         self._memory: MemoryModel | None = None  # learnt from worker replies
         self.scaling: ScalingLoop | None = None
         if self.settings.autoscaling.enabled:
@@ -228,33 +180,61 @@ class Ingress:
 
     @api.post("/v1/images/generations")
     async def generations(self, request: Request) -> JSONResponse:
+        """Every request ends here in exactly one counted and logged outcome, whatever path it
+        takes: refused at admission, answered by a worker, given up at its deadline, abandoned by
+        its client (even while its body is still arriving), or failed by something unexpected."""
         started = time.monotonic()
+        job: WorkerJob | None = None
+        reply: WorkerReply | None = None
         try:
-            self._authorize(request)
+            client = self._authorize(request) or _address(request)
             refuse_disconnect_override(request)
             body = parse_body(await read_body(request, self.settings.limits))
             generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
             self._check_memory(generation)
             job = self._job(generation, body.timeout_s, request)
+            reply = await self._call_worker_fairly(job, client)
+            if reply.memory is not None:
+                self._memory = MemoryModel(**reply.memory)
+            self.recorder.reply(reply)
+            if reply.outcome != "ok":
+                raise reply_error(reply)
         except ApiError as error:
-            self._finish("invalid", "", started, code=error.code, status=error.status)
-            raise error
-        reply = await self._call_worker(job, started)
-        if reply.memory is not None:
-            self._memory = MemoryModel(**reply.memory)
-        self.recorder.reply(reply)
-        error = _reply_error(reply) if reply.outcome != "ok" else None
-        self._finish(reply.outcome, reply.phase, started, job=job, reply=reply,
-                     status=error.status if error else 200, code=error.code if error else "")
-        if error is not None:
-            raise error
+            outcome = reply.outcome if reply is not None else _ADMISSION_OUTCOME.get(error.status, INVALID)
+            self._finish(outcome, reply.phase if reply else "", started, status=error.status,
+                         code=error.code, job=job, reply=reply)
+            raise
+        except (asyncio.CancelledError, ClientDisconnect):  # the client went away first
+            self._finish(CANCELLED, "", started, status=499, job=job)
+            raise
+        except Exception as exc:  # noqa: BLE001 - unexpected: answered, counted and logged once
+            log.exception("request %s failed unexpectedly", _get_serve_request_context().request_id)
+            self._finish(ERROR, "", started, status=500, code="internal_error", job=job)
+            raise ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error",
+                           type="server_error") from None
+        self._finish("ok", reply.phase, started, job=job, reply=reply, status=200)
         return JSONResponse(
             {
                 "created": int(time.time()),
                 "data": [{"b64_json": base64.b64encode(png).decode()} for png in reply.images],
             },
-            headers={**_timing_headers(reply), "X-Model": self.settings.model.name},
+            headers={**timing_headers(reply), "X-Model": self.settings.model.name},
         )
+
+    async def _call_worker_fairly(self, job: WorkerJob, client: str) -> WorkerReply:
+        """Forward ``job`` unless ``client`` already holds its share of the queue (429)."""
+        if not self.fair.try_take(client):
+            held = self.fair.held(client)
+            retry_after = retry_after_s(held, self._drain.per_second(time.monotonic()), self._service_s)
+            raise ApiError(
+                429, f"this client already has {held} requests outstanding (queue.max_outstanding_per_client); "
+                f"retry in about {retry_after}s", code="rate_limited", type="rate_limit_error",
+                headers={"Retry-After": str(retry_after)},
+            )
+        try:
+            return await self._call_worker(job)
+        finally:
+            self.fair.give_back(client)
 
     def _finish(
         self, outcome: str, phase: str, started: float, *, status: int, code: str = "",
@@ -303,7 +283,7 @@ class Ingress:
             deadline=absolute_deadline(accepted_at, timeout_s, source, self.deadlines),
         )
 
-    async def _call_worker(self, job: WorkerJob, started: float) -> WorkerReply:
+    async def _call_worker(self, job: WorkerJob) -> WorkerReply:
         """Forward a job; answer for it ourselves if it never reaches a worker in time.
 
         The worker enforces the deadline at every step and normally replies first; the ingress
@@ -325,8 +305,10 @@ class Ingress:
                 response = self.worker_events.generate_events.remote(job)
                 try:
                     wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
-                    reply = await asyncio.wait_for(_follow(response, progress), wait_s)
+                    reply = await asyncio.wait_for(follow(response, progress), wait_s)
                     self._drain.completed(time.monotonic())
+                    if reply.outcome == "ok":
+                        self._service_s = _ewma(self._service_s, reply.service_time_s)
                     if self.scaling is not None and reply.outcome == "ok":
                         self.scaling.replied(reply.service_time_s, reply.batch_images, reply.steps_done,
                                              job.request.width * job.request.height,
@@ -346,12 +328,9 @@ class Ingress:
             response.cancel()
             return progress.late_reply(time.time() - job.accepted_at)
         except BackPressureError as error:
-            overloaded = self._overloaded(error)
-            self._finish("overloaded", "queued", started, status=503, code="overloaded", job=job)
-            raise overloaded from None
+            raise self._overloaded(error) from None
         except asyncio.CancelledError:  # the client went away: stop the work wherever it is
             response.cancel()
-            self._finish("cancelled", "", started, status=499, job=job)
             raise
         finally:
             self._outstanding -= 1
@@ -360,7 +339,7 @@ class Ingress:
 
     def _overloaded(self, error: BackPressureError) -> ApiError:
         queued = max(error.args[0] if error.args else 0, self._outstanding)
-        retry_after = retry_after_s(queued, self._drain.per_second(time.monotonic()), None)
+        retry_after = retry_after_s(queued, self._drain.per_second(time.monotonic()), self._service_s)
         return ApiError(
             503, f"overloaded: {queued} requests queued; retry in about {retry_after}s",
             code="overloaded", type="server_error", headers={"Retry-After": str(retry_after)},

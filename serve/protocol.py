@@ -9,10 +9,7 @@ from typing import Any
 
 from models.request import GenerationRequest
 
-#: Every accepted request ends in exactly one of these.
-OUTCOMES = (
-    "ok", "deadline_exceeded", "shed", "overloaded", "out_of_memory", "invalid", "cancelled", "error",
-)
+from scheduler.outcomes import OUTCOMES  # noqa: F401,E402 (re-exported: the one vocabulary)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,10 @@ class QueueSettings(_Section):
     ``max_queued_requests`` on the DiffusionWorker deployment (set in every config)."""
 
     drain_window_s: float = Field(30.0, gt=0, description="window for the completion rate")
+    max_outstanding_per_client: int | None = Field(
+        None, ge=1, description="requests one API key (or, without keys, one address) may have "
+        "outstanding; beyond it 429 + Retry-After. Set below the worker's max_queued_requests",
+    )
 
 
 class MemorySettings(_Section):
@@ -131,6 +135,9 @@ class MemorySettings(_Section):
 class TestingSettings(_Section):
     """Test-only hooks. Never set in a production config."""
 
+    inject_error_marker: str | None = Field(
+        None, description="prompts containing this make the worker raise before the pipeline (a bug)"
+    )
     inject_oom_marker: str | None = Field(
         None, description="prompts containing this raise torch.OutOfMemoryError (fault injection)"
     )

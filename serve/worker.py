@@ -172,6 +172,9 @@ class DiffusionWorker:
         If Ray cancels this call (client gone, ingress deadline), the job is flagged so the
         pipeline thread drops it at admission or stops at the next step.
         """
+        marker = self.settings.testing.inject_error_marker
+        if marker and marker in job.request.prompt:
+            raise RuntimeError("injected worker failure (testing.inject_error_marker)")
         flag = self._cancelled.setdefault(job.job_id, threading.Event())
         try:
             if self.settings.batching.max_batch_size > 1:

@@ -62,8 +62,10 @@ def test_workloads() -> None:
 
 
 @pytest.mark.parametrize(("status", "code", "outcome"), [
-    (200, "", "ok"), (504, "deadline_exceeded", "deadline"), (504, "shed", "shed"), (503, "overloaded", "overloaded"),
-    (507, "out_of_memory", "oom"), (422, "invalid_value", "invalid"), (500, "error", "error"), (408, "", "deadline"),
+    (200, "", "ok"), (504, "deadline_exceeded", "deadline_exceeded"), (504, "shed", "shed"),
+    (503, "overloaded", "overloaded"), (429, "rate_limited", "rate_limited"), (499, "", "cancelled"),
+    (507, "out_of_memory", "out_of_memory"), (422, "invalid_value", "invalid"), (500, "error", "error"),
+    (408, "", "deadline_exceeded"), (408, "request_timeout", "invalid"),
 ])
 def test_classify(status: int, code: str, outcome: str) -> None:
     assert classify(status, code) == outcome

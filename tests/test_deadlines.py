@@ -158,3 +158,25 @@ def test_a_deadline_inside_a_long_step_is_answered_as_running(ray_cluster: dict[
         assert response.headers["x-steps-done"] == "0"
         assert "while running" in _error(response)["message"]
         assert response.elapsed.total_seconds() < 2.5  # answered at deadline + slack, not at step end
+
+
+def test_retry_after_follows_the_measured_service_time(ray_cluster: dict[str, Any]) -> None:
+    """With no completion in the drain window, Retry-After = queued × the service time replicas
+    measured: a replica four times as slow gives a Retry-After about four times as long."""
+    answers = {}
+    for scale in (1, 4):
+        overrides = [f"simulation.step_time_s={{1: {0.05 * scale}}}", "simulation.load_time_s=0",
+                     "simulation.scale_with_pixels=false", "autoscaling.policy.min_replicas=1",
+                     "autoscaling.policy.max_replicas=1", "queue.drain_window_s=1"]
+        with deployed(ray_cluster, "sim-single", overrides, {"DiffusionWorker": ["max_queued_requests=3"]}) as app:
+            body = {"prompt": "measure", "size": "64x64", "num_inference_steps": 20, "timeout_s": 120}
+            for _ in range(2):
+                assert app.client.post(URL, json=body).status_code == 200
+            time.sleep(1.5)  # nothing completes within the drain window now
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(lambda _: app.client.post(URL, json=body), range(8)))
+            refused = [r for r in responses if r.status_code == 503]
+            assert refused, [r.status_code for r in responses]
+            answers[scale] = min(int(r.headers["retry-after"]) for r in refused)
+    # 1 s vs 4 s per request, several queued ahead: the slow fleet is told to wait clearly longer
+    assert answers[4] >= 2 * answers[1], answers

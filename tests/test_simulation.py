@@ -14,7 +14,7 @@ from scheduler.simulation.policies import FixedFleet, RayControlled, StepSeries,
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from scheduler.simulation.workload import FleetSpec, SimRequest
 
-OUTCOMES = {"ok", "deadline", "shed", "overloaded"}
+OUTCOMES = {"ok", "deadline_exceeded", "shed", "overloaded"}
 
 
 def flat(seconds: float):
@@ -69,7 +69,7 @@ def test_every_request_gets_one_outcome_and_cost_is_the_sum_of_replica_lifetimes
     assert sum(r.outcome == "ok" for r in result.records) + sum(
         r.outcome != "ok" for r in result.records) == len(requests)
     assert all(r.done_s >= r.arrival_s for r in result.records)
-    assert all(r.latency_s <= timeout + 1e-6 for r in result.records if r.outcome == "deadline")
+    assert all(r.latency_s <= timeout + 1e-6 for r in result.records if r.outcome == "deadline_exceeded")
     assert result.replica_seconds() == pytest.approx(integral(result), rel=1e-9, abs=1e-6)
     assert max(alive for _, alive, _, _ in result.samples) <= 4  # never more replicas than GPUs
 
@@ -98,10 +98,10 @@ def test_queue_bound_answers_overloaded_and_deadlines_answer_at_the_deadline() -
     assert outcomes[0] == "ok" and result.records[0].done_s == pytest.approx(1.0)
     # #1 runs 1-2 s, in time; #2 starts at 2 s and is stopped at its 2.5 s deadline (answered then)
     assert outcomes[1] == "ok"
-    assert outcomes[2] == "deadline" and result.records[2].done_s == pytest.approx(2.5)
+    assert outcomes[2] == "deadline_exceeded" and result.records[2].done_s == pytest.approx(2.5)
     assert result.replicas[0].calls == 3
     # #3 is still queued at 2.5 s: answered then, never run
-    assert outcomes[3] == "deadline" and result.records[3].start_s is None
+    assert outcomes[3] == "deadline_exceeded" and result.records[3].start_s is None
 
 
 def test_hopeless_requests_are_shed_once_the_replica_has_measured_calls() -> None:

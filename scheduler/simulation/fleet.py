@@ -30,6 +30,7 @@ import random
 from collections import deque
 
 from scheduler.collector import PendingJob
+from scheduler.outcomes import DEADLINE
 from scheduler.simulation.policies import ControlPolicy, Observation, StepSeries
 from scheduler.simulation.records import Replica, RequestRecord, SimResult
 from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
@@ -133,7 +134,7 @@ class Simulator:
         self.located.pop(i)
         self.outstanding -= 1
         self.unanswered.pop(i, None)
-        self._answer(i, "deadline", self.now)
+        self._answer(i, DEADLINE, self.now)
         self._counts_changed()
 
     def _dispatch(self) -> None:
@@ -301,7 +302,7 @@ class Simulator:
         for i in members:
             if t >= self.deadline[i]:
                 self._push(t, FINISH, i, 0)  # expired at admission (the ingress answered already)
-                self.records[i].outcome = "deadline"
+                self.records[i].outcome = DEADLINE
             elif spec.shed_hopeless and replica.calls >= spec.shed_after_calls and self.deadline[i] - t < estimate:
                 self.records[i].outcome = "shed"
                 self._push(t, FINISH, i, 0)
@@ -326,7 +327,7 @@ class Simulator:
             record = self.records[i]
             record.start_s, record.replica = t, replica.id
             if self.deadline[i] < end or stopped:
-                record.outcome = "deadline"
+                record.outcome = DEADLINE
                 self._push(min(self.deadline[i], end), FINISH, i, 0)
             else:
                 record.outcome = "ok"
