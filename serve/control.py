@@ -58,6 +58,18 @@ class ServeFleet:
         states = [str(r.get("state", "")).split(".")[-1] for r in replicas]
         return states.count("RUNNING"), sum(states.count(s) for s in STARTING_STATES)
 
+    async def status(self) -> dict[str, int]:
+        """Running and starting replicas, and the floor the deployment keeps (its minimum)."""
+        details = await self._controller.get_serve_instance_details.remote()
+        app = (details.get("applications") or {}).get(self.app_name) or {}
+        deployment = (app.get("deployments") or {}).get(self.deployment) or {}
+        states = [str(r.get("state", "")).split(".")[-1] for r in deployment.get("replicas") or []]
+        config = deployment.get("deployment_config") or {}
+        scaling = config.get("autoscaling_config") or {}
+        minimum = scaling.get("min_replicas") if scaling else config.get("num_replicas")
+        return {"running": states.count("RUNNING"), "starting": sum(states.count(s) for s in STARTING_STATES),
+                "minimum": int(minimum or 0)}
+
     async def scale(self, target: int) -> None:
         await self._controller.update_deployment_replicas.remote(self._id, target)
 

@@ -109,11 +109,12 @@ class Ingress:
         self._outstanding = 0
         self._service_s: float | None = None  # mean service time the workers reported (Retry-After)
         self.fair = FairShare(self.settings.queue.max_outstanding_per_client)
+        self._cold_start_s: float | None = None  # last cold start a worker replica reported
+        self.fleet = ServeFleet(self.app_name, WORKER_DEPLOYMENT)
         self._memory: MemoryModel | None = None  # learnt from worker replies
         self.scaling: ScalingLoop | None = None
         if self.settings.autoscaling.enabled:
-            fleet = ServeFleet(self.app_name, WORKER_DEPLOYMENT)
-            self.scaling = ScalingLoop(self.settings.autoscaling, fleet, initial_target=-1,
+            self.scaling = ScalingLoop(self.settings.autoscaling, self.fleet, initial_target=-1,
                                        deployment_name=f"{self.app_name}/{WORKER_DEPLOYMENT}")
             self._start_scaling()
         if not keys:
@@ -155,6 +156,31 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness, unlike ``/healthz`` (liveness): 200 once a request would be served — a worker
+        replica is running, or the fleet is meant to be at zero (then a request cold-starts one,
+        which ``cold_start_expected`` and ``expected_wait_s`` say); 503 while the floor of workers
+        is still starting. Open like ``/healthz``: probes carry no key, and it names no secret."""
+        fleet = await self.fleet.status()
+        if self.scaling is not None:
+            fleet["minimum"] = self.scaling.config.min_replicas
+        ready = fleet["running"] >= min(1, fleet["minimum"])
+        body = {"ready": ready, "workers": fleet, "at_zero": fleet["running"] == 0,
+                "cold_start_expected": fleet["running"] == 0, "outstanding": self._outstanding,
+                "expected_wait_s": self._expected_wait_s(fleet["running"])}
+        return JSONResponse(body, status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": str(max(1, round(body["expected_wait_s"] or 1)))})
+
+    def _expected_wait_s(self, running: int) -> float | None:
+        """A new request's wait before its pipeline starts: a cold start at zero, else the work
+        ahead of it shared by the running replicas (None until anything was measured)."""
+        if running == 0:
+            return self._cold_start_s
+        if self._service_s is None:
+            return None
+        return round(self._outstanding * self._service_s / running, 3)
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
@@ -309,6 +335,8 @@ class Ingress:
                     self._drain.completed(time.monotonic())
                     if reply.outcome == "ok":
                         self._service_s = _ewma(self._service_s, reply.service_time_s)
+                    if reply.replica_cold_start_s is not None:
+                        self._cold_start_s = reply.replica_cold_start_s
                     if self.scaling is not None and reply.outcome == "ok":
                         self.scaling.replied(reply.service_time_s, reply.batch_images, reply.steps_done,
                                              job.request.width * job.request.height,

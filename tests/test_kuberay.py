@@ -76,3 +76,12 @@ def test_network_bound_manifest_cannot_start_without_its_key_secret() -> None:
     for container in containers:
         [key_env] = [e for e in container["env"] if e["name"] == "SDSERVE_API_KEYS"]
         assert key_env["valueFrom"]["secretKeyRef"]["optional"] is False, container["name"]
+
+
+def test_head_probes_liveness_and_readiness_on_the_right_routes() -> None:
+    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    [head] = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert head["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert head["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert head["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "/readyz" in (ROOT / "Dockerfile.gpu").read_text().split("HEALTHCHECK", 1)[1].splitlines()[1]

@@ -70,6 +70,16 @@ def _container(name: str, resources: dict[str, Any], ports: list[dict[str, Any]]
     }
     if ports:
         container["ports"] = ports
+    if any(p.get("name") == "serve" for p in ports or []):  # the head: the HTTP proxy lives here
+        # liveness = the proxy answers; readiness = a request would be served (/readyz: a worker
+        # running, or the fleet meant to be at zero, so scale-from-zero still receives traffic)
+        # (startup: Ray, then the operator's Serve deploy, may take minutes before the proxy answers)
+        container["startupProbe"] = {"httpGet": {"path": "/healthz", "port": 8000},
+                                     "periodSeconds": 10, "failureThreshold": 60}
+        container["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": 8000},
+                                      "periodSeconds": 10, "failureThreshold": 6}
+        container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": 8000},
+                                       "periodSeconds": 5, "failureThreshold": 2}
     return container
 
 
