@@ -45,7 +45,7 @@ from serve.admission import (
 from serve.control import ScalingLoop, ServeFleet
 from serve.decision_log import read_decisions
 from serve.metrics import MetricsRecorder
-from serve.openai_api import ApiError, parse_body, to_generation_request
+from serve.openai_api import ApiError, ImageGenerationBody, parse_body, to_generation_request
 from serve.protocol import WorkerJob, WorkerReply
 from serve.replies import JobProgress, follow, reply_error, timing_headers
 from serve.settings import AppSettings
@@ -204,7 +204,8 @@ class Ingress:
         body = self.recorder.render(self._outstanding, await read_decisions(limit=0))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @api.post("/v1/images/generations")
+    @api.post("/v1/images/generations", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ImageGenerationBody.model_json_schema()}}}})
     async def generations(self, request: Request) -> JSONResponse:
         """Every request ends here in exactly one counted and logged outcome, whatever path it
         takes: refused at admission, answered by a worker, given up at its deadline, abandoned by
