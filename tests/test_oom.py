@@ -32,15 +32,20 @@ def generator(tiny_model_dir: Path) -> DiffusionGenerator:
     return load_generator(ModelSpec(model="tiny", device="cpu"))
 
 
-def test_real_cpu_allocation_failure_fails_only_that_request() -> None:
-    """In a subprocess capped with RLIMIT_AS (never without a cap), a request too large for the
-    cap gets the OOM outcome and a normal request right after succeeds in the same process."""
+def _run_child(mode: str) -> dict:
+    """Run tests/oom_child.py (which caps its own address space) and read its JSON line."""
     child = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "oom_child.py"), "32"],
+        [sys.executable, str(ROOT / "tests" / "oom_child.py"), mode],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert child.returncode == 0, child.stderr[-2000:]
-    result = json.loads(child.stdout.strip().splitlines()[-1])
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def test_real_cpu_allocation_failure_fails_only_that_request() -> None:
+    """In a subprocess capped with RLIMIT_AS (never without a cap), a request too large for the
+    cap gets the OOM outcome and a normal request right after succeeds in the same process."""
+    result = _run_child("32")
     assert result["outcomes"] == ["out_of_memory", "ok"], result
     assert result["oom_count"] == 1 and result["unhealthy"] is None
 
@@ -50,12 +55,7 @@ def test_a_failed_batch_releases_its_memory_before_the_halves_run() -> None:
     while an ``except`` block runs: retrying from inside it runs the halves with that memory still
     held, so they fail too. Under an RLIMIT_AS cap with room for one image but not two, both
     halves must succeed."""
-    child = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "oom_child.py"), "held"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert child.returncode == 0, child.stderr[-2000:]
-    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result = _run_child("held")
     assert result["outcomes"] == ["ok", "ok"], result
     assert result["oom_count"] == 1 and result["unhealthy"] is None
 
