@@ -89,6 +89,9 @@ class ScalingLoop:
         self.starts = StartTracker()
         self.arrived = ArrivalWindow()
         self.cold_start_s: float | None = None
+        #: Requests per call the replicas say they take now (adaptive batching); None: the static
+        #: ``capacity_per_replica`` of the config.
+        self.capacity: int | None = None
         self.jobs: dict[str, PendingJob] = {}  # outstanding, in arrival order
         self.gpu_cap = GpuReplicaCap(settings.gpus_per_replica) if settings.follow_cluster_gpus else None
         self.reporter = DecisionReporter()
@@ -105,10 +108,13 @@ class ScalingLoop:
     def answered(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
 
-    def replied(self, seconds: float, images: int, steps: int, pixels: int, cold_start_s: float | None) -> None:
+    def replied(self, seconds: float, images: int, steps: int, pixels: int, cold_start_s: float | None,
+                capacity: int | None = None) -> None:
         self.rate.observe(seconds, images, steps, pixels)
         if cold_start_s:
             self.cold_start_s = cold_start_s
+        if capacity:
+            self.capacity = min(capacity, self.config.capacity_per_replica)
 
     # -- the loop -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,6 +142,8 @@ class ScalingLoop:
             self.state = dataclasses.replace(self.state, target=self.target)
         starting = max(starting, self.target - running)  # asked for, maybe not yet in Serve's view
         config = self.config
+        if self.capacity is not None:
+            config = dataclasses.replace(config, capacity_per_replica=self.capacity)
         if self.gpu_cap is not None and (cap := self.gpu_cap(now)):
             config = dataclasses.replace(config, max_replicas=max(config.min_replicas, min(config.max_replicas, cap)))
         inputs = build_inputs(now, list(self.jobs.values()), running, starting, config.capacity_per_replica,

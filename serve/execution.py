@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
+
+import numpy as np
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -32,13 +35,15 @@ from models.generator import GroupedGenerator, group_by_batch_key
 from models.memory import PeakMemory
 from models.oom import is_device_fatal, is_out_of_memory, release_memory
 from models.request import GenerationStopped
+from scheduler.adaptive_batching import AdaptiveBatcher, Waiting
 from scheduler.deadlines import Admission, admit
 from scheduler.memory import MemoryModel, largest_that_fits, split_to_fit
 from scheduler.service_time import StepTimeEstimator
 from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
 
-#: Called on the pipeline thread with each job's progress (the worker forwards it to the ingress).
-Notify = Callable[[WorkerEvent], None]
+#: Called on the pipeline thread with a job's id and its progress, or its reply as soon as its call
+#: is over (the adaptive setting runs several calls per batch: a job need not wait for the others).
+Notify = Callable[[str, "WorkerEvent | WorkerReply"], None]
 
 log = logging.getLogger("ray.serve")
 
@@ -66,6 +71,7 @@ class JobRunner:
         memory: MemoryModel | None = None,
         max_oom_strikes: int = 3,
         measure_memory_every: int = 10,
+        batcher: AdaptiveBatcher | None = None,
     ) -> None:
         self.backend = backend
         self.replica_id = replica_id
@@ -85,6 +91,8 @@ class JobRunner:
         #: Seconds the pipeline ran past a job's deadline (GPU time nobody received), per job.
         self.deadline_overruns_s: deque[float] = deque(maxlen=10_000)
         self._notify: Notify | None = None
+        #: The adaptive setting's batch-size chooser (None: calls as collected, split to fit memory).
+        self.batcher = batcher
 
     def run(self, jobs: list[WorkerJob], cancelled: Callable[[WorkerJob], bool],
             notify: Notify | None = None) -> list[WorkerReply]:
@@ -94,7 +102,8 @@ class JobRunner:
         for indices in group_by_batch_key([job.request for job in jobs]):
             runnable = []
             group = [jobs[i] for i in indices]
-            estimate = self._estimate(group) if self.shed_hopeless else None
+            # shed on what the job costs in the call it will get: the whole group, or alone (adaptive)
+            estimate = self._estimate(group if self.batcher is None else group[:1]) if self.shed_hopeless else None
             for job in group:
                 verdict = self._admission(job, estimate, cancelled)
                 if verdict is None:
@@ -102,16 +111,69 @@ class JobRunner:
                 else:
                     replies[job.job_id] = verdict
             first = group[0].request
+            if self.batcher is not None:
+                replies.update(self._run_adaptively(runnable, cancelled))
+                continue
             for call in split_to_fit([j.request.n for j in runnable], first.width, first.height, self.memory):
                 batch = [runnable[i] for i in call]
                 for job, reply in zip(batch, self._run_group(batch, cancelled)):
                     replies[job.job_id] = reply
-        replica = {
-            "memory": dataclasses.asdict(self.memory) if self.memory else None,
-            "replica_oom_total": self.oom_count,
-            **self.replica_info,
-        }
-        return [dataclasses.replace(replies[job.job_id], **replica) for job in jobs]
+        return [self._with_replica_info(replies[job.job_id], jobs) for job in jobs]
+
+    def _with_replica_info(self, reply: WorkerReply, jobs: list[WorkerJob]) -> WorkerReply:
+        """Facts about this replica every reply carries (memory model, capacity, cold start)."""
+        return dataclasses.replace(
+            reply, effective_capacity=self._effective_capacity(jobs),
+            memory=dataclasses.asdict(self.memory) if self.memory else None,
+            replica_oom_total=self.oom_count, **self.replica_info,
+        )
+
+    def _run_adaptively(self, runnable: list[WorkerJob], cancelled: Callable[[WorkerJob], bool]
+                        ) -> dict[str, WorkerReply]:
+        """The adaptive setting: earliest deadline first, each call as large as the batcher says
+        meets every member's deadline (and fits memory); the rest wait for the next call."""
+        assert self.batcher is not None
+        replies: dict[str, WorkerReply] = {}
+        waiting = sorted(runnable, key=lambda j: math.inf if j.deadline is None else j.deadline)
+        while waiting:
+            still = []
+            for job in waiting:  # later calls: a job may have expired or gone meanwhile
+                verdict = self._admission(job, None, cancelled) if replies else None
+                if verdict is None:
+                    still.append(job)
+                else:
+                    replies[job.job_id] = verdict
+            if not still:
+                break
+            r = still[0].request
+            pixels, steps = r.width * r.height, r.num_inference_steps
+            max_images = self.memory.max_images(r.width, r.height) if self.memory else None
+            k = self.batcher.choose([Waiting(j.deadline, j.request.n) for j in still], time.time(), pixels, steps,
+                                    max_images)
+            batch, waiting = still[:k], still[k:]
+            images = sum(j.request.n for j in batch)
+            predicted = self.batcher.model.predict(images, pixels, steps) if self.batcher.model_ready else None
+            started = time.time()
+            results = self._run_group(batch, cancelled)
+            in_time = all(reply.outcome == "ok" for reply in results)
+            if all(reply.steps_done == steps for reply in results):  # ran to the end: a clean sample
+                self.batcher.observe(images, pixels, steps, time.time() - started, in_time)
+            elif not in_time:
+                self.batcher.observe(0, pixels, steps, 0.0, False)  # a miss: AIMD backs off, no sample
+            for job, reply in zip(batch, results):
+                replies[job.job_id] = dataclasses.replace(reply, call_requests=len(batch), call_predicted_s=predicted)
+                if self._notify is not None:  # answered now, not when the later calls are done
+                    self._notify(job.job_id, self._with_replica_info(replies[job.job_id], [job]))
+        return replies
+
+    def _effective_capacity(self, jobs: list[WorkerJob]) -> int | None:
+        """Adaptive: requests per call for work like these jobs, due in the time they had left."""
+        if self.batcher is None or not jobs:
+            return None
+        r = jobs[0].request
+        left = [j.deadline - j.accepted_at for j in jobs if j.deadline is not None]
+        budget = float(np.median(left)) if left else math.inf
+        return self.batcher.effective_capacity(r.width * r.height, r.num_inference_steps, budget)
 
     def _estimate(self, group: list[WorkerJob]) -> float | None:
         pixels = sum(job.request.pixels for job in group)
@@ -217,7 +279,7 @@ class JobRunner:
     def _tell(self, group: list[WorkerJob], kind: str, step: int, steps: int) -> None:
         if self._notify is not None:
             for job in group:
-                self._notify(WorkerEvent(kind, job.job_id, step, steps, self.replica_id))
+                self._notify(job.job_id, WorkerEvent(kind, job.job_id, step, steps, self.replica_id))
 
     def _failure(self, exc: Exception, group: list[WorkerJob]) -> tuple[bool, str]:
         """Classify a failed call (and log it) while its exception is at hand; keep only text."""

@@ -341,7 +341,7 @@ class Ingress:
                     if self.scaling is not None and reply.outcome == "ok":
                         self.scaling.replied(reply.service_time_s, reply.batch_images, reply.steps_done,
                                              job.request.width * job.request.height,
-                                             reply.replica_cold_start_s)
+                                             reply.replica_cold_start_s, reply.effective_capacity)
                     return reply
                 except RayActorError as lost:
                     if attempt == 2 or time.time() >= job.deadline:

@@ -44,6 +44,18 @@ BATCH_IMAGES = Histogram(
     "sdserve_batch_images", "Images per successful pipeline call.",
     ["app"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=REGISTRY,
 )
+BATCH_REQUESTS = Histogram(
+    "sdserve_batch_requests", "Requests per pipeline call the adaptive setting chose.",
+    ["app"], buckets=(1, 2, 3, 4, 5, 6, 8, 12, 16, 32), registry=REGISTRY,
+)
+PREDICTION_RATIO = Histogram(
+    "sdserve_batch_actual_over_predicted_ratio", "Adaptive setting: measured / predicted pipeline-call time.",
+    ["app"], buckets=(0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3), registry=REGISTRY,
+)
+BATCH_MISSES = Counter(
+    "sdserve_batch_deadline_misses", "Requests that missed their deadline while running in a call of several "
+    "(adaptive setting: should stay near 0).", ["app"], registry=REGISTRY,
+)
 MEMORY_RATIO = Histogram(
     "sdserve_memory_estimate_over_peak_ratio", "Estimated / measured peak memory per pipeline call.",
     ["app"], buckets=(0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 5), registry=REGISTRY,
@@ -89,6 +101,7 @@ class MetricsRecorder:
         self.app = app
         self._replica_ooms: dict[str, int] = {}
         self._calls: OrderedDict[str, None] = OrderedDict()  # recent call ids, counted once each
+        BATCH_MISSES.labels(app)  # exported at 0 from the start
         for outcome in OUTCOMES:  # every outcome exported from the start, at 0, so rates work
             REQUESTS.labels(app, outcome, "")
 
@@ -113,6 +126,8 @@ class MetricsRecorder:
             if new > 0:
                 OOMS.labels(self.app).inc(new)
                 self._replica_ooms[reply.replica_id] = reply.replica_oom_total
+        if reply.outcome == "deadline_exceeded" and reply.phase == "running" and reply.call_requests > 1:
+            BATCH_MISSES.labels(self.app).inc()
         if reply.outcome != "ok":
             return
         QUEUE_WAIT.labels(self.app).observe(reply.queue_wait_s)
@@ -122,6 +137,10 @@ class MetricsRecorder:
             if len(self._calls) > 4096:
                 self._calls.popitem(last=False)
             BATCH_IMAGES.labels(self.app).observe(reply.batch_images)
+            if reply.call_requests:
+                BATCH_REQUESTS.labels(self.app).observe(reply.call_requests)
+            if reply.call_predicted_s:
+                PREDICTION_RATIO.labels(self.app).observe(reply.service_time_s / reply.call_predicted_s)
             if reply.steps_done:
                 STEP_TIME.labels(self.app).observe(reply.service_time_s / reply.steps_done)
             if reply.memory_estimate_bytes and reply.memory_peak_bytes:

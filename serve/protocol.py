@@ -84,3 +84,6 @@ class WorkerReply:
     replica_load_time_s: float | None = None
     replica_cold_start_phases: dict[str, float] | None = None  # seconds per phase (worker.py)
     replica_oom_total: int = 0
+    call_requests: int = 0  # requests in this job's pipeline call (adaptive setting)
+    call_predicted_s: float | None = None  # the adaptive model's prediction for that call
+    effective_capacity: int | None = None  # requests per call this replica would take now (adaptive)

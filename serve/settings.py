@@ -58,8 +58,13 @@ class SimulationSettings(_Section):
 class BatchingSettings(_Section):
     """``max_batch_size: 1`` is the single-concurrency (FaaS) setting; above 1, ``@serve.batch``."""
 
-    max_batch_size: int = Field(1, ge=1, le=64, description="requests per pipeline call")
+    max_batch_size: int = Field(1, ge=1, le=64, description="requests per pipeline call (the most, if adaptive)")
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=10, description="wait to fill a batch")
+    adaptive: bool = Field(
+        False, description="choose each call's batch from a learned latency model and the deadlines waiting"
+    )
+    adaptive_min_calls: int = Field(4, ge=1, description="calls before the model is trusted (AIMD until then)")
+    adaptive_margin: float = Field(1.1, ge=1, description="predicted call time x this must meet every deadline")
 
 
 class LimitSettings(_Section):
@@ -210,6 +215,8 @@ class AppSettings(_Section):
         width, height = self.limits.default_width_height
         if width > self.limits.max_width or height > self.limits.max_height:
             raise ValueError(f"limits.default_size {self.limits.default_size} exceeds the maximum")
+        if self.batching.adaptive and self.batching.max_batch_size < 2:
+            raise ValueError("batching.adaptive needs batching.max_batch_size >= 2 (the most it may choose)")
         capacity = self.autoscaling.policy.get("capacity_per_replica", 1)
         if self.autoscaling.enabled and capacity != self.batching.max_batch_size:
             raise ValueError(

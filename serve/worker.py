@@ -32,6 +32,7 @@ from models.memory import cached_probes, device_budget_bytes, measure_probes
 from models.oom import InjectedOOM
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from models.tiny import default_cache_dir
+from scheduler.adaptive_batching import AdaptiveBatcher, AdaptiveConfig
 from scheduler.memory import MemoryModel
 from serve.execution import JobRunner
 from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
@@ -62,6 +63,20 @@ def _simulation_profile(settings: AppSettings) -> SimulationProfile:
         load_time_s=sim.load_time_s / k,
         scale_with_pixels=sim.scale_with_pixels,
     )
+
+
+def _discard(task: "asyncio.Future[Any]") -> None:
+    """The rest of a batch whose reply for this job was already streamed: only log a failure."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("batch call after an early reply failed: %s", task.exception())
+
+
+def _adaptive_batcher(settings: AppSettings) -> AdaptiveBatcher | None:
+    b = settings.batching
+    if not b.adaptive:
+        return None
+    return AdaptiveBatcher(AdaptiveConfig(max_batch_size=b.max_batch_size, min_calls=b.adaptive_min_calls,
+                                          margin=b.adaptive_margin))
 
 
 def _library_versions() -> str:
@@ -139,6 +154,7 @@ class DiffusionWorker:
             self.backend, self.replica_id, self.settings.deadlines.shed_hopeless,
             memory=memory, max_oom_strikes=self.settings.memory.max_oom_strikes,
             measure_memory_every=self.settings.memory.measure_every_n_calls,
+            batcher=_adaptive_batcher(self.settings),
         )
         ready_at = time.time()
         self.cold_start_s = ready_at - process_at  # process start → ready, calibration included
@@ -155,7 +171,7 @@ class DiffusionWorker:
             "replica_cold_start_phases": self.cold_start_phases,
         }
         self._cancelled: dict[str, threading.Event] = {}
-        self._listeners: dict[str, Callable[[WorkerEvent], None]] = {}  # job → its event stream
+        self._listeners: dict[str, Callable[[WorkerEvent | WorkerReply], None]] = {}  # job → its stream
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         batching = self.settings.batching
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
@@ -195,13 +211,14 @@ class DiffusionWorker:
         pipeline thread reports them, then its reply. Cancelling the stream cancels the job the same
         way as :meth:`generate`, and holds the slot until the pipeline thread has let go of it."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
+        events: asyncio.Queue[WorkerEvent | WorkerReply] = asyncio.Queue()
         last_progress = 0.0
 
-        def hear(event: WorkerEvent) -> None:  # on the pipeline thread
+        def hear(event: WorkerEvent | WorkerReply) -> None:  # on the pipeline thread
             nonlocal last_progress
             now = time.monotonic()
-            if event.kind == "progress" and event.step < event.steps and now - last_progress < PROGRESS_EVERY_S:
+            if (isinstance(event, WorkerEvent) and event.kind == "progress" and event.step < event.steps
+                    and now - last_progress < PROGRESS_EVERY_S):
                 return
             last_progress = now
             loop.call_soon_threadsafe(events.put_nowait, event)
@@ -213,7 +230,11 @@ class DiffusionWorker:
                 getter = asyncio.ensure_future(events.get())
                 done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield getter.result()
+                    item = getter.result()
+                    yield item
+                    if isinstance(item, WorkerReply):  # answered before the rest of its batch ends
+                        task.add_done_callback(_discard)
+                        return
                     continue
                 getter.cancel()
                 while not events.empty():
@@ -233,10 +254,10 @@ class DiffusionWorker:
         finally:
             self._listeners.pop(job.job_id, None)
 
-    def _notify(self, event: WorkerEvent) -> None:
-        listener = self._listeners.get(event.job_id)
+    def _notify(self, job_id: str, item: WorkerEvent | WorkerReply) -> None:
+        listener = self._listeners.get(job_id)
         if listener is not None:
-            listener(event)
+            listener(item)
 
     def _is_cancelled(self, job: WorkerJob) -> bool:
         flag = self._cancelled.get(job.job_id)
