@@ -116,6 +116,9 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
     spec = FleetSpec(
         max_batch_size=settings.batching.max_batch_size,
         batch_wait_timeout_s=settings.batching.batch_wait_timeout_s,
+        adaptive=settings.batching.adaptive,
+        adaptive_min_calls=settings.batching.adaptive_min_calls,
+        adaptive_margin=settings.batching.adaptive_margin,
         max_ongoing_requests=int(worker.get("max_ongoing_requests", 5)),
         max_queued_requests=int(worker.get("max_queued_requests", -1)),
         cold_start_s=cold_start_s,

@@ -212,3 +212,22 @@ def test_sampled_mean_sees_only_what_falls_on_a_sample() -> None:
     assert series.sampled_mean(12.0, 4.0, 0.2, known_until=12.0) == 0.0
     series.set(11.0, 2)  # held from the 11.0 sample on
     assert series.sampled_mean(12.0, 2.0, 0.2, known_until=12.0) == pytest.approx(1.0)
+
+
+def test_adaptive_replica_keeps_a_tight_request_out_of_a_slow_batch() -> None:
+    """The simulator runs the worker's adaptive rule: once its model is trained, a request with a
+    tight deadline goes alone while loose ones share a call; plain batching makes it miss."""
+    def per_batch(images: int, pixels: int, steps: int) -> float:
+        return 1.0 + 0.5 * images  # 1.5 s alone, 3.0 s for 4
+
+    warm = [SimRequest(t, timeout_s=600) for t in (0, 10, 10, 20, 20, 20, 30, 30, 30, 30, 40, 40, 40, 40)]
+    burst = [SimRequest(100.0, timeout_s=1.9)] + [SimRequest(100.0, timeout_s=600) for _ in range(4)]
+    outcomes = {}
+    for adaptive in (True, False):
+        spec = FleetSpec(initial_replicas=1, gpu_slots=1, max_batch_size=8, max_ongoing_requests=16,
+                         adaptive=adaptive, batch_wait_timeout_s=0.05, shed_hopeless=False)
+        result = simulate(warm + burst, spec, per_batch, FixedFleet(1))
+        tight = result.records[len(warm)]
+        outcomes[adaptive] = (tight.outcome, tight.batch_images)
+    assert outcomes[True] == ("ok", 1), outcomes
+    assert outcomes[False][0] == "deadline_exceeded", outcomes

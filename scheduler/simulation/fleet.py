@@ -29,6 +29,7 @@ import math
 import random
 from collections import deque
 
+from scheduler.adaptive_batching import AdaptiveBatcher, AdaptiveConfig, Waiting
 from scheduler.collector import PendingJob
 from scheduler.outcomes import DEADLINE
 from scheduler.simulation.policies import ControlPolicy, Observation, StepSeries
@@ -275,8 +276,11 @@ class Simulator:
     def _start_call(self, replica: Replica) -> None:
         spec = self.spec
         replica.batch_timer = 0
-        batch = replica.waiting[: spec.max_batch_size]
-        del replica.waiting[: len(batch)]
+        if spec.adaptive:
+            batch = self._adaptive_batch(replica)
+        else:
+            batch = replica.waiting[: spec.max_batch_size]
+        replica.waiting = [i for i in replica.waiting if i not in batch]
         replica.in_call = batch
         replica.busy = True
         for i in batch:
@@ -291,6 +295,20 @@ class Simulator:
         for i in finishing:
             self._push(t, FINISH, i, 1)
         self._push(t, CALL_DONE, replica.id)
+
+    def _adaptive_batch(self, replica: Replica) -> list[int]:
+        """As the worker does: earliest deadline first, the head's size and steps, as many as the
+        replica's learned model says meet every member's deadline (AIMD while it is cold)."""
+        if replica.batcher is None:
+            replica.batcher = AdaptiveBatcher(AdaptiveConfig(
+                max_batch_size=self.spec.max_batch_size, min_calls=self.spec.adaptive_min_calls,
+                margin=self.spec.adaptive_margin))
+        ordered = sorted(replica.waiting[: self.spec.max_batch_size], key=lambda i: self.deadline[i])
+        head = self.requests[ordered[0]]
+        same = [i for i in ordered if (self.requests[i].pixels, self.requests[i].steps) == (head.pixels, head.steps)]
+        k = replica.batcher.choose([Waiting(self.deadline[i], self.requests[i].n) for i in same], self.now,
+                                   head.pixels, head.steps)
+        return same[:k]
 
     def _run_group(self, replica: Replica, members: list[int], pixels: int, steps: int, t: float,
                    finishing: list[int]) -> float:
@@ -318,6 +336,9 @@ class Simulator:
         stopped = last_deadline < t + duration
         end = t + (min(duration, math.ceil((last_deadline - t) / step_s - 1e-9) * step_s) if stopped else duration)
         replica.calls += 1
+        if replica.batcher is not None:  # learnt when the call ends, as the live replica does
+            in_time = not stopped and all(self.deadline[i] >= end for i in admitted)
+            replica.learned = (images, pixels, steps, duration if not stopped else 0.0, in_time)
         if not stopped:
             heapq.heappush(self.replies, (end, duration, images, steps, pixels))
             alpha = spec.service_time_alpha
@@ -346,6 +367,10 @@ class Simulator:
     def _call_done(self, rid: int, _: int) -> None:
         replica = self.replicas[rid]
         replica.busy, replica.in_call = False, []
+        if replica.learned is not None:
+            images, pixels, steps, seconds, in_time = replica.learned
+            replica.batcher.observe(images if seconds else 0, pixels, steps, seconds, in_time)
+            replica.learned = None
         if replica.state == "draining" and not replica.waiting:
             self._release(replica)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -20,6 +21,8 @@ class Replica:
     service_ewma_s: float | None = None
     batch_timer: int = 0  # token: a stale batch timer is ignored
     cold_started: bool = False  # went through a cold start (initial warm replicas did not)
+    batcher: Any = None  # the adaptive setting's AdaptiveBatcher (learns from this replica's calls)
+    learned: tuple[int, int, int, float, bool] | None = None  # the running call, learnt when it ends
 
     @property
     def ongoing(self) -> int:

@@ -39,6 +39,9 @@ class FleetSpec:
 
     max_batch_size: int = 1  # batching.max_batch_size (1: single, the FaaS setting)
     batch_wait_timeout_s: float = 0.05  # batching.batch_wait_timeout_s
+    adaptive: bool = False  # batching.adaptive: each call's size from the replica's learned model
+    adaptive_min_calls: int = 4  # batching.adaptive_min_calls
+    adaptive_margin: float = 1.1  # batching.adaptive_margin
     max_ongoing_requests: int = 1  # the deployment's max_ongoing_requests
     max_queued_requests: int = 64  # the deployment's max_queued_requests (-1: unbounded) → 503
     cold_start_s: float = 22.7  # replica start → ready: the trace's median base-model load
