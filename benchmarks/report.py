@@ -29,6 +29,7 @@ ROWS = [
     ("oracle replica-seconds", lambda s: s["oracle_replica_seconds"]),
     ("replica-seconds / oracle", lambda s: s["replica_seconds_over_oracle"]),
     ("images per replica-second", lambda s: s["images_per_replica_second"]),
+    ("goodput: images within SLO per replica-second", lambda s: s.get("goodput_images_per_replica_second")),
     ("replica starts (cold starts)", lambda s: s["replica_starts"]),
     ("max replicas", lambda s: s["max_replicas"]),
     ("replica-seconds / clairvoyant", lambda s: s.get("replica_seconds_over_clairvoyant")),

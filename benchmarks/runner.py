@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from benchmarks.loadgen import Record, RequestTemplate, Tracker, closed_loop, open_loop
 from benchmarks.monitor import FleetMonitor
-from benchmarks.stats import summarize, time_to_replicas
+from benchmarks.stats import replica_seconds, summarize, time_to_replicas
 from benchmarks.traces import Arrival
 
 
@@ -96,7 +96,7 @@ def run_target(target: Target, workload: Workload, template: RequestTemplate, sl
         tracker = Tracker(on_done=lambda record: bar.update(1))
         t0 = time.monotonic()
         monitor = FleetMonitor(app_name, lambda: tracker.outstanding).start(t0)
-        levels = []
+        levels, windows = [], []
         if workload.kind == "open":
             records = asyncio.run(open_loop(url, workload.arrivals, template, tracker=tracker, t0=t0))
         else:
@@ -107,9 +107,12 @@ def run_target(target: Target, workload: Workload, template: RequestTemplate, sl
                 for record in level:
                     record.index += len(records)
                 records.extend(level)
-                levels.append({"concurrency": concurrency, "start_s": start, **summarize(level, [], slo_s)})
+                windows.append((concurrency, start, time.monotonic() - t0, level))
         time.sleep(tail_s)
         samples = monitor.stop()
+        for concurrency, start, end, level in windows:  # each level pays for the fleet during it
+            paid = replica_seconds([s for s in samples if start <= s["t"] <= end])
+            levels.append({"concurrency": concurrency, "start_s": start, **summarize(level, [], slo_s, paid_s=paid)})
         bar.close()
         summary = summarize(records, samples, slo_s)
         first = min((r.sent_s for r in records), default=0.0)

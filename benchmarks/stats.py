@@ -68,6 +68,9 @@ def summarize(records: list[Record], samples: list[dict[str, float]], slo_s: flo
         "slo_attainment": sum(r.latency_s <= slo_s for r in ok) / len(records) if records else 0.0,
         "replica_seconds": paid,
         "images_per_replica_second": images / paid if paid > 0 else None,
+        # goodput: images delivered within the SLO per replica-second paid
+        "goodput_images_per_replica_second": (
+            sum(r.n for r in ok if r.latency_s <= slo_s) / paid if paid > 0 else None),
         "oracle_replica_seconds": oracle,
         "replica_seconds_over_oracle": paid / oracle if oracle > 0 else None,
         "replica_starts": replica_starts(samples) if starts is None else starts,
