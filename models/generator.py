@@ -20,6 +20,9 @@ from models.request import GenerationRequest, GenerationResult, GenerationStoppe
 
 #: Called after every denoising step with the steps done so far; returns a reason to stop, or None.
 StopCheck = Callable[[int], "str | None"]
+#: Called after every denoising step with the steps done and the call's latents (batch, 4, h, w);
+#: None from backends that have none (the simulation). For partial images.
+LatentsHook = Callable[[int, Any], None]
 
 
 def encode_png(image: Any) -> bytes:
@@ -88,7 +91,8 @@ class GroupedGenerator:
     counter: CallCounter
 
     def generate(
-        self, requests: Sequence[GenerationRequest], should_stop: StopCheck | None = None
+        self, requests: Sequence[GenerationRequest], should_stop: StopCheck | None = None,
+        on_latents: LatentsHook | None = None,
     ) -> list[GenerationResult]:
         """Generate every request; results come back in input order.
 
@@ -98,12 +102,12 @@ class GroupedGenerator:
         results: list[GenerationResult | None] = [None] * len(requests)
         for indices in group_by_batch_key(requests):
             group = [requests[i] for i in indices]
-            for i, result in zip(indices, self._generate_group(group, should_stop)):
+            for i, result in zip(indices, self._generate_group(group, should_stop, on_latents)):
                 results[i] = result
         return results  # type: ignore[return-value]
 
     def _generate_group(
-        self, group: list[GenerationRequest], should_stop: StopCheck | None
+        self, group: list[GenerationRequest], should_stop: StopCheck | None, on_latents: LatentsHook | None = None
     ) -> list[GenerationResult]:
         raise NotImplementedError
 
@@ -118,7 +122,7 @@ class DiffusionGenerator(GroupedGenerator):
         self.counter = CallCounter()
 
     def _generate_group(
-        self, group: list[GenerationRequest], should_stop: StopCheck | None
+        self, group: list[GenerationRequest], should_stop: StopCheck | None, on_latents: LatentsHook | None = None
     ) -> list[GenerationResult]:
         import torch
 
@@ -137,6 +141,8 @@ class DiffusionGenerator(GroupedGenerator):
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
             nonlocal steps_done
             steps_done = step + 1
+            if on_latents is not None:
+                on_latents(steps_done, callback_kwargs.get("latents"))
             if should_stop is not None:
                 reason = should_stop(steps_done)
                 if reason is not None:

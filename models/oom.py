@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 
-from models.generator import GroupedGenerator, StopCheck
+from models.generator import GroupedGenerator, LatentsHook, StopCheck
 from models.request import GenerationRequest, GenerationResult
 
 _OOM_MESSAGES = ("can't allocate memory", "out of memory", "cannot allocate memory")
@@ -55,11 +55,12 @@ class InjectedOOM(GroupedGenerator):
         self.counter = inner.counter
 
     def generate(
-        self, requests: Sequence[GenerationRequest], should_stop: StopCheck | None = None
+        self, requests: Sequence[GenerationRequest], should_stop: StopCheck | None = None,
+        on_latents: LatentsHook | None = None,
     ) -> list[GenerationResult]:
         import torch
 
         poisoned = [r.prompt for r in requests if self.marker in r.prompt]
         if poisoned:
             raise torch.OutOfMemoryError(f"injected OOM (test hook) for {len(poisoned)} request(s)")
-        return self.inner.generate(requests, should_stop)
+        return self.inner.generate(requests, should_stop, on_latents)

@@ -24,6 +24,7 @@ class GenerationRequest:
     seed: int
     n: int = 1
     negative_prompt: str | None = None
+    partial_images: int = 0  # previews to stream while it denoises (0-3; not part of the batch key)
 
     @property
     def batch_key(self) -> tuple[int, int, int, float]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.generator import CallCounter, GroupedGenerator, StopCheck
+from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class SimulatedGenerator(GroupedGenerator):
         time.sleep(profile.load_time_s)
 
     def _generate_group(
-        self, group: list[GenerationRequest], should_stop: StopCheck | None
+        self, group: list[GenerationRequest], should_stop: StopCheck | None, on_latents: LatentsHook | None = None
     ) -> list[GenerationResult]:
         first = group[0]
         images = sum(r.n for r in group)
@@ -89,6 +89,8 @@ class SimulatedGenerator(GroupedGenerator):
             for step in range(first.num_inference_steps):
                 wake.wait(step_s)
                 steps_done = step + 1
+                if on_latents is not None:
+                    on_latents(steps_done, None)  # no latents in a simulation
                 if should_stop is not None and (reason := should_stop(steps_done)) is not None:
                     raise GenerationStopped(steps_done, reason)
         finally:

@@ -31,9 +31,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from models.generator import GroupedGenerator, group_by_batch_key
+from models.generator import GroupedGenerator, LatentsHook, group_by_batch_key
 from models.memory import PeakMemory
 from models.oom import is_device_fatal, is_out_of_memory, release_memory
+from models.preview import latent_preview_png, placeholder_preview_png, preview_steps
 from models.request import GenerationStopped
 from scheduler.adaptive_batching import AdaptiveBatcher, Waiting
 from scheduler.deadlines import Admission, admit
@@ -91,6 +92,8 @@ class JobRunner:
         #: Seconds the pipeline ran past a job's deadline (GPU time nobody received), per job.
         self.deadline_overruns_s: deque[float] = deque(maxlen=10_000)
         self._notify: Notify | None = None
+        #: Seconds each partial image took to render (its cost is reported by the stream benchmark).
+        self.preview_seconds: deque[float] = deque(maxlen=1000)
         #: The adaptive setting's batch-size chooser (None: calls as collected, split to fit memory).
         self.batcher = batcher
 
@@ -215,7 +218,8 @@ class JobRunner:
         started = time.time()
 
         steps = group[0].request.num_inference_steps
-        self._tell(group, "started", 0, steps)
+        self._tell(group, "started", 0, steps, first_call=self._calls_run == 0)
+        on_latents = self._previewer(group, steps)
 
         def should_stop(steps_done: int) -> str | None:
             self._tell(group, "progress", steps_done, steps)
@@ -235,10 +239,10 @@ class JobRunner:
         failure: tuple[bool, str] | None = None  # (out of memory?, message) of a failed call
         try:
             if estimate is None:
-                results = self.backend.generate([job.request for job in group], should_stop)
+                results = self.backend.generate([job.request for job in group], should_stop, on_latents)
             else:
                 with peak:
-                    results = self.backend.generate([job.request for job in group], should_stop)
+                    results = self.backend.generate([job.request for job in group], should_stop, on_latents)
         except GenerationStopped as stopped:
             self._record_overruns(group)
             pixels = sum(job.request.pixels for job in group)
@@ -276,10 +280,35 @@ class JobRunner:
                 "memory_peak_bytes": peak.peak_bytes if estimate is not None else None}
         return [self._finished(job, result, started, call) for job, result in zip(group, results)]
 
-    def _tell(self, group: list[WorkerJob], kind: str, step: int, steps: int) -> None:
+    def _tell(self, group: list[WorkerJob], kind: str, step: int, steps: int, first_call: bool = False) -> None:
         if self._notify is not None:
             for job in group:
-                self._notify(job.job_id, WorkerEvent(kind, job.job_id, step, steps, self.replica_id))
+                self._notify(job.job_id, WorkerEvent(kind, job.job_id, step, steps, self.replica_id, first_call))
+
+    def _previewer(self, group: list[WorkerJob], steps: int) -> LatentsHook | None:
+        """A latents hook that streams each job's partial images at its evenly spaced steps."""
+        plans = {job.job_id: preview_steps(steps, job.request.partial_images) for job in group}
+        if self._notify is None or not any(plans.values()):
+            return None
+        offsets, offset = {}, 0
+        for job in group:
+            offsets[job.job_id], offset = offset, offset + job.request.n
+        notify = self._notify
+
+        def on_latents(step: int, latents: Any) -> None:
+            for job in group:
+                plan = plans[job.job_id]
+                if step not in plan:
+                    continue
+                began = time.perf_counter()
+                r = job.request
+                png = (placeholder_preview_png(r.width, r.height, step / steps) if latents is None
+                       else latent_preview_png(latents, offsets[job.job_id], r.width, r.height))
+                self.preview_seconds.append(time.perf_counter() - began)
+                notify(job.job_id, WorkerEvent("partial", job.job_id, step, steps, self.replica_id,
+                                               png=png, index=plan.index(step)))
+
+        return on_latents
 
     def _failure(self, exc: Exception, group: list[WorkerJob]) -> tuple[bool, str]:
         """Classify a failed call (and log it) while its exception is at hand; keep only text."""

@@ -13,11 +13,13 @@ import base64
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import RayActorError
@@ -46,13 +48,16 @@ from serve.control import ScalingLoop, ServeFleet
 from serve.decision_log import read_decisions
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError, ImageGenerationBody, parse_body, to_generation_request
-from serve.protocol import WorkerJob, WorkerReply
+from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
 from serve.replies import JobProgress, follow, reply_error, timing_headers
 from serve.settings import AppSettings
+from serve.streaming import StreamFormat
 
 log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 
 WORKER_DEPLOYMENT = "DiffusionWorker"
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 #: Outcome of a request refused before it reached a worker, by status (other 4xx: invalid).
 _ADMISSION_OUTCOME = {503: OVERLOADED, 429: RATE_LIMITED}
 
@@ -157,6 +162,17 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        """The web page (no key needed to load it; every API call it makes sends the key)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @api.get("/ui/{name}", include_in_schema=False)
+    async def page_asset(self, name: str) -> FileResponse:
+        if name not in PAGE_ASSETS:
+            raise ApiError(404, f"no route GET /ui/{name}", code="not_found")
+        return FileResponse(STATIC / name, media_type=PAGE_ASSETS[name])
+
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
         """Readiness, unlike ``/healthz`` (liveness): 200 once a request would be served — a worker
@@ -220,6 +236,10 @@ class Ingress:
             generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
             self._check_memory(generation)
             job = self._job(generation, body.timeout_s, request)
+            if body.stream:  # from here the stream answers and counts it (status 200, then events)
+                return StreamingResponse(
+                    self._stream(job, client, started, StreamFormat(generation, body.quality, body.background)),
+                    media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             reply = await self._call_worker_fairly(job, client)
             if reply.memory is not None:
                 self._memory = MemoryModel(**reply.memory)
@@ -248,7 +268,53 @@ class Ingress:
             headers={**timing_headers(reply), "X-Model": self.settings.model.name},
         )
 
-    async def _call_worker_fairly(self, job: WorkerJob, client: str) -> WorkerReply:
+    async def _stream(self, job: WorkerJob, client: str, started: float, fmt: StreamFormat) -> AsyncIterator[bytes]:
+        """The request as server-sent events: queued, started, progress and previews as the worker
+        reports them, then the images — or an ``error`` event. Counted and logged once, here."""
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        work = asyncio.ensure_future(self._call_worker_fairly(job, client, events.put_nowait))
+        reply: WorkerReply | None = None
+        try:
+            yield fmt.queued(max(0, self._outstanding - 1), self._expected_wait_s(self._running_hint()))
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield fmt.event(getter.result())
+            while not events.empty():
+                yield fmt.event(events.get_nowait())
+            reply = work.result()
+            self.recorder.reply(reply)
+            if reply.outcome != "ok":
+                raise reply_error(reply)
+            for chunk in fmt.completed(reply):
+                yield chunk
+            self._finish("ok", reply.phase, started, job=job, reply=reply, status=200)
+        except ApiError as error:
+            outcome = reply.outcome if reply is not None else _ADMISSION_OUTCOME.get(error.status, INVALID)
+            self._finish(outcome, reply.phase if reply else "", started, status=error.status, code=error.code,
+                         job=job, reply=reply)
+            yield fmt.error(error)
+        except asyncio.CancelledError:  # the client closed the stream: stop the work within a step
+            work.cancel()
+            self._finish(CANCELLED, "", started, status=499, job=job)
+            raise
+        except Exception as exc:  # noqa: BLE001 - unexpected: reported in the stream, counted once
+            log.exception("stream %s failed unexpectedly", job.request_id)
+            self._finish(ERROR, "", started, status=500, code="internal_error", job=job)
+            yield fmt.error(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error",
+                                     type="server_error"))
+
+    def _running_hint(self) -> int:
+        """Running worker replicas as the scaling loop last read them (1 when unknown)."""
+        if self.scaling is not None:
+            return self.scaling._replicas[0]
+        return 1
+
+    async def _call_worker_fairly(self, job: WorkerJob, client: str,
+                                  on_event: Callable[[WorkerEvent], None] | None = None) -> WorkerReply:
         """Forward ``job`` unless ``client`` already holds its share of the queue (429)."""
         if not self.fair.try_take(client):
             held = self.fair.held(client)
@@ -259,7 +325,7 @@ class Ingress:
                 headers={"Retry-After": str(retry_after)},
             )
         try:
-            return await self._call_worker(job)
+            return await self._call_worker(job, on_event)
         finally:
             self.fair.give_back(client)
 
@@ -310,7 +376,8 @@ class Ingress:
             deadline=absolute_deadline(accepted_at, timeout_s, source, self.deadlines),
         )
 
-    async def _call_worker(self, job: WorkerJob) -> WorkerReply:
+    async def _call_worker(self, job: WorkerJob, on_event: Callable[[WorkerEvent], None] | None = None
+                           ) -> WorkerReply:
         """Forward a job; answer for it ourselves if it never reaches a worker in time.
 
         The worker enforces the deadline at every step and normally replies first; the ingress
@@ -332,7 +399,7 @@ class Ingress:
                 response = self.worker_events.generate_events.remote(job)
                 try:
                     wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
-                    reply = await asyncio.wait_for(follow(response, progress), wait_s)
+                    reply = await asyncio.wait_for(follow(response, progress, on_event), wait_s)
                     self._drain.completed(time.monotonic())
                     if reply.outcome == "ok":
                         self._service_s = _ewma(self._service_s, reply.service_time_s)

@@ -21,6 +21,8 @@ from serve.settings import LimitSettings
 _SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 SUPPORTED_RESPONSE_FORMATS = ("b64_json",)
 MAX_SEED = 2**63 - 1
+MAX_PARTIAL_IMAGES = 3  # as OpenAI's images API
+QUALITIES = ("low", "medium", "high", "auto")  # accepted and echoed; the model has one quality
 
 
 @dataclass
@@ -60,6 +62,13 @@ class ImageGenerationBody(BaseModel):
     guidance_scale: float | None = None
     seed: int | None = None
     timeout_s: float | None = None
+    # streaming (OpenAI's image streams): server-sent events instead of one JSON reply
+    stream: bool | None = None
+    partial_images: int | None = None  # 0-3 previews while it denoises (stream only)
+    # accepted and echoed in stream events, as OpenAI's image API names them (one value served each)
+    quality: str | None = None
+    background: str | None = None
+    output_format: str | None = None
 
 
 def parse_body(raw: bytes) -> ImageGenerationBody:
@@ -137,6 +146,17 @@ def to_generation_request(
     if body.seed is not None and not 0 <= body.seed <= MAX_SEED - limits.max_n:
         raise invalid("seed", "seed must be a non-negative 63-bit integer")
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    partial = body.partial_images or 0
+    if not 0 <= partial <= MAX_PARTIAL_IMAGES:
+        raise invalid("partial_images", f"partial_images must be between 0 and {MAX_PARTIAL_IMAGES}, got {partial}")
+    if partial and not body.stream:
+        raise invalid("partial_images", "partial_images needs stream: true")
+    if body.output_format not in (None, "png"):
+        raise invalid("output_format", f"unsupported output_format {body.output_format!r}: only 'png' is served")
+    if body.background not in (None, "auto", "opaque"):
+        raise invalid("background", f"unsupported background {body.background!r}: 'auto' or 'opaque'")
+    if body.quality not in (None, *QUALITIES):
+        raise invalid("quality", f"quality must be one of {', '.join(QUALITIES)}")
     return GenerationRequest(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -146,4 +166,5 @@ def to_generation_request(
         guidance_scale=float(guidance),
         seed=seed,
         n=body.n,
+        partial_images=partial,
     )

@@ -49,13 +49,17 @@ class WorkerJob:
 class WorkerEvent:
     """Progress of one job on its replica, streamed to the ingress before the reply: ``started``
     when its pipeline call begins (so a deadline answer can say the job was running, and after how
-    many steps), ``progress`` after denoising steps (throttled by the worker)."""
+    many steps), ``progress`` after denoising steps (throttled by the worker), ``partial`` with a
+preview image at evenly spaced steps when the request asked for ``partial_images``."""
 
-    kind: str  # "started" | "progress"
+    kind: str  # "started" | "progress" | "partial" (a preview image)
     job_id: str
     step: int = 0
     steps: int = 0
     replica_id: str = ""
+    first_call: bool = False  # "started": the replica's first call since its cold start
+    png: bytes | None = None  # "partial": the preview, PNG
+    index: int = 0  # "partial": 0-based preview number
 
 
 @dataclass

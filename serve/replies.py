@@ -3,6 +3,7 @@ ingress heard on the way (so an answer it gives itself at a deadline is still tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from serve.openai_api import ApiError
@@ -53,12 +54,15 @@ class JobProgress:
                            message=f"deadline passed after {waited_s:.2f}s waiting for a worker")
 
 
-async def follow(response: Any, progress: JobProgress) -> WorkerReply:
-    """Read a job's event stream to its reply."""
+async def follow(response: Any, progress: JobProgress,
+                 on_event: Callable[[WorkerEvent], None] | None = None) -> WorkerReply:
+    """Read a job's event stream to its reply, passing each event on (for a streaming client)."""
     async for item in response:
         if isinstance(item, WorkerReply):
             return item
         progress.heard(item)
+        if on_event is not None:
+            on_event(item)
     raise RuntimeError("the worker's stream ended without a reply")
 
 

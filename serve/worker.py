@@ -323,6 +323,7 @@ class DiffusionWorker:
             "cold_start_phases": self.cold_start_phases,
             "service_time_s": self.runner.service_time.mean_s,
             "deadline_overruns_s": list(self.runner.deadline_overruns_s),
+            "preview_seconds": list(self.runner.preview_seconds),
             "process_cpu_s": _process_cpu_s(),
             "oom_count": self.runner.oom_count,
             "memory_model": dataclasses.asdict(self.runner.memory) if self.runner.memory else None,

@@ -1,0 +1,131 @@
+// sdserve's page: no build step, no CDN. It posts with "stream": true and reads the server-sent
+// events itself (EventSource cannot POST), shows progress and previews, then the images.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const SIZES = ["64x64", "128x128", "256x256", "512x512", "768x768"];
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("key").value.trim();
+  if (key) { h["Authorization"] = "Bearer " + key; localStorage.setItem("sdserve-key", key); }
+  return h;
+}
+
+async function errorMessage(response) {
+  try { const body = await response.json(); return body.error.message; }
+  catch (_) { return "HTTP " + response.status; }
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  $("status").textContent = "failed";
+}
+
+function image(b64, alt) {
+  const img = document.createElement("img");
+  img.src = "data:image/png;base64," + b64;
+  img.alt = alt;
+  return img;
+}
+
+function handle(event, started) {
+  switch (event.type) {
+    case "sdserve.queued":
+      $("status").textContent = event.position ? `queued, ${event.position} ahead` : "queued";
+      break;
+    case "sdserve.started":
+      $("status").textContent = `running on ${event.replica_id}${event.cold ? " (cold start)" : ""}`;
+      break;
+    case "sdserve.progress":
+      $("progress").max = event.steps;
+      $("progress").value = event.step;
+      $("status").textContent = `step ${event.step} of ${event.steps}` + (event.eta_s != null ? `, ~${event.eta_s.toFixed(1)} s left` : "");
+      break;
+    case "image_generation.partial_image":
+      $("previews").replaceChildren(image(event.b64_json, `preview ${event.partial_image_index + 1}`));
+      break;
+    case "image_generation.completed":
+      $("previews").replaceChildren();
+      $("progress").value = $("progress").max;
+      $("results").appendChild(image(event.b64_json, "generated image"));
+      break;
+    case "sdserve.done":
+      $("status").textContent = "done";
+      $("timings").textContent = `seed ${event.seed} · queued ${event.queue_wait_s.toFixed(2)} s · ` +
+        `ran ${event.service_time_s.toFixed(2)} s · total ${((performance.now() - started) / 1000).toFixed(2)} s · ${event.replica_id}`;
+      break;
+    case "error":
+      showError(event.error.message);
+      break;
+  }
+}
+
+async function generate(e) {
+  e.preventDefault();
+  $("go").disabled = true;
+  $("job").hidden = false;
+  $("error").hidden = true;
+  for (const id of ["previews", "results"]) $(id).replaceChildren();
+  $("timings").textContent = "";
+  $("progress").value = 0;
+  $("status").textContent = "sending…";
+  const body = { prompt: $("prompt").value, size: $("size").value, n: Number($("n").value),
+                 num_inference_steps: Number($("steps").value), stream: true, partial_images: 2 };
+  if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
+  if ($("seed").value !== "") body.seed = Number($("seed").value);
+  const started = performance.now();
+  try {
+    const response = await fetch("/v1/images/generations", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+    if (!response.ok) { showError(await errorMessage(response)); return; }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (data) handle(JSON.parse(data), started);
+      }
+    }
+  } catch (err) {
+    showError("connection failed: " + err.message);
+  } finally {
+    $("go").disabled = false;
+  }
+}
+
+async function refreshFleet() {
+  try {
+    const ready = await (await fetch("/readyz")).json();
+    const w = ready.workers;
+    $("fleet-summary").textContent = `${w.running} running · ${w.starting} starting · ${ready.outstanding} outstanding` +
+      (ready.at_zero ? " · at zero: the next request starts a replica" : "");
+    const response = await fetch("/v1/scheduler", { headers: headers() });
+    if (response.status === 401) { $("key-row").hidden = false; return; }
+    const decisions = await response.json();
+    const items = [];
+    for (const [deployment, d] of Object.entries(decisions.latest || {})) {
+      items.push(`${deployment}: ${d.desired} replicas — ${d.reason}`);
+    }
+    $("decisions").replaceChildren(...items.map((text) => { const li = document.createElement("li"); li.textContent = text; return li; }));
+  } catch (_) { $("fleet-summary").textContent = "fleet: unavailable"; }
+}
+
+async function init() {
+  $("size").replaceChildren(...SIZES.map((s) => { const o = document.createElement("option"); o.textContent = s; return o; }));
+  $("size").value = "64x64";
+  $("key").value = localStorage.getItem("sdserve-key") || "";
+  const models = await fetch("/v1/models", { headers: headers() });
+  if (models.status === 401) $("key-row").hidden = false;
+  else if (models.ok) $("model").textContent = (await models.json()).data[0].id;
+  $("form").addEventListener("submit", generate);
+  refreshFleet();
+  setInterval(refreshFleet, 2000);
+}
+init();

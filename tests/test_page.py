@@ -1,0 +1,96 @@
+"""The web page in a real browser (issue #15): headless Chromium from Debian's packages, driven by
+Selenium, against a real server. Without Chromium the test is skipped with how to install it."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.conftest import deployed
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="no Chromium here: install it with `sudo apt-get install chromium chromium-driver` (.ci/run does)",
+)
+
+
+def _browser(width: int = 412) -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     f"--window-size={width},1400"):  # a phone's width
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+def test_prompt_to_image_with_live_progress(ray_cluster: dict[str, Any], tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    with deployed(ray_cluster, "cpu") as app:
+        browser = _browser()
+        try:
+            browser.get(f"{app.url}/")
+            prompt = browser.find_element(By.ID, "prompt")
+            prompt.clear()
+            prompt.send_keys("a red boat on a calm lake")
+            Select(browser.find_element(By.ID, "size")).select_by_visible_text("64x64")
+            steps = browser.find_element(By.ID, "steps")
+            steps.clear()
+            steps.send_keys("60")
+            browser.find_element(By.ID, "go").click()
+            seen, deadline = set(), time.monotonic() + 120
+            while time.monotonic() < deadline:
+                seen.add(browser.execute_script("return document.getElementById('progress').value"))
+                if browser.find_elements(By.CSS_SELECTOR, "#results img"):
+                    break
+                time.sleep(0.05)
+            assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+            image = browser.find_element(By.CSS_SELECTOR, "#results img")
+            assert browser.execute_script("return arguments[0].naturalWidth", image) == 64
+            assert browser.execute_script("return arguments[0].naturalHeight", image) == 64
+            moving = sorted(v for v in seen if 0 < v < 60)
+            assert len(moving) >= 2, f"the progress bar did not move: {sorted(seen)}"
+            shot = Image.open(io.BytesIO(image.screenshot_as_png)).convert("RGB")
+            assert shot.size[0] >= 60 and shot.size[1] >= 60
+            assert len(set(shot.getdata())) > 10, "the image element rendered blank"
+            assert "seed" in browser.find_element(By.ID, "timings").text
+            page = tmp_path / "page.png"
+            browser.save_screenshot(str(page))
+            assert Image.open(page).size[0] > 0
+            if os.environ.get("SDSERVE_SCREENSHOT"):  # to refresh the README's picture
+                browser.save_screenshot(os.environ["SDSERVE_SCREENSHOT"])
+        finally:
+            browser.quit()
+
+
+def test_the_page_shows_the_api_error(ray_cluster: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    with deployed(ray_cluster, "cpu") as app:
+        browser = _browser()
+        try:
+            browser.get(f"{app.url}/")
+            prompt = browser.find_element(By.ID, "prompt")
+            prompt.clear()
+            prompt.send_keys(" ")  # an empty prompt: the API's 422 message must show, not a blank page
+            browser.execute_script("document.getElementById('prompt').removeAttribute('required')")
+            browser.find_element(By.ID, "go").click()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not browser.find_element(By.ID, "error").is_displayed():
+                time.sleep(0.05)
+            assert "prompt must not be empty" in browser.find_element(By.ID, "error").text
+        finally:
+            browser.quit()
