@@ -8,7 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cold_start, deadline_waste, memory_calibration, pareto, recommend, simulate, soak, validate
+from benchmarks import (
+    cold_start,
+    deadline_waste,
+    memory_calibration,
+    pareto,
+    recommend,
+    simulate,
+    soak,
+    streaming,
+    validate,
+)
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import command_line, environment, write_outputs
@@ -24,6 +34,7 @@ MODULE_COMMANDS = (
     ("recommend", recommend, "cheapest config meeting an SLO target, by simulation"),
     ("validate", validate, "the simulator against a live replay of the same window"),
     ("cold-start", cold_start, "where a worker replica's cold start goes"),
+    ("stream", streaming, "streaming: time to first event, preview cost against service time"),
     ("soak", soak, "minutes of mixed abuse at a multiple of capacity: accounting, statuses, memory"),
 )
 
