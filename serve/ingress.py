@@ -35,44 +35,28 @@ from scheduler.drain import DrainRate, retry_after_s
 from scheduler.memory import MemoryModel, largest_that_fits
 from scheduler.collector import PendingJob
 from scheduler.fair_share import FairShare
-from scheduler.outcomes import CANCELLED, ERROR, INVALID, OVERLOADED, RATE_LIMITED
-from serve.admission import (
-    Authorizer,
-    load_api_keys,
-    proxy_bind_host,
-    read_body,
-    refuse_disconnect_override,
-    refuse_open_network,
-)
+from scheduler.outcomes import CANCELLED, ERROR
+from serve.admission import (Authorizer, load_api_keys, proxy_bind_host, read_body, refuse_disconnect_override,
+                             refuse_open_network)
 from serve.control import ScalingLoop, ServeFleet
 from serve.decision_log import read_decisions
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError, ImageGenerationBody, parse_body, to_generation_request
 from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
-from serve.replies import JobProgress, follow, reply_error, timing_headers
+from serve.replies import (JobProgress, admission_outcome, client_address, ewma, follow, reply_error,
+                           request_log_line, timing_headers)
 from serve.settings import AppSettings
-from serve.streaming import StreamFormat
+from serve.streaming import StreamFormat, relay
 
 log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 
 WORKER_DEPLOYMENT = "DiffusionWorker"
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
-#: Outcome of a request refused before it reached a worker, by status (other 4xx: invalid).
-_ADMISSION_OUTCOME = {503: OVERLOADED, 429: RATE_LIMITED}
-
-
-def _address(request: Request) -> str:
-    """Who sent it, when there are no keys to tell clients apart."""
-    return request.client.host if request.client else "unknown"
-
-
-def _ewma(mean: float | None, value: float, alpha: float = 0.3) -> float:
-    return value if mean is None else alpha * value + (1 - alpha) * mean
-
 # The schema and its pages are served by routes below that check the key like every other route.
 api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve",
               docs_url=None, redoc_url=None, openapi_url=None)
+
 
 def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
@@ -94,6 +78,19 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(ApiError(500, f"internal error: {type(exc).__name__}", code="error", type="server_error"))
+
+
+@api.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The web page (no key needed to load it; every API call it makes sends the key)."""
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@api.get("/ui/{name}", include_in_schema=False)
+async def page_asset(name: str) -> FileResponse:
+    if name not in PAGE_ASSETS:
+        raise ApiError(404, f"no route GET /ui/{name}", code="not_found")
+    return FileResponse(STATIC / name, media_type=PAGE_ASSETS[name])
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=1000)
@@ -162,17 +159,6 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/", include_in_schema=False)
-    async def page(self) -> FileResponse:
-        """The web page (no key needed to load it; every API call it makes sends the key)."""
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @api.get("/ui/{name}", include_in_schema=False)
-    async def page_asset(self, name: str) -> FileResponse:
-        if name not in PAGE_ASSETS:
-            raise ApiError(404, f"no route GET /ui/{name}", code="not_found")
-        return FileResponse(STATIC / name, media_type=PAGE_ASSETS[name])
-
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
         """Readiness, unlike ``/healthz`` (liveness): 200 once a request would be served — a worker
@@ -230,7 +216,7 @@ class Ingress:
         job: WorkerJob | None = None
         reply: WorkerReply | None = None
         try:
-            client = self._authorize(request) or _address(request)
+            client = self._authorize(request) or client_address(request)
             refuse_disconnect_override(request)
             body = parse_body(await read_body(request, self.settings.limits))
             generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
@@ -247,7 +233,7 @@ class Ingress:
             if reply.outcome != "ok":
                 raise reply_error(reply)
         except ApiError as error:
-            outcome = reply.outcome if reply is not None else _ADMISSION_OUTCOME.get(error.status, INVALID)
+            outcome = reply.outcome if reply is not None else admission_outcome(error.status)
             self._finish(outcome, reply.phase if reply else "", started, status=error.status,
                          code=error.code, job=job, reply=reply)
             raise
@@ -276,15 +262,8 @@ class Ingress:
         reply: WorkerReply | None = None
         try:
             yield fmt.queued(max(0, self._outstanding - 1), self._expected_wait_s(self._running_hint()))
-            while True:
-                getter = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                yield fmt.event(getter.result())
-            while not events.empty():
-                yield fmt.event(events.get_nowait())
+            async for chunk in relay(events, work, fmt):
+                yield chunk
             reply = work.result()
             self.recorder.reply(reply)
             if reply.outcome != "ok":
@@ -293,7 +272,7 @@ class Ingress:
                 yield chunk
             self._finish("ok", reply.phase, started, job=job, reply=reply, status=200)
         except ApiError as error:
-            outcome = reply.outcome if reply is not None else _ADMISSION_OUTCOME.get(error.status, INVALID)
+            outcome = reply.outcome if reply is not None else admission_outcome(error.status)
             self._finish(outcome, reply.phase if reply else "", started, status=error.status, code=error.code,
                          job=job, reply=reply)
             yield fmt.error(error)
@@ -336,20 +315,8 @@ class Ingress:
         """Count the request's one outcome and write its one structured log line."""
         latency = time.monotonic() - started
         self.recorder.request(outcome, phase, latency)
-        request = job.request if job else None
-        line = {
-            "event": "sdserve_request",
-            "request_id": _get_serve_request_context().request_id,
-            "outcome": outcome, "phase": phase, "status": status, "code": code,
-            "latency_s": round(latency, 4),
-            "queue_wait_s": round(reply.queue_wait_s, 4) if reply else None,
-            "service_time_s": round(reply.service_time_s, 4) if reply else None,
-            "steps_done": reply.steps_done if reply else None,
-            "steps_requested": request.num_inference_steps if request else None,
-            "size": f"{request.width}x{request.height}" if request else None,
-            "n": request.n if request else None,
-            "replica_id": reply.replica_id if reply else None,
-        }
+        line = request_log_line(_get_serve_request_context().request_id, outcome, phase, status, code, latency,
+                                job.request if job else None, reply)
         log.info(json.dumps(line))
 
     def _check_memory(self, generation: GenerationRequest) -> None:
@@ -402,7 +369,7 @@ class Ingress:
                     reply = await asyncio.wait_for(follow(response, progress, on_event), wait_s)
                     self._drain.completed(time.monotonic())
                     if reply.outcome == "ok":
-                        self._service_s = _ewma(self._service_s, reply.service_time_s)
+                        self._service_s = ewma(self._service_s, reply.service_time_s)
                     if reply.replica_cold_start_s is not None:
                         self._cold_start_s = reply.replica_cold_start_s
                     if self.scaling is not None and reply.outcome == "ok":

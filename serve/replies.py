@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import Request
+
+from scheduler.outcomes import INVALID, OVERLOADED, RATE_LIMITED
 from serve.openai_api import ApiError
 from serve.protocol import WorkerEvent, WorkerReply
 
@@ -77,3 +80,37 @@ def timing_headers(reply: WorkerReply) -> dict[str, str]:
     }
 
 
+
+
+def request_log_line(request_id: str, outcome: str, phase: str, status: int, code: str, latency_s: float,
+                     request: Any, reply: WorkerReply | None) -> dict[str, Any]:
+    """The one structured log line of a request (``event: sdserve_request``)."""
+    return {
+        "event": "sdserve_request", "request_id": request_id,
+        "outcome": outcome, "phase": phase, "status": status, "code": code,
+        "latency_s": round(latency_s, 4),
+        "queue_wait_s": round(reply.queue_wait_s, 4) if reply else None,
+        "service_time_s": round(reply.service_time_s, 4) if reply else None,
+        "steps_done": reply.steps_done if reply else None,
+        "steps_requested": request.num_inference_steps if request else None,
+        "size": f"{request.width}x{request.height}" if request else None,
+        "n": request.n if request else None,
+        "replica_id": reply.replica_id if reply else None,
+    }
+
+
+#: Outcome of a request refused before it reached a worker, by status (other 4xx: invalid).
+ADMISSION_OUTCOME = {503: OVERLOADED, 429: RATE_LIMITED}
+
+
+def admission_outcome(status: int) -> str:
+    return ADMISSION_OUTCOME.get(status, INVALID)
+
+
+def client_address(request: Request) -> str:
+    """Who sent it, when there are no keys to tell clients apart."""
+    return request.client.host if request.client else "unknown"
+
+
+def ewma(mean: float | None, value: float, alpha: float = 0.3) -> float:
+    return value if mean is None else alpha * value + (1 - alpha) * mean

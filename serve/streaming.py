@@ -13,9 +13,11 @@ its first call after a cold start), ``sdserve.progress`` (step, steps, eta_s) an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from models.request import GenerationRequest
@@ -67,3 +69,17 @@ class StreamFormat:
     @staticmethod
     def error(error: ApiError) -> bytes:
         return sse({"type": "error", **error.body()})
+
+
+async def relay(events: "asyncio.Queue[WorkerEvent]", work: "asyncio.Future[Any]", fmt: StreamFormat
+                ) -> AsyncIterator[bytes]:
+    """The worker's events as stream chunks, as they arrive, until ``work`` (the call) is done."""
+    while True:
+        getter = asyncio.ensure_future(events.get())
+        done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+        if getter not in done:
+            getter.cancel()
+            break
+        yield fmt.event(getter.result())
+    while not events.empty():
+        yield fmt.event(events.get_nowait())
