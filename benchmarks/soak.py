@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import random
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,7 +40,9 @@ NORMAL = {"prompt": "a soak test", "size": "64x64", "num_inference_steps": 4, "t
 MIX: dict[str, tuple[float, Any, float]] = {
     "normal": (0.55, NORMAL, 60.0),
     "tight_deadline": (0.15, {**NORMAL, "num_inference_steps": 30, "timeout_s": 0.3}, 60.0),
-    "disconnect": (0.10, {**NORMAL, "num_inference_steps": 30}, 0.25),
+    # streams, and hangs up at its first event: the server surely has it (a plain request cut off
+    # earlier may never get past Ray's proxy, and the server cannot count what it never saw)
+    "disconnect": (0.10, {**NORMAL, "num_inference_steps": 30, "stream": True}, 60.0),
     "invalid": (0.10, {"prompt": "", "n": 99}, 60.0),
     "oversize": (0.05, {"prompt": "x" * 100_000}, 60.0),
     "broken_json": (0.05, b'{"prompt": ', 60.0),
@@ -71,6 +74,14 @@ def process_rss(app_name: str) -> dict[str, int]:
 async def _one(client: httpx.AsyncClient, kind: str) -> str:
     _, body, timeout = MIX[kind]
     try:
+        if kind == "disconnect":
+            async with client.stream("POST", PATH, json=body, timeout=timeout) as response:
+                if response.status_code != 200:
+                    return str(response.status_code)
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        return "hung_up"
+            return "200"
         if isinstance(body, bytes):
             response = await client.post(PATH, content=body, timeout=timeout,
                                          headers={"Content-Type": "application/json"})
@@ -116,6 +127,30 @@ def measure_capacity(url: str, samples: int = 5) -> float:
         return samples / (time.monotonic() - started)
 
 
+class RssSampler:
+    """RSS of the application's processes every ``every_s`` while the soak runs: growth that goes on
+    through the second half is a leak; growth that levels off is warm-up."""
+
+    def __init__(self, app_name: str, every_s: float) -> None:
+        self.app_name, self.every_s = app_name, every_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self.every_s):
+            self.samples.append({"t": round(time.monotonic() - started, 1), **process_rss(self.app_name)})
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_soak(url: str, app_name: str, duration_s: float, multiple: float, warmup_s: float = 10.0,
              seed: int = 0) -> dict[str, Any]:
     """Warm up, then soak; returns the figures and whether every check held."""
@@ -125,7 +160,8 @@ def run_soak(url: str, app_name: str, duration_s: float, multiple: float, warmup
     warm = asyncio.run(storm(url, rate, warmup_s, seed, "warm-up"))
     time.sleep(2.0)
     rss_before = process_rss(app_name)
-    soaked = asyncio.run(storm(url, rate, duration_s, seed + 1, "soak"))
+    with RssSampler(app_name, max(5.0, duration_s / 20)) as sampler:
+        soaked = asyncio.run(storm(url, rate, duration_s, seed + 1, "soak"))
     sent = sum(warm.values()) + sum(soaked.values())
     deadline = time.monotonic() + 60
     while True:  # answers to hung-up clients are counted when the server notices
@@ -138,6 +174,9 @@ def run_soak(url: str, app_name: str, duration_s: float, multiple: float, warmup
     statuses = Counter(status for (_, status), n in (warm + soaked).items() for _ in range(n))
     undocumented = {s: n for s, n in statuses.items() if s != "hung_up" and (not s.isdigit() or int(s) not in DOCUMENTED)}
     growth = {name: (rss_after.get(name, 0) - rss) / rss for name, rss in rss_before.items() if rss}
+    middle = sampler.samples[len(sampler.samples) // 2] if sampler.samples else rss_before
+    second_half = {name: (rss_after.get(name, 0) - middle.get(name, 0)) / middle[name]
+                   for name in rss_before if middle.get(name)}
     counted = sum(delta.values())
     return {
         "capacity_requests_per_s": capacity, "rate_per_s": rate, "multiple": multiple,
@@ -145,7 +184,8 @@ def run_soak(url: str, app_name: str, duration_s: float, multiple: float, warmup
         "server_outcomes": {k: v for k, v in delta.items() if v}, "client_statuses": dict(statuses),
         "by_kind": {f"{kind} → {status}": n for (kind, status), n in sorted((warm + soaked).items())},
         "undocumented_statuses": undocumented, "rss_before_bytes": rss_before, "rss_after_bytes": rss_after,
-        "rss_growth": growth, "served_after": after,
+        "rss_growth": growth, "rss_growth_second_half": second_half, "rss_samples": sampler.samples,
+        "served_after": after,
         "checks": {"sent_equals_counted": counted == sent, "only_documented_statuses": not undocumented,
                    "rss_growth_under_10_percent": bool(growth) and max(growth.values()) < 0.10,
                    "serves_after": after == 200},
@@ -157,6 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of soak after the warm-up")
     parser.add_argument("--multiple", type=float, default=3.0, help="load as a multiple of measured capacity")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds of the same load before RSS is taken")
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="cpu-soak")
 
@@ -166,7 +207,7 @@ def main(args: argparse.Namespace) -> int:
 
     url, app_name = _start(Target(args.name, config=args.config, overrides=args.overrides))
     try:
-        result = run_soak(url, app_name or "", args.duration, args.multiple)
+        result = run_soak(url, app_name or "", args.duration, args.multiple, warmup_s=args.warmup)
     finally:
         _stop(app_name)
     meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
@@ -182,6 +223,7 @@ def main(args: argparse.Namespace) -> int:
         "sent / counted by the server": f"{result['sent']} / {result['server_counted']:.0f}",
         "server outcomes": ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["server_outcomes"].items())),
         "client statuses": ", ".join(f"{k}: {v}" for k, v in sorted(result["client_statuses"].items())),
+        "RSS growth over the second half": ", ".join(f"{k} {100 * v:+.1f}%" for k, v in result["rss_growth_second_half"].items()),
         "RSS growth after warm-up": ", ".join(f"{k} {100 * v:+.1f}% ({result['rss_before_bytes'][k] / 2**20:.0f} → "
                                               f"{result['rss_after_bytes'].get(k, 0) / 2**20:.0f} MiB)"
                                               for k, v in result["rss_growth"].items()),

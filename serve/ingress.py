@@ -10,6 +10,7 @@ outcome to one documented status code.
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, TaskCancelledError
 from ray.serve.context import _get_serve_request_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -52,6 +53,10 @@ log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 
 WORKER_DEPLOYMENT = "DiffusionWorker"
 STATIC = Path(__file__).resolve().parent / "static"
+#: How a client that went away shows up: asyncio's cancellation, Starlette's disconnect while the body
+#: is read, or the proxy's cancelled receive task surfacing through Ray (a ``TaskCancelledError``,
+#: possibly wrapped in a ``RayTaskError``, or ``concurrent.futures.CancelledError``): all ``cancelled``.
+CLIENT_GONE = (asyncio.CancelledError, ClientDisconnect, concurrent.futures.CancelledError, TaskCancelledError)
 PAGE_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 # The schema and its pages are served by routes below that check the key like every other route.
 api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve",
@@ -237,7 +242,7 @@ class Ingress:
             self._finish(outcome, reply.phase if reply else "", started, status=error.status,
                          code=error.code, job=job, reply=reply)
             raise
-        except (asyncio.CancelledError, ClientDisconnect):  # the client went away first
+        except CLIENT_GONE:  # the client went away first
             self._finish(CANCELLED, "", started, status=499, job=job)
             raise
         except Exception as exc:  # noqa: BLE001 - unexpected: answered, counted and logged once
@@ -276,7 +281,7 @@ class Ingress:
             self._finish(outcome, reply.phase if reply else "", started, status=error.status, code=error.code,
                          job=job, reply=reply)
             yield fmt.error(error)
-        except asyncio.CancelledError:  # the client closed the stream: stop the work within a step
+        except CLIENT_GONE:  # the client closed the stream: stop the work within a step
             work.cancel()
             self._finish(CANCELLED, "", started, status=499, job=job)
             raise
