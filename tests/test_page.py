@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,62 +36,68 @@ def _browser(width: int = 412) -> Any:
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
-def test_prompt_to_image_with_live_progress(ray_cluster: dict[str, Any], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def page(ray_cluster: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """A served ``cpu.yaml`` and a headless browser; each test loads the page afresh."""
+    with deployed(ray_cluster, "cpu") as app:
+        browser = _browser()
+        try:
+            yield app, browser
+        finally:
+            browser.quit()
+
+
+def _enter_prompt(browser: Any, url: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{url}/")
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys(text)
+
+
+def test_prompt_to_image_with_live_progress(page: tuple[Any, Any], tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    with deployed(ray_cluster, "cpu") as app:
-        browser = _browser()
-        try:
-            browser.get(f"{app.url}/")
-            prompt = browser.find_element(By.ID, "prompt")
-            prompt.clear()
-            prompt.send_keys("a red boat on a calm lake")
-            Select(browser.find_element(By.ID, "size")).select_by_visible_text("64x64")
-            steps = browser.find_element(By.ID, "steps")
-            steps.clear()
-            steps.send_keys("60")
-            browser.find_element(By.ID, "go").click()
-            seen, deadline = set(), time.monotonic() + 120
-            while time.monotonic() < deadline:
-                seen.add(browser.execute_script("return document.getElementById('progress').value"))
-                if browser.find_elements(By.CSS_SELECTOR, "#results img"):
-                    break
-                time.sleep(0.05)
-            assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
-            image = browser.find_element(By.CSS_SELECTOR, "#results img")
-            assert browser.execute_script("return arguments[0].naturalWidth", image) == 64
-            assert browser.execute_script("return arguments[0].naturalHeight", image) == 64
-            moving = sorted(v for v in seen if 0 < v < 60)
-            assert len(moving) >= 2, f"the progress bar did not move: {sorted(seen)}"
-            shot = Image.open(io.BytesIO(image.screenshot_as_png)).convert("RGB")
-            assert shot.size[0] >= 60 and shot.size[1] >= 60
-            assert len(set(shot.getdata())) > 10, "the image element rendered blank"
-            assert "seed" in browser.find_element(By.ID, "timings").text
-            page = tmp_path / "page.png"
-            browser.save_screenshot(str(page))
-            assert Image.open(page).size[0] > 0
-            if os.environ.get("SDSERVE_SCREENSHOT"):  # to refresh the README's picture
-                browser.save_screenshot(os.environ["SDSERVE_SCREENSHOT"])
-        finally:
-            browser.quit()
+    app, browser = page
+    _enter_prompt(browser, app.url, "a red boat on a calm lake")
+    Select(browser.find_element(By.ID, "size")).select_by_visible_text("64x64")
+    steps = browser.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("60")
+    browser.find_element(By.ID, "go").click()
+    seen, deadline = set(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        seen.add(browser.execute_script("return document.getElementById('progress').value"))
+        if browser.find_elements(By.CSS_SELECTOR, "#results img"):
+            break
+        time.sleep(0.05)
+    assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+    image = browser.find_element(By.CSS_SELECTOR, "#results img")
+    assert browser.execute_script("return arguments[0].naturalWidth", image) == 64
+    assert browser.execute_script("return arguments[0].naturalHeight", image) == 64
+    moving = sorted(v for v in seen if 0 < v < 60)
+    assert len(moving) >= 2, f"the progress bar did not move: {sorted(seen)}"
+    shot = Image.open(io.BytesIO(image.screenshot_as_png)).convert("RGB")
+    assert shot.size[0] >= 60 and shot.size[1] >= 60
+    assert len(set(shot.getdata())) > 10, "the image element rendered blank"
+    assert "seed" in browser.find_element(By.ID, "timings").text
+    screenshot = tmp_path / "page.png"
+    browser.save_screenshot(str(screenshot))
+    assert Image.open(screenshot).size[0] > 0
+    if os.environ.get("SDSERVE_SCREENSHOT"):  # to refresh the README's picture
+        browser.save_screenshot(os.environ["SDSERVE_SCREENSHOT"])
 
 
-def test_the_page_shows_the_api_error(ray_cluster: dict[str, Any]) -> None:
+def test_the_page_shows_the_api_error(page: tuple[Any, Any]) -> None:
     from selenium.webdriver.common.by import By
 
-    with deployed(ray_cluster, "cpu") as app:
-        browser = _browser()
-        try:
-            browser.get(f"{app.url}/")
-            prompt = browser.find_element(By.ID, "prompt")
-            prompt.clear()
-            prompt.send_keys(" ")  # an empty prompt: the API's 422 message must show, not a blank page
-            browser.execute_script("document.getElementById('prompt').removeAttribute('required')")
-            browser.find_element(By.ID, "go").click()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not browser.find_element(By.ID, "error").is_displayed():
-                time.sleep(0.05)
-            assert "prompt must not be empty" in browser.find_element(By.ID, "error").text
-        finally:
-            browser.quit()
+    app, browser = page
+    _enter_prompt(browser, app.url, " ")  # an empty prompt: the API's 422 message must show, not a blank page
+    browser.execute_script("document.getElementById('prompt').removeAttribute('required')")
+    browser.find_element(By.ID, "go").click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not browser.find_element(By.ID, "error").is_displayed():
+        time.sleep(0.05)
+    assert "prompt must not be empty" in browser.find_element(By.ID, "error").text
