@@ -51,10 +51,20 @@ def _start(target: Target) -> tuple[str, str | None]:
     if not ray.is_initialized():
         ray.init(namespace="serve", include_dashboard=False, logging_level="ERROR")
     config = load_config(target.config, target.overrides, target.deployment_overrides)
-    port = free_port()
-    config.setdefault("http_options", {})["port"] = port
-    print(f"[bench] {target.name}: deploying {target.config}", flush=True)
-    deploy(config, timeout_s=600, progress=lambda line: print(f"[bench]   {line}", flush=True))
+    for attempt in (1, 2):
+        port = free_port()
+        config.setdefault("http_options", {})["port"] = port
+        print(f"[bench] {target.name}: deploying {target.config}", flush=True)
+        try:
+            deploy(config, timeout_s=600, progress=lambda line: print(f"[bench]   {line}", flush=True))
+            break
+        except Exception as exc:  # a port taken between choosing and binding it: once more, elsewhere
+            if attempt == 2 or "Failed to bind" not in str(exc):
+                raise
+            print(f"[bench] {target.name}: port {port} was taken; retrying on another", flush=True)
+            from ray import serve
+
+            serve.shutdown()
     return f"http://127.0.0.1:{port}", config["applications"][0]["name"]
 
 
