@@ -119,6 +119,16 @@ class AdaptiveBatcher:
             best = k
         return best
 
+    def hopeless(self, job: Waiting, now: float, pixels: int, steps: int) -> float | None:
+        """The predicted call time if ``job`` cannot meet its deadline even alone (else None):
+        running it would only take a call from requests that can still make theirs."""
+        if not self.model_ready or job.deadline is None:
+            return None
+        predicted = self.model.predict(job.images, pixels, steps)
+        if predicted is None or now + self.config.margin * predicted <= job.deadline:
+            return None
+        return predicted
+
     def observe(self, images: int, pixels: int, steps: int, seconds: float, all_in_time: bool) -> None:
         """A finished call: refit the model, and move AIMD's limit."""
         self.model.observe(images, pixels, steps, seconds)

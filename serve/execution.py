@@ -150,7 +150,20 @@ class JobRunner:
                 break
             r = still[0].request
             pixels, steps = r.width * r.height, r.num_inference_steps
-            max_images = self.memory.max_images(r.width, r.height) if self.memory else None
+            if self.shed_hopeless:  # what cannot make its deadline even alone is shed, not run
+                now, keep = time.time(), []
+                for job in still:
+                    predicted = self.batcher.hopeless(Waiting(job.deadline, job.request.n), now, pixels, steps)
+                    if predicted is None:
+                        keep.append(job)
+                        continue
+                    assert job.deadline is not None
+                    replies[job.job_id] = self._reply(job, "shed", now, phase="queued", message=(
+                        f"cannot finish in time: a call of {job.request.n} image(s) takes ~{predicted:.2f}s "
+                        f"here, {job.deadline - now:.2f}s left before the deadline"))
+                still = keep
+                if not still:
+                    break
             k = self.batcher.choose([Waiting(j.deadline, j.request.n) for j in still], time.time(), pixels, steps,
                                     max_images)
             batch, waiting = still[:k], still[k:]

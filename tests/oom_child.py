@@ -55,7 +55,7 @@ class AllocatingGenerator:
 
         self.counter = CallCounter()
 
-    def generate(self, requests, should_stop=None):  # type: ignore[no-untyped-def]
+    def generate(self, requests, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
         import torch
 
         from models.request import GenerationResult

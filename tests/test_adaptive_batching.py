@@ -86,3 +86,12 @@ def test_choice_is_bounded_and_monotone_in_time_left(n: int, left: float, more: 
     tight = batcher.choose([Waiting(NOW + left)] * n, NOW, PIXELS, STEPS)
     loose = batcher.choose([Waiting(NOW + left + more)] * n, NOW, PIXELS, STEPS)
     assert 1 <= tight <= loose <= min(n, 8)
+
+
+def test_a_request_that_cannot_make_it_even_alone_is_hopeless() -> None:
+    batcher = trained()  # 1.5 s alone
+    assert batcher.hopeless(Waiting(NOW + 1.0), NOW, PIXELS, STEPS) == pytest.approx(1.5)
+    assert batcher.hopeless(Waiting(NOW + 2.0), NOW, PIXELS, STEPS) is None
+    assert batcher.hopeless(Waiting(None), NOW, PIXELS, STEPS) is None
+    cold = AdaptiveBatcher()
+    assert cold.hopeless(Waiting(NOW + 0.001), NOW, PIXELS, STEPS) is None  # no model: no verdict
