@@ -164,6 +164,7 @@ class JobRunner:
                 still = keep
                 if not still:
                     break
+            max_images = self.memory.max_images(r.width, r.height) if self.memory else None
             k = self.batcher.choose([Waiting(j.deadline, j.request.n) for j in still], time.time(), pixels, steps,
                                     max_images)
             batch, waiting = still[:k], still[k:]
