@@ -39,6 +39,23 @@ def one(client: httpx.Client, body: dict[str, Any]) -> dict[str, float]:
     return first
 
 
+def preview_render_s(side: int, repeats: int = 10) -> float:
+    """Median seconds to render one preview of a ``side``×``side`` request from random latents
+    (noise: the worst case for PNG), in this process: the cost a GPU replica's thread would pay."""
+    import torch
+
+    from models.preview import latent_preview_png
+
+    latents = torch.randn(1, 4, side // 8, side // 8, generator=torch.Generator().manual_seed(0))
+    latent_preview_png(latents, 0, side, side)  # warm-up
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        latent_preview_png(latents, 0, side, side)
+        times.append(time.perf_counter() - began)
+    return float(np.median(times))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -82,6 +99,8 @@ def main(args: argparse.Namespace) -> int:
         "preview_share_of_service": float(args.partial_images * np.median(previews) / np.median(service))
         if previews.size else None,
         "per_step_s": float(np.median(service) / args.steps),
+        # SD 1.5's native size, rendered here: compare with a GPU's step time (A10: ~0.059 s)
+        "preview_render_512x512_s": preview_render_s(512),
     }
     meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
             "model": stats.get("model"), "device": stats.get("device")}

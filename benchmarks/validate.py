@@ -143,15 +143,17 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
             "simulated_samples": samples_of(result), "simulated_records": [r.to_dict() for r in records_of(result)]}
 
 
-def resimulate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Every config of an earlier result, its live half kept as measured, its simulation redone."""
+def resimulate(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every config of an earlier result, its live half kept as measured, its simulation redone;
+    and the provenance of that live half (the original run's, kept across re-simulations)."""
     earlier = json.loads(Path(args.resimulate).read_text())
     meta = earlier["meta"]
     if args.window != meta["window"] or args.time_scale != meta["time_scale"]:
         raise SystemExit(f"{args.resimulate} was run on window {meta['window']!r} at k = {meta['time_scale']}: "
                          "give the same --window and --time-scale")
     arrivals = load_arrivals(args)
-    return {name: simulate_side(r, arrivals, args) for name, r in earlier["results"].items()}
+    results = {name: simulate_side(r, arrivals, args) for name, r in earlier["results"].items()}
+    return results, meta.get("live_side_from", meta)
 
 
 def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
@@ -197,9 +199,7 @@ def resimulated_note(meta: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     started = time.time()
     if args.resimulate:
-        results = resimulate(args)
-        earlier_meta = json.loads(Path(args.resimulate).read_text())["meta"]
-        live_from = earlier_meta.get("live_side_from", earlier_meta)  # the original live run, kept across re-runs
+        results, live_from = resimulate(args)
     else:
         if not args.config:
             raise SystemExit("give --config (sim-* configs: the live side uses the simulated backend)")

@@ -22,8 +22,10 @@ SD15_LATENT_RGB = (
 
 
 def _png(image: Any) -> bytes:
+    """Fast PNG (zlib level 1): a preview is shown once, so encoding time beats size (at 512×512
+    level 1 takes half the time of the default, for ~10 % more bytes)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -52,11 +52,8 @@ class ServeFleet:
 
     async def replicas(self) -> tuple[int, int]:
         """(running, starting) replicas of the deployment."""
-        details = await self._controller.get_serve_instance_details.remote()
-        app = (details.get("applications") or {}).get(self.app_name) or {}
-        replicas = ((app.get("deployments") or {}).get(self.deployment) or {}).get("replicas") or []
-        states = [str(r.get("state", "")).split(".")[-1] for r in replicas]
-        return states.count("RUNNING"), sum(states.count(s) for s in STARTING_STATES)
+        status = await self.status()
+        return status["running"], status["starting"]
 
     async def status(self) -> dict[str, int]:
         """Running and starting replicas, and the floor the deployment keeps (its minimum)."""
@@ -115,6 +112,11 @@ class ScalingLoop:
             self.cold_start_s = cold_start_s
         if capacity:
             self.capacity = min(capacity, self.config.capacity_per_replica)
+
+    @property
+    def running(self) -> int:
+        """Running replicas as the loop last read them."""
+        return self._replicas[0]
 
     # -- the loop -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
 import time
-
-import numpy as np
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -189,7 +188,7 @@ class JobRunner:
             return None
         r = jobs[0].request
         left = [j.deadline - j.accepted_at for j in jobs if j.deadline is not None]
-        budget = float(np.median(left)) if left else math.inf
+        budget = statistics.median(left) if left else math.inf
         return self.batcher.effective_capacity(r.width * r.height, r.num_inference_steps, budget)
 
     def _estimate(self, group: list[WorkerJob]) -> float | None:

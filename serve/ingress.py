@@ -232,9 +232,6 @@ class Ingress:
                     self._stream(job, client, started, StreamFormat(generation, body.quality, body.background)),
                     media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             reply = await self._call_worker_fairly(job, client)
-            if reply.memory is not None:
-                self._memory = MemoryModel(**reply.memory)
-            self.recorder.reply(reply)
             if reply.outcome != "ok":
                 raise reply_error(reply)
         except ApiError as error:
@@ -270,7 +267,6 @@ class Ingress:
             async for chunk in relay(events, work, fmt):
                 yield chunk
             reply = work.result()
-            self.recorder.reply(reply)
             if reply.outcome != "ok":
                 raise reply_error(reply)
             for chunk in fmt.completed(reply):
@@ -293,9 +289,7 @@ class Ingress:
 
     def _running_hint(self) -> int:
         """Running worker replicas as the scaling loop last read them (1 when unknown)."""
-        if self.scaling is not None:
-            return self.scaling._replicas[0]
-        return 1
+        return self.scaling.running if self.scaling is not None else 1
 
     async def _call_worker_fairly(self, job: WorkerJob, client: str,
                                   on_event: Callable[[WorkerEvent], None] | None = None) -> WorkerReply:
@@ -350,6 +344,14 @@ class Ingress:
 
     async def _call_worker(self, job: WorkerJob, on_event: Callable[[WorkerEvent], None] | None = None
                            ) -> WorkerReply:
+        """The job's reply, streamed or not, learnt from once: metrics, memory model, timings."""
+        reply = await self._forward(job, on_event)
+        if reply.memory is not None:
+            self._memory = MemoryModel(**reply.memory)
+        self.recorder.reply(reply)
+        return reply
+
+    async def _forward(self, job: WorkerJob, on_event: Callable[[WorkerEvent], None] | None) -> WorkerReply:
         """Forward a job; answer for it ourselves if it never reaches a worker in time.
 
         The worker enforces the deadline at every step and normally replies first; the ingress

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from models.request import GenerationRequest
+from serve.event_queue import until_done
 from serve.openai_api import ApiError
 from serve.protocol import WorkerEvent, WorkerReply
 
@@ -74,12 +75,5 @@ class StreamFormat:
 async def relay(events: "asyncio.Queue[WorkerEvent]", work: "asyncio.Future[Any]", fmt: StreamFormat
                 ) -> AsyncIterator[bytes]:
     """The worker's events as stream chunks, as they arrive, until ``work`` (the call) is done."""
-    while True:
-        getter = asyncio.ensure_future(events.get())
-        done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
-        if getter not in done:
-            getter.cancel()
-            break
-        yield fmt.event(getter.result())
-    while not events.empty():
-        yield fmt.event(events.get_nowait())
+    async for event in until_done(events, work):
+        yield fmt.event(event)

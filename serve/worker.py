@@ -34,6 +34,7 @@ from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from models.tiny import default_cache_dir
 from scheduler.adaptive_batching import AdaptiveBatcher, AdaptiveConfig
 from scheduler.memory import MemoryModel
+from serve.event_queue import until_done, wait_out
 from serve.execution import JobRunner
 from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
 from serve.settings import AppSettings
@@ -226,30 +227,15 @@ class DiffusionWorker:
         self._listeners[job.job_id] = hear
         task = asyncio.ensure_future(self.generate(job))
         try:
-            while True:
-                getter = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    item = getter.result()
-                    yield item
-                    if isinstance(item, WorkerReply):  # answered before the rest of its batch ends
-                        task.add_done_callback(_discard)
-                        return
-                    continue
-                getter.cancel()
-                while not events.empty():
-                    yield events.get_nowait()
-                yield task.result()
-                return
+            async for item in until_done(events, task):
+                yield item
+                if isinstance(item, WorkerReply):  # answered before the rest of its batch ends
+                    task.add_done_callback(_discard)
+                    return
+            yield task.result()
         except asyncio.CancelledError:
             task.cancel()
-            while not task.done():  # generate() returns once the pipeline thread has let go
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    continue
-                except Exception:
-                    break
+            await wait_out(task)  # generate() returns once the pipeline thread has let go
             raise
         finally:
             self._listeners.pop(job.job_id, None)
@@ -271,13 +257,7 @@ class DiffusionWorker:
         except asyncio.CancelledError:
             for job in jobs:
                 self._cancelled.get(job.job_id, threading.Event()).set()
-            while not future.done():  # hold the slot until the pipeline thread has returned
-                try:
-                    await asyncio.shield(future)
-                except asyncio.CancelledError:
-                    continue
-                except Exception:
-                    break
+            await wait_out(future)  # hold the slot until the pipeline thread has returned
             raise
 
     def _calibrate_memory(self) -> MemoryModel | None:
