@@ -9,7 +9,7 @@ CONFIG ?= configs/cpu.yaml
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean kuberay
+.PHONY: run test test-fast install clean kuberay
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: install
 # pytest exits 5 when it collects no test: that is a failure here, never a silent pass.
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+# The inner loop: everything that needs no Ray cluster (pure decisions, the simulator, parsing, models).
+test-fast: install
+	$(BIN)/python -m pytest -m "not ray" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # deploy/kuberay/rayservice.yaml is generated from configs/single.yaml (a test checks it is current)

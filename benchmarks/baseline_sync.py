@@ -9,13 +9,12 @@ count the compute spent after the client was told it timed out.
 import time
 from typing import Any
 
-from ray import serve
 from fastapi import Body, FastAPI, Header
+from ray import serve
 
 from models.generator import load_generator
 from models.loader import ModelSpec
 from models.request import GenerationRequest
-
 
 api = FastAPI()
 

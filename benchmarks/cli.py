@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,10 @@ from benchmarks import (
 )
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import RequestTemplate
-from benchmarks.report import command_line, environment, write_outputs
+from benchmarks.report import environment, provenance, write_outputs
 from benchmarks.runner import Target, Workload, run_target
 from benchmarks.traces import read_trace, resolve_window
 from benchmarks.workloads import burst, poisson
-
 
 #: Commands whose module brings its own ``add_arguments`` and ``main``.
 MODULE_COMMANDS = (
@@ -138,7 +135,7 @@ def run_comparison(args: argparse.Namespace) -> int:
 
         if ray.is_initialized():
             ray.shutdown()
-    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    meta = {**provenance(),
             "environment": environment(), "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "description": args.description}
     for path in write_outputs(results, meta, Path(args.out_dir), args.name):

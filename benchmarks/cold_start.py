@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.report import command_line, environment
+from benchmarks.report import environment, provenance
+from serve.settings import WORKER_DEPLOYMENT
 
 PHASES = ("process_start", "imports", "replica_setup", "weights", "calibration")
 
@@ -34,7 +35,8 @@ def _one_deploy(config_path: str, overrides: list[str], body: dict[str, Any]) ->
     from ray import serve
 
     from benchmarks.runner import free_port
-    from serve.deploy import deploy, load_config
+    from serve.deploy import deploy
+    from serve.settings import load_config
 
     config = load_config(config_path, overrides)
     port = free_port()
@@ -43,7 +45,7 @@ def _one_deploy(config_path: str, overrides: list[str], body: dict[str, Any]) ->
     deploy(config, timeout_s=600)
     deployed_s = time.monotonic() - started
     app = config["applications"][0]["name"]
-    stats = serve.get_deployment_handle("DiffusionWorker", app_name=app).stats.remote().result(timeout_s=60)
+    stats = serve.get_deployment_handle(WORKER_DEPLOYMENT, app_name=app).stats.remote().result(timeout_s=60)
     calls = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
         for _ in range(2):
@@ -80,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     table = "\n".join(lines)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment()}
+    meta = {**provenance(), "environment": environment()}
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / f"{args.name}.md").write_text(f"# {args.name}\n\n`{meta['command']}`\n\n{table}\n")
     print(table)

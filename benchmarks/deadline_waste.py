@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 
 from benchmarks.runner import free_port
+from serve.settings import WORKER_DEPLOYMENT
 
 URL_PATH = "/v1/images/generations"
 
@@ -61,12 +62,13 @@ def _summary(overruns: list[float], records: list[dict], extra: dict[str, Any]) 
 def run_sdserve(args: Any, port: int) -> dict[str, Any]:
     from ray import serve
 
-    from serve.deploy import deploy, load_config
+    from serve.deploy import deploy
+    from serve.settings import load_config
 
     config = load_config(args.sdserve_config, ["model.torch_threads=1"])
     config["http_options"]["port"] = port
     deploy(config, timeout_s=300)
-    handle = serve.get_deployment_handle("DiffusionWorker", app_name="sdserve")
+    handle = serve.get_deployment_handle(WORKER_DEPLOYMENT, app_name="sdserve")
     cpu_before = handle.stats.remote().result()["process_cpu_s"]
     bodies = [dict(prompt="deadline", size=args.size, num_inference_steps=args.steps,
                    seed=i, timeout_s=args.timeout) for i in range(args.requests)]

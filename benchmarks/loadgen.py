@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from benchmarks.traces import Arrival
-from scheduler.outcomes import OUTCOMES, classify  # noqa: F401 (OUTCOMES re-exported)
+from scheduler.outcomes import Outcome, classify
 
 PATH = "/v1/images/generations"
 
@@ -27,7 +27,7 @@ class Record:
     sent_s: float = 0.0
     done_s: float = 0.0
     status: int = 0
-    outcome: str = "error"
+    outcome: str = Outcome.ERROR
     code: str = ""
     n: int = 1
     queue_wait_s: float | None = None
@@ -96,7 +96,7 @@ async def _send(
             record.replica_id = headers.get("x-replica-id", "")
         record.outcome = classify(record.status, record.code)
     except httpx.HTTPError as exc:
-        record.outcome, record.error = "error", f"{type(exc).__name__}: {exc}"
+        record.outcome, record.error = Outcome.ERROR, f"{type(exc).__name__}: {exc}"
     record.done_s = time.monotonic() - t0
     tracker.done(record)
 

@@ -26,12 +26,14 @@ class FleetMonitor:
             return 0, 0
         from ray import serve
 
+        from serve.fleet import replica_counts
+        from serve.settings import WORKER_DEPLOYMENT
+
         app = serve.status().applications.get(self.app_name)
-        if app is None or "DiffusionWorker" not in app.deployments:
+        if app is None or WORKER_DEPLOYMENT not in app.deployments:
             return 0, 0
-        states = {str(getattr(k, "value", k)): v for k, v in app.deployments["DiffusionWorker"].replica_states.items()}
-        running = states.get("RUNNING", 0)
-        return running, running + states.get("STARTING", 0) + states.get("UPDATING", 0)
+        counts = replica_counts(app.deployments[WORKER_DEPLOYMENT].replica_states)
+        return counts.running, counts.total
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -12,10 +12,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import command_line
+from benchmarks.report import provenance
 from benchmarks.sim_config import SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import plot_pareto
 from benchmarks.simulate import clairvoyant_row, load_arrivals, run_one
+from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-s", default="20,120,600",
                         help="sdserve learned: one curve per stable_window_s (how long extra replicas stay)")
     parser.add_argument("--ray-delay", default="0,60,120,300,600,1200", help="Ray: downscale_to_zero_delay_s")
-    parser.add_argument("--cold-start-s", type=float, default=22.7)
+    parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S)
     parser.add_argument("--slo", type=float, default=30.0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out-dir", default="benchmarks/results")
@@ -86,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
                          f"{p['replica_seconds'] / floor['replica_seconds']:.2f} | {p['p99_s']:.1f} | "
                          f"{p['replica_starts']} |")
     table = "\n".join(lines)
-    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "simulated": True,
+    meta = {**provenance(), "simulated": True,
             "window": args.window, "clairvoyant": floor, "wall_s": time.perf_counter() - started}
     (out_dir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "points": points}, indent=1))
     (out_dir / f"{args.name}.md").write_text(

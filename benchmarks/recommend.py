@@ -18,11 +18,11 @@ import yaml
 
 from benchmarks.report import command_line
 from benchmarks.sim_config import SimTarget, a10_service_model, load_target
-from benchmarks.simulate import load_arrivals, run_one
 from benchmarks.sim_report import plot_pareto
+from benchmarks.simulate import load_arrivals, run_one
 from scheduler.recommend import Candidate, Score, grid, pareto_front, recommend
-from scheduler.simulation.workload import ServiceModel, SimRequest
-from serve.settings import load_config
+from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S, ServiceModel, SimRequest
+from serve.settings import WORKER_DEPLOYMENT, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stable-window", default="30,60", help="stable_window_s values")
     parser.add_argument("--cold-start-penalty", default="150",
                         help="cold_start_penalty_s values for learned keep-alive candidates ('' for none)")
-    parser.add_argument("--cold-start-s", type=float, default=22.7)
+    parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S)
     parser.add_argument("--single-config", default="configs/single.yaml")
     parser.add_argument("--batched-config", default="configs/batched.yaml")
     parser.add_argument("--jobs", type=int, default=2, help="simulations in parallel")
@@ -91,7 +91,7 @@ def write_config(candidate: Candidate, base_path: str, out: Path, note: str) -> 
     config = load_config(base_path)
     app = config["applications"][0]
     app["args"].setdefault("batching", {})["max_batch_size"] = candidate.batch_size
-    worker = next(d for d in app["deployments"] if d["name"] == "DiffusionWorker")
+    worker = next(d for d in app["deployments"] if d["name"] == WORKER_DEPLOYMENT)
     worker["max_ongoing_requests"] = candidate.batch_size
     knobs = policy_knobs(candidate)
     if app.get("external_scaler_enabled"):  # sdserve's own loop: its knobs live in args

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scheduler.outcomes import OUTCOMES  # noqa: E402
+from scheduler.outcomes import Outcome  # noqa: E402
 
 ROWS = [
     ("sent", lambda s: s["sent"]),
-    (" / ".join(OUTCOMES),
-     lambda s: " / ".join(str(s["outcomes"].get(k, 0)) for k in OUTCOMES)),
+    (" / ".join(Outcome),
+     lambda s: " / ".join(str(s["outcomes"].get(k, 0)) for k in Outcome)),
     ("throughput, images/s", lambda s: s["throughput_images_per_s"]),
     ("throughput, requests/s", lambda s: s["throughput_requests_per_s"]),
     ("latency p50 / p90 / p99, s", lambda s: _triple(s["latency_s"])),
@@ -74,6 +75,25 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def git_commit() -> str:
+    """The commit the code ran at, ``-dirty`` if it had uncommitted changes (``unknown`` outside git)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                              check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance() -> dict[str, str]:
+    """What every result file records: the command as typed, when it ran, and at which commit."""
+    return {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit()}
+
+
 def environment() -> dict[str, Any]:
     import ray
     import torch
@@ -93,7 +113,7 @@ def _finish(fig: Any, ax: Any, path: Path) -> None:
 def plot_latency_cdf(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, result in results.items():
-        lat = np.sort([r["latency_s"] for r in result["records"] if r["outcome"] == "ok"])
+        lat = np.sort([r["latency_s"] for r in result["records"] if r["outcome"] == Outcome.OK])
         if len(lat):
             ax.plot(lat, np.arange(1, len(lat) + 1) / result["summary"]["sent"], label=name)
     ax.set(xlabel="latency of successful requests (s)", ylabel="fraction of requests sent", title="Latency CDF")

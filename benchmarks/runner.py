@@ -14,6 +14,7 @@ from benchmarks.loadgen import Record, RequestTemplate, Tracker, closed_loop, op
 from benchmarks.monitor import FleetMonitor
 from benchmarks.stats import replica_seconds, summarize, time_to_replicas
 from benchmarks.traces import Arrival
+from serve.settings import WORKER_DEPLOYMENT
 
 
 @dataclass
@@ -46,7 +47,8 @@ def _start(target: Target) -> tuple[str, str | None]:
         return target.url.rstrip("/"), None
     import ray
 
-    from serve.deploy import deploy, load_config
+    from serve.deploy import deploy
+    from serve.settings import load_config
 
     if not ray.is_initialized():
         ray.init(namespace="serve", include_dashboard=False, logging_level="ERROR")
@@ -81,7 +83,7 @@ def _worker_info(app_name: str | None) -> dict[str, Any]:
     from ray import serve
 
     try:
-        stats = serve.get_deployment_handle("DiffusionWorker", app_name=app_name).stats.remote().result(
+        stats = serve.get_deployment_handle(WORKER_DEPLOYMENT, app_name=app_name).stats.remote().result(
             timeout_s=30
         )
     except Exception as exc:  # no replica left (scaled to zero): report what we know

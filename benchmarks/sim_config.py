@@ -2,10 +2,10 @@
 
 The worker deployment's ``max_ongoing_requests``, ``max_queued_requests`` and ``autoscaling_config``
 and the application's ``batching``, ``limits`` and ``deadlines`` args become a
-:class:`~scheduler.simulation.workload.FleetSpec` and a policy: sdserve's decider when the config
-names ``serve.autoscaling_policy:QueueDepthPolicy``, else Ray's default policy — in both cases
-inside Ray's wrapper with the config's delays, look-back and bounds, as Ray runs them. The service
-time is the simulated A10 SD 1.5 profile (``models/simulated.py``), whatever model the config names.
+:class:`~scheduler.simulation.workload.FleetSpec` and a policy: sdserve's own control loop when the
+application has ``external_scaler_enabled`` and ``autoscaling.enabled``, else Ray's default policy
+inside Ray's wrapper with the config's delays, look-back and bounds, as Ray runs it. The service time
+is the simulated A10 SD 1.5 profile (``models/simulated.py``), whatever model the config names.
 """
 
 from __future__ import annotations
@@ -17,15 +17,10 @@ from typing import Any
 
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from scheduler.autoscaling import AutoscalerConfig
-from scheduler.simulation.policies import ControlPolicy, ExternalScaler, RayControlled, sdserve_policy
-from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig, queue_length_policy
+from scheduler.simulation.policies import ControlPolicy, RayControlled, SdserveLoop
+from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
-from serve.settings import AppSettings, load_config
-
-SDSERVE_POLICY = "serve.autoscaling_policy:QueueDepthPolicy"
-WORKER = "DiffusionWorker"
-#: Policy kwargs that only the live adapter reads (cluster look-ups), not the decider.
-LIVE_ONLY_KWARGS = ("follow_cluster_gpus", "gpus_per_replica")
+from serve.settings import WORKER_DEPLOYMENT, AppSettings, load_config
 
 
 def a10_service_model(time_scale: float = 1.0, step_time_s: dict[int, float] | None = None) -> ServiceModel:
@@ -45,7 +40,7 @@ class SimTarget:
     name: str
     path: str
     spec: FleetSpec
-    policy_kind: str  # "sdserve-loop" (own control loop), "sdserve-ray-hook" (Ray's policy hook), "ray-default"
+    policy_kind: str  # "sdserve-loop" (sdserve's own control loop) or "ray-default"
     ray_config: RayAutoscalingConfig
     policy_kwargs: dict[str, Any]
     settings: AppSettings
@@ -53,11 +48,9 @@ class SimTarget:
     def policy(self) -> ControlPolicy:
         """A fresh policy (policies keep state: one per run)."""
         if self.policy_kind == "sdserve-loop":
-            return ExternalScaler(self.name, AutoscalerConfig(**self.policy_kwargs),
-                                  fleet_poll_s=self.settings.autoscaling.fleet_poll_s)
-        inner = (sdserve_policy(AutoscalerConfig(**self.policy_kwargs)) if self.policy_kind == "sdserve-ray-hook"
-                 else queue_length_policy)
-        return RayControlled(self.name, self.ray_config, inner)
+            return SdserveLoop(self.name, AutoscalerConfig(**self.policy_kwargs),
+                               fleet_poll_s=self.settings.autoscaling.fleet_poll_s)
+        return RayControlled(self.name, self.ray_config)
 
     def with_overrides(self, spec: dict[str, Any] | None = None, ray: dict[str, Any] | None = None,
                        policy: dict[str, Any] | None = None, name: str | None = None) -> "SimTarget":
@@ -79,9 +72,9 @@ class SimTarget:
 
 def _worker(app: dict[str, Any], path: str) -> dict[str, Any]:
     for deployment in app.get("deployments", []):
-        if deployment.get("name") == WORKER:
+        if deployment.get("name") == WORKER_DEPLOYMENT:
             return deployment
-    raise ValueError(f"{path}: no deployment named {WORKER}")
+    raise ValueError(f"{path}: no deployment named {WORKER_DEPLOYMENT}")
 
 
 def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | None = None,
@@ -106,11 +99,11 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
             replicas = int(worker.get("num_replicas", 1))
             autoscaling = {"min_replicas": replicas, "max_replicas": replicas, "initial_replicas": replicas}
         policy = autoscaling.pop("policy", None) or {}
-        function = policy.get("policy_function")
-        if function not in (None, SDSERVE_POLICY):
-            raise ValueError(f"{path}: the simulator knows sdserve's policies and Ray's default, not {function!r}")
-        kwargs = {k: v for k, v in (policy.get("policy_kwargs") or {}).items() if k not in LIVE_ONLY_KWARGS}
-        kind = "sdserve-ray-hook" if function else "ray-default"
+        if policy.get("policy_function") is not None:
+            raise ValueError(f"{path}: the simulator knows sdserve's control loop and Ray's default policy, "
+                             f"not {policy['policy_function']!r}")
+        kwargs = {}
+        kind = "ray-default"
     ray_config = RayAutoscalingConfig.from_dict(autoscaling)
     initial = ray_config.initial_replicas if ray_config.initial_replicas is not None else ray_config.min_replicas
     spec = FleetSpec(

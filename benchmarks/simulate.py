@@ -15,16 +15,17 @@ from typing import Any
 
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
-from benchmarks.report import command_line, write_outputs
+from benchmarks.report import provenance, write_outputs
 from benchmarks.sim_config import SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import downsample, plot_pareto
 from benchmarks.stats import summarize
 from benchmarks.traces import Arrival, read_trace, resolve_window
+from scheduler.outcomes import Outcome
 from scheduler.simulation.clairvoyant import clairvoyant_cost
 from scheduler.simulation.fleet import simulate
-from scheduler.simulation.records import SimResult
 from scheduler.simulation.policies import FixedFleet
-from scheduler.simulation.workload import ServiceModel, SimRequest
+from scheduler.simulation.records import SimResult
+from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S, ServiceModel, SimRequest
 
 #: Per-request records are kept in the JSON up to this many requests (the whole trace would be MBs).
 MAX_RECORDS = 1000
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clairvoyant", action="store_true", help="add the clairvoyant cost floor row")
     parser.add_argument("--fixed", type=int, action="append", default=[], metavar="N",
                         help="add a fixed fleet of N warm replicas (the first config's rules)")
-    parser.add_argument("--cold-start-s", type=float, default=22.7,
+    parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S,
                         help="replica start → ready (default: the trace's median base-model load)")
     parser.add_argument("--cold-start-jitter-s", type=float, default=0.0, help="uniform ± jitter")
     parser.add_argument("--time-scale", type=float, default=1.0,
@@ -70,7 +71,7 @@ def records_of(result: SimResult) -> list[Record]:
     """The simulator's outcomes as the load generator's records (one per request)."""
     return [
         Record(index=r.index, scheduled_s=r.arrival_s, sent_s=r.arrival_s, done_s=r.done_s, outcome=r.outcome,
-               n=r.n, queue_wait_s=r.queue_wait_s if r.outcome == "ok" else None,
+               n=r.n, queue_wait_s=r.queue_wait_s if r.outcome == Outcome.OK else None,
                service_time_s=r.service_time_s, batch_images=r.batch_images,
                replica_id="" if r.replica is None else f"sim-{r.replica}")
         for r in result.records
@@ -151,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
             entry["summary"]["clairvoyant_replica_seconds"] = floor["replica_seconds"]
             entry["summary"]["replica_seconds_over_clairvoyant"] = (
                 entry["summary"]["replica_seconds"] / floor["replica_seconds"])
-    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "simulated": True,
+    meta = {**provenance(), "simulated": True,
             "clairvoyant": floor, "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "description": args.description or "SIMULATION (fleet simulator, simulated A10 SD 1.5 service times)"}
     out_dir = Path(args.out_dir)

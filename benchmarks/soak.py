@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
-from benchmarks.report import command_line, environment
+from benchmarks.report import environment, provenance
+from serve.settings import INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT
 
 PATH = "/v1/images/generations"
 #: Every status the documented error table allows under this mix (README, "Errors").
@@ -43,7 +43,7 @@ MIX: dict[str, tuple[float, Any, float]] = {
     # streams, and hangs up at its first event: the server surely has it (a plain request cut off
     # earlier may never get past Ray's proxy, and the server cannot count what it never saw)
     "disconnect": (0.10, {**NORMAL, "num_inference_steps": 30, "stream": True}, 60.0),
-    "invalid": (0.10, {"prompt": "", "n": 99}, 60.0),
+    "bad_input": (0.10, {"prompt": "", "n": 99}, 60.0),
     "oversize": (0.05, {"prompt": "x" * 100_000}, 60.0),
     "broken_json": (0.05, b'{"prompt": ', 60.0),
 }
@@ -65,7 +65,7 @@ def process_rss(app_name: str) -> dict[str, int]:
     rss: dict[str, int] = {}
     for process in psutil.process_iter(["cmdline", "memory_info"]):
         line = " ".join(process.info["cmdline"] or [])
-        for deployment in ("Ingress", "DiffusionWorker"):
+        for deployment in (INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT):
             if deployment in line and app_name in line and process.info["memory_info"]:
                 rss[deployment] = rss.get(deployment, 0) + process.info["memory_info"].rss
     return rss
@@ -210,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         result = run_soak(url, app_name or "", args.duration, args.multiple, warmup_s=args.warmup)
     finally:
         _stop(app_name)
-    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
+    meta = {**provenance(), "environment": environment(),
             "config": args.config, "overrides": args.overrides}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

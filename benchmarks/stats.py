@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import Record
-from scheduler.outcomes import OUTCOMES
+from scheduler.outcomes import Outcome
 
 
 class AccountingError(AssertionError):
@@ -45,10 +45,10 @@ def summarize(records: list[Record], samples: list[dict[str, float]], slo_s: flo
               paid_s: float | None = None, starts: int | None = None) -> dict[str, Any]:
     """``paid_s`` and ``starts``: exact replica-seconds and replica starts where they are known
     (the simulator), instead of integrating and differencing the polled samples."""
-    counts = {outcome: sum(r.outcome == outcome for r in records) for outcome in OUTCOMES}
+    counts = {outcome: sum(r.outcome == outcome for r in records) for outcome in Outcome}
     if sum(counts.values()) != len(records):
         raise AccountingError(f"sent {len(records)} but outcomes add to {sum(counts.values())}: {counts}")
-    ok = [r for r in records if r.outcome == "ok"]
+    ok = [r for r in records if r.outcome == Outcome.OK]
     duration = max((r.done_s for r in records), default=0.0) - min((r.sent_s for r in records), default=0.0)
     images = sum(r.n for r in ok)
     oracle = sum(

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.report import command_line, environment
+from benchmarks.report import environment, provenance
+from serve.settings import WORKER_DEPLOYMENT
 
 PATH = "/v1/images/generations"
 
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
         with httpx.Client(base_url=url, timeout=300) as client:
             one(client, {**body, "partial_images": 0})  # warm-up
             runs = [one(client, {**body, "seed": i}) for i in range(args.requests)]
-        stats = serve.get_deployment_handle("DiffusionWorker", app_name=app_name).stats.remote().result()
+        stats = serve.get_deployment_handle(WORKER_DEPLOYMENT, app_name=app_name).stats.remote().result()
     finally:
         _stop(app_name)
     previews = np.array(stats["preview_seconds"])
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         # SD 1.5's native size, rendered here: compare with a GPU's step time (A10: ~0.059 s)
         "preview_render_512x512_s": preview_render_s(512),
     }
-    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
+    meta = {**provenance(), "environment": environment(),
             "model": stats.get("model"), "device": stats.get("device")}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import RequestTemplate
-from benchmarks.report import command_line, environment
+from benchmarks.report import environment, provenance
 from benchmarks.runner import Target, Workload, run_target
-from benchmarks.sim_config import WORKER, a10_service_model, load_target
+from benchmarks.sim_config import a10_service_model, load_target
 from benchmarks.simulate import load_arrivals, records_of, run_one, samples_of
+from scheduler.outcomes import Outcome
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
-from serve.settings import load_config
+from serve.settings import WORKER_DEPLOYMENT, load_config
 
 #: Agreement the simulator must reach (issue #11); a failure is reported, never widened.
 TOLERANCE = {"slo_points": 3.0, "replica_seconds_rel": 0.10, "p50_rel": 0.15, "starts_abs": 1}
@@ -60,7 +61,7 @@ def compressed_overrides(path: str, k: float) -> tuple[list[str], list[str]]:
     args = app.get("args") or {}
     timeout = ((args.get("deadlines") or {}).get("default_timeout_s")) or 120.0
     arg_overrides = [f"simulation.time_scale={k}", f"deadlines.default_timeout_s={timeout / k}"]
-    worker = next(d for d in app["deployments"] if d["name"] == WORKER)
+    worker = next(d for d in app["deployments"] if d["name"] == WORKER_DEPLOYMENT)
     loop = (args.get("autoscaling") or {})
     if app.get("external_scaler_enabled") and loop.get("enabled"):  # sdserve's loop: knobs in args
         # (the loop's own interval and fleet poll stay: the simulator models them as they are)
@@ -94,7 +95,7 @@ def live_cold_start_s(samples: list[dict[str, float]], starts: int) -> float | N
 def live_overhead_s(records: list[dict[str, Any]]) -> float:
     """Median per-request time outside the queue and the pipeline (HTTP, proxy, ingress, PNG)."""
     parts = [r["latency_s"] - r["queue_wait_s"] - r["service_time_s"] for r in records
-             if r["outcome"] == "ok" and r["queue_wait_s"] is not None and r["service_time_s"] is not None]
+             if r["outcome"] == Outcome.OK and r["queue_wait_s"] is not None and r["service_time_s"] is not None]
     return float(np.median(parts)) if parts else 0.0
 
 
@@ -118,7 +119,7 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     arrivals = load_arrivals(args)  # compressed k× by --time-scale
     name = Path(config).stem
     live = run_target(Target(name, config=config, overrides=arg_overrides,
-                             deployment_overrides={WORKER: deployment}),
+                             deployment_overrides={WORKER_DEPLOYMENT: deployment}),
                       Workload("open", arrivals), RequestTemplate(), args.slo / k, warmup=1)
     measured = {"cold_start_s": live_cold_start_s(live["samples"], live["summary"]["replica_starts"]),
                 "request_overhead_s": live_overhead_s(live["records"]),
@@ -135,7 +136,7 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
     k, slo = args.time_scale, args.slo / args.time_scale
     measured, deployment = earlier["measured"], earlier["deployment_overrides"]
     target = load_target(earlier["config"], measured["cold_start_s"] or 0.0, earlier["overrides"],
-                         {WORKER: deployment})
+                         {WORKER_DEPLOYMENT: deployment})
     target = target.with_overrides(spec={"request_overhead_s": measured["request_overhead_s"],
                                          "reported_cold_start_s": measured["reported_cold_start_s"]})
     result, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
@@ -215,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown(results, args.time_scale, args.slo)
-    meta = {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
+    meta = {**provenance(), "environment": environment(),
             "window": args.window, "time_scale": args.time_scale, "wall_s": time.time() - started,
             "tolerance": TOLERANCE}
     if live_from is not None:  # the live runs are the earlier ones: say so and keep their provenance

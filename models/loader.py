@@ -72,6 +72,24 @@ def _weights_location(spec: ModelSpec) -> str:
     return spec.model
 
 
+def check_available(spec: ModelSpec) -> None:
+    """Fail at once, before torch and diffusers are even imported, for a Hugging Face id that is
+    not in the local cache when downloads are off — a replica with a mistyped model id then fails
+    in a second, not after its framework imports (Ray retries a failed replica start three times)."""
+    if spec.model == TINY_SPEC or spec.allow_download or Path(spec.model).expanduser().exists():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(spec.model, "model_index.json")
+    except ValueError as exc:  # not even a valid repository id
+        raise ModelLoadError(f"cannot load model {spec.model!r}: {exc}") from None
+    if not isinstance(found, str):
+        raise ModelLoadError(
+            f"cannot load model {spec.model!r}: it is not in the local Hugging Face cache. Download it "
+            f"first (`hf download {spec.model}`) or set allow_download: true.")
+
+
 def load_pipeline(spec: ModelSpec):
     """Load the Stable Diffusion pipeline named by ``spec``; raise :class:`ModelLoadError` clearly."""
     import torch

@@ -6,8 +6,10 @@ timescales on a laptop. Its model name always starts with ``simulated:`` and it 
 simulation; no shipped config except ``configs/sim-*.yaml`` selects it.
 
 Default profile: Stable Diffusion 1.5 at 512x512 on an NVIDIA A10, fp16 with SDPA, per denoising
-step, by images in the pipeline call. Published figures (diffusers' "torch 2.0" optimisation docs
-and Deci's model card, as collected in DESIGN.md):
+step, by images in the pipeline call. Published figures: diffusers' "Accelerated PyTorch 2.0"
+benchmarks (https://huggingface.co/docs/diffusers/optimization/torch2.0, A10 rows) and the model
+card of Deci's DeciDiffusion (https://huggingface.co/Deci/DeciDiffusion-v1-0, its SD 1.4 A10
+baseline by batch size):
 - batch 1: 2.95 s per image at 50 steps → 0.059 s/step;
 - batch 4: ≈ 10.0 s per batch at 50 steps → 0.200 s/step;
 - batch 8: ≈ 19.5 s → 0.390 s/step;  batch 16: ≈ 38.3 s → 0.766 s/step.
@@ -27,11 +29,13 @@ import numpy as np
 
 from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
+from scheduler.collector import (
+    REFERENCE_PIXELS,  # the profile's figures are per 512×512 image
+)
 
 log = logging.getLogger(__name__)
 
 A10_SD15_STEP_TIME_S: dict[int, float] = {1: 0.059, 4: 0.200, 8: 0.390, 16: 0.766}
-REFERENCE_PIXELS = 512 * 512
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,12 @@ def _write_tokenizer_files(directory: Path) -> tuple[Path, Path]:
 def build_tiny_pipeline(work_dir: Path):
     """Construct the tiny pipeline in memory (seeded), using ``work_dir`` for tokenizer files."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab_file, merges_file = _write_tokenizer_files(work_dir)

@@ -1,5 +1,5 @@
 """Adaptive batching: each pipeline call takes the largest batch that its latency model says will
-meet every member's deadline — the "dynamic concurrency" setting (issue #14).
+meet every member's deadline — the "dynamic concurrency" setting.
 
 Diffusion batches are not free: on an A10 a batch of 4 takes ~3.4× one image, and a batch that runs
 past the tightest deadline in it wastes every image of the request that misses. So per call, from
@@ -8,21 +8,20 @@ prefix whose *predicted* call time ends before the earliest deadline in it, with
 and ``max_batch_size``; the rest wait for the next call. The head of the queue always runs (alone
 if need be: whether it can finish at all is the shedding rule's business).
 
-The model is refitted online from the replica's own calls: ``t = a + b·steps + c·images·pixels·steps
-+ d·images·pixels`` (a fixed cost, a per-step cost, and the parts that grow with the pixels in the
-call, per step and once, e.g. the VAE) by least squares (Bentoml refits a linear cost model the same
-way). Until it has ``min_calls`` calls, Clipper's fallback: AIMD on the batch size — one more after a
-call whose members all met their deadlines, ×0.9 after a miss.
+The prediction is the replica's :class:`~scheduler.call_time.CallTimeModel` (the same one shedding
+uses), refitted from its own calls; here it may extrapolate to batches larger than any seen, since a
+linear price on a bigger batch is what keeps it from being taken. Until the model has ``min_calls``
+calls, Clipper's fallback: AIMD on the batch size — one more after a call whose members all met
+their deadlines, ×0.9 after a miss.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
+from scheduler.call_time import CallTimeModel
 
 
 @dataclass(frozen=True)
@@ -46,56 +45,23 @@ class AdaptiveConfig:
             raise ValueError("need max_batch_size >= 1, min_calls >= 1, 0 < aimd_decrease < 1, margin >= 1")
 
 
-class CallTimeModel:
-    """Pipeline-call seconds from (images, pixels per image, steps), refitted on recent calls."""
-
-    def __init__(self, window: int = 64) -> None:
-        self._calls: deque[tuple[int, int, int, float]] = deque(maxlen=window)
-        self._fit: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
-    @staticmethod
-    def _features(images: np.ndarray, pixels: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        megapixels = images * pixels * 1e-6
-        return np.column_stack([np.ones_like(steps), steps, megapixels * steps, megapixels])
-
-    def observe(self, images: int, pixels: int, steps: int, seconds: float) -> None:
-        if images > 0 and steps > 0 and seconds > 0:
-            self._calls.append((images, pixels, steps, seconds))
-            self._fit = None
-
-    def predict(self, images: int, pixels: int, steps: int) -> float | None:
-        """Seconds for such a call; None before two different batch sizes have been seen (the
-        growth with images is then unknown) or when the fit is not usable."""
-        if len(self._calls) < 2:
-            return None
-        data = np.array(self._calls, dtype=float)
-        if len(np.unique(data[:, 0] * data[:, 1])) < 2:
-            return None
-        if self._fit is None:
-            features = self._features(data[:, 0], data[:, 1], data[:, 2])
-            self._fit = np.linalg.lstsq(features, data[:, 3], rcond=None)[0]
-        x = self._features(np.array([float(images)]), np.array([float(pixels)]), np.array([float(steps)]))
-        value = float((x @ self._fit)[0])
-        return value if value > 0 else None
-
-
 @dataclass
 class AdaptiveBatcher:
-    """A replica's batch-size choice: the model when trusted, AIMD before."""
+    """A replica's batch-size choice: its call-time model when trusted, AIMD before."""
 
     config: AdaptiveConfig = field(default_factory=AdaptiveConfig)
-    model: CallTimeModel = field(init=False)
+    model: CallTimeModel = field(default_factory=CallTimeModel)  # shared with the shedding rule
     limit: float = 1.0  # AIMD's batch size (requests)
-
-    def __post_init__(self) -> None:
-        self.model = CallTimeModel(self.config.window)
 
     @property
     def model_ready(self) -> bool:
         return len(self.model) >= self.config.min_calls
+
+    def predict(self, images: int, pixels: int, steps: int) -> float | None:
+        """Seconds for a call of ``images`` images of ``pixels`` each (None: no trusted model)."""
+        if not self.model_ready:
+            return None
+        return self.model.predict(images * pixels, steps, extrapolate=True)
 
     def choose(self, waiting: Sequence[Waiting], now: float, pixels: int, steps: int,
                max_images: int | None = None) -> int:
@@ -112,26 +78,25 @@ class AdaptiveBatcher:
                 break
             if job.deadline is not None:
                 earliest = min(earliest, job.deadline)
-            if self.model_ready:
-                predicted = self.model.predict(images, pixels, steps)
-                if predicted is not None and now + self.config.margin * predicted > earliest and k > 1:
-                    break  # this one would make the call miss someone's deadline: it waits
+            predicted = self.predict(images, pixels, steps)
+            if predicted is not None and now + self.config.margin * predicted > earliest and k > 1:
+                break  # this one would make the call miss someone's deadline: it waits
             best = k
         return best
 
     def hopeless(self, job: Waiting, now: float, pixels: int, steps: int) -> float | None:
         """The predicted call time if ``job`` cannot meet its deadline even alone (else None):
-        running it would only take a call from requests that can still make theirs."""
+        running it would only take a call from requests that can still make theirs. Never on an
+        extrapolation: a wrong "too slow" refuses work that would have finished."""
         if not self.model_ready or job.deadline is None:
             return None
-        predicted = self.model.predict(job.images, pixels, steps)
+        predicted = self.model.predict(job.images * pixels, steps)
         if predicted is None or now + self.config.margin * predicted <= job.deadline:
             return None
         return predicted
 
-    def observe(self, images: int, pixels: int, steps: int, seconds: float, all_in_time: bool) -> None:
-        """A finished call: refit the model, and move AIMD's limit."""
-        self.model.observe(images, pixels, steps, seconds)
+    def after_call(self, all_in_time: bool) -> None:
+        """A call ended: move AIMD's limit (the model learns from the call elsewhere, once)."""
         if all_in_time:
             self.limit = min(self.config.max_batch_size, self.limit + 1)
         else:
@@ -144,7 +109,7 @@ class AdaptiveBatcher:
             return max(1, math.floor(self.limit))
         k = 1
         for n in range(2, self.config.max_batch_size + 1):
-            predicted = self.model.predict(n, pixels, steps)
+            predicted = self.predict(n, pixels, steps)
             if predicted is None or self.config.margin * predicted > budget_s:
                 break
             k = n

@@ -2,7 +2,7 @@
 
 Why queue depth: at zero replicas there is nothing to measure CPU or GPU on; queued + in-flight
 requests exist at zero and track demand directly. The decision is separated from metric collection
-(the Ray adapter in ``serve/autoscaling_policy.py``) and from actuation (Ray Serve), Knative-style:
+(:mod:`scheduler.driver`) and from actuation (``serve/control.py``), Knative-style:
 
 - **Scale up at once** (no delay) when the backlog exceeds running plus starting capacity. Replicas
   already starting count as capacity to come, so a burst does not start the same replicas twice.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
 
 from scheduler.deadline_scaling import Backlog, replicas_to_save_deadlines
 from scheduler.keepalive import KeepAlivePlan, keep_alive_plan, keep_one, record_idle, regime_of
@@ -106,30 +106,32 @@ class AutoscalerState:
     #: The keep-alive chosen when the current idle period began: (keep-alive, pre-warm after, source).
     idle_plan: tuple[float, float | None, str] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for Ray's ``policy_state`` (cheap: no deep copy, it is immutable)."""
-        return {"target": self.target, "idle_since": self.idle_since,
-                "last_scale_down_at": self.last_scale_down_at, "need_history": self.need_history,
-                "idle_histograms": self.idle_histograms, "idle_regime": self.idle_regime,
-                "idle_plan": self.idle_plan}
 
-    @classmethod
-    def from_dict(cls, saved: dict[str, Any]) -> "AutoscalerState":
-        plan = saved.get("idle_plan")
-        return cls(**{**saved, "need_history": tuple(map(tuple, saved.get("need_history", ()))),
-                      "idle_histograms": tuple(tuple(h) for h in saved.get("idle_histograms", ())),
-                      "idle_plan": tuple(plan) if plan else None})
+class DecisionKind(StrEnum):
+    """Which rule decided (a metric label: a few fixed words)."""
+
+    BURST = "burst"  # the backlog needs more replicas, counting what drains during a cold start
+    DEADLINE = "deadline"  # queued requests would miss their deadlines without more replicas
+    BACKLOG = "backlog"  # more work than replicas, but a new one would be ready only after it drains
+    STEADY = "steady"  # the need over the stable window is what runs
+    COOLING_DOWN = "cooling down"  # too soon after the last scale-down
+    LOW_DEMAND = "low demand"  # one step down
+    HOLDING = "holding"  # the floor: in-flight work, min_replicas or the keep-alive
+    PREWARM = "pre-warm"  # one replica ahead of the next expected request
+    TO_ZERO = "to zero"  # the keep-alive ran out
 
 
 @dataclass(frozen=True)
 class Decision:
     desired: int
     state: AutoscalerState
-    reason: str  # "<kind>: <details>"; the kind is one of a few fixed words (a metric label)
+    kind: DecisionKind
+    detail: str
 
     @property
-    def kind(self) -> str:
-        return self.reason.split(":")[0]
+    def reason(self) -> str:
+        """``"<kind>: <detail>"``, as logged and shown by ``GET /v1/scheduler``."""
+        return f"{self.kind}: {self.detail}"
 
 
 def _ceil_div(a: float, b: float) -> int:
@@ -163,7 +165,7 @@ def replicas_worth_starting(inputs: AutoscalerInputs, config: AutoscalerConfig) 
 
 
 def _deadline_target(inputs: AutoscalerInputs, config: AutoscalerConfig, provisioned: int) -> tuple[int, str]:
-    """Replicas (total) the deadline rule wants, and why; ``provisioned`` if it wants none."""
+    """Replicas (total) the deadline rule wants, and the detail of why; ``provisioned`` if none."""
     if not config.deadline_aware or inputs.backlog is None or inputs.slot_free_in_s is None:
         return provisioned, ""
     cold = config.default_cold_start_s if inputs.cold_start_s is None else inputs.cold_start_s
@@ -172,7 +174,7 @@ def _deadline_target(inputs: AutoscalerInputs, config: AutoscalerConfig, provisi
         inputs.backlog, inputs.slot_free_in_s, cold, config.capacity_per_replica, room)
     if not extra:
         return provisioned, ""
-    return provisioned + extra, (f"deadline: {before} of {inputs.queued} queued would miss; "
+    return provisioned + extra, (f"{before} of {inputs.queued} queued would miss; "
                                  f"{extra} more ready in {cold:.0f}s leave {after}")
 
 
@@ -218,28 +220,25 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     current = max(state.target, provisioned)
 
     up = min(needed_now, replicas_worth_starting(inputs, config))
-    for_deadlines, deadline_reason = _deadline_target(inputs, config, provisioned)
+    for_deadlines, deadline_detail = _deadline_target(inputs, config, provisioned)
     if for_deadlines > max(up, current):
-        desired, reason = for_deadlines, deadline_reason
+        desired, kind, detail = for_deadlines, DecisionKind.DEADLINE, deadline_detail
     elif up > current:
-        desired = up
-        reason = (
-            f"burst: {inputs.queued} queued, {inputs.in_flight} running, "
-            f"{inputs.starting_replicas} starting"
-        )
+        desired, kind = up, DecisionKind.BURST
+        detail = f"{inputs.queued} queued, {inputs.in_flight} running, {inputs.starting_replicas} starting"
     elif needed_now > provisioned and current > 0:
-        desired = current
-        reason = f"backlog: {inputs.demand} waiting; new replicas would be ready only after it drains"
+        desired, kind = current, DecisionKind.BACKLOG
+        detail = f"{inputs.demand} waiting; new replicas would be ready only after it drains"
     elif window_need >= current:
-        desired, reason = current, f"steady: need {window_need} over the stable window"
+        desired, kind, detail = current, DecisionKind.STEADY, f"need {window_need} over the stable window"
     elif (
         state.last_scale_down_at is not None
         and now - state.last_scale_down_at < config.scale_down_interval_s
     ):
-        desired, reason = current, "cooling down: too soon after the last scale-down"
+        desired, kind, detail = current, DecisionKind.COOLING_DOWN, "too soon after the last scale-down"
     else:
-        desired = current - 1
-        reason = f"low demand: need {window_need} over {config.stable_window_s:g}s, one step down"
+        desired, kind = current - 1, DecisionKind.LOW_DEMAND
+        detail = f"need {window_need} over {config.stable_window_s:g}s, one step down"
 
     idle_for = 0.0 if idle_since is None else now - idle_since
     wants_one = plan is None or keep_one(idle_for, plan, cold)
@@ -248,13 +247,15 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     floor = max(_ceil_div(inputs.in_flight, capacity), config.min_replicas, keep_alive)
     if desired < floor:
         if keep_alive and current == 0:
-            reason = f"pre-warm: idle {idle_for:.0f}s, next request expected after {plan.prewarm_after_s or 0:.0f}s"
+            kind = DecisionKind.PREWARM
+            detail = f"idle {idle_for:.0f}s, next request expected after {plan.prewarm_after_s or 0:.0f}s"
         else:
-            reason = f"holding: {floor} for in-flight work, min_replicas or keep-alive"
+            kind, detail = DecisionKind.HOLDING, f"{floor} for in-flight work, min_replicas or keep-alive"
         desired = floor
     desired = max(config.min_replicas, min(config.max_replicas, desired))
     if desired == 0 and current > 0 and plan is not None:
-        reason = f"to zero: idle {idle_for:.0f}s, keep-alive {plan.keep_alive_s:.0f}s ({plan.source})"
+        kind = DecisionKind.TO_ZERO
+        detail = f"idle {idle_for:.0f}s, keep-alive {plan.keep_alive_s:.0f}s ({plan.source})"
     new_state = AutoscalerState(
         target=desired,
         idle_since=idle_since,
@@ -264,4 +265,4 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         idle_regime=regime,
         idle_plan=None if plan is None else (plan.keep_alive_s, plan.prewarm_after_s, plan.source),
     )
-    return Decision(desired, new_state, reason)
+    return Decision(desired, new_state, kind, detail)

@@ -1,24 +1,27 @@
-"""Metric collection for the decider, over plain data: the ingress feeds it live, the simulator
-feeds it simulated requests — the same code builds the decider's inputs on both sides.
+"""Metric collection for the decider, over plain data: what the ingress sees, turned into the
+decider's inputs. The live loop and the simulator feed the same :class:`Collector` (through
+:class:`scheduler.driver.ScalingDriver`), so both build the decider's inputs with the same code.
 
 Like Knative's activator, the ingress sees every request: when it was accepted, its deadline, its
-images and steps. From the requests still outstanding (arrival order) and the running capacity it
-infers which are running and which wait, and for each waiting one the *slack* (latest start that
-still meets its deadline or the latency objective, given its own expected service time). Service
-time is learned from the replies (seconds per image-step, scaled by pixels); the starting
+images and steps; and every reply: how long its call took, the replica's cold start and the batch
+size the replica would take now. From the requests still outstanding (arrival order) and the running
+capacity it infers which are running and which wait, and for each waiting one the *slack* (latest
+start that still meets its deadline or the latency objective, given its own expected service time).
+Service time is learned from the replies (seconds per image-step, scaled by pixels); the starting
 replicas' readiness from when the collector itself asked for them.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scheduler.autoscaling import AutoscalerInputs
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs
 from scheduler.deadline_scaling import Backlog
+from scheduler.ewma import Ewma
 from scheduler.keepalive import REGIME_WINDOW_S
 
+#: The unit service time is counted in: one 512×512 image-step (SD 1.5's native size).
 REFERENCE_PIXELS = 512 * 512
 
 
@@ -33,24 +36,41 @@ class PendingJob:
     pixels: int = REFERENCE_PIXELS  # per image
 
 
+@dataclass(frozen=True)
+class CallReport:
+    """What the ingress learns from one reply of a successful request."""
+
+    seconds: float  # the pipeline call's duration
+    images: int  # images in the call
+    steps: int
+    pixels: int  # per image
+    cold_start_s: float | None = None  # the replica's own cold start, as it measured it
+    capacity: int | None = None  # requests per call the replica would take now (adaptive)
+
+
 class ServiceRate:
-    """Exponentially weighted seconds per image-step (at 512x512) over completed pipeline calls.
+    """Weighted seconds per image-step (at 512x512) over completed pipeline calls, and per call.
 
     A per-image rate is what lets one measurement predict a request of another size: on an A10,
     SD 1.5 costs 0.059 s per image-step alone and 0.050 in a batch of four (models/simulated.py)."""
 
-    def __init__(self, alpha: float = 0.3) -> None:
-        self.alpha = alpha
-        self.per_image_step_s: float | None = None
-        self.call_s: float | None = None  # mean call duration, for the cold-start-aware burst rule
+    def __init__(self) -> None:
+        self._per_image_step = Ewma()
+        self._call = Ewma()  # mean call duration, for the cold-start-aware burst rule
+
+    @property
+    def per_image_step_s(self) -> float | None:
+        return self._per_image_step.value
+
+    @property
+    def call_s(self) -> float | None:
+        return self._call.value
 
     def observe(self, seconds: float, images: int, steps: int, pixels: int = REFERENCE_PIXELS) -> None:
         if seconds <= 0 or images <= 0 or steps <= 0:
             return
-        rate = seconds / (images * steps * pixels / REFERENCE_PIXELS)
-        a = self.alpha
-        self.per_image_step_s = rate if self.per_image_step_s is None else a * rate + (1 - a) * self.per_image_step_s
-        self.call_s = seconds if self.call_s is None else a * seconds + (1 - a) * self.call_s
+        self._per_image_step.add(seconds / (images * steps * pixels / REFERENCE_PIXELS))
+        self._call.add(seconds)
 
     def estimate(self, images: int, steps: int, pixels: int = REFERENCE_PIXELS) -> float | None:
         if self.per_image_step_s is None:
@@ -90,29 +110,53 @@ class ArrivalWindow:
         return len(self._times)
 
 
-def build_inputs(
-    now: float, jobs: Sequence[PendingJob], running: int, starting: int, capacity: int,
-    rate: ServiceRate, starts: StartTracker, cold_start_s: float | None, default_service_s: float,
-    default_cold_start_s: float, latency_objective_s: float | None, recent_arrivals: int | None = None,
-) -> AutoscalerInputs:
-    """The decider's inputs from the outstanding requests (arrival order) and the fleet."""
-    in_flight = min(len(jobs), running * capacity)
-    waiting = jobs[in_flight:]
-    mean_call = rate.call_s or default_service_s
-    slack, service = [], []
-    for job in waiting:
-        own = rate.estimate(job.images, job.steps, job.pixels) or mean_call
-        due = job.deadline if latency_objective_s is None else min(job.deadline, job.accepted_at + latency_objective_s)
-        slack.append(due - now - own)
-        service.append(own)
-    starts.update(now, starting)
-    cold = default_cold_start_s if cold_start_s is None else cold_start_s
-    # a busy slot frees after about half a call (the expected residual); an idle one now
-    free = [mean_call / 2] * in_flight + [0.0] * (running * capacity - in_flight)
-    free += [ready for ready in starts.ready_in(now, cold) for _ in range(capacity)]
-    return AutoscalerInputs(
-        now=now, queued=len(waiting), in_flight=in_flight, running_replicas=running,
-        starting_replicas=starting, service_time_s=rate.call_s, cold_start_s=cold_start_s,
-        backlog=Backlog(tuple(slack), tuple(service)), slot_free_in_s=tuple(free),
-        recent_arrivals=recent_arrivals,
-    )
+class Collector:
+    """Everything the decider's inputs are built from, fed request by request and reply by reply."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, PendingJob] = {}  # outstanding, in arrival order
+        self.rate = ServiceRate()
+        self.starts = StartTracker()
+        self.arrivals = ArrivalWindow()
+        self.cold_start_s: float | None = None  # the last cold start a replica reported
+        self.capacity: int | None = None  # requests per call the replicas last said they take
+
+    def accepted(self, key: str, job: PendingJob) -> None:
+        self.jobs[key] = job
+        self.arrivals.arrived(job.accepted_at)
+
+    def answered(self, key: str) -> None:
+        self.jobs.pop(key, None)
+
+    def replied(self, call: CallReport) -> None:
+        self.rate.observe(call.seconds, call.images, call.steps, call.pixels)
+        if call.cold_start_s:
+            self.cold_start_s = call.cold_start_s
+        if call.capacity:
+            self.capacity = call.capacity
+
+    def inputs(self, now: float, running: int, starting: int, config: AutoscalerConfig) -> AutoscalerInputs:
+        """The decider's inputs: outstanding requests (arrival order) over ``running`` replicas of
+        ``config.capacity_per_replica`` slots each, and ``starting`` replicas on their way."""
+        capacity = config.capacity_per_replica
+        jobs = list(self.jobs.values())
+        in_flight = min(len(jobs), running * capacity)
+        mean_call = self.rate.call_s or config.default_service_time_s
+        slack, service = [], []
+        objective = config.latency_objective_s
+        for job in jobs[in_flight:]:
+            own = self.rate.estimate(job.images, job.steps, job.pixels) or mean_call
+            due = job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
+            slack.append(due - now - own)
+            service.append(own)
+        self.starts.update(now, starting)
+        cold = config.default_cold_start_s if self.cold_start_s is None else self.cold_start_s
+        # a busy slot frees after about half a call (the expected residual); an idle one now
+        free = [mean_call / 2] * in_flight + [0.0] * (running * capacity - in_flight)
+        free += [ready for ready in self.starts.ready_in(now, cold) for _ in range(capacity)]
+        return AutoscalerInputs(
+            now=now, queued=len(jobs) - in_flight, in_flight=in_flight, running_replicas=running,
+            starting_replicas=starting, service_time_s=self.rate.call_s, cold_start_s=self.cold_start_s,
+            backlog=Backlog(tuple(slack), tuple(service)), slot_free_in_s=tuple(free),
+            recent_arrivals=self.arrivals.count(now),
+        )

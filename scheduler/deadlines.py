@@ -1,4 +1,5 @@
-"""Deadline decisions: where a request's deadline comes from, and whether it is still worth running.
+"""Where a request's deadline comes from: the body, the header, or the config (admission at the
+replica, whether it is still worth running, is :mod:`scheduler.admission`).
 
 Pure functions over numbers, so every rule is a row in a test table.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 
 class TimeoutError422(ValueError):
@@ -53,20 +53,3 @@ def absolute_deadline(accepted_at: float, timeout_s: float, source: str, policy:
     header deadline ``proxy_guard_s`` early keeps the client-visible code a 504, never a 408."""
     guard = policy.proxy_guard_s if source == "X-Request-Timeout-Seconds" else 0.0
     return accepted_at + max(0.0, timeout_s - guard)
-
-
-class Admission(Enum):
-    RUN = "run"
-    EXPIRED = "expired"  # the deadline passed while it waited
-    HOPELESS = "hopeless"  # cannot finish in the time left: shed, do not burn GPU time on it
-
-
-def admit(now: float, deadline: float | None, estimated_s: float | None) -> Admission:
-    """Decide, just before the pipeline would start, whether a request should run."""
-    if deadline is None:
-        return Admission.RUN
-    if now >= deadline:
-        return Admission.EXPIRED
-    if estimated_s is not None and deadline - now < estimated_s:
-        return Admission.HOPELESS
-    return Admission.RUN

@@ -46,15 +46,25 @@ class MemoryModel:
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(budget_bytes), safety_factor)
 
     def estimate(self, width: int, height: int, images: int) -> float:
-        pixels = float(width * height)
-        return self.fixed_bytes + images * (self.per_pixel_bytes * pixels + self.per_pixel_sq_bytes * pixels**2)
+        return self.estimate_pixels(width * height, images)
+
+    def estimate_pixels(self, pixels: int, images: int) -> float:
+        """Peak extra bytes of a call of ``images`` images of ``pixels`` each."""
+        p = float(pixels)
+        return self.fixed_bytes + images * (self.per_pixel_bytes * p + self.per_pixel_sq_bytes * p**2)
 
     def fits(self, width: int, height: int, images: int) -> bool:
-        return self.estimate(width, height, images) * self.safety_factor <= self.budget_bytes
+        return self.fits_pixels(width * height, images)
+
+    def fits_pixels(self, pixels: int, images: int) -> bool:
+        return self.estimate_pixels(pixels, images) * self.safety_factor <= self.budget_bytes
 
     def max_images(self, width: int, height: int, limit: int = 64) -> int:
         """Most images of this size one call can hold (0: not even one)."""
-        return next((n for n in range(limit, 0, -1) if self.fits(width, height, n)), 0)
+        return self.max_images_pixels(width * height, limit)
+
+    def max_images_pixels(self, pixels: int, limit: int = 64) -> int:
+        return next((n for n in range(limit, 0, -1) if self.fits_pixels(pixels, n)), 0)
 
     def max_square_side(self, images: int, limit: int = 4096) -> int:
         """Largest multiple-of-8 square side for ``images`` images that fits (0: none)."""

@@ -22,7 +22,6 @@ from serve.settings import (
 )
 from serve.worker import DiffusionWorker
 
-
 #: Ray 2.60 runs replica code on a second event loop by default; cancelling a request (client gone,
 #: ingress timer) then frees the replica's slot at once, while the pipeline thread is still in its
 #: step, VAE decode or PNG encode — the router sends the next request to a busy replica and it waits

@@ -6,14 +6,18 @@ is RUNNING and requests wait it answers ``max(1, target)`` itself without callin
 then gets one replica, the rest one cold start later; the policy's state also goes stale across
 zero. With the application's ``external_scaler_enabled: true`` Ray leaves the replica count to us:
 
-- **collector**: the ingress sees every request (accepted, deadline, images, steps) and every reply
-  (service time, the replica's cold start); it polls Serve for RUNNING vs starting replicas.
-- **decider**: :func:`scheduler.autoscaling.decide`, the same pure function the simulator runs,
-  with inputs built by :func:`scheduler.collector.build_inputs` — as in the simulator.
+- **collector**: the ingress tells the driver of every request (accepted, deadline, images, steps)
+  and every reply (service time, the replica's cold start and batch capacity); the loop polls Serve
+  for RUNNING vs starting replicas.
+- **decider**: :class:`scheduler.driver.ScalingDriver` around :func:`scheduler.autoscaling.decide` —
+  the very class the simulator runs.
 - **actuator**: the Serve controller's ``update_deployment_replicas``, the method Ray's public
   external-scaler REST endpoint (``POST /api/v1/applications/{app}/deployments/{dep}/scale``,
   alpha in 2.60) calls. Calling it from inside the cluster needs neither the dashboard process nor
   its token auth; it is an internal method, so its absence fails loudly at start.
+
+Each decision is kept in :class:`DecisionLog` (``GET /v1/scheduler`` and the metrics read it) and
+logged when its count or kind changes.
 """
 
 from __future__ import annotations
@@ -22,109 +26,66 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from typing import Any
 
-from scheduler.autoscaling import AutoscalerConfig, AutoscalerState, Decision, decide
-from scheduler.collector import ArrivalWindow, PendingJob, ServiceRate, StartTracker, build_inputs
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, Decision
+from scheduler.driver import ScalingDriver
 from serve.cluster import GpuReplicaCap
-from serve.decision_log import DecisionReporter
+from serve.fleet import ServeFleet
 from serve.settings import ControlLoopSettings
 
 log = logging.getLogger("ray.serve")
 
-#: Replica states that are on their way to serving (Serve's ReplicaState values).
-STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")
 
+class DecisionLog:
+    """The latest decision and the recent changes (count or kind), for ``GET /v1/scheduler``."""
 
-class ServeFleet:
-    """Reads a deployment's replica states and sets its target, through the Serve controller."""
+    def __init__(self, deployment: str, keep: int = 200) -> None:
+        self.deployment = deployment
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.latest: dict[str, Any] | None = None
 
-    def __init__(self, app_name: str, deployment: str) -> None:
-        import ray
-        from ray.serve._private.common import DeploymentID
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    def record(self, decision: Decision, inputs: AutoscalerInputs) -> None:
+        counts = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)
+                  if f.name not in ("now", "backlog", "slot_free_in_s")}
+        entry = {"time": inputs.now, "deployment": self.deployment, "desired": decision.desired,
+                 "kind": str(decision.kind), "reason": decision.reason, **counts}
+        if self.latest is None or (self.latest["desired"], self.latest["kind"]) != (decision.desired, entry["kind"]):
+            log.info("autoscaler %s: desired %d (%s)", self.deployment, decision.desired, decision.reason)
+            self.recent.append(entry)
+        self.latest = entry
 
-        self.app_name, self.deployment = app_name, deployment
-        self._id = DeploymentID(name=deployment, app_name=app_name)
-        self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        if not hasattr(self._controller, "update_deployment_replicas"):
-            raise RuntimeError("this Ray has no external-scaler API (update_deployment_replicas); Ray >= 2.50 needed")
-
-    async def replicas(self) -> tuple[int, int]:
-        """(running, starting) replicas of the deployment."""
-        status = await self.status()
-        return status["running"], status["starting"]
-
-    async def status(self) -> dict[str, int]:
-        """Running and starting replicas, and the floor the deployment keeps (its minimum)."""
-        details = await self._controller.get_serve_instance_details.remote()
-        app = (details.get("applications") or {}).get(self.app_name) or {}
-        deployment = (app.get("deployments") or {}).get(self.deployment) or {}
-        states = [str(r.get("state", "")).split(".")[-1] for r in deployment.get("replicas") or []]
-        config = deployment.get("deployment_config") or {}
-        scaling = config.get("autoscaling_config") or {}
-        minimum = scaling.get("min_replicas") if scaling else config.get("num_replicas")
-        return {"running": states.count("RUNNING"), "starting": sum(states.count(s) for s in STARTING_STATES),
-                "minimum": int(minimum or 0)}
-
-    async def scale(self, target: int) -> None:
-        await self._controller.update_deployment_replicas.remote(self._id, target)
+    def read(self, limit: int = 50) -> dict[str, Any]:
+        latest = {self.deployment: self.latest} if self.latest else {}
+        return {"latest": latest, "recent": list(self.recent)[-limit:] if limit > 0 else []}
 
 
 class ScalingLoop:
-    """Every ``interval_s``: collect, decide, and set the worker deployment's target if it changed."""
+    """Every ``interval_s``: read the fleet when due, decide, and set the target if it changed."""
 
-    def __init__(self, settings: ControlLoopSettings, fleet: Any, initial_target: int,
-                 deployment_name: str) -> None:
-        self.settings = settings
-        self.config = AutoscalerConfig(**settings.policy)
+    def __init__(self, settings: ControlLoopSettings, fleet: ServeFleet, deployment_name: str) -> None:
         self.fleet = fleet
-        self.name = deployment_name
-        self.target = initial_target
-        self.state = AutoscalerState(target=initial_target)
-        self.rate = ServiceRate()
-        self.starts = StartTracker()
-        self.arrived = ArrivalWindow()
-        self.cold_start_s: float | None = None
-        #: Requests per call the replicas say they take now (adaptive batching); None: the static
-        #: ``capacity_per_replica`` of the config.
-        self.capacity: int | None = None
-        self.jobs: dict[str, PendingJob] = {}  # outstanding, in arrival order
-        self.gpu_cap = GpuReplicaCap(settings.gpus_per_replica) if settings.follow_cluster_gpus else None
-        self.reporter = DecisionReporter()
-        self.last: Decision | None = None
-        self._replicas = (0, 0)
-        self._polled_at = 0.0
+        self.driver = ScalingDriver(AutoscalerConfig(**settings.policy), settings.fleet_poll_s)
+        self.decisions = DecisionLog(deployment_name)
+        self.running = 0  # running replicas as last read
         self._task: asyncio.Task[None] | None = None
+        self.configure(settings)
 
-    # -- collector: called by the ingress for every request and reply --------------------------
-    def accepted(self, job_id: str, job: PendingJob) -> None:
-        self.jobs[job_id] = job
-        self.arrived.arrived(job.accepted_at)
+    def configure(self, settings: ControlLoopSettings) -> None:
+        """New knobs (a reconfigure): the driver keeps what it learnt, the decider uses the new ones."""
+        self.settings = settings
+        self.gpu_cap = GpuReplicaCap(settings.gpus_per_replica) if settings.follow_cluster_gpus else None
+        self.driver.reconfigure(AutoscalerConfig(**settings.policy), settings.fleet_poll_s)
 
-    def answered(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
-
-    def replied(self, seconds: float, images: int, steps: int, pixels: int, cold_start_s: float | None,
-                capacity: int | None = None) -> None:
-        self.rate.observe(seconds, images, steps, pixels)
-        if cold_start_s:
-            self.cold_start_s = cold_start_s
-        if capacity:
-            self.capacity = min(capacity, self.config.capacity_per_replica)
-
-    @property
-    def running(self) -> int:
-        """Running replicas as the loop last read them."""
-        return self._replicas[0]
-
-    # -- the loop -------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start on this replica's event loop (RuntimeError when none runs yet: start it later)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        log.info("scaling loop for %s every %.2fs: %s", self.name, self.settings.interval_s, self.config)
+        log.info("scaling loop for %s every %.2fs: %s", self.decisions.deployment, self.settings.interval_s,
+                 self.driver.config)
         while True:
             try:
                 await self.tick(time.time())
@@ -135,27 +96,15 @@ class ScalingLoop:
             await asyncio.sleep(self.settings.interval_s)
 
     async def tick(self, now: float) -> Decision:
-        if now - self._polled_at >= self.settings.fleet_poll_s:
-            self._replicas = await self.fleet.replicas()
-            self._polled_at = now
-        running, starting = self._replicas
-        if self.target < 0:  # first tick: take over the fleet as deployed
-            self.target = running + starting
-            self.state = dataclasses.replace(self.state, target=self.target)
-        starting = max(starting, self.target - running)  # asked for, maybe not yet in Serve's view
-        config = self.config
-        if self.capacity is not None:
-            config = dataclasses.replace(config, capacity_per_replica=self.capacity)
-        if self.gpu_cap is not None and (cap := self.gpu_cap(now)):
-            config = dataclasses.replace(config, max_replicas=max(config.min_replicas, min(config.max_replicas, cap)))
-        inputs = build_inputs(now, list(self.jobs.values()), running, starting, config.capacity_per_replica,
-                              self.rate, self.starts, self.cold_start_s, config.default_service_time_s,
-                              config.default_cold_start_s, config.latency_objective_s, self.arrived.count(now))
-        decision = decide(inputs, self.state, config)
-        self.state, self.last = decision.state, decision
-        if decision.desired != self.target:
+        driver = self.driver
+        if driver.fleet_due(now):
+            counts, _ = await self.fleet.status()
+            driver.fleet_seen(now, counts.running, counts.starting)
+            self.running = counts.running
+        decision = driver.step(now, self.gpu_cap(now) if self.gpu_cap is not None else None)
+        if decision.desired != driver.target:
             await self.fleet.scale(decision.desired)
-            self.target = decision.desired
-            self._polled_at = 0.0  # read the fleet again next tick
-        self.reporter.report(self.name, now, decision.desired, decision.reason, inputs)
+            driver.applied(decision.desired)
+        assert driver.last_inputs is not None
+        self.decisions.record(decision, driver.last_inputs)
         return decision

@@ -14,15 +14,16 @@ from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
 from serve.config_check import check_config
-from serve.settings import load_config  # noqa: F401 (re-exported: deploy a loaded config)
 
 
 class DeployError(RuntimeError):
     """The application did not reach RUNNING; the message carries Ray's explanation."""
 
 
-def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = None) -> None:
-    """Start Serve with the config's HTTP options and deploy its applications; block until running.
+def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = None, wait: bool = True) -> None:
+    """Start Serve with the config's HTTP options and deploy its applications; block until they
+    run (``wait``). A redeploy that changes only deployments' ``user_config`` reconfigures the
+    running replicas in place; a change of ``args`` restarts them.
 
     ``progress`` (a callable taking a string) hears about status changes, for long cold starts.
     """
@@ -33,7 +34,8 @@ def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = Non
         proxy_location=schema.proxy_location,
     )
     _get_global_client().deploy_apps(schema, _blocking=False)
-    wait_until_running([app.name for app in schema.applications], timeout_s, progress)
+    if wait:
+        wait_until_running([app.name for app in schema.applications], timeout_s, progress)
 
 
 def wait_until_running(names: list[str], timeout_s: float, progress: Any = None) -> None:

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from serve.config_check import ConfigError, check_config
-    from serve.deploy import DeployError, deploy, load_config
-    from serve.settings import OVERRIDES_ENV, parse_assignments
+    from serve.deploy import DeployError, deploy
+    from serve.settings import OVERRIDES_ENV, load_config, parse_assignments
 
     overrides = parse_assignments(os.environ.get(OVERRIDES_ENV, "")) + options.overrides
     config = load_config(options.config, overrides)

@@ -13,9 +13,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-from serve.protocol import OUTCOMES, WorkerReply
+from scheduler.outcomes import Outcome, Phase
+from serve.protocol import WorkerReply
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 300, 600)
@@ -45,7 +52,7 @@ BATCH_IMAGES = Histogram(
     ["app"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=REGISTRY,
 )
 BATCH_REQUESTS = Histogram(
-    "sdserve_batch_requests", "Requests per pipeline call the adaptive setting chose.",
+    "sdserve_batch_requests", "Requests per successful pipeline call (the adaptive setting chooses it).",
     ["app"], buckets=(1, 2, 3, 4, 5, 6, 8, 12, 16, 32), registry=REGISTRY,
 )
 PREDICTION_RATIO = Histogram(
@@ -102,49 +109,56 @@ class MetricsRecorder:
         self._replica_ooms: dict[str, int] = {}
         self._calls: OrderedDict[str, None] = OrderedDict()  # recent call ids, counted once each
         BATCH_MISSES.labels(app)  # exported at 0 from the start
-        for outcome in OUTCOMES:  # every outcome exported from the start, at 0, so rates work
-            REQUESTS.labels(app, outcome, "")
+        for outcome in Outcome:  # every outcome exported from the start, at 0, so rates work
+            REQUESTS.labels(app, outcome, Phase.NONE)
 
-    def request(self, outcome: str, phase: str, latency_s: float | None) -> None:
+    def request(self, outcome: Outcome, phase: Phase, latency_s: float | None) -> None:
         REQUESTS.labels(self.app, outcome, phase).inc()
         if latency_s is not None:
             LATENCY.labels(self.app, outcome).observe(latency_s)
 
     def reply(self, reply: WorkerReply) -> None:
         """What the worker measured: per request, per pipeline call, and per replica."""
-        if reply.replica_id and reply.replica_id not in self._replica_ooms:
-            self._replica_ooms[reply.replica_id] = 0
-            COLD_STARTS.labels(self.app).inc()
-            if reply.replica_cold_start_s is not None:
-                COLD_START_TIME.labels(self.app).observe(reply.replica_cold_start_s)
-            if reply.replica_load_time_s is not None:
-                MODEL_LOAD_TIME.labels(self.app).observe(reply.replica_load_time_s)
-            for phase, seconds in (reply.replica_cold_start_phases or {}).items():
-                COLD_START_PHASE.labels(self.app, phase).observe(seconds)
-        if reply.replica_id:
-            new = reply.replica_oom_total - self._replica_ooms[reply.replica_id]
-            if new > 0:
-                OOMS.labels(self.app).inc(new)
-                self._replica_ooms[reply.replica_id] = reply.replica_oom_total
-        if reply.outcome == "deadline_exceeded" and reply.phase == "running" and reply.call_requests > 1:
+        if reply.replica is not None:
+            self._replica(reply)
+        call = reply.call
+        if reply.outcome == Outcome.DEADLINE and reply.phase == Phase.RUNNING and call and call.requests > 1:
             BATCH_MISSES.labels(self.app).inc()
-        if reply.outcome != "ok":
+        if reply.outcome != Outcome.OK:
             return
         QUEUE_WAIT.labels(self.app).observe(reply.queue_wait_s)
         SERVICE_TIME.labels(self.app).observe(reply.service_time_s)
-        if reply.call_id and reply.call_id not in self._calls:
-            self._calls[reply.call_id] = None
-            if len(self._calls) > 4096:
-                self._calls.popitem(last=False)
-            BATCH_IMAGES.labels(self.app).observe(reply.batch_images)
-            if reply.call_requests:
-                BATCH_REQUESTS.labels(self.app).observe(reply.call_requests)
-            if reply.call_predicted_s:
-                PREDICTION_RATIO.labels(self.app).observe(reply.service_time_s / reply.call_predicted_s)
-            if reply.steps_done:
-                STEP_TIME.labels(self.app).observe(reply.service_time_s / reply.steps_done)
-            if reply.memory_estimate_bytes and reply.memory_peak_bytes:
-                MEMORY_RATIO.labels(self.app).observe(reply.memory_estimate_bytes / reply.memory_peak_bytes)
+        if call is None or call.call_id in self._calls:
+            return
+        self._calls[call.call_id] = None
+        if len(self._calls) > 4096:
+            self._calls.popitem(last=False)
+        BATCH_IMAGES.labels(self.app).observe(call.images)
+        BATCH_REQUESTS.labels(self.app).observe(call.requests)
+        if call.predicted_s:
+            PREDICTION_RATIO.labels(self.app).observe(reply.service_time_s / call.predicted_s)
+        if reply.steps_done:
+            STEP_TIME.labels(self.app).observe(reply.service_time_s / reply.steps_done)
+        if call.memory_estimate_bytes and call.memory_peak_bytes:
+            MEMORY_RATIO.labels(self.app).observe(call.memory_estimate_bytes / call.memory_peak_bytes)
+
+    def _replica(self, reply: WorkerReply) -> None:
+        """A replica's facts: its cold start when first seen, its OOMs as they grow."""
+        replica = reply.replica
+        assert replica is not None
+        if replica.replica_id not in self._replica_ooms:
+            self._replica_ooms[replica.replica_id] = 0
+            COLD_STARTS.labels(self.app).inc()
+            if replica.cold_start_s is not None:
+                COLD_START_TIME.labels(self.app).observe(replica.cold_start_s)
+            if replica.load_time_s is not None:
+                MODEL_LOAD_TIME.labels(self.app).observe(replica.load_time_s)
+            for phase, seconds in (replica.cold_start_phases or {}).items():
+                COLD_START_PHASE.labels(self.app, phase).observe(seconds)
+        new = replica.oom_total - self._replica_ooms[replica.replica_id]
+        if new > 0:
+            OOMS.labels(self.app).inc(new)
+            self._replica_ooms[replica.replica_id] = replica.oom_total
 
     def render(self, in_progress: int, decisions: dict[str, Any]) -> bytes:
         IN_PROGRESS.labels(self.app).set(in_progress)
@@ -155,7 +169,7 @@ class MetricsRecorder:
             DESIRED.labels(deployment).set(d["desired"])
             RUNNING.labels(deployment).set(d["running_replicas"])
             STARTING.labels(deployment).set(d["starting_replicas"])
-            kind = d["reason"].split(":")[0]
+            kind = d["kind"]
             for labels in list(DECISION._metrics):
                 if labels[0] == deployment:
                     DECISION.labels(*labels).set(0)

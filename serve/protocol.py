@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from models.request import GenerationRequest
-
-from scheduler.outcomes import OUTCOMES  # noqa: F401,E402 (re-exported: the one vocabulary)
+from scheduler.outcomes import Outcome, Phase
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ class WorkerJob:
         self.__dict__.update(state)
 
 
+class EventKind(StrEnum):
+    STARTED = "started"
+    PROGRESS = "progress"
+    PARTIAL = "partial"  # a preview image
+
+
 @dataclass(frozen=True)
 class WorkerEvent:
     """Progress of one job on its replica, streamed to the ingress before the reply: ``started``
@@ -52,7 +58,7 @@ class WorkerEvent:
     many steps), ``progress`` after denoising steps (throttled by the worker), ``partial`` with a
 preview image at evenly spaced steps when the request asked for ``partial_images``."""
 
-    kind: str  # "started" | "progress" | "partial" (a preview image)
+    kind: EventKind
     job_id: str
     step: int = 0
     steps: int = 0
@@ -62,32 +68,58 @@ preview image at evenly spaced steps when the request asked for ``partial_images
     index: int = 0  # "partial": 0-based preview number
 
 
+@dataclass(frozen=True)
+class CallFacts:
+    """The pipeline call a request ran in (several requests' replies may name the same call)."""
+
+    call_id: str
+    images: int  # images in the call, all requests together
+    requests: int = 1  # requests in the call
+    predicted_s: float | None = None  # the adaptive batch-size rule's prediction for it
+    memory_estimate_bytes: float | None = None  # measured calls only (every n-th)
+    memory_peak_bytes: float | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaFacts:
+    """The replica that answered, as it is now (sent with every reply; the ingress aggregates)."""
+
+    replica_id: str
+    cold_start_s: float | None = None  # its process start → ready
+    load_time_s: float | None = None  # of which loading the model
+    cold_start_phases: dict[str, float] | None = None  # seconds per phase (worker.py)
+    oom_total: int = 0  # out-of-memory errors so far
+    memory: dict[str, float] | None = None  # its memory model, for admission at the ingress
+    capacity: int | None = None  # requests per call it would take now (adaptive setting)
+
+
 @dataclass
 class WorkerReply:
-    """The worker's answer for one job. Failures are values, not exceptions, so nothing is lost
+    """The worker's answer for one request. Failures are values, not exceptions, so nothing is lost
     in Ray's exception wrapping and the ingress maps each outcome to one documented status."""
 
-    outcome: str
+    outcome: Outcome
     images: list[bytes] = field(default_factory=list)
     message: str = ""
+    code: str = ""  # the error code, when it says more than the outcome
+    phase: Phase = Phase.NONE  # where a failure happened
     steps_done: int = 0
     steps_requested: int = 0
     queue_wait_s: float = 0.0
     service_time_s: float = 0.0
-    batch_images: int = 0
-    replica_id: str = ""
-    phase: str = ""  # where a failure happened: "queued" or "running"
-    code: str = ""  # the error code, when it says more than the outcome
-    memory: dict[str, float] | None = None  # the replica's memory model, for ingress admission
-    # For metrics, aggregated by the ingress: the pipeline call this job ran in, its memory estimate
-    # and measured peak, and facts about the replica (cold start, model load, OOMs so far).
-    call_id: str = ""
-    memory_estimate_bytes: float | None = None
-    memory_peak_bytes: float | None = None
-    replica_cold_start_s: float | None = None
-    replica_load_time_s: float | None = None
-    replica_cold_start_phases: dict[str, float] | None = None  # seconds per phase (worker.py)
-    replica_oom_total: int = 0
-    call_requests: int = 0  # requests in this job's pipeline call (adaptive setting)
-    call_predicted_s: float | None = None  # the adaptive model's prediction for that call
-    effective_capacity: int | None = None  # requests per call this replica would take now (adaptive)
+    call: CallFacts | None = None  # None: the request never reached a pipeline call
+    replica: ReplicaFacts | None = None  # None: no replica answered (the ingress answered itself)
+
+    @classmethod
+    def for_job(cls, job: WorkerJob, outcome: Outcome, started: float, now: float, **fields: Any) -> "WorkerReply":
+        """``job``'s reply: waited from acceptance to ``started``, served from then to ``now``."""
+        return cls(outcome=outcome, steps_requested=job.request.num_inference_steps,
+                   queue_wait_s=max(0.0, started - job.accepted_at), service_time_s=max(0.0, now - started), **fields)
+
+    @property
+    def replica_id(self) -> str:
+        return self.replica.replica_id if self.replica is not None else ""
+
+    @property
+    def batch_images(self) -> int:
+        return self.call.images if self.call is not None else 0

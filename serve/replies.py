@@ -8,25 +8,20 @@ from typing import Any
 
 from fastapi import Request
 
-from scheduler.outcomes import INVALID, OVERLOADED, RATE_LIMITED
+from scheduler.outcomes import STATUS, Outcome, Phase
 from serve.openai_api import ApiError
 from serve.protocol import WorkerEvent, WorkerReply
 
-#: Worker outcome → (HTTP status, error type) for everything that is not "ok".
-_OUTCOME_STATUS = {
-    "deadline_exceeded": (504, "timeout_error"),
-    "shed": (504, "timeout_error"),
-    "cancelled": (499, "client_closed_request"),
-    "out_of_memory": (507, "server_error"),
-    "invalid": (422, "invalid_request_error"),
-    "error": (500, "server_error"),
-}
+#: OpenAI's error ``type`` of each failed outcome a worker can reply.
+_ERROR_TYPE = {Outcome.DEADLINE: "timeout_error", Outcome.SHED: "timeout_error",
+               Outcome.CANCELLED: "client_closed_request", Outcome.INVALID: "invalid_request_error"}
 
 
 def reply_error(reply: WorkerReply) -> ApiError:
-    status, error_type = _OUTCOME_STATUS.get(reply.outcome, (500, "server_error"))
+    """A failed reply as the client's error: its outcome's status, and where it failed."""
+    status, error_type = STATUS.get(reply.outcome, 500), _ERROR_TYPE.get(reply.outcome, "server_error")
     headers = {"X-Steps-Done": str(reply.steps_done)}
-    if reply.outcome in ("deadline_exceeded", "shed") and reply.phase:
+    if reply.outcome in (Outcome.DEADLINE, Outcome.SHED) and reply.phase:
         headers["X-Deadline-Phase"] = reply.phase
     return ApiError(
         status, reply.message or reply.outcome, code=reply.code or reply.outcome, type=error_type,
@@ -47,13 +42,17 @@ class JobProgress:
         self.started = True
         self.step, self.steps = max(self.step, event.step), event.steps
 
+    @property
+    def phase(self) -> Phase:
+        return Phase.RUNNING if self.started else Phase.QUEUED
+
     def late_reply(self, waited_s: float) -> WorkerReply:
         if self.started:
             return WorkerReply(
-                "deadline_exceeded", phase="running", steps_done=self.step, steps_requested=self.steps,
+                Outcome.DEADLINE, phase=Phase.RUNNING, steps_done=self.step, steps_requested=self.steps,
                 message=f"deadline passed after {waited_s:.2f}s, while running (step {self.step} of {self.steps})",
             )
-        return WorkerReply("deadline_exceeded", phase="queued",
+        return WorkerReply(Outcome.DEADLINE, phase=Phase.QUEUED,
                            message=f"deadline passed after {waited_s:.2f}s waiting for a worker")
 
 
@@ -80,8 +79,6 @@ def timing_headers(reply: WorkerReply) -> dict[str, str]:
     }
 
 
-
-
 def request_log_line(request_id: str, outcome: str, phase: str, status: int, code: str, latency_s: float,
                      request: Any, reply: WorkerReply | None) -> dict[str, Any]:
     """The one structured log line of a request (``event: sdserve_request``)."""
@@ -99,18 +96,6 @@ def request_log_line(request_id: str, outcome: str, phase: str, status: int, cod
     }
 
 
-#: Outcome of a request refused before it reached a worker, by status (other 4xx: invalid).
-ADMISSION_OUTCOME = {503: OVERLOADED, 429: RATE_LIMITED}
-
-
-def admission_outcome(status: int) -> str:
-    return ADMISSION_OUTCOME.get(status, INVALID)
-
-
 def client_address(request: Request) -> str:
     """Who sent it, when there are no keys to tell clients apart."""
     return request.client.host if request.client else "unknown"
-
-
-def ewma(mean: float | None, value: float, alpha: float = 0.3) -> float:
-    return value if mean is None else alpha * value + (1 - alpha) * mean

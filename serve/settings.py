@@ -13,6 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: The two deployments every application has (the config files' ``deployments:`` names).
+WORKER_DEPLOYMENT = "DiffusionWorker"
+INGRESS_DEPLOYMENT = "Ingress"
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -230,6 +234,46 @@ class AppSettings(_Section):
                 f"({gpus}): the fleet cap counts GPUs the replicas really take"
             )
         return self
+
+
+#: What a deployment's ``user_config`` may change on running replicas: Ray calls their ``reconfigure``
+#: instead of restarting them (no cold start, no reloaded model). Everything else is ``args``, and a
+#: change there restarts every replica of the application.
+LIVE_KEYS = (
+    "deadlines", "queue", "limits", "auth", "testing",
+    "autoscaling.interval_s", "autoscaling.fleet_poll_s", "autoscaling.policy",
+    "batching.batch_wait_timeout_s",
+    "memory.budget_fraction", "memory.cpu_budget_mb", "memory.safety_factor", "memory.max_oom_strikes",
+    "memory.measure_every_n_calls",
+    "simulation.step_time_s", "simulation.scale_with_pixels",
+)
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys += _dotted(value, f"{name}.") if isinstance(value, dict) and value else [name]
+    return keys
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = _merged(result[key], value) if nested else value
+    return result
+
+
+def live_settings(args: dict[str, Any], user_config: dict[str, Any] | None) -> AppSettings:
+    """``args`` with a deployment's ``user_config`` on top (same shape as ``args``). A key that
+    cannot change on a running replica is refused by name."""
+    changes = user_config or {}
+    fixed = [key for key in _dotted(changes) if not any(key == k or key.startswith(f"{k}.") for k in LIVE_KEYS)]
+    if fixed:
+        raise ValueError(f"user_config cannot change {', '.join(fixed)} on running replicas: set it under args "
+                         f"(restarts the replicas). Live keys: {', '.join(LIVE_KEYS)}")
+    return AppSettings.model_validate(_merged(args, changes))
 
 
 #: Environment variable with ``key=value`` overrides of ``args`` (comma- or space-separated), read by

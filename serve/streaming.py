@@ -16,14 +16,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.request import GenerationRequest
+from scheduler.outcomes import Outcome, Phase, refused
 from serve.event_queue import until_done
 from serve.openai_api import ApiError
-from serve.protocol import WorkerEvent, WorkerReply
+from serve.protocol import EventKind, WorkerEvent, WorkerJob, WorkerReply
+from serve.replies import reply_error
+
+if TYPE_CHECKING:
+    from serve.lifecycle import RequestLifecycle
+
+log = logging.getLogger("ray.serve")
 
 ZERO_USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
               "output_tokens": 0, "total_tokens": 0}
@@ -43,14 +51,15 @@ class StreamFormat:
                       "background": background or "auto", "output_format": "png"}
         self.started_at: float | None = None
 
-    def queued(self, ahead: int, estimated_start_s: float | None) -> bytes:
+    @staticmethod
+    def queued(ahead: int, estimated_start_s: float | None) -> bytes:
         return sse({"type": "sdserve.queued", "position": ahead, "estimated_start_s": estimated_start_s})
 
     def event(self, event: WorkerEvent) -> bytes:
-        if event.kind == "started":
+        if event.kind == EventKind.STARTED:
             self.started_at = time.monotonic()
             return sse({"type": "sdserve.started", "replica_id": event.replica_id, "cold": event.first_call})
-        if event.kind == "partial" and event.png is not None:
+        if event.kind == EventKind.PARTIAL and event.png is not None:
             return sse({"type": "image_generation.partial_image", "b64_json": base64.b64encode(event.png).decode(),
                         "created_at": int(time.time()), **self.image, "partial_image_index": event.index})
         eta = None
@@ -77,3 +86,37 @@ async def relay(events: "asyncio.Queue[WorkerEvent]", work: "asyncio.Future[Any]
     """The worker's events as stream chunks, as they arrive, until ``work`` (the call) is done."""
     async for event in until_done(events, work):
         yield fmt.event(event)
+
+
+async def stream_request(lifecycle: RequestLifecycle, job: WorkerJob, client: str, started: float,
+                         fmt: StreamFormat, queued: bytes, client_gone: tuple[type[BaseException], ...]
+                         ) -> AsyncIterator[bytes]:
+    """The request as server-sent events: ``queued`` first, then started, progress and previews as
+    the worker reports them, then the images — or an ``error`` event. Counted and logged once, here."""
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    work = asyncio.ensure_future(lifecycle.call(job, client, events.put_nowait))
+    reply: WorkerReply | None = None
+    try:
+        yield queued
+        async for chunk in relay(events, work, fmt):
+            yield chunk
+        reply = work.result()
+        if reply.outcome != Outcome.OK:
+            raise reply_error(reply)
+        for chunk in fmt.completed(reply):
+            yield chunk
+        lifecycle.finish(Outcome.OK, started, job.request_id, status=200, phase=reply.phase, job=job, reply=reply)
+    except ApiError as error:
+        outcome = reply.outcome if reply is not None else refused(error.status)
+        lifecycle.finish(outcome, started, job.request_id, status=error.status, code=error.code,
+                         phase=reply.phase if reply else Phase.NONE, job=job, reply=reply)
+        yield fmt.error(error)
+    except client_gone:  # the client closed the stream: stop the work within a step
+        work.cancel()
+        lifecycle.finish(Outcome.CANCELLED, started, job.request_id, status=499, job=job)
+        raise
+    except Exception as exc:  # noqa: BLE001 - unexpected: reported in the stream, counted once
+        log.exception("stream %s failed unexpectedly", job.request_id)
+        lifecycle.finish(Outcome.ERROR, started, job.request_id, status=500, code="internal_error", job=job)
+        yield fmt.error(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error",
+                                 type="server_error"))

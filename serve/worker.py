@@ -27,43 +27,19 @@ from typing import Any
 from ray import serve
 
 from models.backends import load_backend
-from models.loader import ModelSpec
-from models.memory import cached_probes, device_budget_bytes, measure_probes
+from models.loader import check_available
 from models.oom import InjectedOOM
-from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
-from models.tiny import default_cache_dir
-from scheduler.adaptive_batching import AdaptiveBatcher, AdaptiveConfig
-from scheduler.memory import MemoryModel
+from models.simulated import SimulatedGenerator
+from scheduler.admission import ReplicaRules
+from serve import worker_setup as setup
 from serve.event_queue import until_done, wait_out
 from serve.execution import JobRunner
-from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
-from serve.settings import AppSettings
+from serve.protocol import EventKind, WorkerEvent, WorkerJob, WorkerReply
+from serve.settings import WORKER_DEPLOYMENT, AppSettings, live_settings
 
 log = logging.getLogger("ray.serve")
 PROGRESS_EVERY_S = 0.2  # at most this often a progress event per job (the last step always)
 _IMPORTS_DONE = time.time()
-
-
-def _model_spec(settings: AppSettings) -> ModelSpec:
-    model = settings.model
-    return ModelSpec(
-        model=model.id,
-        device=model.device,
-        dtype=model.dtype,
-        allow_download=model.allow_download,
-        compile_unet=model.compile_unet,
-        cache_dir=model.cache_dir,
-    )
-
-
-def _simulation_profile(settings: AppSettings) -> SimulationProfile:
-    sim = settings.simulation
-    k = sim.time_scale
-    return SimulationProfile(
-        step_time_s=tuple(sorted((n, t / k) for n, t in (sim.step_time_s or A10_SD15_STEP_TIME_S).items())),
-        load_time_s=sim.load_time_s / k,
-        scale_with_pixels=sim.scale_with_pixels,
-    )
 
 
 def _discard(task: "asyncio.Future[Any]") -> None:
@@ -72,116 +48,73 @@ def _discard(task: "asyncio.Future[Any]") -> None:
         log.warning("batch call after an early reply failed: %s", task.exception())
 
 
-def _adaptive_batcher(settings: AppSettings) -> AdaptiveBatcher | None:
-    b = settings.batching
-    if not b.adaptive:
-        return None
-    return AdaptiveBatcher(AdaptiveConfig(max_batch_size=b.max_batch_size, min_calls=b.adaptive_min_calls,
-                                          margin=b.adaptive_margin))
-
-
-def _library_versions() -> str:
-    import diffusers
-    import torch
-
-    return f"torch {torch.__version__}, diffusers {diffusers.__version__}"
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name(torch.device(device))
-    return device
-
-
-def _peak_device_memory(device: str) -> int | None:
-    """Peak GPU memory allocated by this replica's process so far (None off CUDA)."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    return int(torch.cuda.max_memory_allocated(torch.device(device)))
-
-
-def _process_cpu_s() -> float:
-    """CPU seconds this replica's process has used (user + system), for waste accounting."""
-    import psutil
-
-    times = psutil.Process().cpu_times()
-    return times.user + times.system
-
-
-def _process_started_at() -> float:
-    import psutil
-
-    return psutil.Process().create_time()
-
-
-def _framework_imports(backend: str) -> None:
-    """Import what the backend needs up front, so the cold-start breakdown tells imports from
-    weight loading (the diffusers backend needs torch and diffusers; the simulation nothing)."""
-    if backend == "diffusers":
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
-
-
-@serve.deployment(name="DiffusionWorker", max_ongoing_requests=1)
+@serve.deployment(name=WORKER_DEPLOYMENT, max_ongoing_requests=1)
 class DiffusionWorker:
     def __init__(self, settings: dict[str, Any]) -> None:
-        init_at = time.time()
-        process_at = _process_started_at()
+        init_at, process_at = time.time(), setup.process_started_at()
+        self.args = settings
         self.settings = AppSettings.model_validate(settings)
-        _framework_imports(self.settings.model.backend)
+        if self.settings.model.backend == "diffusers":
+            check_available(setup.model_spec(self.settings))  # a mistyped id fails before the imports
+        setup.framework_imports(self.settings.model.backend)
         if self.settings.model.torch_threads:
             import torch
 
             torch.set_num_threads(self.settings.model.torch_threads)
         imported_at = time.time()
-        self.backend = load_backend(
-            self.settings.model.backend,
-            _model_spec(self.settings),
-            self.settings.model.name,
-            _simulation_profile(self.settings),
-        )
+        self.model = load_backend(self.settings.model.backend, setup.model_spec(self.settings),
+                                  self.settings.model.name, setup.simulation_profile(self.settings))
         loaded_at = time.time()
-        self.load_time_s = loaded_at - imported_at
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        memory = self._calibrate_memory()
-        if self.settings.testing.inject_oom_marker:
-            log.warning("TEST fault injection on: prompts with %r raise OOM", self.settings.testing.inject_oom_marker)
-            self.backend = InjectedOOM(self.backend, self.settings.testing.inject_oom_marker)
-        self.runner = JobRunner(
-            self.backend, self.replica_id, self.settings.deadlines.shed_hopeless,
-            memory=memory, max_oom_strikes=self.settings.memory.max_oom_strikes,
-            measure_memory_every=self.settings.memory.measure_every_n_calls,
-            batcher=_adaptive_batcher(self.settings),
-        )
+        self._probes = setup.memory_probes(self.settings, self.model)
+        rules = ReplicaRules(self.settings.deadlines.shed_hopeless,
+                             setup.memory_model(self.settings, self._probes, self.model.device),
+                             setup.adaptive_config(self.settings))
+        self.runner = JobRunner(self.model, self.replica_id, rules, self.settings.memory.max_oom_strikes,
+                                self.settings.memory.measure_every_n_calls)
         ready_at = time.time()
+        #: Where the cold start went (docs/operations.md, "Cold start"); the ingress exports it.
+        self.cold_start_phases = setup.cold_start_phases(process_at, _IMPORTS_STARTED, _IMPORTS_DONE, init_at,
+                                                         imported_at, loaded_at, ready_at)
         self.cold_start_s = ready_at - process_at  # process start → ready, calibration included
-        #: Where the cold start went (README, "Cold start"); the ingress exports it as metrics.
-        self.cold_start_phases = {
-            "process_start": max(0.0, _IMPORTS_STARTED - process_at),  # Ray worker boot until our code
-            "imports": (_IMPORTS_DONE - _IMPORTS_STARTED) + (imported_at - init_at),
-            "replica_setup": max(0.0, init_at - _IMPORTS_DONE),  # Serve's own replica setup
-            "weights": self.load_time_s,
-            "calibration": max(0.0, ready_at - loaded_at),
-        }
-        self.runner.replica_info = {
-            "replica_cold_start_s": self.cold_start_s, "replica_load_time_s": self.load_time_s,
-            "replica_cold_start_phases": self.cold_start_phases,
-        }
+        self.load_time_s = loaded_at - imported_at
+        self.runner.replica = dataclasses.replace(
+            self.runner.replica, cold_start_s=self.cold_start_s, load_time_s=self.load_time_s,
+            cold_start_phases=self.cold_start_phases)
         self._cancelled: dict[str, threading.Event] = {}
         self._listeners: dict[str, Callable[[WorkerEvent | WorkerReply], None]] = {}  # job → its stream
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
-        batching = self.settings.batching
-        self._generate_batch.set_max_batch_size(batching.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        log.info(
-            "worker %s loaded %s on %s in %.2fs, ready %.2fs after process start (max_batch_size=%d)",
-            self.replica_id, self.backend.model_name, self.backend.device, self.load_time_s,
-            self.cold_start_s, batching.max_batch_size,
-        )
+        self._apply(self.settings)
+        log.info("worker %s loaded %s on %s in %.2fs, ready %.2fs after process start (max_batch_size=%d)",
+                 self.replica_id, self.model.model_name, self.model.device, self.load_time_s, self.cold_start_s,
+                 self.settings.batching.max_batch_size)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray calls this with the deployment's ``user_config`` at start and whenever it changes:
+        the live settings (``serve/settings.py: LIVE_KEYS``) apply without a restart."""
+        settings = live_settings(self.args, user_config)
+        if settings.memory != self.settings.memory:
+            self.runner.rules.memory = setup.memory_model(settings, self._probes, self.model.device)
+        self._apply(settings)
+        log.info("worker %s reconfigured: %s", self.replica_id, user_config)
+
+    def _apply(self, settings: AppSettings) -> None:
+        self.settings = settings
+        runner = self.runner
+        runner.rules.shed_hopeless = settings.deadlines.shed_hopeless
+        runner.oom.max_strikes = settings.memory.max_oom_strikes
+        runner.calls.measure_memory_every = settings.memory.measure_every_n_calls
+        if isinstance(self.model, SimulatedGenerator):
+            profile = dataclasses.replace(setup.simulation_profile(settings), load_time_s=self.model.profile.load_time_s)
+            if profile != self.model.profile:  # another simulated GPU: what was learnt of its speed is void
+                self.model.profile = profile
+                runner.rules.forget()
+        marker = settings.testing.inject_oom_marker
+        runner.calls.backend = InjectedOOM(self.model, marker) if marker else self.model
+        if marker:
+            log.warning("TEST fault injection on: prompts with %r raise OOM", marker)
+        self._generate_batch.set_max_batch_size(settings.batching.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
 
     async def generate(self, job: WorkerJob) -> WorkerReply:
         """Serve one job: alone in single-concurrency mode, else through the batch queue.
@@ -218,7 +151,7 @@ class DiffusionWorker:
         def hear(event: WorkerEvent | WorkerReply) -> None:  # on the pipeline thread
             nonlocal last_progress
             now = time.monotonic()
-            if (isinstance(event, WorkerEvent) and event.kind == "progress" and event.step < event.steps
+            if (isinstance(event, WorkerEvent) and event.kind == EventKind.PROGRESS and event.step < event.steps
                     and now - last_progress < PROGRESS_EVERY_S):
                 return
             last_progress = now
@@ -260,52 +193,27 @@ class DiffusionWorker:
             await wait_out(future)  # hold the slot until the pipeline thread has returned
             raise
 
-    def _calibrate_memory(self) -> MemoryModel | None:
-        """Fit this replica's memory model from probe calls (real pipelines only)."""
-        settings = self.settings.memory
-        if not settings.calibrate or self.settings.model.backend != "diffusers":
-            return None
-        started = time.monotonic()
-        key = {"model": self.backend.model_name, "device": _device_name(self.backend.device),
-               "dtype": self.settings.model.dtype, "versions": _library_versions()}
-        cache_dir = default_cache_dir() if settings.cache_probes else None
-        probes, cached = cached_probes(key, cache_dir, lambda: measure_probes(self.backend.device, self.backend.generate))
-        budget = device_budget_bytes(
-            self.backend.device, settings.budget_fraction, settings.cpu_budget_mb * 2**20
-        )
-        model = MemoryModel.fit(probes, budget, settings.safety_factor)
-        log.info("memory model from %d %s probes in %.2fs: %s", len(probes),
-                 "cached" if cached else "measured", time.monotonic() - started, model)
-        return model
-
     def check_health(self) -> None:
         """Ray calls this periodically; failing it makes Ray replace the replica."""
         if self.runner.unhealthy_reason:
             raise RuntimeError(self.runner.unhealthy_reason)
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Measurements the autoscaling policy reads (serve/autoscaling_policy.py)."""
-        stats = {"cold_start_s": self.cold_start_s}
-        if self.runner.service_time.mean_s is not None:
-            stats["service_time_s"] = self.runner.service_time.mean_s
-        return stats
-
     async def stats(self) -> dict[str, Any]:
         """Instrumentation for tests and benchmarks: this replica's pipeline-call counters."""
+        memory = self.runner.rules.memory
         return {
             "replica_id": self.replica_id,
-            "model": self.backend.model_name,
-            "device": self.backend.device,
-            "device_name": _device_name(self.backend.device),
-            "peak_memory_bytes": _peak_device_memory(self.backend.device),
+            "model": self.model.model_name,
+            "device": self.model.device,
+            "device_name": setup.device_name(self.model.device),
+            "peak_memory_bytes": setup.peak_device_memory(self.model.device),
             "load_time_s": self.load_time_s,
             "cold_start_s": self.cold_start_s,
             "cold_start_phases": self.cold_start_phases,
-            "service_time_s": self.runner.service_time.mean_s,
-            "deadline_overruns_s": list(self.runner.deadline_overruns_s),
-            "preview_seconds": list(self.runner.preview_seconds),
-            "process_cpu_s": _process_cpu_s(),
+            "deadline_overruns_s": list(self.runner.calls.deadline_overruns_s),
+            "preview_seconds": list(self.runner.progress.preview_seconds),
+            "process_cpu_s": setup.process_cpu_s(),
             "oom_count": self.runner.oom_count,
-            "memory_model": dataclasses.asdict(self.runner.memory) if self.runner.memory else None,
-            **self.backend.counter.snapshot(),
+            "memory_model": dataclasses.asdict(memory) if memory else None,
+            **self.model.counter.snapshot(),
         }

@@ -1,12 +1,16 @@
-"""Shared fixtures: one real Ray cluster per test session, and deployment of the shipped configs.
+"""Shared fixtures: one real Ray cluster per test session, and one deployed application at a time.
 
 Ray is started once (``num_gpus=4`` fake GPUs, so GPU configs place their replicas on this CPU
-machine) and every integration test deploys the real config files with the tiny model swapped in.
+machine). Integration tests name the shipped config file they need and their overrides with the
+``app`` marker; the :class:`AppPool` keeps the application deployed between tests and redeploys only
+when the config or its ``args`` change. Overrides of live settings (``serve/settings.py:
+LIVE_KEYS``) go to the deployments' ``user_config``, which Ray applies to the running replicas
+through ``reconfigure`` — no restart, no cold start. Tests are ordered by the application they need,
+so each distinct one is deployed once per session.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +24,136 @@ CONFIGS = ROOT / "configs"
 
 #: What every integration test changes in a shipped config to run it on this CPU machine.
 CPU_OVERRIDES = ["model.id=tiny", "model.torch_threads=1", "resources.num_cpus=0.25"]
+#: The simulated backend's load time in every simulated integration test (one deploy serves them all).
+SIM_ARGS = ["simulation.load_time_s=0.5"]
+#: Live settings of simulated tests that watch one replica: fixed step times, one replica, no shedding.
+ONE_SIM_REPLICA = ["simulation.scale_with_pixels=false", "autoscaling.policy.min_replicas=1",
+                   "autoscaling.policy.max_replicas=1", "deadlines.shed_hopeless=false"]
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class Deployed:
+    """A running application and an HTTP client pointed at it."""
+
+    def __init__(self, url: str, app_name: str) -> None:
+        self.url = url
+        self.app_name = app_name
+        self.client = httpx.Client(base_url=url, timeout=120)
+
+    def worker_replicas(self) -> dict[str, int]:
+        """Worker replica counts by state, from ``serve.status()``."""
+        from ray import serve
+
+        from serve.fleet import state_name
+        from serve.settings import WORKER_DEPLOYMENT
+
+        app = serve.status().applications.get(self.app_name)
+        if app is None:
+            return {}
+        return {state_name(k): v for k, v in app.deployments[WORKER_DEPLOYMENT].replica_states.items()}
+
+    def outcome_counts(self) -> dict[str, float]:
+        """``sdserve_requests_total`` by outcome, as the server counts them now."""
+        from benchmarks.soak import server_counts
+
+        return server_counts(self.url)
+
+    def wait_for_workers(self, running: int, timeout_s: float = 60) -> None:
+        """Until exactly ``running`` worker replicas run and none is starting or stopping (a test
+        after another one that scaled the fleet)."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while (states := self.worker_replicas()) != ({"RUNNING": running} if running else {}):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker replicas {states}, wanted {running} running")
+            time.sleep(0.2)
+
+    def worker_stats(self, replicas: int = 1) -> list[dict[str, Any]]:
+        """Counters from ``replicas`` distinct worker replicas (asked until each has answered)."""
+        from ray import serve
+
+        from serve.settings import WORKER_DEPLOYMENT
+
+        handle = serve.get_deployment_handle(WORKER_DEPLOYMENT, app_name=self.app_name)
+        seen: dict[str, dict[str, Any]] = {}
+        for _ in range(50 * replicas):
+            stats = handle.stats.remote().result()
+            seen[stats["replica_id"]] = stats
+            if len(seen) >= replicas:
+                break
+        return list(seen.values())
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """``key=value`` overrides → (those of ``args``, the live ones as a ``user_config`` tree)."""
+    import yaml
+
+    from serve.settings import LIVE_KEYS
+
+    args, live = [], {}
+    for assignment in overrides:
+        key, _, raw = assignment.partition("=")
+        if not any(key == k or key.startswith(f"{k}.") for k in LIVE_KEYS):
+            args.append(assignment)
+            continue
+        node = live
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return args, live
+
+
+class AppPool:
+    """The session's one deployed application, redeployed only when its config or ``args`` change."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.key: tuple[str, tuple[str, ...]] | None = None
+        self.live: Any = None  # (user_config, deployment overrides) applied to the current deployment
+        self.app: Deployed | None = None
+
+    def get(self, name: str, overrides: list[str] | tuple[str, ...] = (),
+            deployments: dict[str, list[str]] | None = None, fresh: bool = False, wait: bool = True) -> Deployed:
+        """``configs/<name>.yaml`` with the CPU overrides and ``overrides``; ``fresh``: a new
+        deployment even if the same one runs; ``wait``: until it serves (else at once)."""
+        from serve.deploy import deploy
+        from serve.settings import INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT, load_config
+
+        args, user_config = split_overrides(list(overrides))
+        key = (name, tuple(sorted(args)))
+        live = (user_config, sorted((deployments or {}).items()))
+        if key == self.key and live == self.live and not fresh:
+            return self.app  # type: ignore[return-value]
+        if fresh or key != self.key:
+            self.release()
+        config = load_config(CONFIGS / f"{name}.yaml", CPU_OVERRIDES + args, deployments)
+        config["http_options"]["port"] = self.port
+        app_config = config["applications"][0]
+        for deployment in app_config["deployments"]:
+            if deployment["name"] in (WORKER_DEPLOYMENT, INGRESS_DEPLOYMENT):
+                deployment["user_config"] = user_config
+        self.key, self.live = None, None  # until it is known to run
+        deploy(config, timeout_s=180, wait=wait)
+        self.key, self.live = key, live
+        if self.app is None or self.app.app_name != app_config["name"]:
+            self.app = Deployed(f"http://127.0.0.1:{self.port}", app_config["name"])
+        return self.app
+
+    def release(self) -> None:
+        """Delete the application (before another config takes the same name and route)."""
+        from ray import serve
+
+        if self.app is not None:
+            self.app.client.close()
+            serve.delete(self.app.app_name)
+        self.app, self.key, self.live = None, None, None
 
 
 @pytest.fixture(scope="session")
@@ -50,58 +178,48 @@ def ray_cluster(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
         ray.shutdown()
 
 
-class Deployed:
-    """A running application and an HTTP client pointed at it."""
-
-    def __init__(self, url: str, app_name: str) -> None:
-        self.url = url
-        self.app_name = app_name
-        self.client = httpx.Client(base_url=url, timeout=120)
-
-    def worker_replicas(self) -> dict[str, int]:
-        """Worker replica counts by state, from ``serve.status()``."""
-        from ray import serve
-
-        app = serve.status().applications.get(self.app_name)
-        if app is None:
-            return {}
-        states = app.deployments["DiffusionWorker"].replica_states
-        return {str(getattr(k, "value", k)): v for k, v in states.items()}
-
-    def worker_stats(self, replicas: int = 1) -> list[dict[str, Any]]:
-        """Counters from ``replicas`` distinct worker replicas (asked until each has answered)."""
-        from ray import serve
-
-        handle = serve.get_deployment_handle("DiffusionWorker", app_name=self.app_name)
-        seen: dict[str, dict[str, Any]] = {}
-        for _ in range(50 * replicas):
-            stats = handle.stats.remote().result()
-            seen[stats["replica_id"]] = stats
-            if len(seen) >= replicas:
-                break
-        return list(seen.values())
+@pytest.fixture(scope="session")
+def app_pool(ray_cluster: dict[str, Any]) -> Iterator[AppPool]:
+    pool = AppPool(ray_cluster["port"])
+    yield pool
+    pool.release()
 
 
-@contextlib.contextmanager
-def deployed(
-    cluster: dict[str, Any],
-    name: str,
-    overrides: list[str] | None = None,
-    deployment_overrides: dict[str, list[str]] | None = None,
-) -> Iterator[Deployed]:
-    """Deploy ``configs/<name>.yaml`` with the CPU overrides; delete the application afterwards."""
-    from ray import serve
+@pytest.fixture
+def app(request: pytest.FixtureRequest, app_pool: AppPool) -> Deployed:
+    """The application the test's ``app`` marker names: ``@pytest.mark.app("cpu", "key=value", ...,
+    deployments={"DiffusionWorker": ["max_queued_requests=3"]})``."""
+    marker = request.node.get_closest_marker("app")
+    assert marker is not None, "the app fixture needs @pytest.mark.app(config, *overrides)"
+    name, *overrides = marker.args
+    return app_pool.get(name, overrides, marker.kwargs.get("deployments"))
 
-    from serve.deploy import deploy, load_config
 
-    config = load_config(
-        CONFIGS / f"{name}.yaml", CPU_OVERRIDES + (overrides or []), deployment_overrides
-    )
-    config["http_options"]["port"] = cluster["port"]
-    deploy(config, timeout_s=180)
-    app = Deployed(f"http://127.0.0.1:{cluster['port']}", config["applications"][0]["name"])
-    try:
-        yield app
-    finally:
-        app.client.close()
-        serve.delete(app.app_name)
+def _deployment_key(item: pytest.Item) -> tuple[str, tuple[str, ...]] | None:
+    marker = item.get_closest_marker("app")
+    if marker is None:
+        return None
+    name, *overrides = marker.args
+    args, _ = split_overrides(overrides)
+    return name, tuple(sorted(args))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests without Ray first; then Ray's, grouped by the application they deploy (each deployed
+    once), first-come order otherwise. Tests that use the cluster are marked ``ray``."""
+    first_seen: dict[Any, int] = {}
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
+            item.add_marker(pytest.mark.ray)
+        key = _deployment_key(item)
+        first_seen.setdefault(key, len(first_seen))
+
+    def order(indexed: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
+        index, item = indexed
+        if item.get_closest_marker("ray") is None:
+            return 0, 0, 0, index
+        marker = item.get_closest_marker("app")
+        fresh = marker is not None and marker.kwargs.get("fresh", False)  # first: its deploy is the group's
+        return 1, first_seen[_deployment_key(item)], 0 if fresh else 1, index
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=order)]

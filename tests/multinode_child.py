@@ -23,7 +23,8 @@ from ray.util.state import list_actors
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from serve.deploy import deploy, load_config  # noqa: E402
+from serve.deploy import deploy  # noqa: E402
+from serve.settings import INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT, load_config  # noqa: E402
 
 BODY = {"prompt": "cluster", "size": "64x64", "num_inference_steps": 10, "timeout_s": 60}
 
@@ -37,7 +38,7 @@ def _free_port() -> int:
 def _worker_nodes() -> dict[str, int]:
     counts: dict[str, int] = {}
     for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if "DiffusionWorker" in (actor.class_name or ""):
+        if WORKER_DEPLOYMENT in (actor.class_name or ""):
             counts[actor.node_id] = counts.get(actor.node_id, 0) + 1
     return counts
 
@@ -56,9 +57,9 @@ def main() -> None:
             ["simulation.step_time_s={1: 0.1}", "simulation.scale_with_pixels=false",
              "simulation.load_time_s=0.5", "resources.num_gpus=1", "resources.num_cpus=0.1",
              "autoscaling.policy.min_replicas=4"],
-            {"DiffusionWorker": ["num_replicas=4"],
+            {WORKER_DEPLOYMENT: ["num_replicas=4"],
              # the HTTP entry point stays on the head node, which is not the one that goes away
-             "Ingress": ["ray_actor_options.resources={sdserve_head: 0.01}"]},
+             INGRESS_DEPLOYMENT: ["ray_actor_options.resources={sdserve_head: 0.01}"]},
         )
         port = _free_port()
         config["http_options"]["port"] = port

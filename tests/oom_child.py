@@ -74,10 +74,11 @@ def held() -> None:
 
     torch.set_num_threads(1)
     from models.request import GenerationRequest
+    from scheduler.admission import ReplicaRules
     from serve.execution import JobRunner
     from serve.protocol import WorkerJob
 
-    runner = JobRunner(AllocatingGenerator(), "child", shed_hopeless=False)  # type: ignore[arg-type]
+    runner = JobRunner(AllocatingGenerator(), "child", ReplicaRules(shed_hopeless=False))  # type: ignore[arg-type]
     jobs = [WorkerJob(GenerationRequest(f"r{i}", 64, 64, 2, 7.5, seed=i), f"r{i}", time.time()) for i in range(2)]
     runner.run(jobs[:1], lambda job: False)  # warm the allocator at the size of one image
     vm_size = int(re.search(r"VmSize:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024

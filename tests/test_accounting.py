@@ -1,5 +1,5 @@
-"""Every request the server receives is counted once, by outcome, whatever path it takes
-(issue #13, defect 5): sent = Σ sdserve_requests_total, path by path."""
+"""Every request the server receives is counted once, by outcome, whatever path it takes:
+sent = Σ sdserve_requests_total, path by path."""
 
 from __future__ import annotations
 
@@ -10,22 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Deployed, deployed
+from scheduler.outcomes import Outcome
+from tests.conftest import Deployed
 
 URL = "/v1/images/generations"
-
-
-def _counts(app: Deployed) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(app.client.get("/metrics").text):
-        if family.name == "sdserve_requests":
-            for sample in family.samples:
-                if sample.name == "sdserve_requests_total":
-                    outcome = sample.labels["outcome"]
-                    counts[outcome] = counts.get(outcome, 0) + sample.value
-    return counts
+pytestmark = [pytest.mark.ray,
+              pytest.mark.app("cpu", "testing.inject_error_marker=BOOM", "queue.max_outstanding_per_client=2")]
 
 
 def _hang_up_mid_body(port: int) -> None:
@@ -36,42 +27,35 @@ def _hang_up_mid_body(port: int) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def app(ray_cluster: dict[str, Any]) -> Any:
-    overrides = ["testing.inject_error_marker=BOOM", "queue.max_outstanding_per_client=2"]
-    with deployed(ray_cluster, "cpu", overrides) as deployed_app:
-        yield deployed_app
-
-
 def test_every_path_is_counted_once(app: Deployed, ray_cluster: dict[str, Any]) -> None:
-    before = _counts(app)
-    sent: dict[str, int] = {"ok": 0, "invalid": 0, "error": 0, "cancelled": 0, "rate_limited": 0}
+    before = app.outcome_counts()
+    sent: dict[str, int] = {Outcome.OK: 0, Outcome.INVALID: 0, Outcome.ERROR: 0, Outcome.CANCELLED: 0, Outcome.RATE_LIMITED: 0}
     body = {"prompt": "fine", "num_inference_steps": 2}
     for _ in range(2):
         assert app.client.post(URL, json=body).status_code == 200
-        sent["ok"] += 1
+        sent[Outcome.OK] += 1
     assert app.client.post(URL, json={"prompt": ""}).status_code == 422
-    sent["invalid"] += 1
+    sent[Outcome.INVALID] += 1
     boom = app.client.post(URL, json={"prompt": "BOOM"})  # the worker raises: not a worker reply
     assert boom.status_code == 500 and boom.json()["error"]["code"] == "internal_error", boom.text
     sent["error"] += 1
     _hang_up_mid_body(ray_cluster["port"])  # gone while its body was being read
-    sent["cancelled"] += 1
+    sent[Outcome.CANCELLED] += 1
     impatient = httpx.Client(base_url=app.url, timeout=0.5)
     with pytest.raises(httpx.TimeoutException):  # gone while its request runs
         impatient.post(URL, json={"prompt": "slow", "size": "128x128", "num_inference_steps": 60})
     impatient.close()
-    sent["cancelled"] += 1
+    sent[Outcome.CANCELLED] += 1
     # one address may hold 2 outstanding: the third of three at once gets 429
     slow = {"prompt": "share", "size": "128x128", "num_inference_steps": 30}
     with ThreadPoolExecutor(3) as pool:
         codes = sorted(r.status_code for r in pool.map(lambda _: app.client.post(URL, json=slow), range(3)))
     assert codes == [200, 200, 429], codes
-    sent["ok"] += 2
-    sent["rate_limited"] += 1
+    sent[Outcome.OK] += 2
+    sent[Outcome.RATE_LIMITED] += 1
     deadline = time.monotonic() + 20
     while True:
-        after = _counts(app)
+        after = app.outcome_counts()
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         if sum(delta.values()) >= sum(sent.values()) or time.monotonic() > deadline:
             break
@@ -86,6 +70,6 @@ def test_429_follows_the_openai_shape_with_retry_after(app: Deployed) -> None:
         responses = list(pool.map(lambda _: app.client.post(URL, json=slow), range(3)))
     [limited] = [r for r in responses if r.status_code == 429]
     error = limited.json()["error"]
-    assert error["code"] == "rate_limited" and error["type"] == "rate_limit_error"
+    assert error["code"] == Outcome.RATE_LIMITED and error["type"] == "rate_limit_error"
     assert "max_outstanding_per_client" in error["message"]
     assert int(limited.headers["retry-after"]) >= 1

@@ -1,4 +1,4 @@
-"""The adaptive batch-size rule (issue #14): tables of inputs → batch sizes, and properties."""
+"""The adaptive batch-size rule: tables of inputs → batch sizes, and properties."""
 
 from __future__ import annotations
 
@@ -6,27 +6,36 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.adaptive_batching import AdaptiveBatcher, AdaptiveConfig, CallTimeModel, Waiting
+from scheduler.adaptive_batching import AdaptiveBatcher, AdaptiveConfig, Waiting
+from scheduler.call_time import CallTimeModel
 
 PIXELS, STEPS = 64 * 64, 10
+
+
+def observe(batcher: AdaptiveBatcher, images: int, seconds: float, all_in_time: bool = True) -> None:
+    """A call ended, as the replica's rules report it: the model learns it, AIMD moves."""
+    batcher.model.observe(images * PIXELS, STEPS, seconds)
+    batcher.after_call(all_in_time)
 
 
 def trained(per_image_s: float = 0.5, fixed_s: float = 1.0, max_batch_size: int = 8) -> AdaptiveBatcher:
     """A batcher whose model has seen calls of t = fixed + per_image × images (exactly)."""
     batcher = AdaptiveBatcher(AdaptiveConfig(max_batch_size=max_batch_size, margin=1.0))
     for images in (1, 2, 4, 8, 3):
-        batcher.observe(images, PIXELS, STEPS, fixed_s + per_image_s * images, all_in_time=True)
+        observe(batcher, images, fixed_s + per_image_s * images)
     return batcher
 
 
 def test_the_model_learns_a_linear_cost() -> None:
     model = CallTimeModel()
-    assert model.predict(1, PIXELS, STEPS) is None
-    model.observe(1, PIXELS, STEPS, 1.5)
-    model.observe(1, PIXELS, STEPS, 1.5)
-    assert model.predict(2, PIXELS, STEPS) is None  # one batch size seen: growth unknown
-    model.observe(4, PIXELS, STEPS, 3.0)
-    assert model.predict(2, PIXELS, STEPS) == pytest.approx(2.0)
+    assert model.predict(PIXELS, STEPS) is None
+    model.observe(PIXELS, STEPS, 1.5)
+    model.observe(PIXELS, STEPS, 1.5)
+    assert model.predict(2 * PIXELS, STEPS) is None  # one batch size seen: growth unknown
+    model.observe(4 * PIXELS, STEPS, 3.0)
+    assert model.predict(2 * PIXELS, STEPS) == pytest.approx(2.0)
+    assert model.predict(16 * PIXELS, STEPS) is None  # 4× the largest call seen: no guess ...
+    assert model.predict(16 * PIXELS, STEPS, extrapolate=True) == pytest.approx(9.0)  # ... unless asked
 
 
 NOW = 100.0
@@ -68,7 +77,7 @@ def test_multi_image_requests_count_their_images() -> None:
 def test_aimd_while_the_model_is_cold(outcomes: list[bool], limit: int) -> None:
     batcher = AdaptiveBatcher(AdaptiveConfig(min_calls=100))
     for ok in outcomes:
-        batcher.observe(1, PIXELS, STEPS, 1.0, all_in_time=ok)
+        observe(batcher, 1, 1.0, all_in_time=ok)
     assert batcher.choose([Waiting(None)] * 8, NOW, PIXELS, STEPS) == limit
     assert batcher.effective_capacity(PIXELS, STEPS, 10.0) == limit
 

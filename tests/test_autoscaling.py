@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, decide
+from scheduler.autoscaling import (
+    AutoscalerConfig,
+    AutoscalerInputs,
+    AutoscalerState,
+    decide,
+)
 
 CONFIG = AutoscalerConfig(
     min_replicas=0, max_replicas=4, capacity_per_replica=1, stable_window_s=10,

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from benchmarks.loadgen import Record, RequestTemplate, classify
 from benchmarks.report import write_outputs
 from benchmarks.runner import Target, Workload, run_target
-from benchmarks.stats import AccountingError, percentiles, replica_seconds, replica_starts, summarize, time_to_replicas
+from benchmarks.stats import (
+    AccountingError,
+    percentiles,
+    replica_seconds,
+    replica_starts,
+    summarize,
+    time_to_replicas,
+)
 from benchmarks.traces import Arrival, busiest_window, parse_window, read_trace
 from benchmarks.workloads import burst, poisson
-from tests.conftest import ROOT, Deployed, deployed
+from scheduler.outcomes import Outcome
+from tests.conftest import ROOT, Deployed
 
 SYNTHETIC = ROOT / "benchmarks" / "traces" / "synthetic-20.csv"
 
@@ -62,27 +68,28 @@ def test_workloads() -> None:
 
 
 @pytest.mark.parametrize(("status", "code", "outcome"), [
-    (200, "", "ok"), (504, "deadline_exceeded", "deadline_exceeded"), (504, "shed", "shed"),
-    (503, "overloaded", "overloaded"), (429, "rate_limited", "rate_limited"), (499, "", "cancelled"),
-    (507, "out_of_memory", "out_of_memory"), (422, "invalid_value", "invalid"), (500, "error", "error"),
-    (408, "", "deadline_exceeded"), (408, "request_timeout", "invalid"),
+    (200, "", Outcome.OK), (504, Outcome.DEADLINE, Outcome.DEADLINE), (504, Outcome.SHED, Outcome.SHED),
+    (503, Outcome.OVERLOADED, Outcome.OVERLOADED), (429, Outcome.RATE_LIMITED, Outcome.RATE_LIMITED), (499, "", Outcome.CANCELLED),
+    (507, Outcome.OUT_OF_MEMORY, Outcome.OUT_OF_MEMORY), (422, "invalid_value", Outcome.INVALID),
+    (500, Outcome.ERROR, Outcome.ERROR),
+    (408, "", Outcome.DEADLINE), (408, "request_timeout", Outcome.INVALID),
 ])
 def test_classify(status: int, code: str, outcome: str) -> None:
     assert classify(status, code) == outcome
 
 
-def _record(i: int, outcome: str = "ok", latency: float = 1.0, service: float = 1.0, batch: int = 1) -> Record:
+def _record(i: int, outcome: str = Outcome.OK, latency: float = 1.0, service: float = 1.0, batch: int = 1) -> Record:
     return Record(i, 0.0, sent_s=float(i), done_s=i + latency, status=200, outcome=outcome,
                   service_time_s=service, queue_wait_s=latency - service, batch_images=batch)
 
 
 def test_summary_statistics() -> None:
-    records = [_record(i, latency=1.0 + i) for i in range(10)] + [_record(10, "overloaded")]
+    records = [_record(i, latency=1.0 + i) for i in range(10)] + [_record(10, Outcome.OVERLOADED)]
     samples = [{"t": 0.0, "replicas": 1, "running": 0, "outstanding": 0},
                {"t": 10.0, "replicas": 3, "running": 3, "outstanding": 2},
                {"t": 20.0, "replicas": 1, "running": 1, "outstanding": 0}]
     summary = summarize(records, samples, slo_s=5.0)
-    assert summary["outcomes"]["ok"] == 10 and summary["outcomes"]["overloaded"] == 1
+    assert summary["outcomes"][Outcome.OK] == 10 and summary["outcomes"][Outcome.OVERLOADED] == 1
     assert summary["slo_attainment"] == pytest.approx(5 / 11)
     lat = summary["latency_s"]
     assert lat["p50"] <= lat["p90"] <= lat["p99"]
@@ -105,20 +112,18 @@ def test_lost_request_breaks_the_accounting_identity() -> None:
         summarize([_record(0, outcome="vanished")], [], 1.0)
 
 
-@pytest.fixture(scope="module")
-def tiny_server(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
-    with deployed(ray_cluster, "cpu", ["deadlines.shed_hopeless=false"]) as app:
-        yield app
+TINY_SERVER = pytest.mark.app("cpu", "deadlines.shed_hopeless=false")
 
 
 @pytest.mark.ray
-def test_smoke_trace_replay_against_a_real_server(tiny_server: Deployed, tmp_path: Path) -> None:
+@TINY_SERVER
+def test_smoke_trace_replay_against_a_real_server(app: Deployed, tmp_path: Path) -> None:
     arrivals = read_trace(SYNTHETIC)
-    result = run_target(Target("tiny", url=tiny_server.url), Workload("open", arrivals),
+    result = run_target(Target("tiny", url=app.url), Workload("open", arrivals),
                         RequestTemplate(size="64x64", steps=4), slo_s=10.0, warmup=1, tail_s=0.2)
     summary = result["summary"]
     assert summary["sent"] == 20 == sum(summary["outcomes"].values())
-    assert summary["outcomes"]["ok"] + summary["outcomes"]["overloaded"] == 20
+    assert summary["outcomes"][Outcome.OK] + summary["outcomes"][Outcome.OVERLOADED] == 20
     lat = summary["latency_s"]
     assert lat["p50"] <= lat["p90"] <= lat["p99"]
     sent = sorted(r["sent_s"] for r in result["records"])
@@ -133,8 +138,9 @@ def test_smoke_trace_replay_against_a_real_server(tiny_server: Deployed, tmp_pat
 
 
 @pytest.mark.ray
-def test_smoke_sweep_reports_levels(tiny_server: Deployed) -> None:
-    result = run_target(Target("tiny", url=tiny_server.url), Workload("sweep", concurrency=[1, 2], requests_per_level=3),
+@TINY_SERVER
+def test_smoke_sweep_reports_levels(app: Deployed) -> None:
+    result = run_target(Target("tiny", url=app.url), Workload("sweep", concurrency=[1, 2], requests_per_level=3),
                         RequestTemplate(size="64x64", steps=2), slo_s=10.0, warmup=0, tail_s=0.1)
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 2]
     assert result["summary"]["sent"] == 6

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serve.config_check import ConfigError, check_config, config_problems
-from serve.settings import load_config
+from serve.settings import WORKER_DEPLOYMENT, load_config
 from tests.conftest import CONFIGS
 
 
@@ -18,7 +18,7 @@ def test_every_shipped_config_is_consistent(path: Path) -> None:
 
 
 def _worker(config: dict) -> dict:
-    return next(d for d in config["applications"][0]["deployments"] if d["name"] == "DiffusionWorker")
+    return next(d for d in config["applications"][0]["deployments"] if d["name"] == WORKER_DEPLOYMENT)
 
 
 BASE = load_config(CONFIGS / "batched.yaml")

@@ -1,19 +1,18 @@
-"""Deadline sources, admission, step-time estimation and Retry-After: tables of inputs → outputs."""
+"""Deadline sources, admission, call-time estimation and Retry-After: tables of inputs → outputs."""
 
 from __future__ import annotations
 
 import pytest
 
+from scheduler.admission import Admission, admit
+from scheduler.call_time import CallTimeModel
 from scheduler.deadlines import (
-    Admission,
     DeadlinePolicy,
     TimeoutError422,
     absolute_deadline,
-    admit,
     resolve_timeout,
 )
 from scheduler.drain import DrainRate, retry_after_s
-from scheduler.service_time import StepTimeEstimator
 
 POLICY = DeadlinePolicy(default_timeout_s=60, max_timeout_s=300, proxy_guard_s=0.5)
 
@@ -71,21 +70,21 @@ def test_admission(now, deadline, estimate, verdict) -> None:
 
 
 def test_step_time_needs_samples_then_scales_with_pixels() -> None:
-    est = StepTimeEstimator(min_samples=2)
+    est = CallTimeModel(min_samples=2)
     est.observe(4096, 10, 1.0)
-    assert est.estimate(4096, 10) is None
+    assert est.predict(4096, 10) is None
     est.observe(4096, 20, 2.0)
-    assert est.estimate(4096, 10) == pytest.approx(1.0)
-    assert est.estimate(4096, 30) == pytest.approx(3.0)
-    assert est.estimate(8192, 10) is None  # one size seen: how cost grows with pixels is unknown
+    assert est.predict(4096, 10) == pytest.approx(1.0)
+    assert est.predict(4096, 30) == pytest.approx(3.0)
+    assert est.predict(8192, 10) is None  # one size seen: how cost grows with pixels is unknown
 
 
 def test_step_time_fits_overhead_plus_per_pixel_cost() -> None:
-    est = StepTimeEstimator()
+    est = CallTimeModel()
     for pixels in (1000, 2000, 4000):
         for steps in (10, 20):
             est.observe(pixels, steps, steps * (0.01 + pixels * 1e-5))
-    assert est.estimate(3000, 10) == pytest.approx(10 * (0.01 + 0.03))
+    assert est.predict(3000, 10) == pytest.approx(10 * (0.01 + 0.03))
 
 
 # A call: fixed 0.5 s (text encoder, VAE, PNG) + 0.02 s per step, at 64×64 (4096 pixels).
@@ -105,19 +104,19 @@ SMALL_CALLS = [(4096, 2, 0.54), (4096, 10, 0.70), (4096, 4, 0.58)]
     ],
 )
 def test_call_time_separates_fixed_from_per_step_cost(calls, pixels, steps, expected) -> None:
-    est = StepTimeEstimator()
+    est = CallTimeModel()
     for call in calls:
         est.observe(*call)
-    got = est.estimate(pixels, steps)
+    got = est.predict(pixels, steps)
     assert got == (None if expected is None else pytest.approx(expected, rel=1e-6))
 
 
 def test_small_requests_do_not_get_a_512_request_shed() -> None:
     """Issue #13 defect 8: after only 64×64 calls, a 512×512 request with a minute left runs."""
-    est = StepTimeEstimator()
+    est = CallTimeModel()
     for call in SMALL_CALLS:
         est.observe(*call)
-    assert admit(100.0, 160.0, est.estimate(512 * 512, 25)) is Admission.RUN
+    assert admit(100.0, 160.0, est.predict(512 * 512, 25)) is Admission.RUN
 
 
 def test_drain_rate_counts_recent_completions() -> None:

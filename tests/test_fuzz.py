@@ -1,11 +1,12 @@
-"""Fuzzing the real server (issue #13): schemathesis over the OpenAPI schema it serves, for every
+"""Fuzzing the real server: schemathesis over the OpenAPI schema it serves, for every
 route, and hypothesis over raw request bodies. Zero 5xx, every error in OpenAI's shape, and the
 server still serves afterwards. SIMULATED backend with fast steps, so valid requests finish fast."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,21 +15,20 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Deployed, deployed
+from tests.conftest import SIM_ARGS, Deployed
 
 KEY = "fuzz-key"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
-OVERRIDES = ["simulation.step_time_s={1: 0.001, 8: 0.002}", "simulation.load_time_s=0",
-             "simulation.scale_with_pixels=false", "autoscaling.policy.min_replicas=1",
-             "deadlines.default_timeout_s=30"]
+KEYS_FILE = Path(tempfile.gettempdir()) / "sdserve-test-fuzz-keys.txt"
+KEYS_FILE.write_text(KEY + "\n")
+pytestmark = [pytest.mark.ray, pytest.mark.app(
+    "sim-single", *SIM_ARGS, "simulation.step_time_s={1: 0.001, 8: 0.002}", "simulation.scale_with_pixels=false",
+    "autoscaling.policy.min_replicas=1", "deadlines.default_timeout_s=30", f"auth.api_keys_file={KEYS_FILE}")]
 
 
-@pytest.fixture(scope="module")
-def fuzzed(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text(KEY + "\n")
-    with deployed(ray_cluster, "sim-single", OVERRIDES + [f"auth.api_keys_file={keys}"]) as app:
-        yield app
+@pytest.fixture
+def fuzzed(app: Deployed) -> Deployed:
+    return app
 
 
 def _assert_answer_is_clean(response: Any) -> None:

@@ -7,7 +7,7 @@ import importlib.util
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve.settings import AppSettings
+from serve.settings import WORKER_DEPLOYMENT, AppSettings
 from tests.conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("kuberay_generate", ROOT / "deploy" / "kuberay" / "generate.py")
@@ -52,8 +52,8 @@ def test_embedded_serve_config_is_single_yaml_adapted_for_kubernetes() -> None:
     assert settings.resources.num_gpus == 1 and settings.resources.fail_fast_without_gpu is False
     assert app["args"]["model"] == source_app["args"]["model"]
     assert app["args"]["limits"] == source_app["args"]["limits"]
-    worker = next(d for d in app["deployments"] if d["name"] == "DiffusionWorker")
-    source_worker = next(d for d in source_app["deployments"] if d["name"] == "DiffusionWorker")
+    worker = next(d for d in app["deployments"] if d["name"] == WORKER_DEPLOYMENT)
+    source_worker = next(d for d in source_app["deployments"] if d["name"] == WORKER_DEPLOYMENT)
     assert worker["max_ongoing_requests"] == source_worker["max_ongoing_requests"]
     assert app["external_scaler_enabled"] is True and "autoscaling_config" not in worker
     loop = app["args"]["autoscaling"]

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, deployed
+from scheduler.outcomes import Outcome
+from tests.conftest import ROOT, Deployed
 
 pytestmark = pytest.mark.ray
 
@@ -50,65 +51,65 @@ def _ingress_log_lines(request_ids: set[str]) -> list[dict[str, Any]]:
     return found
 
 
-def test_counters_histograms_and_logs_account_for_every_request(ray_cluster: dict[str, Any]) -> None:
-    overrides = ["testing.inject_oom_marker=POISON", "deadlines.shed_hopeless=false"]
-    with deployed(ray_cluster, "cpu", overrides) as app:
-        before, _ = _scrape(app.client)
-        sent: list[tuple[str, int]] = []
+@pytest.mark.app("cpu", "testing.inject_oom_marker=POISON", "deadlines.shed_hopeless=false",
+                 "memory.measure_every_n_calls=1")
+def test_counters_histograms_and_logs_account_for_every_request(app: Deployed) -> None:
+    before, _ = _scrape(app.client)
+    sent: list[tuple[str, int]] = []
 
-        def post(body: dict[str, Any], rid: str) -> int:
-            status = app.client.post(URL, json=body, headers={"X-Request-Id": rid}).status_code
-            sent.append((rid, status))
-            return status
+    def post(body: dict[str, Any], rid: str) -> int:
+        status = app.client.post(URL, json=body, headers={"X-Request-Id": rid}).status_code
+        sent.append((rid, status))
+        return status
 
-        assert post({"prompt": "ok one", "num_inference_steps": 2}, "m-ok-1") == 200
-        assert post({"prompt": "ok two", "num_inference_steps": 2}, "m-ok-2") == 200
-        assert post({"prompt": ""}, "m-bad") == 422
-        assert post({"prompt": "slow", "size": "128x128", "num_inference_steps": 100, "timeout_s": 1}, "m-late") == 504
-        assert post({"prompt": "POISON", "num_inference_steps": 2}, "m-oom") == 507
-        crowd = {"prompt": "crowd", "num_inference_steps": 40, "timeout_s": 120}
-        with ThreadPoolExecutor(14) as pool:
-            codes = list(pool.map(lambda i: post(crowd, f"m-crowd-{i}"), range(14)))
-        assert set(codes) <= {200, 503} and 503 in codes
+    assert post({"prompt": "ok one", "num_inference_steps": 2}, "m-ok-1") == 200
+    assert post({"prompt": "ok two", "num_inference_steps": 2}, "m-ok-2") == 200
+    assert post({"prompt": ""}, "m-bad") == 422
+    assert post({"prompt": "slow", "size": "128x128", "num_inference_steps": 100, "timeout_s": 1}, "m-late") == 504
+    assert post({"prompt": "POISON", "num_inference_steps": 2}, "m-oom") == 507
+    crowd = {"prompt": "crowd", "num_inference_steps": 40, "timeout_s": 120}
+    with ThreadPoolExecutor(14) as pool:
+        codes = list(pool.map(lambda i: post(crowd, f"m-crowd-{i}"), range(14)))
+    assert set(codes) <= {200, 503} and 503 in codes
 
-        after, text = _scrape(app.client)
-        statuses = Counter(status for _, status in sent)
+    after, text = _scrape(app.client)
+    statuses = Counter(status for _, status in sent)
 
-        def delta(name: str, **labels: str) -> float:
-            return _value(after, name, **labels) - _value(before, name, **labels)
+    def delta(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
 
-        expected = {"ok": statuses[200], "invalid": 1, "deadline_exceeded": 1, "out_of_memory": 1,
-                    "overloaded": statuses[503]}
-        for outcome, count in expected.items():
-            assert delta("sdserve_requests_total", outcome=outcome) == count, outcome
-        assert delta("sdserve_requests_total", outcome="deadline_exceeded", phase="running") == 1
-        assert delta("sdserve_requests_total") == len(sent)  # the accounting identity
-        assert delta("sdserve_request_latency_seconds_count", outcome="ok") == statuses[200]
-        assert delta("sdserve_queue_wait_seconds_count") == statuses[200]
-        assert delta("sdserve_service_time_seconds_count") == statuses[200]
-        assert delta("sdserve_batch_images_count") == statuses[200]  # one call per request here
-        assert delta("sdserve_step_time_seconds_count") == statuses[200]
-        assert 1 <= delta("sdserve_memory_estimate_over_peak_ratio_count") <= statuses[200]  # sampled
-        assert delta("sdserve_oom_events_total") == 1
-        assert _value(after, "sdserve_replica_cold_starts_total") >= 1
-        assert _value(after, "sdserve_replica_cold_start_seconds_count") >= 1
-        assert "# TYPE sdserve_requests_total counter" in text
+    expected = {Outcome.OK: statuses[200], Outcome.INVALID: 1, Outcome.DEADLINE: 1, Outcome.OUT_OF_MEMORY: 1,
+                Outcome.OVERLOADED: statuses[503]}
+    for outcome, count in expected.items():
+        assert delta("sdserve_requests_total", outcome=outcome) == count, outcome
+    assert delta("sdserve_requests_total", outcome=Outcome.DEADLINE, phase="running") == 1
+    assert delta("sdserve_requests_total") == len(sent)  # the accounting identity
+    assert delta("sdserve_request_latency_seconds_count", outcome=Outcome.OK) == statuses[200]
+    assert delta("sdserve_queue_wait_seconds_count") == statuses[200]
+    assert delta("sdserve_service_time_seconds_count") == statuses[200]
+    assert delta("sdserve_batch_images_count") == statuses[200]  # one call per request here
+    assert delta("sdserve_step_time_seconds_count") == statuses[200]
+    assert delta("sdserve_memory_estimate_over_peak_ratio_count") == statuses[200]  # every call measured
+    assert delta("sdserve_oom_events_total") == 1
+    assert _value(after, "sdserve_replica_cold_starts_total") >= 1
+    assert _value(after, "sdserve_replica_cold_start_seconds_count") >= 1
+    assert "# TYPE sdserve_requests_total counter" in text
 
-        lines = _ingress_log_lines({rid for rid, _ in sent})
-        by_id = {line["request_id"]: line for line in lines}
-        assert len(lines) == len(sent) == len(by_id)  # exactly one line per request
-        assert by_id["m-ok-1"]["outcome"] == "ok" and by_id["m-ok-1"]["steps_done"] == 2
-        assert by_id["m-late"]["outcome"] == "deadline_exceeded" and by_id["m-late"]["steps_done"] < 100
-        assert by_id["m-oom"]["outcome"] == "out_of_memory" and by_id["m-oom"]["replica_id"]
-        assert by_id["m-bad"]["status"] == 422
+    lines = _ingress_log_lines({rid for rid, _ in sent})
+    by_id = {line["request_id"]: line for line in lines}
+    assert len(lines) == len(sent) == len(by_id)  # exactly one line per request
+    assert by_id["m-ok-1"]["outcome"] == Outcome.OK and by_id["m-ok-1"]["steps_done"] == 2
+    assert by_id["m-late"]["outcome"] == Outcome.DEADLINE and by_id["m-late"]["steps_done"] < 100
+    assert by_id["m-oom"]["outcome"] == Outcome.OUT_OF_MEMORY and by_id["m-oom"]["replica_id"]
+    assert by_id["m-bad"]["status"] == 422
 
-        families = {f.name for f in text_string_to_metric_families(text)}
-        names = {name for name, _ in after} | families  # labelled gauges show before first set
-        dashboard = json.loads(DASHBOARD.read_text())
-        exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-        used = {m for e in exprs for m in re.findall(r"sdserve_[a-z_]+", e)}
-        assert used and used <= names, used - names
-        assert {"Queue depth", "Replicas", "Latency", "Outcomes", "Cold starts", "Out-of-memory"} <= {
-            word for p in dashboard["panels"] for word in
-            ("Queue depth", "Replicas", "Latency", "Outcomes", "Cold starts", "Out-of-memory") if word in p["title"]
-        }
+    families = {f.name for f in text_string_to_metric_families(text)}
+    names = {name for name, _ in after} | families  # labelled gauges show before first set
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"sdserve_[a-z_]+", e)}
+    assert used and used <= names, used - names
+    assert {"Queue depth", "Replicas", "Latency", "Outcomes", "Cold starts", "Out-of-memory"} <= {
+        word for p in dashboard["panels"] for word in
+        ("Queue depth", "Replicas", "Latency", "Outcomes", "Cold starts", "Out-of-memory") if word in p["title"]
+    }

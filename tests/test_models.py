@@ -108,3 +108,12 @@ def test_unknown_model_id_is_a_clear_error_without_network() -> None:
 def test_directory_without_model_index_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a diffusers model directory"):
         load_generator(ModelSpec(model=str(tmp_path), device="cpu"))
+
+
+def test_a_model_missing_from_the_cache_fails_before_the_framework_imports() -> None:
+    from models.loader import check_available
+
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache.*hf download nobody/nothing"):
+        check_available(ModelSpec(model="nobody/nothing"))
+    check_available(ModelSpec(model="tiny"))  # built here: nothing to check
+    check_available(ModelSpec(model="nobody/nothing", allow_download=True))  # the load itself will fetch it

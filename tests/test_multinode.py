@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from scheduler.outcomes import Outcome
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.ray
@@ -26,7 +27,7 @@ def test_replicas_spread_over_nodes_and_survive_losing_one() -> None:
     assert result["burst_statuses"] == [200] * 8 and result["burst_replicas"] == 4
     during = result["during_loss"]["statuses"]
     assert len(during) == 8 and all(s == 200 or 500 <= s < 600 for s in during), result
-    assert all(code in ("replica_lost", "deadline_exceeded") for code in result["during_loss"]["codes"])
+    assert all(code in ("replica_lost", Outcome.DEADLINE) for code in result["during_loss"]["codes"])
     assert result["after_loss_statuses"] == [200] * 4
     survivor = "worker-1" if result["lost_node"] == "worker-0" else "worker-0"
     assert set(result["replicas_after_loss"]) == {survivor}, result

@@ -16,7 +16,9 @@ from models.generator import DiffusionGenerator, load_generator
 from models.loader import ModelSpec
 from models.oom import InjectedOOM, is_device_fatal, is_out_of_memory
 from models.request import GenerationRequest
+from scheduler.admission import ReplicaRules
 from scheduler.memory import MemoryModel, MemoryProbe, largest_that_fits, split_to_fit
+from scheduler.outcomes import Outcome
 from serve.execution import JobRunner
 from serve.protocol import WorkerJob
 
@@ -46,7 +48,7 @@ def test_real_cpu_allocation_failure_fails_only_that_request() -> None:
     """In a subprocess capped with RLIMIT_AS (never without a cap), a request too large for the
     cap gets the OOM outcome and a normal request right after succeeds in the same process."""
     result = _run_child("32")
-    assert result["outcomes"] == ["out_of_memory", "ok"], result
+    assert result["outcomes"] == [Outcome.OUT_OF_MEMORY, Outcome.OK], result
     assert result["oom_count"] == 1 and result["unhealthy"] is None
 
 
@@ -56,7 +58,7 @@ def test_a_failed_batch_releases_its_memory_before_the_halves_run() -> None:
     held, so they fail too. Under an RLIMIT_AS cap with room for one image but not two, both
     halves must succeed."""
     result = _run_child("held")
-    assert result["outcomes"] == ["ok", "ok"], result
+    assert result["outcomes"] == [Outcome.OK, Outcome.OK], result
     assert result["oom_count"] == 1 and result["unhealthy"] is None
 
 
@@ -64,18 +66,18 @@ def test_batch_with_one_poisoned_request_bisects_to_three_ok_one_oom(generator: 
     runner = JobRunner(InjectedOOM(generator, "POISON"), "r1")
     jobs = [_job("a"), _job("b POISON"), _job("c"), _job("d")]
     replies = runner.run(jobs, lambda job: False)
-    assert [r.outcome for r in replies] == ["ok", "out_of_memory", "ok", "ok"]
-    assert all(len(r.images) == 1 for r in replies if r.outcome == "ok")
+    assert [r.outcome for r in replies] == [Outcome.OK, Outcome.OUT_OF_MEMORY, Outcome.OK, Outcome.OK]
+    assert all(len(r.images) == 1 for r in replies if r.outcome == Outcome.OK)
     assert runner.oom_count == 3  # the batch of 4, the half with the poison, the poison alone
     assert runner.unhealthy_reason is None
-    assert runner.run([_job("after")], lambda job: False)[0].outcome == "ok"
+    assert runner.run([_job("after")], lambda job: False)[0].outcome == Outcome.OK
 
 
 def test_repeated_oom_on_requests_that_should_fit_marks_the_replica_unhealthy(
     generator: DiffusionGenerator,
 ) -> None:
     generous = MemoryModel(0, 1, 0, budget_bytes=1e12)
-    runner = JobRunner(InjectedOOM(generator, "POISON"), "r1", memory=generous, max_oom_strikes=2)
+    runner = JobRunner(InjectedOOM(generator, "POISON"), "r1", ReplicaRules(memory=generous), max_oom_strikes=2)
     runner.run([_job("POISON 1")], lambda job: False)
     assert runner.unhealthy_reason is None
     runner.run([_job("POISON 2")], lambda job: False)
@@ -86,21 +88,21 @@ def test_never_fitting_request_is_refused_without_touching_the_pipeline(
     generator: DiffusionGenerator,
 ) -> None:
     tight = MemoryModel(0, 100, 0, budget_bytes=64 * 64 * 100 * 2)  # two 64x64 images
-    runner = JobRunner(generator, "r1", memory=tight)
+    runner = JobRunner(generator, "r1", ReplicaRules(memory=tight))
     calls = generator.counter.snapshot()["calls"]
     [reply] = runner.run([_job("big", size=128)], lambda job: False)
-    assert (reply.outcome, reply.code) == ("invalid", "exceeds_memory_budget")
+    assert (reply.outcome, reply.code) == (Outcome.INVALID, "exceeds_memory_budget")
     assert "largest that fits: up to 88x88 with n=1" in reply.message, reply.message
     assert generator.counter.snapshot()["calls"] == calls
-    assert reply.memory is not None and reply.memory["budget_bytes"] == tight.budget_bytes
+    assert reply.replica.memory is not None and reply.replica.memory["budget_bytes"] == tight.budget_bytes
 
 
 def test_batches_are_split_to_fit_the_budget(generator: DiffusionGenerator) -> None:
     tight = MemoryModel(0, 100, 0, budget_bytes=64 * 64 * 100 * 2)
-    runner = JobRunner(generator, "r1", memory=tight)
+    runner = JobRunner(generator, "r1", ReplicaRules(memory=tight))
     before = len(generator.counter.snapshot()["batch_sizes"])
     replies = runner.run([_job(p) for p in "abcde"], lambda job: False)
-    assert [r.outcome for r in replies] == ["ok"] * 5
+    assert [r.outcome for r in replies] == [Outcome.OK] * 5
     assert generator.counter.snapshot()["batch_sizes"][before:] == [2, 2, 1]
 
 

@@ -1,4 +1,4 @@
-"""The web page in a real browser (issue #15): headless Chromium from Debian's packages, driven by
+"""The web page in a real browser: headless Chromium from Debian's packages, driven by
 Selenium, against a real server. Without Chromium the test is skipped with how to install it."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import deployed
+from tests.conftest import Deployed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.ray, pytest.mark.app("cpu"), pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
     reason="no Chromium here: install it with `sudo apt-get install chromium chromium-driver` (.ci/run does)",
-)
+)]
 
 
 def _browser(width: int = 412) -> Any:
@@ -37,14 +37,19 @@ def _browser(width: int = 412) -> Any:
 
 
 @pytest.fixture(scope="module")
-def page(ray_cluster: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
-    """A served ``cpu.yaml`` and a headless browser; each test loads the page afresh."""
-    with deployed(ray_cluster, "cpu") as app:
-        browser = _browser()
-        try:
-            yield app, browser
-        finally:
-            browser.quit()
+def browser() -> Iterator[Any]:
+    """One headless browser for the module; each test loads the page afresh."""
+    browser = _browser()
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def page(app: Deployed, browser: Any) -> tuple[Deployed, Any]:
+    """The served ``cpu.yaml`` and the browser."""
+    return app, browser
 
 
 def _enter_prompt(browser: Any, url: str, text: str) -> None:

@@ -9,11 +9,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, decide
-from scheduler.collector import ArrivalWindow, PendingJob, ServiceRate, StartTracker, build_inputs
+from scheduler.autoscaling import (
+    AutoscalerConfig,
+    AutoscalerInputs,
+    AutoscalerState,
+    decide,
+)
+from scheduler.collector import (
+    ArrivalWindow,
+    CallReport,
+    Collector,
+    PendingJob,
+    ServiceRate,
+    StartTracker,
+)
 from scheduler.deadline_scaling import Backlog, misses, replicas_to_save_deadlines
 from scheduler.keepalive import (
-    BIN_EDGES_S, cost_optimal_keep_alive, idle_percentile, keep_alive_plan, keep_one, record_idle, regime_of,
+    BIN_EDGES_S,
+    cost_optimal_keep_alive,
+    idle_percentile,
+    keep_alive_plan,
+    keep_one,
+    record_idle,
+    regime_of,
 )
 
 CONFIG = AutoscalerConfig(max_replicas=4, default_cold_start_s=20.0, default_service_time_s=5.0,
@@ -142,14 +160,19 @@ def test_collector_infers_queued_requests_and_their_slack() -> None:
     rate.observe(seconds=10.0, images=2, steps=50)  # 0.1 s per image-step
     assert rate.estimate(images=1, steps=30) == pytest.approx(3.0)
     assert rate.estimate(images=1, steps=30, pixels=256 * 256) == pytest.approx(0.75)
-    jobs = [PendingJob(accepted_at=0.0, deadline=100.0, images=1, steps=30) for _ in range(3)]
-    starts = StartTracker()
-    inputs = build_inputs(now=10.0, jobs=jobs, running=1, starting=1, capacity=1, rate=rate, starts=starts,
-                          cold_start_s=20.0, default_service_s=1.0, default_cold_start_s=25.0,
-                          latency_objective_s=30.0, recent_arrivals=3)
-    assert (inputs.queued, inputs.in_flight) == (2, 1)
+    collector = Collector()
+    collector.replied(CallReport(seconds=10.0, images=2, steps=50, pixels=512 * 512, cold_start_s=20.0))
+    for key in "abc":
+        collector.accepted(key, PendingJob(accepted_at=0.0, deadline=100.0, images=1, steps=30))
+    config = AutoscalerConfig(default_service_time_s=1.0, default_cold_start_s=25.0, latency_objective_s=30.0)
+    inputs = collector.inputs(now=10.0, running=1, starting=1, config=config)
+    assert (inputs.queued, inputs.in_flight, inputs.recent_arrivals) == (2, 1, 3)
     assert inputs.backlog is not None and inputs.backlog.slack_s == pytest.approx((17.0, 17.0))  # 30 − 10 − 3
     assert inputs.slot_free_in_s == pytest.approx((5.0, 20.0))  # half a call; a replica asked for just now
+    collector.answered("a")
+    assert collector.inputs(now=10.0, running=1, starting=1, config=config).queued == 1
+    starts = StartTracker()
+    starts.update(10.0, 1)
     starts.update(15.0, 1)
     assert starts.ready_in(15.0, 20.0) == [pytest.approx(15.0)]
     window = ArrivalWindow(600.0)

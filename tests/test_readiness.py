@@ -1,32 +1,24 @@
-"""Readiness, not just liveness (issue #13, defect 10): /healthz answers as soon as the proxy and
-ingress are up; /readyz only once a request would be served without waiting for a model load."""
+"""Readiness, not just liveness: /healthz answers as soon as the proxy and ingress are up; /readyz
+only once a request would be served without waiting for a model load."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import CONFIGS, CPU_OVERRIDES, deployed
+from serve.deploy import wait_until_running
+from tests.conftest import SIM_ARGS, AppPool, Deployed
+
+pytestmark = pytest.mark.ray
 
 
-def test_readyz_waits_for_the_worker_while_healthz_does_not(ray_cluster: dict[str, Any]) -> None:
-    from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    from serve.deploy import load_config, wait_until_running
-
-    config = load_config(CONFIGS / "cpu.yaml", CPU_OVERRIDES)  # the tiny model loads for seconds
-    config["applications"][0]["name"] = "readiness"
-    config["applications"][0]["route_prefix"] = "/"
-    config["http_options"]["port"] = ray_cluster["port"]
-    schema = ServeDeploySchema.model_validate(config)
-    serve.start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
-    _get_global_client().deploy_apps(schema, _blocking=False)  # do not wait: watch it come up
+@pytest.mark.app("cpu", fresh=True)
+def test_readyz_waits_for_the_worker_while_healthz_does_not(app_pool: AppPool) -> None:
+    app = app_pool.get("cpu", fresh=True, wait=False)  # do not wait: watch it come up
     seen: list[tuple[int, int, dict]] = []
-    client = httpx.Client(base_url=f"http://127.0.0.1:{ray_cluster['port']}", timeout=10)
+    client = httpx.Client(base_url=app.url, timeout=10)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -41,30 +33,28 @@ def test_readyz_waits_for_the_worker_while_healthz_does_not(ray_cluster: dict[st
                 if ready.status_code == 200:
                     break
             time.sleep(0.2)
-        wait_until_running(["readiness"], 60)
-        not_ready = [body for health, status, body in seen if status == 503]
-        assert not_ready, f"never saw the worker loading (the tiny model takes seconds): {seen[:3]}"
-        assert not_ready[0]["ready"] is False and not_ready[0]["workers"]["running"] == 0
-        assert seen[-1][1] == 200 and seen[-1][2]["workers"]["running"] == 1
-        assert seen[-1][2]["at_zero"] is False
-        assert client.post("/v1/images/generations", json={"prompt": "ready", "num_inference_steps": 2}).status_code == 200
+        wait_until_running([app.app_name], 60)
     finally:
         client.close()
-        serve.delete("readiness")
+    not_ready = [body for health, status, body in seen if status == 503]
+    assert not_ready, f"never saw the worker loading (the tiny model takes seconds): {seen[:3]}"
+    assert not_ready[0]["ready"] is False and not_ready[0]["workers"]["running"] == 0
+    assert seen[-1][1] == 200 and seen[-1][2]["workers"]["running"] == 1
+    assert seen[-1][2]["at_zero"] is False
+    assert app.client.post("/v1/images/generations", json={"prompt": "ready", "num_inference_steps": 2}).status_code == 200
 
 
-def test_a_fleet_at_zero_is_ready_and_says_a_request_will_cold_start(ray_cluster: dict[str, Any]) -> None:
-    overrides = ["simulation.load_time_s=1", "autoscaling.policy.scale_to_zero_after_s=1",
+@pytest.mark.app("sim-single", *SIM_ARGS, "autoscaling.policy.scale_to_zero_after_s=1",
                  "autoscaling.policy.keep_alive=fixed", "autoscaling.policy.stable_window_s=1",
-                 "autoscaling.policy.scale_down_interval_s=0.5"]
-    with deployed(ray_cluster, "sim-single", overrides) as app:
-        body = {"prompt": "warm", "size": "64x64", "num_inference_steps": 2}
-        assert app.client.post("/v1/images/generations", json=body).status_code == 200
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready = app.client.get("/readyz").json()
-            if ready["at_zero"]:
-                break
-            time.sleep(0.5)
-        assert ready["at_zero"] and ready["ready"] and ready["cold_start_expected"], ready
-        assert ready["expected_wait_s"] is not None and ready["expected_wait_s"] > 0  # a measured cold start
+                 "autoscaling.policy.scale_down_interval_s=0.5")
+def test_a_fleet_at_zero_is_ready_and_says_a_request_will_cold_start(app: Deployed) -> None:
+    body = {"prompt": "warm", "size": "64x64", "num_inference_steps": 2}
+    assert app.client.post("/v1/images/generations", json=body).status_code == 200
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready = app.client.get("/readyz").json()
+        if ready["at_zero"]:
+            break
+        time.sleep(0.5)
+    assert ready["at_zero"] and ready["ready"] and ready["cold_start_expected"], ready
+    assert ready["expected_wait_s"] is not None and ready["expected_wait_s"] > 0  # a measured cold start

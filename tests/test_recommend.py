@@ -14,6 +14,7 @@ from benchmarks import recommend as recommend_cli
 from benchmarks import simulate as simulate_cli
 from benchmarks.sim_config import load_target
 from scheduler.recommend import Candidate, Score, choose, grid, pareto_front
+from serve.settings import WORKER_DEPLOYMENT
 from tests.conftest import CONFIGS, ROOT
 
 SYNTHETIC = ROOT / "benchmarks" / "traces" / "synthetic-20.csv"
@@ -73,7 +74,7 @@ def test_recommend_finds_the_known_answer_and_writes_a_deployable_config(tmp_pat
                  batched_config=CONFIGS / "batched.yaml")
     assert recommend_cli.main(args) == 0
     config = yaml.safe_load(out.read_text())
-    worker = next(d for d in config["applications"][0]["deployments"] if d["name"] == "DiffusionWorker")
+    worker = next(d for d in config["applications"][0]["deployments"] if d["name"] == WORKER_DEPLOYMENT)
     assert config["applications"][0]["args"]["autoscaling"]["policy"]["max_replicas"] == 2
     assert worker["max_ongoing_requests"] == 1
     from ray.serve.schema import ServeDeploySchema

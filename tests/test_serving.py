@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,9 +14,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import Deployed, deployed
+from tests.conftest import Deployed
 
-pytestmark = pytest.mark.ray
+KEYS_FILE = Path(tempfile.gettempdir()) / "sdserve-test-serving-keys.txt"
+KEYS_FILE.write_text("# comment\nsecret-one\nsecret-two\n")
 
 
 def _png_sizes(response: httpx.Response) -> list[tuple[int, int]]:
@@ -30,21 +32,10 @@ def _concurrent_posts(app: Deployed, bodies: list[dict[str, Any]]) -> list[httpx
         return list(pool.map(lambda b: app.client.post("/v1/images/generations", json=b), bodies))
 
 
-@pytest.fixture(scope="module")
-def single(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
-    with deployed(ray_cluster, "single") as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def batched(ray_cluster: dict[str, Any]) -> Iterator[Deployed]:
-    with deployed(ray_cluster, "batched") as app:
-        yield app
-
-
+@pytest.mark.app("single")
 class TestSingleConfig:
-    def test_png_of_requested_size(self, single: Deployed) -> None:
-        response = single.client.post(
+    def test_png_of_requested_size(self, app: Deployed) -> None:
+        response = app.client.post(
             "/v1/images/generations", json={"prompt": "a lighthouse", "size": "96x64", "n": 2,
                                             "num_inference_steps": 4}
         )
@@ -52,21 +43,21 @@ class TestSingleConfig:
         assert response.headers["x-request-id"]
         assert float(response.headers["x-service-time-seconds"]) > 0
 
-    def test_one_pipeline_call_at_a_time_per_replica(self, single: Deployed) -> None:
+    def test_one_pipeline_call_at_a_time_per_replica(self, app: Deployed) -> None:
         body = {"prompt": "a boat", "size": "64x64", "num_inference_steps": 8}
-        responses = _concurrent_posts(single, [body] * 4)
+        responses = _concurrent_posts(app, [body] * 4)
         assert [r.status_code for r in responses] == [200] * 4
         replicas = {r.headers["x-replica-id"] for r in responses}
-        stats = single.worker_stats(replicas=len(replicas))
+        stats = app.worker_stats(replicas=len(replicas))
         assert {s["replica_id"] for s in stats} >= replicas
         assert all(s["max_active_calls"] == 1 for s in stats), stats
         assert all(set(s["requests_per_call"]) == {1} for s in stats), stats
         assert sum(s["calls"] for s in stats) >= 4
 
-    def test_openai_sdk_gets_a_decodable_image(self, single: Deployed) -> None:
+    def test_openai_sdk_gets_a_decodable_image(self, app: Deployed) -> None:
         from openai import OpenAI
 
-        client = OpenAI(base_url=f"{single.url}/v1", api_key="unused", max_retries=0)
+        client = OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0)
         result = client.images.generate(
             prompt="a watercolor fox", model="tiny",
             size="64x64", n=1, response_format="b64_json",
@@ -91,21 +82,21 @@ class TestSingleConfig:
         ],
     )
     def test_bad_input_gets_its_4xx_in_openai_shape(
-        self, single: Deployed, body: dict, status: int, param: str
+        self, app: Deployed, body: dict, status: int, param: str
     ) -> None:
-        response = single.client.post("/v1/images/generations", json=body)
+        response = app.client.post("/v1/images/generations", json=body)
         assert response.status_code == status, response.text
         error = response.json()["error"]
         assert error["param"] == param and error["message"] and error["code"]
         assert response.headers["x-request-id"]
 
-    def test_malformed_json_oversized_body_and_unknown_route(self, single: Deployed) -> None:
-        bad_json = single.client.post(
+    def test_malformed_json_oversized_body_and_unknown_route(self, app: Deployed) -> None:
+        bad_json = app.client.post(
             "/v1/images/generations", content=b'{"prompt": ', headers={"X-Request-Id": "rid-42"}
         )
         assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
         assert bad_json.headers["x-request-id"] == "rid-42"
-        huge = single.client.post("/v1/images/generations", json={"prompt": "x" * 100_000})
+        huge = app.client.post("/v1/images/generations", json={"prompt": "x" * 100_000})
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
 
         def chunked() -> Iterator[bytes]:  # no Content-Length: the limit must hold while reading
@@ -114,84 +105,83 @@ class TestSingleConfig:
                 yield b"x" * 1000
             yield b'"}'
 
-        streamed = single.client.post("/v1/images/generations", content=chunked())
+        streamed = app.client.post("/v1/images/generations", content=chunked())
         assert "content-length" not in streamed.request.headers
         assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
-        missing = single.client.get("/v1/nothing-here")
+        missing = app.client.get("/v1/nothing-here")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
-        assert single.client.get("/healthz").json() == {"status": "ok"}
+        assert app.client.get("/healthz").json() == {"status": "ok"}
 
-    def test_a_client_cannot_switch_off_cancel_on_disconnect(self, single: Deployed) -> None:
-        response = single.client.post("/v1/images/generations", json={"prompt": "a"},
+    def test_a_client_cannot_switch_off_cancel_on_disconnect(self, app: Deployed) -> None:
+        response = app.client.post("/v1/images/generations", json={"prompt": "a"},
                                       headers={"x-request-disconnect-disabled": "?1"})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == "x-request-disconnect-disabled"
 
 
-def test_a_slow_upload_gets_408_and_frees_the_ingress(ray_cluster: dict[str, Any]) -> None:
+@pytest.mark.app("cpu", "limits.body_read_timeout_s=1")
+def test_a_slow_upload_gets_408_and_frees_the_ingress(app: Deployed) -> None:
     import time
 
-    with deployed(ray_cluster, "cpu", ["limits.body_read_timeout_s=1"]) as app:
-        def trickle() -> Iterator[bytes]:
-            yield b'{"prompt": "'
-            for _ in range(6):
-                time.sleep(0.5)
-                yield b"x"
-            yield b'"}'
+    def trickle() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(6):
+            time.sleep(0.5)
+            yield b"x"
+        yield b'"}'
 
-        started = time.monotonic()
-        slow = app.client.post("/v1/images/generations", content=trickle())
-        assert slow.status_code == 408, slow.text
-        assert slow.json()["error"]["code"] == "request_timeout"
-        assert time.monotonic() - started < 3.5
-        fine = app.client.post("/v1/images/generations", json={"prompt": "ok", "num_inference_steps": 2})
-        assert fine.status_code == 200
+    started = time.monotonic()
+    slow = app.client.post("/v1/images/generations", content=trickle())
+    assert slow.status_code == 408, slow.text
+    assert slow.json()["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started < 3.5
+    fine = app.client.post("/v1/images/generations", json={"prompt": "ok", "num_inference_steps": 2})
+    assert fine.status_code == 200
 
 
+@pytest.mark.app("batched")
 class TestBatchedConfig:
-    def test_png_of_requested_size(self, batched: Deployed) -> None:
-        response = batched.client.post(
+    def test_png_of_requested_size(self, app: Deployed) -> None:
+        response = app.client.post(
             "/v1/images/generations", json={"prompt": "a castle", "size": "64x96", "num_inference_steps": 3}
         )
         assert _png_sizes(response) == [(64, 96)]
 
-    def test_concurrent_requests_share_a_batch_and_sizes_never_mix(self, batched: Deployed) -> None:
+    def test_concurrent_requests_share_a_batch_and_sizes_never_mix(self, app: Deployed) -> None:
         same = {"prompt": "a tree", "size": "64x64", "num_inference_steps": 6}
         other = {"prompt": "a tree", "size": "128x64", "num_inference_steps": 6}
-        responses = _concurrent_posts(batched, [same] * 4 + [other] * 2)
+        responses = _concurrent_posts(app, [same] * 4 + [other] * 2)
         sizes = [_png_sizes(r) for r in responses]
         assert sizes == [[(64, 64)]] * 4 + [[(128, 64)]] * 2
-        stats = batched.worker_stats(replicas=len({r.headers["x-replica-id"] for r in responses}))
+        stats = app.worker_stats(replicas=len({r.headers["x-replica-id"] for r in responses}))
         assert max(size for s in stats for size in s["requests_per_call"]) > 1, stats
         assert max(int(r.headers["x-batch-images"]) for r in responses) > 1
 
 
-def test_api_keys_gate_everything_but_healthz(ray_cluster: dict[str, Any], tmp_path: Path) -> None:
-    keys = tmp_path / "keys.txt"
-    keys.write_text("# comment\nsecret-one\nsecret-two\n")
-    with deployed(ray_cluster, "cpu", [f"auth.api_keys_file={keys}"]) as app:
-        body = {"prompt": "a key", "num_inference_steps": 2}
-        assert app.client.post("/v1/images/generations", json=body).status_code == 401
-        wrong = app.client.post(
-            "/v1/images/generations", json=body, headers={"Authorization": "Bearer nope"}
-        )
-        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
-        key = {"Authorization": "Bearer secret-one"}
-        for route in ("/v1/models", "/v1/scheduler", "/metrics", "/docs", "/redoc", "/openapi.json"):
-            refused = app.client.get(route)
-            assert refused.status_code == 401, (route, refused.status_code)
-            assert refused.json()["error"]["code"] == "invalid_api_key", route
-            assert app.client.get(route, headers=key).status_code == 200, route
-        right = app.client.post(
-            "/v1/images/generations", json=body, headers={"Authorization": "Bearer secret-two"}
-        )
-        assert _png_sizes(right) == [(64, 64)]
-        assert app.client.get("/healthz").status_code == 200
-        served = app.client.get("/openapi.json", headers=key).json()["paths"]
-        assert "/v1/images/generations" in served and "/docs" not in served
-        from ray import serve
+@pytest.mark.app("cpu", f"auth.api_keys_file={KEYS_FILE}")
+def test_api_keys_gate_everything_but_healthz(app: Deployed) -> None:
+    body = {"prompt": "a key", "num_inference_steps": 2}
+    assert app.client.post("/v1/images/generations", json=body).status_code == 401
+    wrong = app.client.post(
+        "/v1/images/generations", json=body, headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    key = {"Authorization": "Bearer secret-one"}
+    for route in ("/v1/models", "/v1/scheduler", "/metrics", "/docs", "/redoc", "/openapi.json"):
+        refused = app.client.get(route)
+        assert refused.status_code == 401, (route, refused.status_code)
+        assert refused.json()["error"]["code"] == "invalid_api_key", route
+        assert app.client.get(route, headers=key).status_code == 200, route
+    right = app.client.post(
+        "/v1/images/generations", json=body, headers={"Authorization": "Bearer secret-two"}
+    )
+    assert _png_sizes(right) == [(64, 64)]
+    assert app.client.get("/healthz").status_code == 200
+    served = app.client.get("/openapi.json", headers=key).json()["paths"]
+    assert "/v1/images/generations" in served and "/docs" not in served
+    from ray import serve
 
-        assert serve.get_app_handle(app.app_name).exposure.remote().result()["keys_required"] is True
+    assert serve.get_app_handle(app.app_name).exposure.remote().result()["keys_required"] is True
 
 
 def test_gpu_config_fails_fast_when_the_cluster_lacks_gpus(ray_cluster: dict[str, Any]) -> None:

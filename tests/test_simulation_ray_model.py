@@ -2,7 +2,7 @@
 
 Ray's wrapper and default policy are imported from the installed Ray and run on the same random
 contexts as the port; a future Ray that changes them fails here instead of silently skewing every
-simulated comparison.
+simulated comparison. The table read from Ray's source needs no Ray and always runs.
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ from scheduler.simulation import ray_autoscaler
 from scheduler.simulation.policies import SimContext
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 
-ray_policy = pytest.importorskip("ray.serve.autoscaling_policy")
-from ray.serve.config import AutoscalingConfig, AutoscalingContext  # noqa: E402
+try:
+    from ray.serve import autoscaling_policy as ray_policy
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+except ImportError:  # the table below still runs
+    ray_policy = None
+
+needs_ray = pytest.mark.skipif(ray_policy is None, reason="compares the port with Ray's own code: Ray not installed")
 
 
 class _Clock:
@@ -83,6 +88,7 @@ contexts = st.fixed_dictionaries({
 })
 
 
+@needs_ray
 @settings(max_examples=300, deadline=None)
 @given(values=configs, ctx_values=contexts)
 def test_default_policy_matches_ray(values: dict, ctx_values: dict) -> None:
@@ -90,6 +96,7 @@ def test_default_policy_matches_ray(values: dict, ctx_values: dict) -> None:
     assert _port_decision(ray_autoscaler.queue_length_policy, values, ctx_values) == expected
 
 
+@needs_ray
 @settings(max_examples=200, deadline=None)
 @given(values=configs, ctx_values=contexts, wanted=st.sampled_from([0, 1, 2.5, 4, 9]))
 def test_wrapper_around_a_custom_policy_matches_ray(values: dict, ctx_values: dict, wanted: float) -> None:

@@ -4,21 +4,24 @@ Sent = Σ counted outcomes exactly, only documented statuses, RSS growth < 10 %,
 
 from __future__ import annotations
 
-from typing import Any
+import pytest
 
 from benchmarks.soak import run_soak
-from tests.conftest import deployed
+from scheduler.outcomes import Outcome
+from tests.conftest import Deployed
 
 
-def test_sixty_seconds_of_abuse_balance_the_books(ray_cluster: dict[str, Any]) -> None:
-    with deployed(ray_cluster, "cpu") as app:
-        result = run_soak(app.url, app.app_name, duration_s=60, multiple=3.0, warmup_s=10)
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.app("cpu")
+def test_sixty_seconds_of_abuse_balance_the_books(app: Deployed) -> None:
+    result = run_soak(app.url, app.app_name, duration_s=60, multiple=3.0, warmup_s=10)
     assert result["sent"] > 100, result
     assert result["server_counted"] == result["sent"], result["server_outcomes"]
     assert not result["undocumented_statuses"], result["undocumented_statuses"]
     assert result["rss_growth"] and max(result["rss_growth"].values()) < 0.10, result["rss_growth"]
     assert result["served_after"] == 200
     outcomes = result["server_outcomes"]
-    for expected in ("ok", "invalid", "cancelled"):  # the mix really reached these paths
+    for expected in (Outcome.OK, Outcome.INVALID, Outcome.CANCELLED):  # the mix really reached these paths
         assert outcomes.get(expected, 0) > 0, outcomes
-    assert outcomes.get("overloaded", 0) + outcomes.get("deadline_exceeded", 0) + outcomes.get("shed", 0) > 0
+    assert outcomes.get(Outcome.OVERLOADED, 0) + outcomes.get(Outcome.DEADLINE, 0) + outcomes.get(Outcome.SHED, 0) > 0

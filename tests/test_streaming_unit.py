@@ -13,8 +13,9 @@ from PIL import Image
 
 from models.preview import latent_preview_png, placeholder_preview_png, preview_steps
 from models.request import GenerationRequest
+from scheduler.outcomes import Outcome
 from serve.openai_api import ApiError
-from serve.protocol import WorkerEvent, WorkerReply
+from serve.protocol import EventKind, ReplicaFacts, WorkerEvent, WorkerReply
 from serve.streaming import StreamFormat
 
 
@@ -47,16 +48,16 @@ def test_events_parse_as_the_openai_sdk_types() -> None:
     fmt = StreamFormat(request, None, None)
     png = placeholder_preview_png(64, 64, 0.3)
     partial = ImageGenPartialImageEvent.model_validate(
-        _data(fmt.event(WorkerEvent("partial", "j", 3, 10, png=png, index=0))))
+        _data(fmt.event(WorkerEvent(EventKind.PARTIAL, "j", 3, 10, png=png, index=0))))
     assert partial.partial_image_index == 0 and base64.b64decode(partial.b64_json) == png
-    chunks = fmt.completed(WorkerReply("ok", images=[png], service_time_s=1.0, replica_id="r"))
+    chunks = fmt.completed(WorkerReply(Outcome.OK, images=[png], service_time_s=1.0, replica=ReplicaFacts("r")))
     completed = ImageGenCompletedEvent.model_validate(_data(chunks[0]))
     assert completed.size == "64x64" and completed.quality == "auto" and completed.usage.total_tokens == 0
     assert _data(chunks[-1]) == {"type": "sdserve.done", "seed": 7, "queue_wait_s": 0.0, "service_time_s": 1.0,
                                  "replica_id": "r", "batch_images": 0}
-    error = _data(StreamFormat.error(ApiError(504, "late", code="deadline_exceeded", type="timeout_error")))
+    error = _data(StreamFormat.error(ApiError(504, "late", code=Outcome.DEADLINE, type="timeout_error")))
     assert error == {"type": "error", "error": {"message": "late", "type": "timeout_error", "param": None,
-                                                "code": "deadline_exceeded"}}
+                                                "code": Outcome.DEADLINE}}
     fmt.event(WorkerEvent("started", "j", 0, 10))
     progress = _data(fmt.event(WorkerEvent("progress", "j", 5, 10)))
     assert progress["step"] == 5 and progress["eta_s"] is not None and progress["eta_s"] >= 0

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from serve.settings import INGRESS_DEPLOYMENT
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "configs" / "single.yaml"
 TARGET = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
@@ -50,7 +52,7 @@ def serve_config(source: Path = SOURCE) -> dict[str, Any]:
                 kwargs["follow_cluster_gpus"] = False  # GPU nodes come and go; max_replicas rules
             if "autoscaling_config" in deployment:
                 deployment["autoscaling_config"]["max_replicas"] = MAX_GPU_WORKERS
-            if deployment["name"] == "Ingress":  # keep the HTTP entry point off the GPU nodes
+            if deployment["name"] == INGRESS_DEPLOYMENT:  # keep the HTTP entry point off the GPU nodes
                 deployment.setdefault("ray_actor_options", {})["resources"] = {HEAD_RESOURCE: 0.01}
     return config
 

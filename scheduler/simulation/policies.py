@@ -3,7 +3,9 @@
 - :class:`RayControlled` runs a policy the way Ray 2.60 does: inside Ray's wrapper (cold-start fast
   path, scaling factors, delays, bounds), fed a context whose request counts are averaged over the
   deployment's ``look_back_period_s``. With :func:`ray_autoscaler.queue_length_policy` it is Ray's
-  default; with :func:`sdserve_policy` it is sdserve's decider through the same adapter Ray calls.
+  default.
+- :class:`SdserveLoop` is sdserve's own control loop: the same :class:`~scheduler.driver.ScalingDriver`
+  the ingress runs, told of every request and reply as they happen, stepped every tick.
 - :class:`FixedFleet` keeps N replicas (a reference).
 """
 
@@ -11,13 +13,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from scheduler.autoscaling import AutoscalerConfig, AutoscalerState, decide
-from scheduler.collector import ArrivalWindow, PendingJob, ServiceRate, StartTracker, build_inputs
-from scheduler.policy_adapter import QueueDepthDecider
+from scheduler.autoscaling import AutoscalerConfig
+from scheduler.collector import CallReport, PendingJob
+from scheduler.driver import ScalingDriver
 from scheduler.simulation import ray_autoscaler
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 
@@ -77,19 +78,15 @@ class StepSeries:
 
 @dataclass
 class Observation:
-    """What a controller can know at one tick (no future). Ray's controller sees counts and replica
-    reports; sdserve's ingress also sees each outstanding request and each reply."""
+    """What a controller can know at one tick (no future): Ray's controller sees replica states and
+    request counts; sdserve's loop was also told of each request and reply as they happened."""
 
     now: float
     running: int  # RUNNING replicas (not starting, not draining)
+    starting: int  # replicas asked for and not running yet
     target: int  # the current target replica count
     total: StepSeries  # queued + running requests
     queued: StepSeries  # requests waiting for a replica at the router
-    reports: dict[str, dict[str, float]]  # metric → replica → value (record_autoscaling_stats)
-    starting: int = 0  # replicas asked for and not running yet
-    jobs: Callable[[], list[PendingJob]] = list  # outstanding requests, arrival order (the ingress's view)
-    replies: list[tuple[float, int, int, int]] = field(default_factory=list)  # calls ended since the last tick
-    arrivals: list[float] = field(default_factory=list)  # requests that arrived since the last tick
 
 
 class ControlPolicy(Protocol):
@@ -97,6 +94,26 @@ class ControlPolicy(Protocol):
     look_back_s: float  # how long after the last change the policy may still act on a mean
 
     def __call__(self, obs: Observation) -> int: ...
+
+    # what the ingress sees of each request (sdserve's loop listens; Ray's controller cannot)
+    def accepted(self, key: str, job: PendingJob) -> None: ...
+
+    def answered(self, key: str) -> None: ...
+
+    def replied(self, call: CallReport) -> None: ...
+
+
+class _CountsOnly:
+    """A policy that, like Ray's controller, is not told of individual requests."""
+
+    def accepted(self, key: str, job: PendingJob) -> None:
+        pass
+
+    def answered(self, key: str) -> None:
+        pass
+
+    def replied(self, call: CallReport) -> None:
+        pass
 
 
 @dataclass
@@ -113,23 +130,10 @@ class SimContext:
     policy_state: dict[str, Any]
     current_time: float
     config: RayAutoscalingConfig
-    deployment_name: str = "DiffusionWorker"
-    app_name: str = "sdserve"
-
-
-def sdserve_policy(config: AutoscalerConfig) -> ray_autoscaler.Policy:
-    """sdserve's queue-depth decider behind the same adapter ``serve/autoscaling_policy.py`` uses."""
-    decider = QueueDepthDecider(config)
-
-    def policy(ctx: Any) -> tuple[float, dict[str, Any]]:
-        _, decision, state = decider.decide(ctx)
-        return decision.desired, state
-
-    return policy
 
 
 @dataclass
-class RayControlled:
+class RayControlled(_CountsOnly):
     """A policy inside Ray 2.60's control loop: look-back means in, Ray's wrapper around it."""
 
     name: str
@@ -160,7 +164,7 @@ class RayControlled:
                 obs.now, window, every, known),
             total_queued_requests=obs.queued.value if obs.running == 0 else obs.queued.sampled_mean(
                 obs.now, window, every, known),
-            aggregated_metrics=obs.reports,
+            aggregated_metrics={},
             capacity_adjusted_min_replicas=self.config.min_replicas,
             capacity_adjusted_max_replicas=self.config.max_replicas,
             policy_state=self.policy_state,
@@ -171,53 +175,36 @@ class RayControlled:
         return target
 
 
-@dataclass
-class ExternalScaler:
-    """sdserve's own control loop (``serve/control.py``, Ray's external scaler): the collector's
-    inputs from every outstanding request and reply, the decider called directly every tick —
-    no Ray wrapper, so a burst at zero is sized at once."""
+class SdserveLoop:
+    """sdserve's own control loop (``serve/control.py``, Ray's external scaler): the ingress's
+    driver, told of every request and reply, stepped every tick — no Ray wrapper, so a burst at
+    zero is sized at once."""
 
-    name: str
-    config: AutoscalerConfig
-    look_back_s: float = 0.0
-    fleet_poll_s: float = 0.5  # the loop reads replica states from Serve this often (control.py)
+    look_back_s = 0.0
 
-    def __post_init__(self) -> None:
-        self.state = AutoscalerState()
-        self._fleet = (0, 0)
-        self._polled_at = -math.inf
-        self._target = -1
-        self.rate = ServiceRate()
-        self.starts = StartTracker()
-        self.arrived = ArrivalWindow()
-        self.cold_start_s: float | None = None  # the last replica-reported cold start, kept across zero
+    def __init__(self, name: str, config: AutoscalerConfig, fleet_poll_s: float = 0.5) -> None:
+        self.name = name
+        self.driver = ScalingDriver(config, fleet_poll_s)
+
+    def accepted(self, key: str, job: PendingJob) -> None:
+        self.driver.collector.accepted(key, job)
+
+    def answered(self, key: str) -> None:
+        self.driver.collector.answered(key)
+
+    def replied(self, call: CallReport) -> None:
+        self.driver.collector.replied(call)
 
     def __call__(self, obs: Observation) -> int:
-        for seconds, images, steps, pixels in obs.replies:
-            self.rate.observe(seconds, images, steps, pixels)
-        for at in obs.arrivals:
-            self.arrived.arrived(at)
-        reported = list((obs.reports.get("cold_start_s") or {}).values())
-        if reported:
-            self.cold_start_s = sum(reported) / len(reported)
-        if obs.now - self._polled_at >= self.fleet_poll_s or obs.target != self._target:
-            self._fleet, self._polled_at = (obs.running, obs.starting), obs.now  # as ServeFleet polls
-        running, starting = self._fleet
-        starting = max(starting, obs.target - running)  # asked for, maybe not yet in Serve's view
-        c = self.config
-        inputs = build_inputs(obs.now, obs.jobs(), running, starting, c.capacity_per_replica,
-                              self.rate, self.starts, self.cold_start_s, c.default_service_time_s,
-                              c.default_cold_start_s, c.latency_objective_s, self.arrived.count(obs.now))
-        decision = decide(inputs, self.state, c)
-        self.state = decision.state
-        if decision.desired != obs.target:
-            self._polled_at = -math.inf  # the live loop re-reads the fleet after it scales
-        self._target = decision.desired
-        return decision.desired
+        if self.driver.fleet_due(obs.now):  # as the live loop polls Serve
+            self.driver.fleet_seen(obs.now, obs.running, obs.starting)
+        desired = self.driver.step(obs.now).desired
+        self.driver.applied(desired)  # the simulator applies a target at once
+        return desired
 
 
 @dataclass
-class FixedFleet:
+class FixedFleet(_CountsOnly):
     """N replicas, always (the reference a static deployment would be)."""
 
     replicas: int

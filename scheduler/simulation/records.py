@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from scheduler.admission import ReplicaRules
+
+
+@dataclass(frozen=True)
+class CallLearning:
+    """What a replica learns from its running call, once it ends (as the live replica does)."""
+
+    call_pixels: int
+    steps_done: int
+    seconds: float
+    all_in_time: bool
 
 
 @dataclass
@@ -18,11 +29,10 @@ class Replica:
     in_call: list[int] = field(default_factory=list)
     busy: bool = False
     calls: int = 0
-    service_ewma_s: float | None = None
     batch_timer: int = 0  # token: a stale batch timer is ignored
     cold_started: bool = False  # went through a cold start (initial warm replicas did not)
-    batcher: Any = None  # the adaptive setting's AdaptiveBatcher (learns from this replica's calls)
-    learned: tuple[int, int, int, float, bool] | None = None  # the running call, learnt when it ends
+    rules: ReplicaRules = field(default_factory=ReplicaRules)  # the worker's admission and batch rules
+    learning: list[CallLearning] = field(default_factory=list)  # the running call's, learnt when it ends
 
     @property
     def ongoing(self) -> int:

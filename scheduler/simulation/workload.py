@@ -12,7 +12,11 @@ from dataclasses import dataclass
 #: Seconds one pipeline call takes: ``(images in the call, pixels per image, steps) -> seconds``.
 ServiceModel = Callable[[int, int, int], float]
 
-REFERENCE_PIXELS = 512 * 512
+from scheduler.collector import REFERENCE_PIXELS
+
+#: Replica start → ready when nothing better is known: the production trace's median base-model
+#: load (``alibaba-genai-2026-load-latency.csv``, checkpoint switches, p50).
+TRACE_MEDIAN_COLD_START_S = 22.7
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,8 @@ class SimRequest:
 class FleetSpec:
     """The live system's rules the simulator reproduces; each field names its live counterpart.
 
-    ``control_interval_s`` is Ray's control loop (``RAY_SERVE_CONTROL_LOOP_INTERVAL_S`` = 0.1 s): the
-    simulator calls the policy that often while anything is queued or a replica is starting, and
-    every ``idle_control_interval_s`` otherwise (only scale-down decisions are possible then, and a
-    second of error on a keep-alive of minutes is noise). With no replica, no request and nothing in
-    the policy's look-back window, it stops calling until the next arrival: nothing can change.
+    ``control_interval_s`` is Ray's control loop (``RAY_SERVE_CONTROL_LOOP_INTERVAL_S`` = 0.1 s) and
+    sdserve's (``autoscaling.interval_s``): see :mod:`scheduler.simulation.control`.
     """
 
     max_batch_size: int = 1  # batching.max_batch_size (1: single, the FaaS setting)
@@ -44,7 +45,7 @@ class FleetSpec:
     adaptive_margin: float = 1.1  # batching.adaptive_margin
     max_ongoing_requests: int = 1  # the deployment's max_ongoing_requests
     max_queued_requests: int = 64  # the deployment's max_queued_requests (-1: unbounded) → 503
-    cold_start_s: float = 22.7  # replica start → ready: the trace's median base-model load
+    cold_start_s: float = TRACE_MEDIAN_COLD_START_S  # replica start → ready
     cold_start_jitter_s: float = 0.0  # uniform ± jitter on each cold start
     #: What replicas report as their cold start (the worker measures process start → ready, not
     #: Ray's scheduling before the process exists). None: the cold start itself.
@@ -53,9 +54,7 @@ class FleetSpec:
     #: GPUs for replicas: a replica beyond them waits (PENDING, unpaid) until a stopping one frees
     #: its GPU, as Ray's scheduler holds it. None: unlimited.
     gpu_slots: int | None = None
-    shed_hopeless: bool = True  # deadlines.shed_hopeless: refuse what cannot finish in time
-    shed_after_calls: int = 2  # the replica's step-time estimator needs this many calls first
-    service_time_alpha: float = 0.3  # EWMA weight of the service time a replica reports
+    shed_hopeless: bool = True  # deadlines.shed_hopeless: refuse what the replica's model says is too late
     #: Per-call time outside the pipeline (HTTP, proxy, ingress and handle hops), added to every
     #: call: it holds the replica's slot and the client's latency alike. Measured live when the
     #: simulator is validated (sdserve-bench validate), else 0.

@@ -1,0 +1,76 @@
+"""The one driver of the decider: collector state → the decider's inputs → a decision → the target.
+
+The live scaling loop (``serve/control.py``) and the simulator's sdserve policy
+(``scheduler/simulation/policies.py``) both run this class; they differ only in where the events
+come from and who applies the target. So the simulator runs exactly the code that runs live: the
+same inputs (the replicas' reported batch capacity, the last reported cold start, the fleet as last
+polled), the same decision, the same bookkeeping of what was asked for.
+
+Protocol, per step: ``fleet_due(now)`` → the caller reads the fleet and says what it saw
+(``fleet_seen``) → ``step(now)`` → the caller applies a changed target and says so (``applied``),
+which makes the next step read the fleet again. Between steps the caller reports every request
+accepted and answered and every reply (``collector``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, Decision, decide
+from scheduler.collector import Collector
+
+
+class ScalingDriver:
+    def __init__(self, config: AutoscalerConfig, fleet_poll_s: float = 0.5) -> None:
+        self.config = config
+        self.fleet_poll_s = fleet_poll_s
+        self.collector = Collector()
+        self.state = AutoscalerState()
+        self.target = -1  # what was last asked for; -1: nothing yet, take over the fleet as found
+        self.last_inputs: AutoscalerInputs | None = None
+        self._fleet = (0, 0)  # (running, starting) as last read
+        self._seen_at = -math.inf
+
+    def reconfigure(self, config: AutoscalerConfig, fleet_poll_s: float) -> None:
+        """New knobs: what was learnt stays; a keep-alive chosen under the old knobs is chosen again."""
+        self.config, self.fleet_poll_s = config, fleet_poll_s
+        self.state = dataclasses.replace(self.state, idle_plan=None)
+
+    def fleet_due(self, now: float) -> bool:
+        """Whether the fleet should be read before this step (every ``fleet_poll_s``, and right
+        after a change of target)."""
+        return now - self._seen_at >= self.fleet_poll_s
+
+    def fleet_seen(self, now: float, running: int, starting: int) -> None:
+        self._fleet, self._seen_at = (running, starting), now
+
+    def step(self, now: float, max_replicas: int | None = None) -> Decision:
+        """Decide from what was collected; ``max_replicas`` caps the fleet (the cluster's GPUs)."""
+        running, starting = self._fleet
+        if self.target < 0:  # first step: take over the fleet as deployed
+            self.target = running + starting
+            self.state = dataclasses.replace(self.state, target=self.target)
+        starting = max(starting, self.target - running)  # asked for, maybe not yet in Serve's view
+        config = self._config(max_replicas)
+        inputs = self.collector.inputs(now, running, starting, config)
+        decision = decide(inputs, self.state, config)
+        self.state, self.last_inputs = decision.state, inputs
+        return decision
+
+    def applied(self, target: int) -> None:
+        """The caller set the fleet's target to ``target``: read the fleet again next step."""
+        if target != self.target:
+            self.target = target
+            self._seen_at = -math.inf
+
+    def _config(self, max_replicas: int | None) -> AutoscalerConfig:
+        """The configured knobs with what replicas report (their batch capacity) and the cap."""
+        config = self.config
+        capacity = self.collector.capacity
+        if capacity is not None and capacity < config.capacity_per_replica:
+            config = dataclasses.replace(config, capacity_per_replica=capacity)
+        if max_replicas:
+            config = dataclasses.replace(
+                config, max_replicas=max(config.min_replicas, min(config.max_replicas, max_replicas)))
+        return config

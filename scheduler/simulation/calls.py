@@ -1,0 +1,167 @@
+"""Pipeline calls on a simulated replica, by the worker's rules (:class:`~scheduler.admission.ReplicaRules`).
+
+Single mode runs one request per call; batched mode takes up to ``max_batch_size`` requests after
+``batch_wait_timeout_s`` (``@serve.batch``), splits them by (size, steps) and runs the groups one
+after another, answering all when the batch returns, as the worker does. At a group's start each
+request is admitted by the replica's rules (``shed`` when the replica's own call-time model, learnt
+from the calls it simulated, says it cannot finish in time); the adaptive setting admits each
+request alone, earliest deadline first, and sizes the call by the same rule as the worker. A group
+stops at the first step boundary after all of its members' deadlines; a member whose deadline
+passes inside a call that goes on is answered 504 at its deadline.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from scheduler.admission import Admission, JobView, earliest_deadline_first
+from scheduler.collector import CallReport
+from scheduler.outcomes import Outcome
+from scheduler.simulation.events import Event
+from scheduler.simulation.records import CallLearning, Replica
+
+if TYPE_CHECKING:
+    from scheduler.simulation.fleet import Simulator
+
+#: A refused request's outcome, by the rules' verdict (the simulator has no memory model).
+REFUSED = {Admission.EXPIRED: Outcome.DEADLINE, Admission.HOPELESS: Outcome.SHED}
+
+
+class CallRunner:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    def view(self, i: int) -> JobView:
+        r = self.sim.requests[i]
+        return JobView(self.sim.deadline[i], r.n, r.pixels, r.steps)
+
+    def assigned(self, replica: Replica) -> None:
+        """A request joined ``replica``'s waiting list: start a call, or the batch-wait timer."""
+        if replica.busy or not replica.waiting:
+            return
+        spec, sim = self.sim.spec, self.sim
+        if spec.max_batch_size == 1 or len(replica.waiting) >= spec.max_batch_size:
+            self._start_call(replica)
+        elif replica.batch_timer == 0:
+            replica.batch_timer = sim.events.seq + 1
+            sim.events.push(sim.now + spec.batch_wait_timeout_s, Event.BATCH, replica.id, replica.batch_timer)
+
+    def batch_timer(self, rid: int, token: int) -> None:
+        replica = self.sim.pool.all[rid]
+        if replica.batch_timer == token and not replica.busy and replica.waiting:
+            self._start_call(replica)
+
+    def _refuse(self, i: int, admission: Admission, at: float) -> None:
+        self.sim.records[i].outcome = REFUSED[admission]
+        self.sim.events.push(at, Event.FINISH, i, 0)
+
+    def _start_call(self, replica: Replica) -> None:
+        sim = self.sim
+        replica.batch_timer = 0
+        if sim.spec.adaptive:
+            batch, refused = self._adaptive_batch(replica)
+        else:
+            batch, refused = replica.waiting[: sim.spec.max_batch_size], []
+        taken = set(batch + refused)
+        replica.waiting = [i for i in replica.waiting if i not in taken]
+        for i in taken:
+            sim.router.in_call(i)  # in a call (or refused): only its own finish answers it now
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in batch:
+            groups.setdefault((sim.requests[i].pixels, sim.requests[i].steps), []).append(i)
+        t, finishing = sim.now, []
+        for members in groups.values():
+            t = self._run_group(replica, members, t, finishing)
+        for i in finishing:
+            sim.events.push(t, Event.FINISH, i, 1)
+        replica.busy, replica.in_call = True, batch
+        sim.events.push(t, Event.CALL_DONE, replica.id)
+
+    def _adaptive_batch(self, replica: Replica) -> tuple[list[int], list[int]]:
+        """As the worker does: earliest deadline first, the head's size and steps; each admitted
+        alone (expired or hopeless ones answered now); as many as the rules' batch size. Returns
+        the call and the refused."""
+        sim = self.sim
+        window = replica.waiting[: sim.spec.max_batch_size]
+        views = [self.view(i) for i in window]
+        ordered = [window[k] for k in earliest_deadline_first(views)]
+        head = sim.requests[ordered[0]]
+        same = [i for i in ordered if (sim.requests[i].pixels, sim.requests[i].steps) == (head.pixels, head.steps)]
+        admitted, refused = [], []
+        for i in same:
+            verdict = replica.rules.admit(self.view(i), sim.now)
+            if verdict.admission is Admission.RUN:
+                admitted.append(i)
+            else:
+                self._refuse(i, verdict.admission, sim.now)
+                refused.append(i)
+        if not admitted:
+            return [], refused
+        k = replica.rules.batch_size([self.view(i) for i in admitted], sim.now)
+        return admitted[:k], refused
+
+    def _run_group(self, replica: Replica, members: list[int], t: float, finishing: list[int]) -> float:
+        """Admit and run one (size, steps) group starting at ``t``; return when it ends."""
+        sim, spec = self.sim, self.sim.spec
+        first = sim.requests[members[0]]
+        pixels, steps = first.pixels, first.steps
+        call_pixels = sum(sim.requests[i].n for i in members) * pixels
+        admitted = []
+        for i in members:
+            verdict = replica.rules.admit(self.view(i), t, call_pixels) if not spec.adaptive else None
+            if verdict is not None and verdict.admission is not Admission.RUN:
+                self._refuse(i, verdict.admission, t)  # an expired one: the ingress answered already
+            else:
+                admitted.append(i)
+        if not admitted:
+            return t
+        images = sum(sim.requests[i].n for i in admitted)
+        pipeline_s = sim.service(images, pixels, steps)
+        # the measured per-request overhead (routing, hand-offs, serialization) holds the slot too
+        duration = pipeline_s + spec.request_overhead_s
+        step_s = duration / steps if steps else duration
+        last_deadline = max(sim.deadline[i] for i in admitted)
+        stopped = last_deadline < t + duration
+        steps_done = min(steps, math.ceil((last_deadline - t) / step_s - 1e-9)) if stopped else steps
+        end = t + (steps_done * step_s if stopped else duration)
+        replica.calls += 1
+        in_time = not stopped and all(sim.deadline[i] >= end for i in admitted)
+        # learnt when the call ends, as the live replica does: the pipeline's own time
+        replica.learning.append(CallLearning(images * pixels, steps_done, pipeline_s * steps_done / steps, in_time))
+        capacity = self._capacity(replica, admitted, pixels, steps)
+        for i in admitted:
+            record = sim.records[i]
+            record.start_s, record.replica = t, replica.id
+            if sim.deadline[i] < end or stopped:
+                record.outcome = Outcome.DEADLINE
+                sim.events.push(min(sim.deadline[i], end), Event.FINISH, i, 0)
+            else:
+                record.outcome = Outcome.OK
+                record.service_time_s, record.batch_images = duration, images
+                sim.reports[i] = CallReport(pipeline_s, images, steps, pixels, self._reported_cold_start(replica),
+                                            capacity)
+                finishing.append(i)
+        return end
+
+    def _reported_cold_start(self, replica: Replica) -> float:
+        said = self.sim.spec.reported_cold_start_s
+        return replica.cold_start_s if said is None else said
+
+    def _capacity(self, replica: Replica, call: list[int], pixels: int, steps: int) -> int | None:
+        """What the replica reports with each reply as its batch capacity (adaptive): for work like
+        this call's, due within the time its members were given."""
+        return replica.rules.effective_capacity(pixels, steps, [self.sim.requests[i].timeout_s for i in call])
+
+    def call_done(self, rid: int) -> None:
+        sim = self.sim
+        replica = sim.pool.all[rid]
+        replica.busy, replica.in_call = False, []
+        for learned in replica.learning:
+            replica.rules.after_call(learned.call_pixels, learned.steps_done, learned.seconds, learned.all_in_time)
+        replica.learning = []
+        if replica.state == "draining" and not replica.waiting:
+            sim.pool.release(replica)
+            return
+        self.assigned(replica)
+        sim.router.dispatch()

@@ -1,0 +1,103 @@
+"""Replicas' lives in the simulator: started (cold start, waiting for a GPU), ready, stopped.
+
+Ray stops starting replicas first, then the newest running ones; a running replica that is stopped
+finishes what it holds (graceful shutdown) and pays until then. A replica beyond the GPUs
+(``FleetSpec.gpu_slots``) waits unpaid, as Ray's scheduler holds it PENDING, until a stopping one
+frees its GPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scheduler.adaptive_batching import AdaptiveConfig
+from scheduler.admission import ReplicaRules
+from scheduler.simulation.events import Event
+from scheduler.simulation.records import Replica
+
+if TYPE_CHECKING:
+    from scheduler.simulation.fleet import Simulator
+
+
+class ReplicaPool:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.all: list[Replica] = []
+        self.active: list[Replica] = []  # holding a GPU: starting, running, draining
+        self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
+
+    def running(self) -> list[Replica]:
+        return [r for r in self.active if r.state == "running"]
+
+    def starting(self) -> int:
+        """Replicas asked for and not running yet (waiting for a GPU or starting)."""
+        return len(self.pending) + sum(1 for r in self.active if r.state == "starting")
+
+    def free(self, slots: int) -> list[Replica]:
+        return [r for r in self.active if r.state == "running" and r.ongoing < slots]
+
+    def _rules(self) -> ReplicaRules:
+        spec = self.sim.spec
+        adaptive = AdaptiveConfig(max_batch_size=spec.max_batch_size, min_calls=spec.adaptive_min_calls,
+                                  margin=spec.adaptive_margin) if spec.adaptive else None
+        return ReplicaRules(shed_hopeless=spec.shed_hopeless, adaptive=adaptive)
+
+    def new(self, now: float, cold: bool = True) -> Replica:
+        spec, sim = self.sim.spec, self.sim
+        jitter = sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
+        cold_s = max(0.0, spec.cold_start_s + jitter)
+        replica = Replica(len(self.all), now, now + (cold_s if cold else 0.0), cold_s, rules=self._rules())
+        self.all.append(replica)
+        if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
+            replica.state = "pending"  # no GPU free until a stopping replica lets go of one
+            self.pending.append(replica)
+        else:
+            self.active.append(replica)
+            if cold:
+                replica.cold_started = True
+                sim.events.push(replica.ready_s, Event.READY, replica.id)
+        return replica
+
+    def release(self, replica: Replica) -> None:
+        """``replica`` stopped: its GPU goes to the oldest pending replica, whose start begins now."""
+        now = self.sim.now
+        replica.state, replica.stopped_s = "stopped", now
+        self.active.remove(replica)
+        if self.pending:
+            waiting = self.pending.pop(0)
+            waiting.state, waiting.started_s = "starting", now
+            waiting.ready_s = now + waiting.cold_start_s
+            waiting.cold_started = True
+            self.active.append(waiting)
+            self.sim.events.push(waiting.ready_s, Event.READY, waiting.id)
+
+    def ready(self, rid: int) -> None:
+        replica = self.all[rid]
+        if replica.state == "starting":
+            replica.state = "running"
+            self.sim.router.dispatch()
+            self.sim.counts_changed()
+
+    def release_if_drained(self, replica: Replica) -> None:
+        if replica.state == "draining" and not replica.busy and not replica.waiting:
+            self.release(replica)
+
+    def _stop(self, replica: Replica) -> None:
+        if replica.state == "pending":
+            replica.state, replica.stopped_s = "stopped", replica.started_s  # never held a GPU: free
+            self.pending.remove(replica)
+        elif replica.state == "running" and (replica.busy or replica.waiting):
+            replica.state = "draining"
+        else:
+            self.release(replica)
+
+    def apply_target(self, target: int) -> None:
+        alive = self.pending + [r for r in self.active if r.state in ("starting", "running")]
+        if target > len(alive):
+            for _ in range(target - len(alive)):
+                self.new(self.sim.now)
+        elif target < len(alive):
+            not_running = [r for r in alive if r.state != "running"][::-1]
+            running = [r for r in alive if r.state == "running"][::-1]
+            for replica in (not_running + running)[: len(alive) - target]:
+                self._stop(replica)

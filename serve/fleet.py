@@ -1,0 +1,72 @@
+"""The worker fleet as Serve sees it: replica states read, replica target set (through the controller).
+
+:func:`replica_counts` is the one reading of Serve's replica states in sdserve: the scaling loop,
+the benchmarks' fleet monitor and the tests all count running and starting replicas with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Serve's ``ReplicaState`` values of a replica on its way to serving.
+STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")
+RUNNING_STATE = "RUNNING"
+
+
+@dataclass(frozen=True)
+class ReplicaCounts:
+    running: int
+    starting: int
+
+    @property
+    def total(self) -> int:
+        return self.running + self.starting
+
+
+def state_name(state: Any) -> str:
+    """``ReplicaState.RUNNING``, ``"RUNNING"`` or ``"ReplicaState.RUNNING"`` → ``"RUNNING"``."""
+    return str(getattr(state, "value", state)).split(".")[-1]
+
+
+def replica_counts(states: Iterable[Any] | Mapping[Any, int]) -> ReplicaCounts:
+    """Running and starting replicas from a list of states, or from states → counts
+    (``serve.status()``'s ``replica_states``)."""
+    counts: dict[str, int] = {}
+    if isinstance(states, Mapping):
+        for state, n in states.items():
+            counts[state_name(state)] = counts.get(state_name(state), 0) + n
+    else:
+        for state in states:
+            counts[state_name(state)] = counts.get(state_name(state), 0) + 1
+    return ReplicaCounts(counts.get(RUNNING_STATE, 0), sum(counts.get(s, 0) for s in STARTING_STATES))
+
+
+class ServeFleet:
+    """Reads a deployment's replica states and sets its target, through the Serve controller."""
+
+    def __init__(self, app_name: str, deployment: str) -> None:
+        import ray
+        from ray.serve._private.common import DeploymentID
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        self.app_name, self.deployment = app_name, deployment
+        self._id = DeploymentID(name=deployment, app_name=app_name)
+        self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        if not hasattr(self._controller, "update_deployment_replicas"):
+            raise RuntimeError("this Ray has no external-scaler API (update_deployment_replicas); Ray >= 2.50 needed")
+
+    async def status(self) -> tuple[ReplicaCounts, int]:
+        """Running and starting replicas, and the floor the deployment keeps (its minimum)."""
+        details = await self._controller.get_serve_instance_details.remote()
+        app = (details.get("applications") or {}).get(self.app_name) or {}
+        deployment = (app.get("deployments") or {}).get(self.deployment) or {}
+        counts = replica_counts(r.get("state", "") for r in deployment.get("replicas") or [])
+        config = deployment.get("deployment_config") or {}
+        scaling = config.get("autoscaling_config") or {}
+        minimum = scaling.get("min_replicas") if scaling else config.get("num_replicas")
+        return counts, int(minimum or 0)
+
+    async def scale(self, target: int) -> None:
+        await self._controller.update_deployment_replicas.remote(self._id, target)

@@ -1,0 +1,121 @@
+"""One generation request's life in the ingress, from acceptance to its one counted outcome.
+
+- **accepted**: a :class:`WorkerJob` with the request's deadline (body, header, or default);
+- **fair share**: one client may hold at most ``queue.max_outstanding_per_client`` (429 beyond);
+- **forwarded** to the worker deployment as an event stream, with the ingress's own timer
+  (deadline + slack) for a job still waiting for a worker slot — cancelling the call removes it
+  from Ray's queue, so it never reaches the pipeline. If the replica running it dies (its node is
+  lost), the job is retried once on another replica while time is left (generation is seeded, so
+  a retry gives the same image); otherwise it fails clearly. A full queue is 503;
+- **finished**: counted once in the metrics and logged once, whatever path it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from models.request import GenerationRequest
+from scheduler.collector import PendingJob
+from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadline, resolve_timeout
+from scheduler.fair_share import FairShare
+from scheduler.outcomes import Outcome, Phase
+from serve.control import ScalingLoop
+from serve.learning import ReplyLearner
+from serve.metrics import MetricsRecorder
+from serve.openai_api import ApiError
+from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
+from serve.replies import JobProgress, follow, request_log_line
+from serve.settings import AppSettings
+
+log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
+OnEvent = Callable[[WorkerEvent], None]
+
+
+class RequestLifecycle:
+    def __init__(self, worker_events: DeploymentHandle, learner: ReplyLearner, recorder: MetricsRecorder) -> None:
+        self.worker_events = worker_events  # the worker's ``generate_events``, streamed
+        self.learner, self.recorder = learner, recorder
+        self.fair = FairShare(None)
+        self.scaling: ScalingLoop | None = None
+
+    def configure(self, settings: AppSettings) -> None:
+        self.settings = settings
+        d = settings.deadlines
+        self.deadlines = DeadlinePolicy(d.default_timeout_s, d.max_timeout_s, d.proxy_guard_s)
+        self.fair.limit = settings.queue.max_outstanding_per_client
+        self.learner.drain.window_s = settings.queue.drain_window_s
+
+    def job(self, request: GenerationRequest, body_timeout: float | None, header_timeout: str | None,
+            request_id: str) -> WorkerJob:
+        try:
+            timeout_s, source = resolve_timeout(body_timeout, header_timeout, self.deadlines)
+        except TimeoutError422 as error:
+            raise ApiError(422, str(error), code="invalid_value", param=error.param) from None
+        accepted_at = time.time()
+        return WorkerJob(request, request_id, accepted_at,
+                         absolute_deadline(accepted_at, timeout_s, source, self.deadlines))
+
+    async def call(self, job: WorkerJob, client: str, on_event: OnEvent | None = None) -> WorkerReply:
+        """Forward ``job`` unless ``client`` already holds its share of the queue (429)."""
+        if not self.fair.try_take(client):
+            raise self.learner.rate_limited(self.fair.held(client))
+        try:
+            return await self._forward(job, on_event)
+        finally:
+            self.fair.give_back(client)
+
+    async def _forward(self, job: WorkerJob, on_event: OnEvent | None) -> WorkerReply:
+        assert job.deadline is not None
+        self.learner.outstanding += 1
+        if self.scaling is not None:
+            self.scaling.start()
+            r = job.request
+            self.scaling.driver.collector.accepted(job.job_id, PendingJob(
+                job.accepted_at, job.deadline, r.n, r.num_inference_steps, r.width * r.height))
+        progress = JobProgress()
+        response: Any = None
+        try:
+            for attempt in (1, 2):
+                response = self.worker_events.generate_events.remote(job)
+                try:
+                    wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
+                    reply = await asyncio.wait_for(follow(response, progress, on_event), wait_s)
+                    self.learner.learn(job, reply)
+                    return reply
+                except RayActorError as lost:
+                    if attempt == 2 or time.time() >= job.deadline:
+                        return WorkerReply(Outcome.ERROR, code="replica_lost", phase=progress.phase,
+                                           steps_done=progress.step, message="the worker replica serving this "
+                                           f"request was lost: {type(lost).__name__}")
+                    log.warning("worker replica lost for %s (%s); retrying once", job.request_id, lost)
+                    progress = JobProgress()
+            raise AssertionError("unreachable")
+        except asyncio.TimeoutError:
+            response.cancel()
+            return progress.late_reply(time.time() - job.accepted_at)
+        except BackPressureError as error:
+            raise self.learner.overloaded(error.args[0] if error.args else 0) from None
+        except asyncio.CancelledError:  # the client went away: stop the work wherever it is
+            response.cancel()
+            raise
+        finally:
+            self.learner.outstanding -= 1
+            if self.scaling is not None:
+                self.scaling.driver.collector.answered(job.job_id)
+
+    def finish(self, outcome: Outcome, started: float, request_id: str, *, status: int, code: str = "",
+               phase: Phase = Phase.NONE, job: WorkerJob | None = None, reply: WorkerReply | None = None) -> None:
+        """Count the request's one outcome and write its one structured log line."""
+        latency = time.monotonic() - started
+        self.recorder.request(outcome, phase, latency)
+        log.info(json.dumps(request_log_line(request_id, outcome, phase, status, code, latency,
+                                             job.request if job else None, reply)))

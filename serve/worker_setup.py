@@ -1,0 +1,121 @@
+"""What a worker replica reads from its settings and its machine: the model to load, the simulated
+profile, the memory model it fits, and where its cold start went. No Ray here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from models.loader import ModelSpec
+from models.memory import cached_probes, device_budget_bytes, measure_probes
+from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
+from models.tiny import default_cache_dir
+from scheduler.adaptive_batching import AdaptiveConfig
+from scheduler.memory import MemoryModel, MemoryProbe
+from serve.settings import AppSettings
+
+log = logging.getLogger("ray.serve")
+
+
+def model_spec(settings: AppSettings) -> ModelSpec:
+    model = settings.model
+    return ModelSpec(model=model.id, device=model.device, dtype=model.dtype, allow_download=model.allow_download,
+                     compile_unet=model.compile_unet, cache_dir=model.cache_dir)
+
+
+def simulation_profile(settings: AppSettings) -> SimulationProfile:
+    sim = settings.simulation
+    k = sim.time_scale
+    return SimulationProfile(
+        step_time_s=tuple(sorted((n, t / k) for n, t in (sim.step_time_s or A10_SD15_STEP_TIME_S).items())),
+        load_time_s=sim.load_time_s / k,
+        scale_with_pixels=sim.scale_with_pixels,
+    )
+
+
+def adaptive_config(settings: AppSettings) -> AdaptiveConfig | None:
+    b = settings.batching
+    if not b.adaptive:
+        return None
+    return AdaptiveConfig(max_batch_size=b.max_batch_size, min_calls=b.adaptive_min_calls, margin=b.adaptive_margin)
+
+
+def framework_imports(backend: str) -> None:
+    """Import what the backend needs up front, so the cold-start breakdown tells imports from
+    weight loading (the diffusers backend needs torch and diffusers; the simulation nothing)."""
+    if backend == "diffusers":
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
+
+
+def peak_device_memory(device: str) -> int | None:
+    """Peak GPU memory allocated by this replica's process so far (None off CUDA)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(torch.device(device)))
+
+
+def process_cpu_s() -> float:
+    """CPU seconds this replica's process has used (user + system), for waste accounting."""
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def process_started_at() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def memory_probes(settings: AppSettings, backend: Any) -> list[MemoryProbe] | None:
+    """The probe calls' peaks the memory model is fitted to (real pipelines only; measured once
+    per model, GPU type, dtype and library versions when ``memory.cache_probes``)."""
+    if not settings.memory.calibrate or settings.model.backend != "diffusers":
+        return None
+    import diffusers
+    import torch
+
+    started = time.monotonic()
+    key = {"model": backend.model_name, "device": device_name(backend.device), "dtype": settings.model.dtype,
+           "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}"}
+    cache_dir = default_cache_dir() if settings.memory.cache_probes else None
+    probes, cached = cached_probes(key, cache_dir, lambda: measure_probes(backend.device, backend.generate))
+    log.info("%d memory probes %s in %.2fs", len(probes), "from the cache" if cached else "measured",
+             time.monotonic() - started)
+    return probes
+
+
+def memory_model(settings: AppSettings, probes: list[MemoryProbe] | None, device: str) -> MemoryModel | None:
+    """The replica's memory model under the current budget settings (None: no admission by memory)."""
+    if probes is None:
+        return None
+    memory = settings.memory
+    budget = device_budget_bytes(device, memory.budget_fraction, memory.cpu_budget_mb * 2**20)
+    model = MemoryModel.fit(probes, budget, memory.safety_factor)
+    log.info("memory model: %s", model)
+    return model
+
+
+def cold_start_phases(process_at: float, imports_started: float, imports_done: float, init_at: float,
+                      imported_at: float, loaded_at: float, ready_at: float) -> dict[str, float]:
+    """Where a replica's cold start went (docs/operations.md, "Cold start"), from its timestamps."""
+    return {
+        "process_start": max(0.0, imports_started - process_at),  # Ray worker boot until our code
+        "imports": (imports_done - imports_started) + (imported_at - init_at),
+        "replica_setup": max(0.0, init_at - imports_done),  # Serve's own replica setup
+        "weights": loaded_at - imported_at,
+        "calibration": max(0.0, ready_at - loaded_at),
+    }

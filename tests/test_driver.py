@@ -1,0 +1,89 @@
+"""The one driver of the decider (live loop and simulator alike): what it hands the decider, when it
+reads the fleet, and what it does with knobs changed live."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.autoscaling import AutoscalerConfig, DecisionKind
+from scheduler.collector import CallReport, PendingJob
+from scheduler.driver import ScalingDriver
+
+CONFIG = AutoscalerConfig(max_replicas=8, default_cold_start_s=20.0, default_service_time_s=10.0,
+                          scale_to_zero_after_s=60.0, deadline_aware=False)
+
+
+def queued(driver: ScalingDriver, count: int, at: float = 0.0) -> None:
+    for i in range(count):
+        driver.collector.accepted(f"j{at}-{i}", PendingJob(accepted_at=at, deadline=at + 600, images=1, steps=25))
+
+
+def test_the_first_step_takes_over_the_fleet_as_deployed() -> None:
+    driver = ScalingDriver(CONFIG)
+    driver.fleet_seen(0.0, running=2, starting=1)
+    decision = driver.step(0.0)
+    assert driver.target == 3  # idle, so one step down from what it found, not from nothing
+    assert (decision.desired, decision.kind) == (2, DecisionKind.LOW_DEMAND)
+
+
+def test_the_fleet_is_read_every_poll_and_again_after_a_change() -> None:
+    driver = ScalingDriver(CONFIG, fleet_poll_s=0.5)
+    assert driver.fleet_due(0.0)
+    driver.fleet_seen(0.0, 1, 0)
+    assert not driver.fleet_due(0.4) and driver.fleet_due(0.5)
+    driver.applied(3)
+    assert driver.fleet_due(0.1)  # asked for more: read Serve's view next
+    driver.fleet_seen(0.1, 1, 0)
+    driver.applied(3)  # the same target again changes nothing
+    assert not driver.fleet_due(0.2)
+
+
+def test_replicas_asked_for_count_as_starting_before_serve_shows_them() -> None:
+    driver = ScalingDriver(CONFIG)
+    driver.fleet_seen(0.0, 1, 0)
+    queued(driver, 6)
+    first = driver.step(0.0)
+    assert first.kind == DecisionKind.BURST and first.desired > 1
+    driver.applied(first.desired)
+    driver.fleet_seen(0.1, 1, 0)  # Serve has not shown the new replicas yet
+    driver.step(0.1)
+    assert driver.last_inputs is not None and driver.last_inputs.starting_replicas == first.desired - 1
+
+
+@pytest.mark.parametrize(("reported", "wanted"), [(None, 2), (4, 2), (1, 8)])
+def test_the_batch_capacity_replicas_report_sizes_the_fleet(reported: int | None, wanted: int) -> None:
+    """Eight queued at zero with batches of up to 4: two replicas — unless the replicas say they
+    take only one request per call now (adaptive), then eight."""
+    driver = ScalingDriver(AutoscalerConfig(max_replicas=8, capacity_per_replica=4, default_cold_start_s=1.0,
+                                            deadline_aware=False))
+    if reported is not None:
+        driver.collector.replied(CallReport(seconds=10.0, images=1, steps=25, pixels=512 * 512, capacity=reported))
+    driver.fleet_seen(0.0, 0, 0)
+    queued(driver, 8)
+    assert driver.step(0.0).desired == wanted
+
+
+@pytest.mark.parametrize(("cap", "wanted"), [(None, 8), (0, 8), (3, 3), (20, 8)])
+def test_the_gpu_cap_bounds_the_fleet_and_no_gpus_means_no_cap(cap: int | None, wanted: int) -> None:
+    driver = ScalingDriver(CONFIG)
+    driver.fleet_seen(0.0, 0, 0)
+    queued(driver, 12)
+    assert driver.step(0.0, max_replicas=cap).desired == wanted
+
+
+def test_the_last_reported_cold_start_is_kept_across_zero() -> None:
+    driver = ScalingDriver(CONFIG)
+    driver.collector.replied(CallReport(seconds=1.0, images=1, steps=25, pixels=512 * 512, cold_start_s=3.0))
+    driver.fleet_seen(0.0, 0, 0)
+    driver.step(0.0)
+    assert driver.last_inputs is not None and driver.last_inputs.cold_start_s == 3.0
+
+
+def test_knobs_changed_live_choose_the_keep_alive_again() -> None:
+    driver = ScalingDriver(AutoscalerConfig(scale_to_zero_after_s=300.0))
+    driver.fleet_seen(0.0, 1, 0)
+    assert driver.step(0.0).desired == 1  # idle: keep-alive 300 s chosen now
+    assert driver.step(10.0).desired == 1
+    driver.reconfigure(AutoscalerConfig(scale_to_zero_after_s=5.0), fleet_poll_s=0.5)
+    decision = driver.step(11.0)  # idle 11 s > the new 5 s keep-alive
+    assert (decision.desired, decision.kind) == (0, DecisionKind.TO_ZERO)
