@@ -6,17 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks import (
-    cold_start,
-    deadline_waste,
-    memory_calibration,
-    pareto,
-    recommend,
-    simulate,
-    soak,
-    streaming,
-    validate,
-)
+from benchmarks import (cold_start, deadline_waste, memory_calibration, pareto, recommend, results_index, simulate,
+                        soak, streaming, validate)
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import environment, provenance, write_outputs
@@ -33,6 +24,7 @@ MODULE_COMMANDS = (
     ("cold-start", cold_start, "where a worker replica's cold start goes"),
     ("stream", streaming, "streaming: time to first event, preview cost against service time"),
     ("soak", soak, "minutes of mixed abuse at a multiple of capacity: accounting, statuses, memory"),
+    ("index", results_index, "write benchmarks/results/README.md, one row per committed result"),
 )
 
 

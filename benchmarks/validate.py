@@ -29,7 +29,7 @@ from scheduler.outcomes import Outcome
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from serve.settings import WORKER_DEPLOYMENT, load_config
 
-#: Agreement the simulator must reach (issue #11); a failure is reported, never widened.
+#: Agreement the simulator must reach; a failure is reported, never widened.
 TOLERANCE = {"slo_points": 3.0, "replica_seconds_rel": 0.10, "p50_rel": 0.15, "starts_abs": 1}
 RAY_TIME_KNOBS = ("upscale_delay_s", "downscale_delay_s", "downscale_to_zero_delay_s", "look_back_period_s",
                   "metrics_interval_s")

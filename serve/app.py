@@ -45,7 +45,7 @@ def check_gpus_exist(resources: ResourceSettings) -> None:
         raise NoGPUError(
             f"this config asks for {resources.num_gpus} GPU per worker replica but the Ray cluster "
             f"has {available:g} GPU(s). Run it on a GPU host, or on CPU with the tiny model: "
-            "make run CONFIG=configs/cpu.yaml (see README, 'Running a GPU config on CPU'). On an "
+            "make run CONFIG=configs/cpu.yaml (docs/operations.md, 'A GPU config on CPU'). On an "
             "autoscaling cluster that adds GPU nodes on demand set resources.fail_fast_without_gpu: false."
         )
 

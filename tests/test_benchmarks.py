@@ -144,3 +144,14 @@ def test_smoke_sweep_reports_levels(app: Deployed) -> None:
                         RequestTemplate(size="64x64", steps=2), slo_s=10.0, warmup=0, tail_s=0.1)
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 2]
     assert result["summary"]["sent"] == 6
+
+
+def test_the_results_index_lists_every_committed_result() -> None:
+    from benchmarks.results_index import INDEX, NOT_RESULTS, RESULTS
+
+    index = INDEX.read_text()
+    listed = {line.split("|")[1].strip() for line in index.splitlines() if line.startswith("| ")}
+    results = {p.stem for p in RESULTS.glob("*.json")}
+    assert results and results <= listed, results - listed
+    for path in RESULTS.iterdir():  # every file is a result's, or named as something else
+        assert path.name in NOT_RESULTS or any(path.name.startswith(stem) for stem in results), path.name

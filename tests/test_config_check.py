@@ -1,4 +1,4 @@
-"""Cross-section config invariants, checked before deploying (issue #13, defect 9)."""
+"""Cross-section config invariants, checked before deploying."""
 
 from __future__ import annotations
 

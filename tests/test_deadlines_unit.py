@@ -112,7 +112,7 @@ def test_call_time_separates_fixed_from_per_step_cost(calls, pixels, steps, expe
 
 
 def test_small_requests_do_not_get_a_512_request_shed() -> None:
-    """Issue #13 defect 8: after only 64×64 calls, a 512×512 request with a minute left runs."""
+    """After only 64×64 calls, a 512×512 request with a minute left runs: no estimate, no shedding."""
     est = CallTimeModel()
     for call in SMALL_CALLS:
         est.observe(*call)

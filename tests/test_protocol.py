@@ -1,4 +1,4 @@
-"""What travels between the ingress and a worker (issue #13, defect 6: clock skew between nodes)."""
+"""What travels between the ingress and a worker: deadlines survive clock skew between nodes."""
 
 from __future__ import annotations
 
