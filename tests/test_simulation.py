@@ -122,27 +122,21 @@ def per_step(seconds: float):
     return lambda images, pixels, steps: seconds * images * steps
 
 
-def test_hopeless_requests_are_shed_by_what_the_replica_learnt() -> None:
-    # 0.2 s per step. After calls of 10 and 20 steps (2 s, 4 s) the replica's own model separates
-    # fixed from per-step cost: a 20-step request with 3 s left is shed at once, not run
-    # (router polling off: a freed slot is filled at once, so the times are whole calls)
-    requests = [SimRequest(0.0, steps=10, timeout_s=100), SimRequest(0.0, steps=20, timeout_s=100),
+@pytest.mark.parametrize(("first_steps", "last"), [
+    # calls of 10 and 20 steps (2 s, 4 s): the replica's own model separates fixed from per-step
+    # cost, so a 20-step request with 3 s left is shed at once when its turn comes (at 6 s)
+    (10, Outcome.SHED),
+    # every call seen had 20 steps: the model does not guess, so the request runs from 8 s and is
+    # stopped at its deadline (9 s) — the simulator is not handed the true service time
+    (20, Outcome.DEADLINE),
+])
+def test_hopeless_requests_are_shed_only_by_what_the_replica_learnt(first_steps: int, last: Outcome) -> None:
+    requests = [SimRequest(0.0, steps=first_steps, timeout_s=100), SimRequest(0.0, steps=20, timeout_s=100),
                 SimRequest(0.0, steps=20, timeout_s=9)]
-    spec = FleetSpec(initial_replicas=1, gpu_slots=1, router_initial_backoff_s=0)
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, router_initial_backoff_s=0)  # a freed slot is filled at once
     result = simulate(requests, spec, per_step(0.2), FixedFleet(1))
-    assert [r.outcome for r in result.records] == [Outcome.OK, Outcome.OK, Outcome.SHED]
-    assert result.records[2].done_s == pytest.approx(6.0)
-
-
-def test_a_replica_that_cannot_tell_the_cost_apart_sheds_nothing() -> None:
-    # the same, but every call seen had 20 steps: the model does not guess, so the request runs
-    # (and misses its deadline, answered at it) — the simulator is not handed the true service time
-    requests = [SimRequest(0.0, steps=20, timeout_s=100), SimRequest(0.0, steps=20, timeout_s=100),
-                SimRequest(0.0, steps=20, timeout_s=9)]
-    spec = FleetSpec(initial_replicas=1, gpu_slots=1, router_initial_backoff_s=0)
-    result = simulate(requests, spec, per_step(0.2), FixedFleet(1))
-    assert [r.outcome for r in result.records] == [Outcome.OK, Outcome.OK, Outcome.DEADLINE]
-    assert result.records[2].start_s == pytest.approx(8.0)
+    assert [r.outcome for r in result.records] == [Outcome.OK, Outcome.OK, last]
+    assert result.records[2].done_s == pytest.approx((first_steps + 20) * 0.2 if last == Outcome.SHED else 9.0)
 
 
 @pytest.mark.parametrize(
