@@ -9,7 +9,7 @@ bodies (422), oversize bodies (413) and broken JSON (400). Afterwards:
 - **memory**: RSS of the ingress and worker processes after a warm-up vs at the end (< 10 %);
 - **still serving**: a normal request after the storm gets 200.
 
-``make test`` runs 60 s of it (tests/test_soak.py); the full 10 minutes is this command.
+``make test`` runs 45 s of it (tests/test_soak.py); the full 10 minutes is this command.
 """
 
 from __future__ import annotations

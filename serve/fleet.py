@@ -57,11 +57,14 @@ class ServeFleet:
         if not hasattr(self._controller, "update_deployment_replicas"):
             raise RuntimeError("this Ray has no external-scaler API (update_deployment_replicas); Ray >= 2.50 needed")
 
-    async def status(self) -> tuple[ReplicaCounts, int]:
-        """Running and starting replicas, and the floor the deployment keeps (its minimum)."""
+    async def status(self) -> tuple[ReplicaCounts, int | None]:
+        """Running and starting replicas, and the floor the deployment keeps (its minimum; None
+        while Serve does not know the deployment yet)."""
         details = await self._controller.get_serve_instance_details.remote()
         app = (details.get("applications") or {}).get(self.app_name) or {}
-        deployment = (app.get("deployments") or {}).get(self.deployment) or {}
+        deployment = (app.get("deployments") or {}).get(self.deployment)
+        if not deployment:
+            return ReplicaCounts(0, 0), None
         counts = replica_counts(r.get("state", "") for r in deployment.get("replicas") or [])
         config = deployment.get("deployment_config") or {}
         scaling = config.get("autoscaling_config") or {}

@@ -119,15 +119,15 @@ def _images(reply: WorkerReply, model: str) -> JSONResponse:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, settings: dict[str, Any], worker: DeploymentHandle) -> None:
-        self.args = settings
+        self.args, initial = settings, AppSettings.model_validate(settings)
         app_name = serve.get_replica_context().app_name
         self.recorder = MetricsRecorder(app_name)
-        self.learner = ReplyLearner(self.recorder, drain_window_s=30.0)
+        self.learner = ReplyLearner(self.recorder, initial.queue.drain_window_s)
         self.lifecycle = RequestLifecycle(worker.options(stream=True), self.learner, self.recorder)
         self.fleet = ServeFleet(app_name, WORKER_DEPLOYMENT)
         self.scaling: ScalingLoop | None = None
         self.settings: AppSettings | None = None
-        self._apply(AppSettings.model_validate(settings), app_name)
+        self._apply(initial, app_name)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The deployment's ``user_config``: live settings apply without a restart (the scaling
@@ -195,9 +195,9 @@ class Ingress:
         which ``cold_start_expected`` and ``expected_wait_s`` say); 503 while the floor of workers
         is still starting. Open like ``/healthz``: probes carry no key, and it names no secret."""
         counts, minimum = await self.fleet.status()
-        if self.scaling is not None:
+        if self.scaling is not None and minimum is not None:
             minimum = self.scaling.driver.config.min_replicas
-        ready = counts.running >= min(1, minimum)
+        ready = minimum is not None and counts.running >= min(1, minimum)  # not deployed yet: not ready
         wait = self.learner.expected_wait_s(counts.running)
         body = {"ready": ready, "workers": {"running": counts.running, "starting": counts.starting, "minimum": minimum},
                 "at_zero": counts.running == 0, "cold_start_expected": counts.running == 0,
