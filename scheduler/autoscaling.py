@@ -127,6 +127,11 @@ class Decision:
     state: AutoscalerState
     kind: DecisionKind
     detail: str
+    #: The first time this decision may change although nothing else does: with a queue, at once
+    #: (slack shrinks by the second); else when a need leaves the stable window, the scale-down
+    #: interval or the keep-alive or pre-warm runs out. None: only a new event (an arrival, a
+    #: reply, a replica's change) can change it.
+    review_at: float | None = None
 
     @property
     def reason(self) -> str:
@@ -141,16 +146,15 @@ def _ceil_div(a: float, b: float) -> int:
 def _remember_need(
     history: tuple[tuple[float, int], ...], now: float, need: int, window_s: float
 ) -> tuple[tuple[float, int], ...]:
-    """The needs seen within the window, each stamped with the last time it was seen.
-
-    A run of equal needs is kept as one entry re-stamped at every call: the window's maximum is the
-    same as with one entry per call, but the history stays as short as the number of changes
-    (the simulator calls this millions of times over a 23-day trace)."""
-    kept = [(t, n) for t, n in history if now - t < window_s]
-    if kept and kept[-1][1] == need:
-        kept[-1] = (now, need)
-    else:
+    """The needs held within the window, each stamped with when it began. A need stays in the window
+    until ``window_s`` after the next one began: the window's maximum is then the same however often
+    the decider runs (every 0.1 s live, only where it can change in the simulator), and the history
+    stays as short as the number of changes."""
+    kept = list(history)
+    if not kept or kept[-1][1] != need:
         kept.append((now, need))
+    while len(kept) > 1 and now - kept[1][0] >= window_s:  # the oldest ended a window ago
+        kept.pop(0)
     return tuple(kept)
 
 
@@ -265,4 +269,20 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         idle_regime=regime,
         idle_plan=None if plan is None else (plan.keep_alive_s, plan.prewarm_after_s, plan.source),
     )
-    return Decision(desired, new_state, kind, detail)
+    review_at = now if inputs.queued else _review_at(new_state, config, plan, cold, now)
+    return Decision(desired, new_state, kind, detail, review_at)
+
+
+def _review_at(state: AutoscalerState, config: AutoscalerConfig, plan: KeepAlivePlan | None, cold: float,
+               now: float) -> float | None:
+    """When the rules' clocks next run out for ``state``: the first time the decision may change with
+    unchanged inputs. A past need leaves the window ``stable_window_s`` after the next one began."""
+    times = [t + config.stable_window_s for t, _ in state.need_history[1:]]
+    if state.last_scale_down_at is not None:
+        times.append(state.last_scale_down_at + config.scale_down_interval_s)
+    if state.idle_since is not None and plan is not None:
+        times.append(state.idle_since + plan.keep_alive_s)
+        if plan.prewarm_after_s is not None:
+            times.append(state.idle_since + plan.prewarm_after_s - cold)
+    future = [t for t in times if t > now]
+    return min(future) if future else None

@@ -40,7 +40,23 @@ class ScalingDriver:
     def fleet_due(self, now: float) -> bool:
         """Whether the fleet should be read before this step (every ``fleet_poll_s``, and right
         after a change of target)."""
-        return now - self._seen_at >= self.fleet_poll_s
+        return self.last_poll_at(now) is not None
+
+    def last_poll_at(self, now: float) -> float | None:
+        """The latest time up to ``now`` at which a loop stepping every instant would have read the
+        fleet since the last read (None: no read due). Live, that is ``now``; the simulator, which
+        steps only where a decision may change, reads the fleet as it was then."""
+        if self._seen_at == -math.inf:
+            return now
+        polls = math.floor((now - self._seen_at) / self.fleet_poll_s + 1e-9)
+        return self._seen_at + polls * self.fleet_poll_s if polls >= 1 else None
+
+    def next_poll_from(self, t: float) -> float:
+        """The first read of the fleet at or after ``t``: when a change at ``t`` becomes visible."""
+        if self._seen_at == -math.inf:
+            return t
+        polls = math.ceil((t - self._seen_at) / self.fleet_poll_s - 1e-9)
+        return self._seen_at + max(1, polls) * self.fleet_poll_s
 
     def fleet_seen(self, now: float, running: int, starting: int) -> None:
         self._fleet, self._seen_at = (running, starting), now

@@ -84,14 +84,23 @@ def idle_percentile(histogram: tuple[int, ...], q: float, upper: bool = True) ->
 
 def cost_optimal_keep_alive(histogram: tuple[int, ...], cold_start_s: float, penalty_s: float,
                             max_s: float) -> float:
-    """The K (0 or a bin edge, at most ``max_s``) minimising idle plus cold-start replica-seconds."""
-    best_k, best = 0.0, math.inf
-    for k in (0.0,) + BIN_EDGES_S:
+    """The K (0 or a bin edge, at most ``max_s``) minimising idle plus cold-start replica-seconds;
+    the smallest such K on a tie.
+
+    In one pass: at K = the edge of bin m, the gaps of bins 0..m end within the keep-alive and cost
+    their length; the longer ones cost K plus a cold start and the penalty. So
+    cost(K) = Σ_{b≤m} count·gap + (Σ_{b>m} count)·(K + cold start + penalty)."""
+    counts = list(histogram) + [0] * (len(_BIN_MIDDLES_S) - len(histogram))
+    longer = sum(counts)  # gaps longer than K (at K = 0: all)
+    within = 0.0  # replica-seconds of the gaps within K
+    best_k, best = 0.0, longer * (cold_start_s + penalty_s)
+    for m, k in enumerate(BIN_EDGES_S):
         if k > max_s:
             break
-        cost = sum(c * (min(rep, k) + (rep > k) * (cold_start_s + penalty_s))
-                   for c, rep in zip(histogram, _BIN_MIDDLES_S) if c)
-        if cost < best - 1e-9:
+        within += counts[m] * _BIN_MIDDLES_S[m]
+        longer -= counts[m]
+        cost = within + longer * (k + cold_start_s + penalty_s)
+        if cost < best - 1e-9 * max(1.0, best):
             best_k, best = k, cost
     return best_k
 

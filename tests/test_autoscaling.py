@@ -44,13 +44,14 @@ TABLE = [
      _inputs(queued=2, in_flight=1, running=1, service=30.0, cold=3.0), AutoscalerState(target=1), 3),
     ("batched capacity divides the need",
      _inputs(queued=7, in_flight=1), AutoscalerState(), None),  # checked below with capacity 4
+    # need_history: (when a need began, the need); a need stays in the window until it ended a window ago
     ("a recent burst in the window holds capacity",
-     _inputs(now=105.0, running=3), AutoscalerState(target=3, need_history=((100.0, 3),)), 3),
+     _inputs(now=105.0, running=3), AutoscalerState(target=3, need_history=((90.0, 3), (100.0, 0))), 3),
     ("low need after the window steps down by one",
-     _inputs(now=120.0, in_flight=1, running=3), AutoscalerState(target=3, need_history=((100.0, 3),)), 2),
+     _inputs(now=120.0, in_flight=1, running=3), AutoscalerState(target=3, need_history=((90.0, 3), (100.0, 1))), 2),
     ("no second step inside the scale-down interval",
      _inputs(now=122.0, in_flight=1, running=2),
-     AutoscalerState(target=2, last_scale_down_at=120.0, need_history=((100.0, 3),)), 2),
+     AutoscalerState(target=2, last_scale_down_at=120.0, need_history=((90.0, 3), (100.0, 1))), 2),
     ("never below in-flight need",
      _inputs(now=200.0, in_flight=2, running=3), AutoscalerState(target=3), 2),
     ("idle inside the keep-alive keeps one",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -295,3 +297,54 @@ def test_adaptive_replica_keeps_a_tight_request_out_of_a_slow_batch() -> None:
         outcomes[adaptive] = (tight.outcome, tight.batch_images)
     assert outcomes[True] == (Outcome.OK, 1), outcomes
     assert outcomes[False][0] == Outcome.DEADLINE, outcomes
+
+
+sim_traces = st.lists(st.tuples(st.sampled_from([0.0, 0.3, 2.0, 15.0, 60.0, 400.0]), st.integers(1, 3),
+                                st.sampled_from([10, 20]), st.sampled_from([5.0, 30.0, 120.0])), min_size=3, max_size=30)
+
+
+def _requests(trace: list) -> list[SimRequest]:
+    t, requests = 0.0, []
+    for gap, n, steps, timeout in trace:
+        t += gap
+        requests.append(SimRequest(t, n=n, steps=steps, timeout_s=timeout))
+    return requests
+
+
+def _same_as_every_interval(requests: list[SimRequest], spec: FleetSpec, make_policy) -> None:
+    """The simulator calls the policy only where its answer may change; calling it at every 0.1 s
+    grid point, as the live loop does, must give the same run to the last request."""
+    fast = simulate(requests, spec, per_step(0.1), make_policy())
+    every = simulate(requests, dataclasses.replace(spec, every_interval=True), per_step(0.1), make_policy())
+    assert [(r.outcome, r.done_s, r.replica) for r in fast.records] == [
+        (r.outcome, r.done_s, r.replica) for r in every.records]
+    assert fast.replica_seconds() == pytest.approx(every.replica_seconds())
+    assert fast.policy_calls <= every.policy_calls
+
+
+@settings(max_examples=30, deadline=None)
+@given(trace=sim_traces, batch=st.sampled_from([1, 4, "adaptive"]), cold=st.sampled_from([2.0, 10.0]),
+       keep_alive=st.sampled_from(["fixed", "histogram"]), penalty=st.sampled_from([None, 30.0]),
+       objective=st.sampled_from([None, 20.0]), window=st.sampled_from([3.0, 20.0]), floor=st.sampled_from([0, 1]))
+def test_sdserve_decides_the_same_when_called_only_where_it_can_change(
+        trace, batch, cold, keep_alive, penalty, objective, window, floor) -> None:
+    size = 4 if batch == "adaptive" else batch
+    spec = FleetSpec(cold_start_s=cold, gpu_slots=4, max_queued_requests=8, max_batch_size=size,
+                     max_ongoing_requests=4, batch_wait_timeout_s=0.1, adaptive=batch == "adaptive")
+    config = AutoscalerConfig(capacity_per_replica=size, default_cold_start_s=5, scale_to_zero_after_s=20,
+                              stable_window_s=window, scale_down_interval_s=2, keep_alive=keep_alive,
+                              keep_alive_min_samples=3, cold_start_penalty_s=penalty, latency_objective_s=objective,
+                              min_replicas=floor)
+    _same_as_every_interval(_requests(trace), spec, lambda: SdserveLoop("sdserve", config))
+
+
+@settings(max_examples=30, deadline=None)
+@given(trace=sim_traces, up=st.sampled_from([0.0, 3.0]), down=st.sampled_from([5.0, 30.0]),
+       look_back=st.sampled_from([2.0, 10.0]), interval=st.sampled_from([0.5, 2.0]), target=st.sampled_from([1.0, 2.0]))
+def test_ray_default_decides_the_same_when_called_only_where_it_can_change(
+        trace, up, down, look_back, interval, target) -> None:
+    config = RayAutoscalingConfig(max_replicas=4, upscale_delay_s=up, downscale_delay_s=down,
+                                  look_back_period_s=look_back, metrics_interval_s=interval,
+                                  target_ongoing_requests=target)
+    spec = FleetSpec(cold_start_s=5.0, gpu_slots=4, max_queued_requests=8)
+    _same_as_every_interval(_requests(trace), spec, lambda: RayControlled("ray", config))

@@ -1,11 +1,12 @@
 """The control loop in the simulator: when the policy is called, what it sees, and its target applied.
 
-The policy is called every ``control_interval_s`` while anything is queued or starting
-(``idle_control_interval_s`` otherwise: only scale-down decisions are possible then, and a second
-of error on a keep-alive of minutes is noise); an arrival brings the next call forward to the
-interval's grid, as the live loop ticking every 0.1 s sees even a short request. With no replica, no
-request and nothing in the policy's look-back window, it is not called until the next arrival:
-nothing can change. Its target is applied at once.
+The live loops decide every ``control_interval_s`` (0.1 s), but most of those calls cannot change
+anything. The simulator calls the policy on the same 0.1 s grid only when its answer may differ: at
+the first grid point after an event that changes what the policy sees (an arrival, an answer, a
+replica ready or stopped), every interval while requests queue or right after the target changed,
+and otherwise when the policy says its own clocks run out (:meth:`ControlPolicy.review_at`: a
+keep-alive, a stable window, a scale-down interval, Ray's delays and look-back). Its target is
+applied at once.
 """
 
 from __future__ import annotations
@@ -27,39 +28,53 @@ class ControlTicks:
         self.total, self.queued = StepSeries(keep), StepSeries(keep)  # the counts Ray's controller averages
         self.target = 0
         self.calls = 0
-        self._token = 0
-        self.next_at: float | None = None  # None: no call scheduled (nothing can change)
+        self._asked: set[int] = set()  # grid points (in intervals) a call is scheduled at
+        self._last = -1  # the grid point of the last call
 
     def counts_changed(self) -> None:
         self.total.set(self.sim.now, self.sim.outstanding)
         self.queued.set(self.sim.now, self.sim.router.queued)
 
-    def arrival(self) -> None:
+    def _point(self, t: float) -> int:
+        """The first point of the live loop's grid (multiples of the interval) at or after ``t``."""
         every = self.sim.spec.control_interval_s
-        grid = math.ceil(self.sim.now / every - 1e-9) * every
-        if self.next_at is None or self.next_at > grid:
-            self.schedule(grid)
+        point = math.ceil(t / every - 1e-9)
+        return point if point * every >= t else point + 1
 
-    def schedule(self, at: float) -> None:
-        """The next call at ``at``; any call scheduled before it is dropped."""
-        self._token += 1
-        self.next_at = at
-        self.sim.events.push(at, Event.TICK, self._token)
+    def changed(self) -> None:
+        """Something the policy sees changed: it decides at the next grid point."""
+        self.schedule(self.sim.now)
 
-    def tick(self, token: int) -> None:
-        if token != self._token:
-            return  # superseded by an earlier tick scheduled on an arrival
+    def fleet_changed(self) -> None:
+        """The replicas changed: the policy decides when it sees it (sdserve's loop at its next read)."""
+        self.schedule(self.policy.sees_fleet_at(self.sim.now))
+
+    def schedule(self, t: float) -> None:
+        """A call at the first grid point at or after ``t`` (once, however often it is asked for)."""
+        point = max(self._point(t), self._last + 1)
+        if point not in self._asked:
+            self._asked.add(point)
+            self.sim.events.push(point * self.sim.spec.control_interval_s, Event.TICK, point)
+
+    def _live(self) -> bool:
+        """Anything left that a policy could act on (the reference schedule stops after the last)."""
+        sim = self.sim
+        return bool(sim.pool.active or sim.pool.pending or sim.outstanding or sim.resolved < len(sim.requests))
+
+    def tick(self, point: int) -> None:
+        self._asked.discard(point)
+        self._last = point
         sim, spec = self.sim, self.sim.spec
-        self.next_at = None
         obs = Observation(sim.now, len(sim.pool.running()), sim.pool.starting(), self.target, self.total,
-                          self.queued)
+                          self.queued, sim.pool.view_at, spec.control_interval_s)
         self.calls += 1
         target = self.policy(obs)
-        if target != self.target:
+        changed = target != self.target
+        if changed:
             self.target = target
             sim.pool.apply_target(target)
             sim.router.dispatch()
-        if sim.router.queued or sim.pool.starting():
-            self.schedule(sim.now + spec.control_interval_s)
-        elif sim.pool.active or sim.outstanding or sim.now - self.total.last_change_s <= self.policy.look_back_s:
-            self.schedule(sim.now + spec.idle_control_interval_s)
+        if sim.router.queued or changed or (spec.every_interval and self._live()):
+            self.schedule(sim.now)  # the next grid point
+        elif (review := self.policy.review_at(sim.now)) is not None:
+            self.schedule(review)

@@ -1,4 +1,6 @@
-"""The simulator's clock: a heap of timed events, popped in time order (ties in push order)."""
+"""The simulator's clock: a heap of timed events, popped in time order — at equal times the control
+loop's call last (it sees everything that happened at that instant, however early its call was
+scheduled), the others in push order."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ class Event(IntEnum):
 
 class EventQueue:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Event, int, int]] = []
+        self._heap: list[tuple[float, bool, int, Event, int, int]] = []
         self.seq = 0  # pushes so far: a pushed event's number, usable as a token
 
     def __bool__(self) -> bool:
@@ -27,9 +29,9 @@ class EventQueue:
 
     def push(self, t: float, kind: Event, a: int = 0, b: int = 0) -> int:
         self.seq += 1
-        heapq.heappush(self._heap, (t, self.seq, kind, a, b))
+        heapq.heappush(self._heap, (t, kind == Event.TICK, self.seq, kind, a, b))
         return self.seq
 
     def pop(self) -> tuple[float, Event, int, int]:
-        t, _, kind, a, b = heapq.heappop(self._heap)
+        t, _, _, kind, a, b = heapq.heappop(self._heap)
         return t, kind, a, b

@@ -42,7 +42,7 @@ class Simulator:
 
     def run(self) -> SimResult:
         for _ in range(self.spec.initial_replicas):
-            self.pool.new(0.0, cold=False).state = "running"
+            self.pool.new(0.0, cold=False)
         self.control.target = self.spec.initial_replicas
         for i, request in enumerate(self.requests):
             self.events.push(request.arrival_s, Event.ARRIVE, i)
@@ -82,7 +82,7 @@ class Simulator:
         self.events.push(self.deadline[i], Event.EXPIRE, i)
         self.router.enqueue(i)
         self.counts_changed()
-        self.control.arrival()
+        self.control.changed()
 
     def _expire(self, i: int) -> None:
         if not self.router.withdraw(i):
@@ -90,6 +90,7 @@ class Simulator:
         self._accepted_answered(i)
         self._answer(i, Outcome.DEADLINE)
         self.counts_changed()
+        self.control.changed()
 
     def _finish(self, i: int, ok: int) -> None:
         """A request's answer from its replica (``ok``: with its images)."""
@@ -99,6 +100,7 @@ class Simulator:
         self._accepted_answered(i)
         self.resolved += 1
         self.counts_changed()
+        self.control.changed()
 
     def _accepted_answered(self, i: int) -> None:
         self.outstanding -= 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +36,11 @@ class StepSeries:
     @property
     def value(self) -> float:
         return self._points[-1][1]
+
+    @property
+    def first_change_s(self) -> float:
+        """The oldest point kept (the series is known from then on)."""
+        return self._points[0][0]
 
     def set(self, now: float, value: float) -> None:
         if value == self._points[-1][1]:
@@ -87,13 +93,24 @@ class Observation:
     target: int  # the current target replica count
     total: StepSeries  # queued + running requests
     queued: StepSeries  # requests waiting for a replica at the router
+    fleet_at: Callable[[float], tuple[int, int]] = lambda t: (0, 0)  # (running, starting) at a past time
+    interval_s: float = 0.1  # the control loop's period: decisions happen on its grid
 
 
 class ControlPolicy(Protocol):
     name: str
-    look_back_s: float  # how long after the last change the policy may still act on a mean
+    look_back_s: float  # how far back the policy reads the request counts (Ray's look-back)
 
     def __call__(self, obs: Observation) -> int: ...
+
+    def review_at(self, now: float) -> float | None:
+        """After a call at ``now``: when the policy may answer differently although nothing happens
+        meanwhile (None: only an event can change its answer). The simulator calls it then."""
+        ...
+
+    def sees_fleet_at(self, t: float) -> float:
+        """When a change of the replicas at ``t`` becomes visible to the policy."""
+        ...
 
     # what the ingress sees of each request (sdserve's loop listens; Ray's controller cannot)
     def accepted(self, key: str, job: PendingJob) -> None: ...
@@ -105,6 +122,14 @@ class ControlPolicy(Protocol):
 
 class _CountsOnly:
     """A policy that, like Ray's controller, is not told of individual requests."""
+
+    look_back_s = 0.0
+
+    def review_at(self, now: float) -> float | None:
+        return None
+
+    def sees_fleet_at(self, t: float) -> float:
+        return t  # Ray's controller reads replica states at every step
 
     def accepted(self, key: str, job: PendingJob) -> None:
         pass
@@ -143,27 +168,39 @@ class RayControlled(_CountsOnly):
 
     def __post_init__(self) -> None:
         self._wrapped = ray_autoscaler.wrap(self.inner)
+        self._last: Observation | None = None
 
     @property
     def look_back_s(self) -> float:
         return self.config.look_back_period_s + self.config.metrics_interval_s
 
-    def __call__(self, obs: Observation) -> int:
-        window = self.config.look_back_period_s
-        # Replicas and handles push their counts every metrics_interval_s (Ray's default: 10 s);
-        # with no replica running a handle pushes at once on a new request (Ray's scaled-to-zero
-        # optimisation), so the cold-start fast path is not delayed.
+    @property
+    def _every_s(self) -> float:
+        """How often replicas record a point (``RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR``)."""
+        return min(self.config.look_back_period_s * 0.2, self.config.metrics_interval_s)
+
+    def _known_until(self, obs: Observation) -> float:
+        """Replicas and handles push their counts every ``metrics_interval_s``; with no replica
+        running a handle pushes at once on a new request (Ray's scaled-to-zero optimisation), so
+        the cold-start fast path is not delayed."""
         interval = self.config.metrics_interval_s
-        known = obs.now if obs.running == 0 else math.floor(obs.now / interval) * interval
-        every = min(window * 0.2, interval)  # RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR
+        return obs.now if obs.running == 0 else math.floor(obs.now / interval) * interval
+
+    def _seen(self, series: StepSeries, obs: Observation, at: float, known: float) -> float:
+        """The request count Ray's controller works with at ``at``: the look-back mean of what was
+        pushed up to ``known``, or at zero replicas the count a handle just pushed."""
+        if obs.running == 0:
+            return series.value
+        return series.sampled_mean(at, self.config.look_back_period_s, self._every_s, known)
+
+    def __call__(self, obs: Observation) -> int:
+        self._last = obs
+        known = self._known_until(obs)
         ctx = SimContext(
             current_num_replicas=obs.running,
             target_num_replicas=obs.target,
-            # at zero a handle pushes its fresh count on arrival: what the fast path checks
-            total_num_requests=obs.total.value if obs.running == 0 else obs.total.sampled_mean(
-                obs.now, window, every, known),
-            total_queued_requests=obs.queued.value if obs.running == 0 else obs.queued.sampled_mean(
-                obs.now, window, every, known),
+            total_num_requests=self._seen(obs.total, obs, obs.now, known),
+            total_queued_requests=self._seen(obs.queued, obs, obs.now, known),
             aggregated_metrics={},
             capacity_adjusted_min_replicas=self.config.min_replicas,
             capacity_adjusted_max_replicas=self.config.max_replicas,
@@ -173,6 +210,50 @@ class RayControlled(_CountsOnly):
         )
         target, self.policy_state = ray_autoscaler.decide_target(self._wrapped, ctx)
         return target
+
+    def review_at(self, now: float) -> float | None:
+        """Ray's controller runs every 0.1 s and its answer moves with time in two ways: the
+        look-back mean slides (while the window holds a change), and the delay counters run out."""
+        c, obs = self.config, self._last
+        if obs is None:
+            return None
+        times = []
+        stamp = self.policy_state.get(ray_autoscaler.TIMESTAMP_KEY)
+        if stamp is not None:
+            # a delay has elapsed once now − stamp + ε ≥ delay (Ray's own tolerance)
+            times += [stamp + d - ray_autoscaler.DELAY_EPS_S
+                      for d in (c.upscale_delay_s, c.downscale_delay_s, c.downscale_to_zero_delay_s)
+                      if d is not None and stamp + d - ray_autoscaler.DELAY_EPS_S > now]
+        changed = max(obs.total.last_change_s, obs.queued.last_change_s)
+        if obs.running > 0 and now - changed <= c.look_back_period_s + c.metrics_interval_s + self._every_s:
+            times.append(self._mean_moves(obs))
+        return min(times) if times else None
+
+    def _mean_moves(self, obs: Observation) -> float:
+        """The first grid point where the sliding mean gives Ray's default policy another wish —
+        before the next push or the oldest point leaving the window, which change the mean's form
+        (between those the mean is monotone in time, so the first change is found by bisection)."""
+        c, now, grid = self.config, obs.now, obs.interval_s
+        if self.inner is not ray_autoscaler.queue_length_policy:
+            return now  # a policy we cannot see into: any instant may matter
+        known, every = self._known_until(obs), self._every_s
+        last = math.floor(known / every) * every
+        first = max(obs.total.first_change_s, now - c.look_back_period_s)
+        oldest = last - every * math.floor((last - first + 1e-9) / every)  # the oldest point in the window
+        until = min(known + c.metrics_interval_s, oldest + c.look_back_period_s)
+
+        def wish(point: int) -> int:
+            mean = obs.total.sampled_mean(point * grid, c.look_back_period_s, every, known)
+            return ray_autoscaler.apply_scaling_factors(mean / c.get_target_ongoing_requests(), obs.running, c)
+
+        lo, hi = math.floor(now / grid + 1e-9), math.ceil(until / grid - 1e-9)
+        if hi <= lo + 1 or wish(hi - 1) == wish(lo):
+            return until
+        now_wish = wish(lo)
+        while hi - lo > 1:  # the first point whose wish differs lies in (lo, hi]
+            middle = (lo + hi) // 2
+            lo, hi = (middle, hi) if wish(middle) == now_wish else (lo, middle)
+        return hi * grid
 
 
 class SdserveLoop:
@@ -185,6 +266,7 @@ class SdserveLoop:
     def __init__(self, name: str, config: AutoscalerConfig, fleet_poll_s: float = 0.5) -> None:
         self.name = name
         self.driver = ScalingDriver(config, fleet_poll_s)
+        self._review_at: float | None = None
 
     def accepted(self, key: str, job: PendingJob) -> None:
         self.driver.collector.accepted(key, job)
@@ -196,11 +278,19 @@ class SdserveLoop:
         self.driver.collector.replied(call)
 
     def __call__(self, obs: Observation) -> int:
-        if self.driver.fleet_due(obs.now):  # as the live loop polls Serve
-            self.driver.fleet_seen(obs.now, obs.running, obs.starting)
-        desired = self.driver.step(obs.now).desired
-        self.driver.applied(desired)  # the simulator applies a target at once
-        return desired
+        polled = self.driver.last_poll_at(obs.now)  # the fleet as the live loop last read it from Serve
+        if polled is not None:
+            self.driver.fleet_seen(polled, *obs.fleet_at(polled))
+        decision = self.driver.step(obs.now)
+        self.driver.applied(decision.desired)  # the simulator applies a target at once
+        self._review_at = decision.review_at
+        return decision.desired
+
+    def review_at(self, now: float) -> float | None:
+        return self._review_at
+
+    def sees_fleet_at(self, t: float) -> float:
+        return self.driver.next_poll_from(t)
 
 
 @dataclass
@@ -209,7 +299,6 @@ class FixedFleet(_CountsOnly):
 
     replicas: int
     name: str = "fixed"
-    look_back_s: float = 0.0
 
     def __call__(self, obs: Observation) -> int:
         return self.replicas

@@ -21,7 +21,7 @@ from typing import Any
 
 COUNTERS_KEY = "__decision_counters"  # Ray's SERVE_AUTOSCALING_DECISION_COUNTERS_KEY
 TIMESTAMP_KEY = "__decision_timestamp"  # Ray's SERVE_AUTOSCALING_DECISION_TIMESTAMP_KEY
-_EPS_S = 1e-6  # Ray's _DELAY_ELAPSED_EPS_S
+DELAY_EPS_S = 1e-6  # Ray's _DELAY_ELAPSEDDELAY_EPS_S
 
 Policy = Callable[[Any], tuple[float, dict[str, Any]]]
 
@@ -92,7 +92,7 @@ def apply_delay_logic(
         counter += 1
         if stamp is None:
             stamp = now
-        if now - stamp + _EPS_S >= config.upscale_delay_s:
+        if now - stamp + DELAY_EPS_S >= config.upscale_delay_s:
             counter, stamp, decision = 0, None, desired
     elif desired < curr_target:
         if counter > 0:
@@ -106,7 +106,7 @@ def apply_delay_logic(
             desired = max(1, desired)
         if stamp is None:
             stamp = now
-        if now - stamp + _EPS_S >= delay:
+        if now - stamp + DELAY_EPS_S >= delay:
             counter, stamp, decision = 0, None, desired
     else:
         counter, stamp = 0, None

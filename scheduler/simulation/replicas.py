@@ -8,6 +8,8 @@ frees its GPU.
 
 from __future__ import annotations
 
+import bisect
+import math
 from typing import TYPE_CHECKING
 
 from scheduler.adaptive_batching import AdaptiveConfig
@@ -25,6 +27,24 @@ class ReplicaPool:
         self.all: list[Replica] = []
         self.active: list[Replica] = []  # holding a GPU: starting, running, draining
         self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
+        self._views: list[tuple[float, int, int]] = [(0.0, 0, 0)]  # (time, running, starting) as Serve shows them
+
+    def viewed(self) -> None:
+        """Record the fleet as Serve shows it (RUNNING, on the way), when it changed: policies that
+        read it every half second see it as it was then. A change is news to the control loop."""
+        view = (len(self.running()), self.starting())
+        if view != self._views[-1][1:]:
+            now = self.sim.now
+            if self._views[-1][0] == now:
+                self._views[-1] = (now, *view)
+            else:
+                self._views.append((now, *view))
+            self.sim.control.fleet_changed()
+
+    def view_at(self, t: float) -> tuple[int, int]:
+        """(running, starting) at time ``t`` (not before the last change ``t`` is about)."""
+        index = bisect.bisect_right(self._views, (t, math.inf, math.inf)) - 1
+        return self._views[max(0, index)][1:]
 
     def running(self) -> list[Replica]:
         return [r for r in self.active if r.state == "running"]
@@ -43,6 +63,7 @@ class ReplicaPool:
         return ReplicaRules(shed_hopeless=spec.shed_hopeless, adaptive=adaptive)
 
     def new(self, now: float, cold: bool = True) -> Replica:
+        """A replica asked for at ``now``: it starts (or waits for a GPU); ``cold`` False: already warm."""
         spec, sim = self.sim.spec, self.sim
         jitter = sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
         cold_s = max(0.0, spec.cold_start_s + jitter)
@@ -56,6 +77,9 @@ class ReplicaPool:
             if cold:
                 replica.cold_started = True
                 sim.events.push(replica.ready_s, Event.READY, replica.id)
+            else:
+                replica.state = "running"  # warm from the start
+        self.viewed()
         return replica
 
     def release(self, replica: Replica) -> None:
@@ -70,6 +94,7 @@ class ReplicaPool:
             waiting.cold_started = True
             self.active.append(waiting)
             self.sim.events.push(waiting.ready_s, Event.READY, waiting.id)
+        self.viewed()
 
     def ready(self, rid: int) -> None:
         replica = self.all[rid]
@@ -77,6 +102,7 @@ class ReplicaPool:
             replica.state = "running"
             self.sim.router.dispatch()
             self.sim.counts_changed()
+            self.viewed()
 
     def release_if_drained(self, replica: Replica) -> None:
         if replica.state == "draining" and not replica.busy and not replica.waiting:
@@ -90,6 +116,7 @@ class ReplicaPool:
             replica.state = "draining"
         else:
             self.release(replica)
+        self.viewed()
 
     def apply_target(self, target: int) -> None:
         alive = self.pending + [r for r in self.active if r.state in ("starting", "running")]
