@@ -7,7 +7,9 @@ simulated comparison. The table read from Ray's source needs no Ray and always r
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
 from typing import Any
 from unittest import mock
 
@@ -15,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.simulation import ray_autoscaler
+from scheduler.simulation import ray_autoscaler, router
 from scheduler.simulation.policies import SimContext
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 
@@ -132,3 +134,67 @@ def test_ray_default_table(running: int, target: int, total: float, state: dict,
     ctx_values = {"current_num_replicas": running, "target_num_replicas": target, "total_num_requests": total,
                   "current_time": 1000.0, "policy_state": state}
     assert _port_decision(ray_autoscaler.queue_length_policy, values, ctx_values)[0] == expected
+
+
+# ---- the router: power of two choices, as Ray 2.60's PowerOfTwoChoicesRequestRouter -------------
+
+@pytest.mark.parametrize(("queue_lengths", "max_ongoing", "expected"), [
+    ([0], 1, 0), ([1], 1, None),  # one replica: free or not
+    ([1, 0], 1, 1), ([0, 0], 1, 0),  # the free one; on a tie the first drawn
+    ([2, 1], 4, 1), ([4, 4], 4, None),  # the less loaded among those with room; both full: back off
+])
+def test_the_router_sends_to_the_less_loaded_of_its_two_draws(queue_lengths, max_ongoing, expected) -> None:
+    assert router.least_loaded(queue_lengths, max_ongoing) == expected
+
+
+def test_two_random_draws_miss_a_free_replica_as_often_as_ray_says() -> None:
+    rng = random.Random(0)
+    draws = [router.two_choices(rng, 4) for _ in range(20_000)]
+    assert all(len(set(d)) == 2 and all(0 <= k < 4 for k in d) for d in draws)
+    includes_free = sum(3 in d for d in draws) / len(draws)
+    assert includes_free == pytest.approx(0.5, abs=0.02)  # one free replica of four: half the attempts find it
+
+
+class _FakeReplica:
+    """What Ray's router reads of a replica: its id, its slots, its queue length when probed."""
+
+    def __init__(self, unique_id: str, queue_len: int, max_ongoing: int) -> None:
+        from ray.serve._private.common import DeploymentID, ReplicaID
+
+        self.replica_id = ReplicaID(unique_id=unique_id, deployment_id=DeploymentID(name="d", app_name="a"))
+        self.queue_len, self.max_ongoing_requests = queue_len, max_ongoing
+        self.node_id, self.availability_zone, self.multiplexed_model_ids = "node", None, set()
+        self.is_cross_language, self.routing_stats = False, {}
+
+    async def get_queue_len(self, *, deadline_s: float) -> int:
+        return self.queue_len
+
+
+@needs_ray
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 4), min_size=1, max_size=6), max_ongoing=st.integers(1, 4),
+       seed=st.integers(0, 10_000))
+def test_the_routers_draw_and_choice_match_rays(lengths: list[int], max_ongoing: int, seed: int) -> None:
+    """Ray's own router, given the same replicas and the same random stream, draws the same two as
+    the simulator's port, and sends the request to a replica as loaded as the port's (or backs off
+    when the port does). Between two equally loaded replicas Ray's pick follows the order its probes
+    complete in (a set of tasks): the port takes the first drawn."""
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+    from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+
+    async def rays() -> tuple[list[str], str | None, list[str]]:
+        ray_router = PowerOfTwoChoicesRequestRouter(deployment_id=DeploymentID(name="d", app_name="a"),
+                                                    handle_source=DeploymentHandleSource.UNKNOWN)
+        ray_router.update_replicas([_FakeReplica(f"r{k}", n, max_ongoing) for k, n in enumerate(lengths)])
+        random.seed(seed)
+        [drawn] = await ray_router.choose_replicas(candidate_replicas=ray_router._replicas_list)
+        chosen = await ray_router._select_from_candidate_replicas(drawn, 0)
+        order = [replica_id.unique_id for replica_id in ray_router._replica_id_set]  # the candidates' order
+        return ([r.replica_id.unique_id for r in drawn], chosen.replica_id.unique_id if chosen else None, order)
+
+    drawn, chosen, order = asyncio.run(rays())
+    ours = [order[k] for k in router.two_choices(random.Random(seed), len(order))]
+    pick = router.least_loaded([lengths[int(name[1:])] for name in ours], max_ongoing)
+    assert ours == drawn
+    load = {f"r{k}": n for k, n in enumerate(lengths)}
+    assert (None if pick is None else load[ours[pick]]) == (None if chosen is None else load[chosen])

@@ -1,34 +1,70 @@
-"""Ray Serve's router in the simulator: one FIFO queue in front of the replicas.
+"""Ray Serve's router in the simulator, as Ray 2.60's ``PowerOfTwoChoicesRequestRouter`` routes.
 
 Requests wait for a replica with a free slot (``max_ongoing_requests``); beyond
 ``max_queued_requests`` waiting, the answer is 503 (``overloaded``). A request whose deadline passes
-while it waits is answered 504 then and removed. A slot that frees is not filled at once: Ray's
-routing tasks (two per running replica, one per queued request, at most 50) poll for one with
-exponential backoff (25 ms doubling, capped at 0.5 s; ``request_router.py``), so a queue behind a
-busy replica leaves it idle between calls.
+while it waits is answered 504 then and removed.
+
+Routing (``ray/serve/_private/request_router/request_router.py`` and ``pow_2_router.py``): each
+queued request, oldest first, is taken by a routing task (one per queued request, at most two per
+running replica and 50 in all) that works for *that* request. An attempt draws two running replicas
+at random (:func:`two_choices`, Ray's own procedure) and sends the request to the one of them with
+fewer requests, if it has a free slot (:func:`least_loaded`); else the task backs off — at once the
+first time, then 25 ms doubling to 0.5 s — and draws again. So a freed slot is not filled at once, a
+task may miss a free replica its draw did not include, and a newer request may go before an older
+one. A task that routed its request takes the next one with a fresh backoff, or retires when there
+are more tasks than wanted. ``router_initial_backoff_s = 0`` switches polling off: a freed slot is
+filled at once, oldest request first, least-loaded replica (a reference for tests).
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from scheduler.simulation.events import Event
 
 if TYPE_CHECKING:
     from scheduler.simulation.fleet import Simulator
+    from scheduler.simulation.records import Replica
 
 QUEUED, ON_REPLICA = "queued", "replica"
+#: Ray's ``max_num_routing_tasks_cap``.
+MAX_ROUTING_TASKS = 50
+
+
+def two_choices(rng: random.Random, n: int) -> list[int]:
+    """Indices of the (at most) two replicas one attempt considers, drawn as Ray's
+    ``PowerOfTwoChoicesRequestRouter.choose_replicas`` draws them from its candidates."""
+    if n == 1:
+        return [0]
+    if n == 2:
+        return [0, 1] if rng.getrandbits(1) else [1, 0]
+    i = rng.randrange(n)
+    j = rng.randrange(n - 1)
+    return [i, j + 1 if j >= i else j]
+
+
+def least_loaded(queue_lengths: Sequence[int], max_ongoing: int) -> int | None:
+    """Which of the drawn replicas gets the request: the first with the fewest requests among those
+    with a free slot (Ray's ``_select_from_candidate_replicas``); None: back off and draw again."""
+    chosen, lowest = None, max_ongoing
+    for index, length in enumerate(queue_lengths):
+        if length < lowest:
+            chosen, lowest = index, length
+    return chosen
 
 
 class Router:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
-        self.queue: deque[int] = deque()  # expired requests stay in it, skipped when popped
+        self.queue: deque[int] = deque()  # queued requests no task works for yet (oldest first)
         self.queued = 0  # requests really waiting in the queue
         self.located: dict[int, str] = {}  # request → QUEUED | ON_REPLICA; absent: not here (any more)
-        self.routing: dict[int, int] = {}  # routing tasks: id → backoff attempt (-1: fresh)
+        self.routing: dict[int, list[int]] = {}  # routing task → [its request, backoff attempt (-1: fresh)]
         self._task_ids = 0
+        self.rng = random.Random(sim.spec.seed + 1)  # the routers' own draws
 
     def full(self) -> bool:
         """No room in the queue: a new request gets 503."""
@@ -58,53 +94,72 @@ class Router:
         self.located.pop(i, None)
 
     def dispatch(self) -> None:
-        """Fill free slots from the queue: at once, or through Ray's polling routing tasks."""
+        """Fill free slots from the queue: at once, or through Ray's routing tasks."""
         if self.sim.spec.router_initial_backoff_s <= 0:
-            while self._dispatch_one():
+            while self._fill_at_once():
                 pass
             return
-        while len(self.routing) < self._tasks_wanted():
+        while len(self.routing) < self._tasks_wanted() and (i := self._next_request()) is not None:
             self._task_ids += 1
-            self.routing[self._task_ids] = -1
+            self.routing[self._task_ids] = [i, -1]
             self.route(self._task_ids)
 
     def _tasks_wanted(self) -> int:
         """Ray's ``target_num_routing_tasks``: one per queued request, at most two per replica."""
-        return min(self.queued, self.sim.spec.router_tasks_per_replica * len(self.sim.pool.running()), 50)
+        replicas = len(self.sim.pool.running())
+        return min(self.queued, self.sim.spec.router_tasks_per_replica * replicas, MAX_ROUTING_TASKS)
+
+    def _next_request(self) -> int | None:
+        """The oldest queued request no task works for (expired ones are passed over)."""
+        while self.queue:
+            i = self.queue.popleft()
+            if self.located.get(i) == QUEUED:
+                return i
+        return None
 
     def route(self, task: int) -> None:
-        """One routing attempt: the oldest queued request to a free slot, else back off and retry.
-        A task that routed one takes the next at once with a fresh backoff; a surplus task retires."""
+        """One attempt of ``task`` for its request; then the next request, a retry, or retirement."""
         if task not in self.routing:
             return
-        if len(self.routing) > self._tasks_wanted():
-            del self.routing[task]
-            return
         sim, spec = self.sim, self.sim.spec
-        if self._dispatch_one():
-            self.routing[task] = -1
-            sim.events.push(sim.now, Event.ROUTE, task)
+        i, attempt = self.routing[task]
+        if self.located.get(i) != QUEUED:  # expired meanwhile: work for the next one
+            i, attempt = self._next_request(), -1
+            if i is None:
+                del self.routing[task]
+                return
+            self.routing[task] = [i, attempt]
+        running = sim.pool.running()
+        drawn = [running[k] for k in two_choices(self.rng, len(running))] if running else []
+        chosen = least_loaded([r.ongoing for r in drawn], spec.max_ongoing_requests)
+        if chosen is not None:
+            self._send(i, drawn[chosen])
             sim.counts_changed()
+            if len(self.routing) <= self._tasks_wanted() and (following := self._next_request()) is not None:
+                self.routing[task] = [following, -1]
+                sim.events.push(sim.now, Event.ROUTE, task)
+            else:
+                del self.routing[task]
             return
-        attempt = self.routing[task]
         backoff = 0.0 if attempt < 0 else min(
             spec.router_initial_backoff_s * spec.router_backoff_multiplier ** attempt, spec.router_max_backoff_s)
-        self.routing[task] = attempt + 1
+        self.routing[task][1] = attempt + 1
         sim.events.push(sim.now + backoff, Event.ROUTE, task)
 
-    def _dispatch_one(self) -> bool:
-        """The oldest queued request to the least-loaded running replica with a free slot."""
-        sim = self.sim
-        free = sim.pool.free(sim.spec.max_ongoing_requests)
-        while self.queued and free:
-            replica = min(free, key=lambda r: (r.ongoing, r.id))
-            i = self.queue.popleft()
-            if self.located.get(i) != QUEUED:
-                continue  # expired while queued
-            self.queued -= 1
-            self.located[i] = ON_REPLICA
-            sim.records[i].replica = replica.id
-            replica.waiting.append(i)
-            sim.calls.assigned(replica)
-            return True
-        return False
+    def _send(self, i: int, replica: Replica) -> None:
+        self.queued -= 1
+        self.located[i] = ON_REPLICA
+        self.sim.records[i].replica = replica.id
+        replica.waiting.append(i)
+        self.sim.calls.assigned(replica)
+
+    def _fill_at_once(self) -> bool:
+        """Polling off: the oldest queued request to the least-loaded running replica with a free slot."""
+        free = self.sim.pool.free(self.sim.spec.max_ongoing_requests)
+        if not free:
+            return False
+        i = self._next_request()
+        if i is None:
+            return False
+        self._send(i, min(free, key=lambda r: (r.ongoing, r.id)))
+        return True
