@@ -38,7 +38,8 @@ class AutoscalerConfig:
     min_replicas: int = 0
     max_replicas: int = 4  # the GPUs you have
     capacity_per_replica: int = 1  # requests a replica runs at once: 1 single, batch size batched
-    stable_window_s: float = 30.0  # scale down to the max need seen over this window
+    stable_window_s: float = 30.0  # scale down to the max need seen over this window (a cold start
+    # at least while a replica is still starting: stopping it would waste the start already paid)
     scale_down_interval_s: float = 10.0  # at most one replica removed per interval
     scale_to_zero_after_s: float = 120.0  # keep-alive of the last replica with no requests
     default_service_time_s: float = 3.0  # per request, until replicas report a measurement
@@ -158,6 +159,12 @@ def _remember_need(
     return tuple(kept)
 
 
+def _max_need(history: tuple[tuple[float, int], ...], now: float, window_s: float) -> int:
+    """The highest need held at any time within the last ``window_s`` (a need holds until the next began)."""
+    ends = [t for t, _ in history[1:]] + [math.inf]
+    return max(n for (_, n), end in zip(history, ends) if now - end < window_s)
+
+
 def replicas_worth_starting(inputs: AutoscalerInputs, config: AutoscalerConfig) -> int:
     """Total replicas that would be busy when a replica started now becomes ready."""
     capacity = config.capacity_per_replica
@@ -218,8 +225,10 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     histograms, regime, plan = _learn_idle(state, busy, inputs, config, cold)
     idle_since = None if busy else (state.idle_since if state.idle_since is not None else now)
     needed_now = _ceil_div(inputs.demand, capacity)  # replicas to run everything at once
-    history = _remember_need(state.need_history, now, needed_now, config.stable_window_s)
-    window_need = max(n for _, n in history)
+    history = _remember_need(state.need_history, now, needed_now, max(config.stable_window_s, cold))
+    # while replicas start, one is stopped only if the need for it has been gone a cold start
+    window_s = max(config.stable_window_s, cold) if inputs.starting_replicas else config.stable_window_s
+    window_need = _max_need(history, now, window_s)
     provisioned = inputs.running_replicas + inputs.starting_replicas
     current = max(state.target, provisioned)
 
@@ -242,7 +251,7 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         desired, kind, detail = current, DecisionKind.COOLING_DOWN, "too soon after the last scale-down"
     else:
         desired, kind = current - 1, DecisionKind.LOW_DEMAND
-        detail = f"need {window_need} over {config.stable_window_s:g}s, one step down"
+        detail = f"need {window_need} over {window_s:g}s, one step down"
 
     idle_for = 0.0 if idle_since is None else now - idle_since
     wants_one = plan is None or keep_one(idle_for, plan, cold)
@@ -269,15 +278,16 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         idle_regime=regime,
         idle_plan=None if plan is None else (plan.keep_alive_s, plan.prewarm_after_s, plan.source),
     )
-    review_at = now if inputs.queued else _review_at(new_state, config, plan, cold, now)
+    review_at = now if inputs.queued else _review_at(new_state, config, plan, cold, now, window_s)
     return Decision(desired, new_state, kind, detail, review_at)
 
 
 def _review_at(state: AutoscalerState, config: AutoscalerConfig, plan: KeepAlivePlan | None, cold: float,
-               now: float) -> float | None:
+               now: float, window_s: float) -> float | None:
     """When the rules' clocks next run out for ``state``: the first time the decision may change with
-    unchanged inputs. A past need leaves the window ``stable_window_s`` after the next one began."""
-    times = [t + config.stable_window_s for t, _ in state.need_history[1:]]
+    unchanged inputs. A past need leaves the window (``window_s``: the stable window, or a cold start
+    while replicas start) that long after the next one began."""
+    times = [t + window_s for t, _ in state.need_history[1:]]
     if state.last_scale_down_at is not None:
         times.append(state.last_scale_down_at + config.scale_down_interval_s)
     if state.idle_since is not None and plan is not None:

@@ -58,6 +58,13 @@ class ServiceRate:
         self._per_image_step = Ewma()
         self._call = Ewma()  # mean call duration, for the cold-start-aware burst rule
 
+    @classmethod
+    def restored(cls, per_image_step_s: float | None, call_s: float | None) -> "ServiceRate":
+        """A rate that starts from what an earlier one had learnt."""
+        rate = cls()
+        rate._per_image_step.value, rate._call.value = per_image_step_s, call_s
+        return rate
+
     @property
     def per_image_step_s(self) -> float | None:
         return self._per_image_step.value

@@ -58,8 +58,12 @@ class ScalingDriver:
         polls = math.ceil((t - self._seen_at) / self.fleet_poll_s - 1e-9)
         return self._seen_at + max(1, polls) * self.fleet_poll_s
 
-    def fleet_seen(self, now: float, running: int, starting: int) -> None:
+    def fleet_seen(self, now: float, running: int, starting: int, target: int | None = None) -> None:
+        """What the fleet read at ``now`` showed; ``target``: the replica count Serve holds as the
+        goal, adopted as what was asked for (another writer, or a redeploy, may have changed it)."""
         self._fleet, self._seen_at = (running, starting), now
+        if target is not None and self.target >= 0:
+            self.target = target
 
     def step(self, now: float, max_replicas: int | None = None) -> Decision:
         """Decide from what was collected; ``max_replicas`` caps the fleet (the cluster's GPUs)."""

@@ -1,4 +1,4 @@
-"""sdserve's own scaling loop, run by the ingress: collector → decider → actuator (Knative's split).
+"""sdserve's own scaling loop: collector → decider → actuator (Knative's split).
 
 Why not Ray's policy hook: Ray 2.60 wraps every policy, custom ones included, and while no replica
 is RUNNING and requests wait it answers ``max(1, target)`` itself without calling the policy
@@ -6,18 +6,21 @@ is RUNNING and requests wait it answers ``max(1, target)`` itself without callin
 then gets one replica, the rest one cold start later; the policy's state also goes stale across
 zero. With the application's ``external_scaler_enabled: true`` Ray leaves the replica count to us:
 
-- **collector**: the ingress tells the driver of every request (accepted, deadline, images, steps)
-  and every reply (service time, the replica's cold start and batch capacity); the loop polls Serve
-  for RUNNING vs starting replicas.
+- **collector**: every ingress replica reports each request (accepted, deadline, images, steps) and
+  each reply (service time, the replica's cold start and batch capacity) to the one loop of the
+  application (``serve/scaler.py``); the loop polls Serve for RUNNING vs starting replicas and for
+  the target Serve holds;
 - **decider**: :class:`scheduler.driver.ScalingDriver` around :func:`scheduler.autoscaling.decide` —
-  the very class the simulator runs.
+  the very class the simulator runs;
 - **actuator**: the Serve controller's ``update_deployment_replicas``, the method Ray's public
   external-scaler REST endpoint (``POST /api/v1/applications/{app}/deployments/{dep}/scale``,
   alpha in 2.60) calls. Calling it from inside the cluster needs neither the dashboard process nor
   its token auth; it is an internal method, so its absence fails loudly at start.
 
-Each decision is kept in :class:`DecisionLog` (``GET /v1/scheduler`` and the metrics read it) and
-logged when its count or kind changes.
+The loop cannot drift from Serve: every poll adopts the target Serve holds (a redeploy resets it to
+``num_replicas``; another writer may change it), every controller call has a timeout (a hung call
+costs a tick, never the loop), and what the loop learnt can be saved and restored (``snapshot``).
+Each decision is kept in :class:`DecisionLog` (``GET /v1/scheduler`` and the metrics read it).
 """
 
 from __future__ import annotations
@@ -27,15 +30,24 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, Decision
+from scheduler.collector import ServiceRate
 from scheduler.driver import ScalingDriver
 from serve.cluster import GpuReplicaCap
-from serve.fleet import ServeFleet
+from serve.fleet import FleetStatus
 from serve.settings import ControlLoopSettings
 
 log = logging.getLogger("ray.serve")
+T = TypeVar("T")
+
+
+class Fleet(Protocol):
+    async def status(self) -> FleetStatus: ...
+
+    async def scale(self, target: int) -> None: ...
 
 
 class DecisionLog:
@@ -64,8 +76,10 @@ class DecisionLog:
 class ScalingLoop:
     """Every ``interval_s``: read the fleet when due, decide, and set the target if it changed."""
 
-    def __init__(self, settings: ControlLoopSettings, fleet: ServeFleet, deployment_name: str) -> None:
+    def __init__(self, settings: ControlLoopSettings, fleet: Fleet, deployment_name: str,
+                 call_timeout_s: float = 5.0) -> None:
         self.fleet = fleet
+        self.call_timeout_s = call_timeout_s
         self.driver = ScalingDriver(AutoscalerConfig(**settings.policy), settings.fleet_poll_s)
         self.decisions = DecisionLog(deployment_name)
         self.running = 0  # running replicas as last read
@@ -79,7 +93,7 @@ class ScalingLoop:
         self.driver.reconfigure(AutoscalerConfig(**settings.policy), settings.fleet_poll_s)
 
     def start(self) -> None:
-        """Start on this replica's event loop (RuntimeError when none runs yet: start it later)."""
+        """Start on the running event loop (RuntimeError when none runs yet: start it later)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -91,20 +105,44 @@ class ScalingLoop:
                 await self.tick(time.time())
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a failed read or scale call: try again next tick, never stop
+            except Exception:  # a failed or hung read or scale call: try again next tick, never stop
                 log.exception("scaling loop tick failed")
             await asyncio.sleep(self.settings.interval_s)
+
+    async def _call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        try:
+            return await asyncio.wait_for(call(), self.call_timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the Serve controller did not answer {what} within {self.call_timeout_s:g}s") from None
 
     async def tick(self, now: float) -> Decision:
         driver = self.driver
         if driver.fleet_due(now):
-            counts, _ = await self.fleet.status()
-            driver.fleet_seen(now, counts.running, counts.starting)
-            self.running = counts.running
+            status = await self._call(self.fleet.status, "a fleet read")
+            if status.target is not None and driver.target >= 0 and status.target != driver.target:
+                log.warning("autoscaler %s: Serve's target is %d, not the %d asked for (a redeploy or another "
+                            "writer): adopting it", self.decisions.deployment, status.target, driver.target)
+            driver.fleet_seen(now, status.counts.running, status.counts.starting, status.target)
+            self.running = status.counts.running
         decision = driver.step(now, self.gpu_cap(now) if self.gpu_cap is not None else None)
         if decision.desired != driver.target:
-            await self.fleet.scale(decision.desired)
+            await self._call(lambda: self.fleet.scale(decision.desired), f"a scale to {decision.desired}")
             driver.applied(decision.desired)
         assert driver.last_inputs is not None
         self.decisions.record(decision, driver.last_inputs)
         return decision
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the loop learnt and should survive a restart: the idle-time histograms and the
+        service and cold-start times the replicas reported."""
+        collector, state = self.driver.collector, self.driver.state
+        return {"idle_histograms": [list(h) for h in state.idle_histograms],
+                "per_image_step_s": collector.rate.per_image_step_s, "call_s": collector.rate.call_s,
+                "cold_start_s": collector.cold_start_s}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        driver = self.driver
+        driver.state = dataclasses.replace(
+            driver.state, idle_histograms=tuple(tuple(h) for h in saved.get("idle_histograms", ())))
+        driver.collector.rate = ServiceRate.restored(saved.get("per_image_step_s"), saved.get("call_s"))
+        driver.collector.cold_start_s = saved.get("cold_start_s")

@@ -10,9 +10,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: Serve's ``ReplicaState`` values of a replica on its way to serving.
-STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")
-RUNNING_STATE = "RUNNING"
+#: Serve's ``ReplicaState`` values of a replica on its way to serving, and of one serving (a replica
+#: about to move to another node still serves: Ray counts it running).
+STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING")
+RUNNING_STATES = ("RUNNING", "PENDING_MIGRATION")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,15 @@ class ReplicaCounts:
     @property
     def total(self) -> int:
         return self.running + self.starting
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """A deployment as Serve shows it: its replicas, the floor it keeps, the target Serve holds."""
+
+    counts: ReplicaCounts
+    minimum: int | None = None  # None: Serve does not know the deployment (yet)
+    target: int | None = None
 
 
 def state_name(state: Any) -> str:
@@ -40,7 +50,7 @@ def replica_counts(states: Iterable[Any] | Mapping[Any, int]) -> ReplicaCounts:
     else:
         for state in states:
             counts[state_name(state)] = counts.get(state_name(state), 0) + 1
-    return ReplicaCounts(counts.get(RUNNING_STATE, 0), sum(counts.get(s, 0) for s in STARTING_STATES))
+    return ReplicaCounts(sum(counts.get(s, 0) for s in RUNNING_STATES), sum(counts.get(s, 0) for s in STARTING_STATES))
 
 
 class ServeFleet:
@@ -57,19 +67,18 @@ class ServeFleet:
         if not hasattr(self._controller, "update_deployment_replicas"):
             raise RuntimeError("this Ray has no external-scaler API (update_deployment_replicas); Ray >= 2.50 needed")
 
-    async def status(self) -> tuple[ReplicaCounts, int | None]:
-        """Running and starting replicas, and the floor the deployment keeps (its minimum; None
-        while Serve does not know the deployment yet)."""
+    async def status(self) -> FleetStatus:
         details = await self._controller.get_serve_instance_details.remote()
         app = (details.get("applications") or {}).get(self.app_name) or {}
         deployment = (app.get("deployments") or {}).get(self.deployment)
         if not deployment:
-            return ReplicaCounts(0, 0), None
+            return FleetStatus(ReplicaCounts(0, 0))
         counts = replica_counts(r.get("state", "") for r in deployment.get("replicas") or [])
         config = deployment.get("deployment_config") or {}
         scaling = config.get("autoscaling_config") or {}
         minimum = scaling.get("min_replicas") if scaling else config.get("num_replicas")
-        return counts, int(minimum or 0)
+        target = deployment.get("target_num_replicas")
+        return FleetStatus(counts, int(minimum or 0), None if target is None else int(target))
 
     async def scale(self, target: int) -> None:
         await self._controller.update_deployment_replicas.remote(self._id, target)

@@ -5,8 +5,8 @@ Serve request id and sets it on every response, 404s included; the ingress reuse
 
 It does the cheap work (parse, validate, authorize) so that only well-formed requests ever take a
 worker slot; the request's life from there is :class:`serve.lifecycle.RequestLifecycle`, what the
-replies teach is :class:`serve.learning.ReplyLearner`, and the scaling loop runs here too
-(:class:`serve.control.ScalingLoop`).
+replies teach is :class:`serve.learning.ReplyLearner`, and every replica reports what it sees to the
+application's one scaling loop (:class:`serve.scaler.ScalingClient`).
 """
 
 import asyncio
@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from scheduler.autoscaling import AutoscalerConfig
 from scheduler.outcomes import Outcome, Phase, refused
 from serve.admission import (
     Authorizer,
@@ -37,7 +38,6 @@ from serve.admission import (
     refuse_disconnect_override,
     refuse_open_network,
 )
-from serve.control import ScalingLoop
 from serve.fleet import ServeFleet
 from serve.learning import ReplyLearner
 from serve.lifecycle import RequestLifecycle
@@ -50,6 +50,7 @@ from serve.openai_api import (
 )
 from serve.protocol import WorkerReply
 from serve.replies import client_address, reply_error, timing_headers
+from serve.scaler import ScalingClient
 from serve.settings import (
     INGRESS_DEPLOYMENT,
     WORKER_DEPLOYMENT,
@@ -125,7 +126,7 @@ class Ingress:
         self.learner = ReplyLearner(self.recorder, initial.queue.drain_window_s)
         self.lifecycle = RequestLifecycle(worker.options(stream=True), self.learner, self.recorder)
         self.fleet = ServeFleet(app_name, WORKER_DEPLOYMENT)
-        self.scaling: ScalingLoop | None = None
+        self.scaling: ScalingClient | None = None
         self.settings: AppSettings | None = None
         self._apply(initial, app_name)
 
@@ -148,7 +149,7 @@ class Ingress:
         self.lifecycle.configure(settings)
         loop = settings.autoscaling
         if loop.enabled and self.scaling is None:
-            self.scaling = ScalingLoop(loop, self.fleet, f"{app_name}/{WORKER_DEPLOYMENT}")
+            self.scaling = ScalingClient(app_name, loop)
             self._start_scaling()
         elif loop.enabled:
             self.scaling.configure(loop)
@@ -194,9 +195,10 @@ class Ingress:
         replica is running, or the fleet is meant to be at zero (then a request cold-starts one,
         which ``cold_start_expected`` and ``expected_wait_s`` say); 503 while the floor of workers
         is still starting. Open like ``/healthz``: probes carry no key, and it names no secret."""
-        counts, minimum = await self.fleet.status()
+        status = await self.fleet.status()
+        counts, minimum = status.counts, status.minimum
         if self.scaling is not None and minimum is not None:
-            minimum = self.scaling.driver.config.min_replicas
+            minimum = AutoscalerConfig(**self.settings.autoscaling.policy).min_replicas
         ready = minimum is not None and counts.running >= min(1, minimum)  # not deployed yet: not ready
         wait = self.learner.expected_wait_s(counts.running)
         body = {"ready": ready, "workers": {"running": counts.running, "starting": counts.starting, "minimum": minimum},
@@ -214,14 +216,14 @@ class Ingress:
     async def scheduler(self, request: Request) -> dict[str, Any]:
         """The autoscaler's latest decisions and their reasons."""
         self.auth.key_of(request)
-        return self.scaling.decisions.read() if self.scaling else {"latest": {}, "recent": []}
+        return await self.scaling.decisions() if self.scaling else {"latest": {}, "recent": []}
 
     @api.get("/metrics")
     async def prometheus_metrics(self, request: Request) -> Response:
         """Prometheus text format: every request's outcome and timings, the workers' measurements,
         and the autoscaler's last decision (see serve/metrics.py). Needs the key when keys are set."""
         self.auth.key_of(request)
-        decisions = self.scaling.decisions.read(limit=0) if self.scaling else {"latest": {}}
+        decisions = await self.scaling.decisions(limit=0) if self.scaling else {"latest": {}}
         return Response(self.recorder.render(self.learner.outstanding, decisions), media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/v1/images/generations", openapi_extra=GENERATION_SCHEMA)

@@ -13,15 +13,15 @@ from __future__ import annotations
 import time
 
 from models.request import GenerationRequest
-from scheduler.collector import CallReport, ServiceRate
+from scheduler.collector import CallReport
 from scheduler.drain import DrainRate, retry_after_s
 from scheduler.ewma import Ewma
 from scheduler.memory import MemoryModel, largest_that_fits
 from scheduler.outcomes import Outcome
-from serve.control import ScalingLoop
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError
 from serve.protocol import WorkerJob, WorkerReply
+from serve.scaler import ScalingClient
 
 
 class ReplyLearner:
@@ -31,7 +31,7 @@ class ReplyLearner:
         self.service = Ewma()  # seconds of a successful request's call
         self.cold_start_s: float | None = None  # the last cold start a worker replica reported
         self.memory: MemoryModel | None = None  # the latest replica's memory model
-        self.scaling: ScalingLoop | None = None  # told of every successful reply, when it runs
+        self.scaling: ScalingClient | None = None  # told of every successful reply, when it runs
         self.outstanding = 0  # requests forwarded and not answered yet
 
     def forget_speed(self) -> None:
@@ -39,7 +39,7 @@ class ReplyLearner:
         self.drain = DrainRate(self.drain.window_s)
         self.service = Ewma()
         if self.scaling is not None:
-            self.scaling.driver.collector.rate = ServiceRate()
+            self.scaling.forget_speed()
 
     def learn(self, job: WorkerJob, reply: WorkerReply) -> None:
         """One reply from a worker (of any outcome), learnt from once."""
@@ -56,7 +56,7 @@ class ReplyLearner:
         self.service.add(reply.service_time_s)
         if self.scaling is not None:
             r = job.request
-            self.scaling.driver.collector.replied(CallReport(
+            self.scaling.replied(CallReport(
                 reply.service_time_s, reply.batch_images, reply.steps_done, r.width * r.height,
                 replica.cold_start_s if replica else None, replica.capacity if replica else None))
 

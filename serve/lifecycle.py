@@ -28,12 +28,12 @@ from scheduler.collector import PendingJob
 from scheduler.deadlines import DeadlinePolicy, TimeoutError422, absolute_deadline, resolve_timeout
 from scheduler.fair_share import FairShare
 from scheduler.outcomes import Outcome, Phase
-from serve.control import ScalingLoop
 from serve.learning import ReplyLearner
 from serve.metrics import MetricsRecorder
 from serve.openai_api import ApiError
 from serve.protocol import WorkerEvent, WorkerJob, WorkerReply
 from serve.replies import JobProgress, follow, request_log_line
+from serve.scaler import ScalingClient
 from serve.settings import AppSettings
 
 log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
@@ -45,7 +45,7 @@ class RequestLifecycle:
         self.worker_events = worker_events  # the worker's ``generate_events``, streamed
         self.learner, self.recorder = learner, recorder
         self.fair = FairShare(None)
-        self.scaling: ScalingLoop | None = None
+        self.scaling: ScalingClient | None = None
 
     def configure(self, settings: AppSettings) -> None:
         self.settings = settings
@@ -79,7 +79,7 @@ class RequestLifecycle:
         if self.scaling is not None:
             self.scaling.start()
             r = job.request
-            self.scaling.driver.collector.accepted(job.job_id, PendingJob(
+            self.scaling.accepted(job.job_id, PendingJob(
                 job.accepted_at, job.deadline, r.n, r.num_inference_steps, r.width * r.height))
         progress = JobProgress()
         response: Any = None
@@ -110,7 +110,7 @@ class RequestLifecycle:
         finally:
             self.learner.outstanding -= 1
             if self.scaling is not None:
-                self.scaling.driver.collector.answered(job.job_id)
+                self.scaling.answered(job.job_id)
 
     def finish(self, outcome: Outcome, started: float, request_id: str, *, status: int, code: str = "",
                phase: Phase = Phase.NONE, job: WorkerJob | None = None, reply: WorkerReply | None = None) -> None:

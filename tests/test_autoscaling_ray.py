@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from serve.settings import INGRESS_DEPLOYMENT
 from tests.conftest import SIM_ARGS, Deployed
 
 pytestmark = pytest.mark.ray
@@ -97,3 +98,30 @@ def test_max_replicas_can_follow_the_cluster_gpus(ray_cluster: dict) -> None:
     assert GpuReplicaCap(1)(0.0) == 4
     assert GpuReplicaCap(2)(0.0) == 2
     assert GpuReplicaCap(0.5)(0.0) == 8
+
+
+@pytest.mark.app("sim-single", *SIM_OVERRIDES, *FAST_POLICY, deployments={INGRESS_DEPLOYMENT: ["num_replicas=2"]})
+def test_two_ingress_replicas_feed_one_scaling_loop(app: Deployed) -> None:
+    """Each ingress replica sees part of the traffic; the application still has exactly one loop, the
+    only writer of the worker target, and it sees every request."""
+    import ray
+    from ray import serve
+
+    from serve.fleet import replica_counts
+    from serve.scaler import actor_name
+
+    _wait_for(lambda: replica_counts(serve.status().applications[app.app_name].deployments[INGRESS_DEPLOYMENT]
+                                     .replica_states).running == 2, 60, "two ingress replicas")
+    _wait_for(lambda: sum(app.worker_replicas().values()) == 0, 60, "zero worker replicas after the keep-alive")
+    def arrivals() -> int:  # requests the loop saw accepted over its last ten minutes
+        return next(iter(app.client.get("/v1/scheduler").json()["latest"].values()))["recent_arrivals"]
+
+    before = arrivals()
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: app.client.post("/v1/images/generations", json=BODY), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    scalers = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"] == actor_name(app.app_name)]
+    assert len(scalers) == 1, scalers
+    _wait_for(lambda: arrivals() == before + 8, 10, "the loop to have seen all eight")  # whichever replica took each
+    answers = {str(app.client.get("/v1/scheduler").json()["recent"][-3:]) for _ in range(10)}
+    assert len(answers) == 1  # every ingress replica reads the same loop

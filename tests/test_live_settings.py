@@ -51,7 +51,8 @@ class State(Enum):  # Serve's ReplicaState, as serve.status() hands it
 
 @pytest.mark.parametrize("states, counts", [
     ([], ReplicaCounts(0, 0)),
-    (["RUNNING", "STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION", "STOPPING"], ReplicaCounts(1, 4)),
+    (["RUNNING", "STARTING", "UPDATING", "RECOVERING", "STOPPING"], ReplicaCounts(1, 3)),
+    (["PENDING_MIGRATION", "RUNNING"], ReplicaCounts(2, 0)),  # about to move, still serving: running, as Ray counts it
     (["ReplicaState.RUNNING", "ReplicaState.RUNNING"], ReplicaCounts(2, 0)),  # the controller's details
     ({State.RUNNING: 2, State.STARTING: 1, State.STOPPING: 3}, ReplicaCounts(2, 1)),  # serve.status()
 ])

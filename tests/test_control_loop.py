@@ -1,0 +1,114 @@
+"""The live scaling loop against a fake Serve controller: it adopts the target Serve holds, survives a
+hung controller call, and starts again from what it had learnt."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scheduler.autoscaling import DecisionKind
+from scheduler.collector import CallReport, PendingJob
+from serve.control import ScalingLoop
+from serve.fleet import FleetStatus, ReplicaCounts
+from serve.settings import ControlLoopSettings
+
+SETTINGS = ControlLoopSettings(enabled=True, fleet_poll_s=0.5, policy={
+    "max_replicas": 4, "default_cold_start_s": 10.0, "default_service_time_s": 5.0, "stable_window_s": 5.0,
+    "scale_down_interval_s": 1.0, "scale_to_zero_after_s": 30.0, "keep_alive": "histogram",
+    "keep_alive_min_samples": 1, "cold_start_penalty_s": 0.0})
+
+
+class FakeFleet:
+    """Serve's view: the target it holds, replicas that run as soon as asked for; a hang on demand."""
+
+    def __init__(self, running: int = 1) -> None:
+        self.target = self.running = running
+        self.hang = False
+        self.writes: list[int] = []
+
+    async def status(self) -> FleetStatus:
+        if self.hang:
+            await asyncio.sleep(3600)
+        return FleetStatus(ReplicaCounts(self.running, 0), 0, self.target)
+
+    async def scale(self, target: int) -> None:
+        if self.hang:
+            await asyncio.sleep(3600)
+        self.writes.append(target)
+        self.target = self.running = target
+
+
+def run(coroutine: object) -> object:
+    return asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+def queued(loop: ScalingLoop, count: int, at: float) -> None:
+    for i in range(count):
+        loop.driver.collector.accepted(f"{at}-{i}", PendingJob(at, at + 600, 1, 25))
+
+
+def test_a_target_reset_underneath_is_adopted_at_the_next_read() -> None:
+    fleet, loop = FakeFleet(running=1), ScalingLoop(SETTINGS, FakeFleet(), "app/w")
+    loop.fleet = fleet
+
+    async def scenario() -> None:
+        queued(loop, 8, 0.0)
+        await loop.tick(0.0)
+        await loop.tick(0.1)  # read again after a change of target
+        assert fleet.writes == [4]  # the burst asked for four
+        fleet.target = fleet.running = 1  # a redeploy resets it to num_replicas
+        await loop.tick(0.2)  # no read due: the loop still believes four
+        assert fleet.target == 1
+        await loop.tick(0.6)  # the next read finds one, and the loop asks for four again
+        assert fleet.writes == [4, 4] and loop.driver.target == 4
+
+    run(scenario())
+
+
+def test_a_hung_controller_call_costs_a_tick_not_the_loop() -> None:
+    fleet = FakeFleet(running=1)
+    loop = ScalingLoop(SETTINGS, fleet, "app/w", call_timeout_s=0.05)
+
+    async def scenario() -> None:
+        await loop.tick(0.0)
+        fleet.hang = True
+        with pytest.raises(TimeoutError, match="did not answer a fleet read"):
+            await loop.tick(1.0)
+        fleet.hang = False
+        queued(loop, 8, 1.1)
+        decision = await loop.tick(1.2)
+        assert decision.kind == DecisionKind.BURST and fleet.target == 4
+
+    run(scenario())
+
+
+def test_a_new_loop_starts_from_what_the_old_one_learnt() -> None:
+    fleet = FakeFleet(running=1)
+    old = ScalingLoop(SETTINGS, fleet, "app/w")
+
+    async def learn() -> None:
+        t = 0.0
+        for _ in range(4):  # four busy periods, each followed by 2 s of idleness
+            old.driver.collector.accepted(f"j{t}", PendingJob(t, t + 60, 1, 25))
+            await old.tick(t)
+            old.driver.collector.replied(CallReport(4.0, 1, 25, 512 * 512, cold_start_s=9.0))
+            old.driver.collector.answered(f"j{t}")
+            t += 1.0
+            await old.tick(t)
+            t += 2.0
+
+    run(learn())
+    saved = old.snapshot()
+    assert sum(sum(h) for h in saved["idle_histograms"]) == 3 and saved["cold_start_s"] == 9.0
+    assert saved["call_s"] == pytest.approx(4.0)
+    new = ScalingLoop(SETTINGS, FakeFleet(running=1), "app/w")
+    new.restore(saved)
+    assert new.snapshot() == saved
+    # the gaps learnt, not the 30 s fallback, choose the keep-alive (a cold start costs 9 s: keeping a
+    # replica through a 2 s gap pays)
+    decision = run(new.tick(100.0))
+    assert decision.state.idle_plan is not None and decision.state.idle_plan[2] == "cost"
+    assert decision.state.idle_plan[0] < 30.0
+    fresh = run(ScalingLoop(SETTINGS, FakeFleet(running=1), "app/w").tick(100.0))
+    assert fresh.state.idle_plan is not None and fresh.state.idle_plan[2] == "fixed"  # nothing learnt: the fallback
