@@ -6,8 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks import (cold_start, deadline_waste, memory_calibration, pareto, recommend, results_index, simulate,
-                        soak, streaming, validate)
+from benchmarks import (
+    cold_start,
+    deadline_waste,
+    heldout,
+    memory_calibration,
+    recommend,
+    results_index,
+    simulate,
+    soak,
+    streaming,
+    validate,
+)
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import environment, provenance, write_outputs
@@ -18,7 +28,7 @@ from benchmarks.workloads import burst, poisson
 #: Commands whose module brings its own ``add_arguments`` and ``main``.
 MODULE_COMMANDS = (
     ("simulate", simulate, "replay a trace in the fleet simulator (SIMULATION)"),
-    ("pareto", pareto, "SLO vs cost, sweeping keep-alive knobs (SIMULATION)"),
+    ("heldout", heldout, "each policy tuned on one part of a trace, scored on the other (SIMULATION)"),
     ("recommend", recommend, "cheapest config meeting an SLO target, by simulation"),
     ("validate", validate, "the simulator against a live replay of the same window"),
     ("cold-start", cold_start, "where a worker replica's cold start goes"),

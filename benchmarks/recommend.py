@@ -1,9 +1,10 @@
 """``sdserve-bench recommend``: the cheapest config meeting an SLO target on your trace, by simulation.
 
 Sweeps mode (single; batched 2/4/8), keep-alive, stable window and max replicas in the fleet
-simulator (SIMULATION: simulated A10 SD 1.5 service times), prints the Pareto table and writes the
-winner as a ready-to-deploy Serve YAML derived from ``configs/single.yaml`` or
-``configs/batched.yaml``.
+simulator (SIMULATION: simulated A10 SD 1.5 service times) on the first part of the trace, scores
+the Pareto front again on the rest (held out: what the choice does on load it was not chosen on),
+prints both and writes the winner as a ready-to-deploy Serve YAML derived from
+``configs/single.yaml`` or ``configs/batched.yaml``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from benchmarks.report import command_line
 from benchmarks.sim_config import SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import plot_pareto
 from benchmarks.simulate import load_arrivals, run_one
-from scheduler.recommend import Candidate, Score, grid, pareto_front, recommend
+from benchmarks.traces import Arrival, split_arrivals
+from scheduler.recommend import Candidate, Score, choose, grid, pareto_front, recommend
 from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S, ServiceModel, SimRequest
 from serve.settings import WORKER_DEPLOYMENT, load_config
 
@@ -36,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stable-window", default="30,60", help="stable_window_s values")
     parser.add_argument("--cold-start-penalty", default="150",
                         help="cold_start_penalty_s values for learned keep-alive candidates ('' for none)")
+    parser.add_argument("--holdout", type=float, default=0.5,
+                        help="the last fraction of the trace's time kept out of the choice and scored after it (0: none)")
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S)
     parser.add_argument("--single-config", default="configs/single.yaml")
     parser.add_argument("--batched-config", default="configs/batched.yaml")
@@ -107,54 +111,81 @@ def write_config(candidate: Candidate, base_path: str, out: Path, note: str) -> 
                    + yaml.safe_dump(config, sort_keys=False))
 
 
-def pareto_markdown(front: list[Score], chosen: Score | None, slo_s: float) -> str:
-    lines = [f"| config | SLO attainment ({slo_s:g}s) | replica-seconds | p99 latency, s | |",
-             "|---|---|---|---|---|"]
+def pareto_markdown(front: list[Score], chosen: Score | None, slo_s: float,
+                    held: dict[Candidate, Score] | None = None) -> str:
+    held = held or {}
+    lines = [f"| config | SLO attainment ({slo_s:g}s) | replica-seconds | p99 latency, s | held out: SLO, replica-s | |",
+             "|---|---|---|---|---|---|"]
     for s in front:
         p99 = "-" if s.p99_latency_s is None else f"{s.p99_latency_s:.1f}"
         mark = "**chosen**" if chosen is not None and s.candidate == chosen.candidate else ""
-        lines.append(f"| {s.candidate.label} | {100 * s.slo_attainment:.2f}% | {s.replica_seconds:.0f} | {p99} | {mark} |")
+        kept = held.get(s.candidate)
+        out = "-" if kept is None else f"{100 * kept.slo_attainment:.2f}%, {kept.replica_seconds:.0f}"
+        lines.append(f"| {s.candidate.label} | {100 * s.slo_attainment:.2f}% | {s.replica_seconds:.0f} | {p99} | "
+                     f"{out} | {mark} |")
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    arrivals = load_arrivals(args)
-    bases = {1: load_target(args.single_config, args.cold_start_s), 2: load_target(args.batched_config, args.cold_start_s)}
-    batch_sizes = [int(x) for x in _floats(args.modes)]
-    candidates = grid(batch_sizes, _floats(args.keep_alive), _floats(args.stable_window),
-                      range(1, args.max_replicas + 1), _floats(args.cold_start_penalty))
+def _score_all(candidates: list[Candidate], bases: dict[int, SimTarget], arrivals: list[Arrival],
+               args: argparse.Namespace, what: str) -> list[Score]:
     jobs = []
     for c in candidates:
         base = bases[1 if c.batch_size == 1 else 2]
         jobs.append((variant(base, c), base.requests(arrivals), args.time_scale, args.slo, c))
-    print(f"[recommend] SIMULATION: {len(arrivals)} requests, {len(candidates)} candidates, "
-          f"target {100 * args.target:g}% within {args.slo:g}s", flush=True)
-    started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         scores_iter = pool.map(_score_job, jobs)
-        chosen, scores = recommend(candidates, lambda _c: next(scores_iter), args.target,
-                                   lambda done, total: print(f"[recommend] {done}/{total}", flush=True)
-                                   if done % max(1, total // 10) == 0 or done == total else None)
+        _, scores = recommend(candidates, lambda _c: next(scores_iter), args.target,
+                              lambda done, total: print(f"[recommend] {what}: {done}/{total}", flush=True)
+                              if done % max(1, total // 10) == 0 or done == total else None)
+    return scores
+
+
+def main(args: argparse.Namespace) -> int:
+    arrivals = load_arrivals(args)
+    if not 0 <= args.holdout < 1:
+        raise SystemExit("--holdout must be in [0, 1)")
+    split_at = arrivals[-1].at * (1 - args.holdout)
+    tune, held = split_arrivals(arrivals, split_at) if args.holdout else (arrivals, [])
+    bases = {1: load_target(args.single_config, args.cold_start_s), 2: load_target(args.batched_config, args.cold_start_s)}
+    batch_sizes = [int(x) for x in _floats(args.modes)]
+    candidates = grid(batch_sizes, _floats(args.keep_alive), _floats(args.stable_window),
+                      range(1, args.max_replicas + 1), _floats(args.cold_start_penalty))
+    print(f"[recommend] SIMULATION: {len(arrivals)} requests ({len(tune)} to choose on, {len(held)} held out), "
+          f"{len(candidates)} candidates, target {100 * args.target:g}% within {args.slo:g}s", flush=True)
+    started = time.perf_counter()
+    scores = _score_all(candidates, bases, tune, args, "choosing")
+    chosen = choose(scores, args.target)
     front = pareto_front(scores)
-    table = pareto_markdown(front, chosen, args.slo)
+    held_scores: dict[Candidate, Score] = {}
+    if held:  # what the front (and so the choice) does on the part it was not chosen on
+        held_scores = {s.candidate: s for s in _score_all([f.candidate for f in front], bases, held, args, "held out")}
+    table = pareto_markdown(front, chosen, args.slo, held_scores)
     print(table)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    split = (f"chosen on the first {len(tune)} requests, scored on the last {len(held)} (held out)" if held
+             else "chosen and scored on the whole trace (--holdout 0)")
     (out_dir / f"{args.name}.md").write_text(
-        f"# {args.name} (SIMULATION)\n\n`{command_line()}`\n\nPareto front of {len(scores)} candidates "
+        f"# {args.name} (SIMULATION)\n\n`{command_line()}`\n\nPareto front of {len(scores)} candidates, {split} "
         f"({time.perf_counter() - started:.0f}s):\n\n{table}\n")
     curves = {mode: [{"replica_seconds": s.replica_seconds, "slo_attainment": s.slo_attainment}
                      for s in pareto_front(x for x in scores if x.candidate.mode == mode)]
               for mode in dict.fromkeys(c.mode for c in candidates)}
-    plot_pareto(curves, out_dir / f"{args.name}-pareto.png", None, args.slo)
+    plot_pareto(curves, out_dir / f"{args.name}-pareto.png", {}, args.slo)
     if chosen is None:
         print(f"[recommend] no candidate reaches {100 * args.target:g}% within {args.slo:g}s: "
               f"raise --max-replicas or relax --target/--slo")
         return 1
+    said = f"{100 * chosen.slo_attainment:.2f}% within {args.slo:g}s at {chosen.replica_seconds:.0f} replica-seconds"
+    if held:
+        kept = held_scores[chosen.candidate]
+        said = (f"{said} where chosen; held out: {100 * kept.slo_attainment:.2f}% at "
+                f"{kept.replica_seconds:.0f} replica-seconds")
+        if kept.slo_attainment < args.target:
+            print(f"[recommend] WARNING: on the held-out part the choice reaches {100 * kept.slo_attainment:.2f}%, "
+                  f"under the {100 * args.target:g}% target: the load changes; consider a higher --target", flush=True)
     base_path = args.single_config if chosen.candidate.batch_size == 1 else args.batched_config
     write_config(chosen.candidate, base_path, Path(args.out),
-                 f"sdserve-bench recommend: {chosen.candidate.label} — {100 * chosen.slo_attainment:.2f}% within "
-                 f"{args.slo:g}s at {chosen.replica_seconds:.0f} replica-seconds (SIMULATION)")
-    print(f"[recommend] chosen: {chosen.candidate.label}; wrote {args.out}")
+                 f"sdserve-bench recommend: {chosen.candidate.label} — {said} (SIMULATION)")
+    print(f"[recommend] chosen: {chosen.candidate.label} — {said}; wrote {args.out}")
     return 0
-

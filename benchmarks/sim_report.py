@@ -32,9 +32,10 @@ def downsample(samples: list[dict[str, float]], limit: int = MAX_SAMPLES) -> lis
     return [buckets[k] for k in sorted(buckets)]
 
 
-def plot_pareto(curves: dict[str, list[dict[str, Any]]], path: Path, clairvoyant: dict[str, Any] | None,
+def plot_pareto(curves: dict[str, list[dict[str, Any]]], path: Path, bounds: dict[str, dict[str, Any]],
                 slo_s: float) -> None:
-    """One line (or point) per policy: SLO attainment against replica-seconds."""
+    """One line (or point) per policy: SLO attainment against replica-seconds; each mode's lower
+    bound (dashed) and offline schedule (dotted) as vertical lines."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, summaries in curves.items():
         points = sorted((s["replica_seconds"], 100 * s["slo_attainment"], s.get("label", "")) for s in summaries)
@@ -43,8 +44,10 @@ def plot_pareto(curves: dict[str, list[dict[str, Any]]], path: Path, clairvoyant
         for x, y, label in points:
             if label:
                 ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    if clairvoyant:
-        ax.axvline(clairvoyant["replica_seconds"], color="grey", linestyle="--", label="clairvoyant cost floor")
+    for k, (mode, row) in enumerate(bounds.items()):
+        color = f"C{7 + k % 3}"
+        ax.axvline(row["lower_bound_replica_seconds"], color=color, linestyle="--", label=f"lower bound, {mode}")
+        ax.axvline(row["offline_replica_seconds"], color=color, linestyle=":", label=f"offline schedule, {mode}")
     ax.set(xlabel="replica-seconds (cost)", ylabel=f"% of requests within {slo_s:g}s",
            title="SLO attainment vs cost (SIMULATION)")
     ax.grid(alpha=0.3)

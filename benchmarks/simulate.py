@@ -16,12 +16,12 @@ from typing import Any
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
 from benchmarks.report import provenance, write_outputs
+from benchmarks.sim_bounds import attach, bounds_row, mode_key, own_lower_bound
 from benchmarks.sim_config import SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import downsample, plot_pareto
 from benchmarks.stats import summarize
 from benchmarks.traces import Arrival, read_trace, resolve_window
 from scheduler.outcomes import Outcome
-from scheduler.simulation.clairvoyant import clairvoyant_cost
 from scheduler.simulation.fleet import simulate
 from scheduler.simulation.policies import FixedFleet
 from scheduler.simulation.records import SimResult
@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override an args key in every config")
     parser.add_argument("--deployment-set", action="append", default=[], metavar="DEPLOYMENT:KEY=VALUE",
                         help="override a deployment option in every config")
-    parser.add_argument("--clairvoyant", action="store_true", help="add the clairvoyant cost floor row")
+    parser.add_argument("--no-bounds", dest="bounds", action="store_false",
+                        help="skip the cost bounds (busy time, lower bound, offline schedule)")
     parser.add_argument("--fixed", type=int, action="append", default=[], metavar="N",
                         help="add a fixed fleet of N warm replicas (the first config's rules)")
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S,
@@ -90,12 +91,6 @@ def summarize_result(result: SimResult, slo_s: float) -> dict[str, Any]:
     return summary
 
 
-def clairvoyant_row(requests: list[SimRequest], service: ServiceModel, cold_start_s: float) -> dict[str, Any]:
-    cost = clairvoyant_cost([(r.arrival_s, service(r.n, r.pixels, r.steps)) for r in requests], cold_start_s)
-    return {"replica_seconds": cost.replica_seconds, "replicas": cost.replicas, "cold_starts": cost.cold_starts,
-            "busy_seconds": cost.busy_seconds}
-
-
 def run_one(target: SimTarget, requests: list[SimRequest], service: ServiceModel, slo_s: float,
             policy: Any = None) -> tuple[SimResult, dict[str, Any]]:
     started = time.perf_counter()
@@ -109,6 +104,7 @@ def _simulate_job(job: tuple[SimTarget, list[SimRequest], float, float, Any]) ->
     """One config's run, in a worker process (the configs of a comparison run side by side)."""
     target, requests, time_scale, slo_s, policy = job
     result, summary = run_one(target, requests, a10_service_model(time_scale), slo_s, policy)
+    summary["own_lower_bound_replica_seconds"] = own_lower_bound(result, target.spec)
     return {"target": {"config": target.path, "policy": target.policy_kind, "spec": target.spec.__dict__},
             "summary": summary, "samples": downsample(samples_of(result)),
             "records": [r.to_dict() for r in records_of(result)] if len(requests) <= MAX_RECORDS else []}
@@ -131,12 +127,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"[simulate] SIMULATION: {len(arrivals)} requests over {arrivals[-1].at / 3600:.1f} h "
           f"(window {args.window or 'all'}), cold start {args.cold_start_s:g}s", flush=True)
     results: dict[str, dict[str, Any]] = {}
-    floor: dict[str, Any] | None = None
     runs = [(t, None) for t in targets] + [
         (targets[0].with_overrides(name=f"fixed-{n}", spec={"initial_replicas": n}), FixedFleet(n, f"fixed-{n}"))
         for n in args.fixed]
-    if args.clairvoyant:
-        floor = clairvoyant_row(targets[0].requests(arrivals, args.size, args.timeout), service, args.cold_start_s)
     jobs = [(target, target.requests(arrivals, args.size, args.timeout), args.time_scale, args.slo, policy)
             for target, policy in runs]
     with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(jobs)))) as pool:
@@ -147,18 +140,23 @@ def main(args: argparse.Namespace) -> int:
             if len(requests) > MAX_RECORDS:
                 entry["records"] = []
             results[target.name] = entry
-    if floor is not None:
-        for entry in results.values():
-            entry["summary"]["clairvoyant_replica_seconds"] = floor["replica_seconds"]
-            entry["summary"]["replica_seconds_over_clairvoyant"] = (
-                entry["summary"]["replica_seconds"] / floor["replica_seconds"])
+    bounds: dict[str, dict[str, Any]] = {}
+    if args.bounds:
+        for target, requests, *_ in jobs:
+            key = mode_key(target.spec)
+            if key not in bounds:
+                bounds[key] = bounds_row(requests, service, target.spec, args.slo)
+                print(f"[simulate] bounds, {key}: busy {bounds[key]['busy_seconds']:.0f}, lower bound "
+                      f"{bounds[key]['lower_bound_replica_seconds']:.0f}, offline schedule "
+                      f"{bounds[key]['offline_replica_seconds']:.0f} replica-s", flush=True)
+            attach(results[target.name]["summary"], bounds[key])
     meta = {**provenance(), "simulated": True,
-            "clairvoyant": floor, "settings": {k: v for k, v in vars(args).items() if k != "func"},
+            "bounds": bounds, "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "description": args.description or "SIMULATION (fleet simulator, simulated A10 SD 1.5 service times)"}
     out_dir = Path(args.out_dir)
     for path in write_outputs(results, meta, out_dir, args.name):
         print(f"[simulate] wrote {path}")
     pareto = out_dir / f"{args.name}-slo-vs-cost.png"
-    plot_pareto({name: [r["summary"]] for name, r in results.items()}, pareto, floor, args.slo)
+    plot_pareto({name: [r["summary"]] for name, r in results.items()}, pareto, bounds, args.slo)
     print(f"[simulate] wrote {pareto}")
     return 0

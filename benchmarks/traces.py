@@ -106,3 +106,11 @@ def resolve_window(path: str | Path, window: str | None) -> str | None:
     if window == "busiest-day":
         return busiest_window(path, 86400)
     return window
+
+
+def split_arrivals(arrivals: list[Arrival], at_s: float) -> tuple[list[Arrival], list[Arrival]]:
+    """Arrivals before ``at_s`` and from it on, each part shifted to start at 0 (to tune a setting
+    on one part of a trace and score it on the other)."""
+    first = [a for a in arrivals if a.at < at_s]
+    rest = [Arrival(a.at - at_s, a.n, a.steps) for a in arrivals if a.at >= at_s]
+    return first, rest

@@ -11,6 +11,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+
+class Scored(Protocol):
+    """Anything with a cost and an SLO attainment (a :class:`Score`, a sweep's point)."""
+
+    @property
+    def slo_attainment(self) -> float: ...
+
+    @property
+    def replica_seconds(self) -> float: ...
+
+
+S = TypeVar("S", bound=Scored)
 
 
 @dataclass(frozen=True, order=True)
@@ -50,9 +64,9 @@ def grid(batch_sizes: Iterable[int], keep_alives_s: Iterable[float], stable_wind
             itertools.product(batch_sizes, keeps, stable_windows_s, max_replicas)]
 
 
-def pareto_front(scores: Iterable[Score]) -> list[Score]:
+def pareto_front(scores: Iterable[S]) -> list[S]:
     """Scores no other beats on both cost and attainment, cheapest first."""
-    front: list[Score] = []
+    front: list[S] = []
     for score in sorted(scores, key=lambda s: (s.replica_seconds, -s.slo_attainment)):
         if not front or score.slo_attainment > front[-1].slo_attainment:
             front.append(score)

@@ -1,4 +1,4 @@
-"""The fleet simulator: accounting, determinism, the live rules it reproduces, the clairvoyant floor."""
+"""The fleet simulator: accounting, determinism, the live rules it reproduces."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from scheduler.autoscaling import AutoscalerConfig
 from scheduler.outcomes import Outcome
-from scheduler.simulation.clairvoyant import clairvoyant_cost
 from scheduler.simulation.fleet import simulate
 from scheduler.simulation.policies import (
     FixedFleet,
@@ -209,57 +208,6 @@ def test_step_series_mean_is_time_weighted() -> None:
     series.set(12.0, 0)
     assert series.sampled_mean(12.0, 4.0, 0.01, known_until=12.0) == pytest.approx(2.0, abs=0.02)  # 4 for 2 of 4 s
     assert series.sampled_mean(20.0, 4.0, 0.01, known_until=20.0) == 0.0
-
-
-def test_clairvoyant_cost_on_a_hand_computed_trace() -> None:
-    # cold start 10 s. Jobs (arrival, service): two overlap at 0 → two replicas.
-    # replica A: [0,5) then gap 3 → [8,10) then gap 50 (> cold: restart) → [60,61)
-    # replica B: [1,4)
-    jobs = [(0.0, 5.0), (1.0, 3.0), (8.0, 2.0), (60.0, 1.0)]
-    cost = clairvoyant_cost(jobs, cold_start_s=10.0)
-    # A: 10 + 5 + 3 + 2 + 10 + 1 = 31 ... but job 3 (t=8) takes the most recently freed replica:
-    # B freed at 4, A at 5 → A (gap 3). Job 4 at 60: A freed at 10 (gap 50 → 10), B at 4.
-    # A = 10 (start) + 5 + 3 + 2 + 10 (restart) + 1 = 31; B = 10 + 3 = 13
-    assert cost.replica_seconds == pytest.approx(44.0)
-    assert (cost.replicas, cost.cold_starts, cost.busy_seconds) == (2, 3, 11.0)
-
-
-def _cheapest_without_waiting(jobs: list[tuple[float, float]], cold_start_s: float) -> float:
-    """Brute force: every way to put jobs that start on arrival onto replicas (each replica runs one
-    job at a time), each replica billed as the clairvoyant reference bills it."""
-    best = float("inf")
-
-    def place(k: int, chains: list[list[tuple[float, float]]]) -> None:
-        nonlocal best
-        if k == len(jobs):
-            cost = 0.0
-            for chain in chains:
-                cost += cold_start_s + sum(s for _, s in chain)
-                cost += sum(min(b[0] - (a[0] + a[1]), cold_start_s) for a, b in zip(chain, chain[1:]))
-            best = min(best, cost)
-            return
-        arrival, service = jobs[k]
-        for chain in chains:
-            if chain[-1][0] + chain[-1][1] <= arrival:
-                chain.append(jobs[k])
-                place(k + 1, chains)
-                chain.pop()
-        chains.append([jobs[k]])
-        place(k + 1, chains)
-        chains.pop()
-
-    place(0, [])
-    return best
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 60), st.floats(0.5, 8)), min_size=1, max_size=7),
-       st.floats(1, 20))
-def test_the_clairvoyant_cost_is_the_cheapest_placement_of_jobs_that_never_wait(
-        jobs: list[tuple[float, float]], cold_start_s: float) -> None:
-    jobs = sorted(jobs)
-    assert clairvoyant_cost(jobs, cold_start_s).replica_seconds == pytest.approx(
-        _cheapest_without_waiting(jobs, cold_start_s), rel=1e-9)
 
 
 def test_step_series_holds_the_last_report_until_now() -> None:

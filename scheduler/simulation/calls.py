@@ -133,6 +133,7 @@ class CallRunner:
         for i in admitted:
             record = sim.records[i]
             record.start_s, record.replica = t, replica.id
+            record.call_s, record.call_images = end - t, images
             if sim.deadline[i] < end or stopped:
                 record.outcome = Outcome.DEADLINE
                 sim.events.push(min(sim.deadline[i], end), Event.FINISH, i, 0)

@@ -52,6 +52,8 @@ class RequestRecord:
     service_time_s: float | None = None
     batch_images: int | None = None
     replica: int | None = None
+    call_s: float | None = None  # how long the call it ran in held the replica (cut short or not)
+    call_images: int | None = None  # images in that call
 
     @property
     def latency_s(self) -> float:

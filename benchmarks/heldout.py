@@ -1,0 +1,188 @@
+"""``sdserve-bench heldout``: each policy's knobs chosen on one part of a trace and scored on the
+other (SIMULATION).
+
+sdserve's control loop and Ray's default policy each get a grid of settings of the same size over
+the knobs that move cost and latency (:data:`GRIDS`). Every setting runs on both parts (by default
+days 1–11 and days 12–23 of the production trace). Then, for each direction (tune on one part, score
+on the other): each policy's Pareto front on the tuning part, scored on the held-out part; each
+policy's choice for an SLO target (the cheapest setting meeting it on the tuning part) scored on the
+held-out part; whether every held-out Ray point is matched by a held-out sdserve point with at least
+its SLO attainment at no more cost; and every cost against the held-out part's lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import provenance
+from benchmarks.sim_bounds import bounds_row
+from benchmarks.sim_config import SimTarget, a10_service_model, load_target
+from benchmarks.simulate import load_arrivals, run_one
+from benchmarks.traces import Arrival, split_arrivals
+from scheduler.recommend import pareto_front
+from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S
+
+SDSERVE, RAY = "sdserve", "Ray default"
+
+
+@dataclass(frozen=True)
+class Setting:
+    policy: str  # SDSERVE or RAY
+    label: str
+    knobs: dict[str, Any]  # AutoscalerConfig fields (sdserve) or Ray autoscaling_config fields
+
+
+def sdserve_settings(grid: str = "full") -> list[Setting]:
+    """Keep-alive (learned with a cold-start penalty, or fixed) × stable window × latency objective."""
+    keeps: list[tuple[str, dict[str, Any]]] = [
+        (f"learned {p:g}", {"keep_alive": "histogram", "cold_start_penalty_s": p}) for p in (50, 150, 300, 600, 1000)
+    ] + [(f"fixed {k:g}s", {"keep_alive": "fixed", "cold_start_penalty_s": None, "scale_to_zero_after_s": k})
+         for k in (60, 300, 1200)]
+    windows, objectives = (20, 120, 600), (15, 30)
+    if grid == "small":
+        keeps, windows, objectives = [keeps[1], keeps[5]], (20,), (30,)
+    return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o}s",
+                    {**knobs, "stable_window_s": w, "latency_objective_s": o})
+            for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]
+
+
+def ray_settings(grid: str = "full") -> list[Setting]:
+    """target_ongoing_requests × upscale_delay_s × downscale_delay_s × downscale_to_zero_delay_s ×
+    look_back_period_s: as many settings as sdserve gets."""
+    axes: tuple[tuple[float, ...], ...] = ((1, 2), (0, 30), (60, 600), (60, 300, 1200), (10, 30))
+    if grid == "small":
+        axes = ((1,), (30,), (600,), (60, 1200), (30,))
+    return [Setting(RAY, f"target {t:g}, up {u:g}s, down {d:g}s, to zero {z:g}s, look-back {b:g}s",
+                    {"target_ongoing_requests": t, "upscale_delay_s": u, "downscale_delay_s": d,
+                     "downscale_to_zero_delay_s": z, "look_back_period_s": b})
+            for t, u, d, z, b in itertools.product(*axes)]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting's result on one part of the trace."""
+
+    policy: str
+    label: str
+    part: str
+    slo_attainment: float
+    replica_seconds: float
+    p99_s: float | None
+    replica_starts: int
+
+
+def cheapest_meeting(points: list[Point], target: float) -> Point:
+    """The cheapest point with at least ``target`` attainment; the best attainment if none has."""
+    meeting = [p for p in points if p.slo_attainment >= target]
+    if meeting:
+        return min(meeting, key=lambda p: (p.replica_seconds, -p.slo_attainment))
+    return max(points, key=lambda p: (p.slo_attainment, -p.replica_seconds))
+
+
+def matched_by(ours: list[Point], theirs: Point) -> Point | None:
+    """Our cheapest point with at least ``theirs``' attainment at no more cost (None: none is)."""
+    better = [p for p in ours if p.slo_attainment >= theirs.slo_attainment and p.replica_seconds <= theirs.replica_seconds]
+    return min(better, key=lambda p: p.replica_seconds) if better else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--window", help="START..END of the trace to use; default: all")
+    parser.add_argument("--split-s", type=float, default=11 * 86400.0,
+                        help="where the first part ends, seconds from the trace's start (default: 11 days)")
+    parser.add_argument("--config", default="configs/single.yaml", help="sdserve's config")
+    parser.add_argument("--ray-config", default="configs/ray-default.yaml", help="Ray's default policy")
+    parser.add_argument("--grid", choices=("full", "small"), default="full")
+    parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S)
+    parser.add_argument("--slo", type=float, default=30.0)
+    parser.add_argument("--target", type=float, default=0.99, help="SLO attainment each policy's choice must reach")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--name", default="sim-heldout")
+    parser.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+
+
+def _variant(bases: dict[str, SimTarget], setting: Setting) -> SimTarget:
+    base = bases[setting.policy]
+    if setting.policy == SDSERVE:
+        return base.with_overrides(policy=setting.knobs, name=setting.label)
+    return base.with_overrides(ray=setting.knobs, name=setting.label)
+
+
+def _run(job: tuple[Setting, SimTarget, str, list[Arrival], float]) -> Point:
+    setting, target, part, arrivals, slo_s = job
+    _, summary = run_one(target, target.requests(arrivals), a10_service_model(), slo_s)
+    return Point(setting.policy, setting.label, part, summary["slo_attainment"], summary["replica_seconds"],
+                 summary["latency_s"]["p99"], summary["replica_starts"])
+
+
+def main(args: argparse.Namespace) -> int:
+    arrivals = load_arrivals(args)
+    first, second = split_arrivals(arrivals, args.split_s)
+    if not first or not second:
+        raise SystemExit(f"--split-s {args.split_s:g} leaves a part empty")
+    day = 86400.0
+    parts = {f"first {args.split_s / day:.3g} days": first, f"last {second[-1].at / day:.3g} days": second}
+    bases = {SDSERVE: load_target(args.config, args.cold_start_s), RAY: load_target(args.ray_config, args.cold_start_s)}
+    settings = sdserve_settings(args.grid) + ray_settings(args.grid)
+    shipped = [Setting(SDSERVE, f"shipped {args.config}", {}), Setting(RAY, f"shipped {args.ray_config}", {})]
+    jobs = [(s, _variant(bases, s), part, part_arrivals, args.slo)
+            for s in settings + shipped for part, part_arrivals in parts.items()]
+    print(f"[heldout] SIMULATION: {len(arrivals)} requests split {len(first)} / {len(second)}; "
+          f"{len(settings)} settings ({sum(s.policy == SDSERVE for s in settings)} sdserve, "
+          f"{sum(s.policy == RAY for s in settings)} Ray) + the shipped configs, each on both parts: {len(jobs)} runs",
+          flush=True)
+    started = time.perf_counter()
+    points: list[Point] = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for done, point in enumerate(pool.map(_run, jobs), 1):
+            points.append(point)
+            if done % max(1, len(jobs) // 20) == 0 or done == len(jobs):
+                print(f"[heldout] {done}/{len(jobs)} runs, {time.perf_counter() - started:.0f}s", flush=True)
+    service = a10_service_model()
+    bounds = {part: bounds_row(bases[SDSERVE].requests(a), service, bases[SDSERVE].spec, args.slo)
+              for part, a in parts.items()}
+    names = list(parts)
+    directions = [evaluate(points, tune, score, args.target) for tune, score in ((names[0], names[1]), (names[1], names[0]))]
+    meta = {**provenance(), "simulated": True, "trace": args.trace, "window": args.window, "split_s": args.split_s,
+            "parts": {p: len(a) for p, a in parts.items()}, "slo_s": args.slo, "target": args.target,
+            "grid": args.grid, "wall_s": time.perf_counter() - started,
+            "description": f"SIMULATION: knobs chosen on one part of the trace, scored on the other; "
+                           f"{len(settings) // 2} settings per policy; SLO {args.slo:g}s; cold start {args.cold_start_s:g}s"}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{args.name}.json").write_text(json.dumps(
+        {"meta": meta, "bounds": bounds, "settings": [asdict(s) for s in settings + shipped],
+         "points": [asdict(p) for p in points], "directions": directions}, indent=1))
+    from benchmarks.heldout_report import write_report  # matplotlib only when writing
+
+    for path in write_report(out_dir, args.name, meta, bounds, directions):
+        print(f"[heldout] wrote {path}")
+    return 0
+
+
+def evaluate(points: list[Point], tune: str, score: str, target: float) -> dict[str, Any]:
+    """One direction: fronts and choices made on ``tune``, as they score on ``score``."""
+    on = {(p.policy, p.label, p.part): p for p in points}
+    result: dict[str, Any] = {"tune": tune, "score": score, "fronts": {}, "choices": {}, "shipped": {}}
+    for policy in (SDSERVE, RAY):
+        tuned = [p for p in points if p.policy == policy and p.part == tune and not p.label.startswith("shipped")]
+        front = pareto_front(tuned)
+        result["fronts"][policy] = [{"tuned": asdict(p), "held_out": asdict(on[(policy, p.label, score)])} for p in front]
+        choice = cheapest_meeting(tuned, target)
+        result["choices"][policy] = {"tuned": asdict(choice), "held_out": asdict(on[(policy, choice.label, score)])}
+        result["shipped"][policy] = next(asdict(p) for p in points
+                                         if p.policy == policy and p.part == score and p.label.startswith("shipped"))
+    ours = [Point(**f["held_out"]) for f in result["fronts"][SDSERVE]]
+    result["ray_points_matched"] = []
+    for entry in result["fronts"][RAY]:
+        match = matched_by(ours, Point(**entry["held_out"]))
+        result["ray_points_matched"].append({"ray": entry["held_out"], "sdserve": None if match is None else asdict(match)})
+    return result

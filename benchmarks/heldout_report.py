@@ -1,0 +1,83 @@
+"""The held-out evaluation's Markdown and plots (``sdserve-bench heldout``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.heldout import RAY, SDSERVE
+from benchmarks.sim_report import plot_pareto
+
+
+def _pct(point: dict[str, Any]) -> str:
+    return f"{100 * point['slo_attainment']:.2f}%"
+
+
+def _row(point: dict[str, Any], lower: float) -> str:
+    p99 = "-" if point["p99_s"] is None else f"{point['p99_s']:.1f}"
+    return (f"{_pct(point)} | {point['replica_seconds']:.0f} | {point['replica_seconds'] / lower:.2f} | {p99} | "
+            f"{point['replica_starts']}")
+
+
+def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, Any]], target: float) -> str:
+    tune, score = direction["tune"], direction["score"]
+    held = bounds[score]
+    lower = held["lower_bound_replica_seconds"]
+    lines = [f"## Tuned on the {tune}, scored on the {score}", "",
+             f"Held-out part: busy time {held['busy_seconds']:.0f}, lower bound {lower:.0f}, offline schedule "
+             f"{held['offline_replica_seconds']:.0f} replica-seconds (the optimum lies between; gap "
+             f"{held['offline_over_lower_bound']:.2f}×).", "",
+             f"Each policy's choice: the cheapest setting with ≥ {100 * target:g}% on the {tune}.", "",
+             "| policy | setting | tuned: SLO, replica-s | held out: SLO | replica-s | / lower bound | p99, s | cold starts |",
+             "|---|---|---|---|---|---|---|---|"]
+    for policy in (SDSERVE, RAY):
+        choice = direction["choices"][policy]
+        tuned = choice["tuned"]
+        lines.append(f"| {policy} | {tuned['label']} | {_pct(tuned)}, {tuned['replica_seconds']:.0f} | "
+                     f"{_row(choice['held_out'], lower)} |")
+    for policy in (SDSERVE, RAY):
+        shipped = direction["shipped"][policy]
+        lines.append(f"| {policy} | {shipped['label']} (not tuned here) | - | {_row(shipped, lower)} |")
+    matched = direction["ray_points_matched"]
+    misses = [m for m in matched if m["sdserve"] is None]
+    lines += ["", f"Ray's front on the {tune} ({len(matched)} settings), scored on the {score}: sdserve's front "
+              f"(tuned the same way) matches {len(matched) - len(misses)} of {len(matched)} with at least the SLO "
+              f"attainment at no more cost.", ""]
+    if misses:
+        lines += ["Where it does not:", "", "| Ray setting | SLO | replica-s | sdserve's best at that cost |",
+                  "|---|---|---|---|"]
+        ours = [f["held_out"] for f in direction["fronts"][SDSERVE]]
+        for miss in misses:
+            ray = miss["ray"]
+            cheaper = [p for p in ours if p["replica_seconds"] <= ray["replica_seconds"]]
+            best = max(cheaper, key=lambda p: p["slo_attainment"]) if cheaper else None
+            said = "none as cheap" if best is None else f"{_pct(best)} at {best['replica_seconds']:.0f} ({best['label']})"
+            lines.append(f"| {ray['label']} | {_pct(ray)} | {ray['replica_seconds']:.0f} | {said} |")
+        lines.append("")
+    for policy in (SDSERVE, RAY):
+        lines += [f"{policy}: front on the {tune}, held out", "",
+                  "| setting | tuned: SLO, replica-s | held out: SLO | replica-s | / lower bound | p99, s | cold starts |",
+                  "|---|---|---|---|---|---|---|"]
+        for entry in direction["fronts"][policy]:
+            tuned = entry["tuned"]
+            lines.append(f"| {tuned['label']} | {_pct(tuned)}, {tuned['replica_seconds']:.0f} | "
+                         f"{_row(entry['held_out'], lower)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, name: str, meta: dict[str, Any], bounds: dict[str, dict[str, Any]],
+                 directions: list[dict[str, Any]]) -> list[Path]:
+    written = []
+    sections = []
+    for k, direction in enumerate(directions, 1):
+        plot = out_dir / f"{name}-{k}.png"
+        curves = {f"{policy} (front tuned on the {direction['tune']})":
+                  [{**e["held_out"], "label": ""} for e in direction["fronts"][policy]] for policy in (SDSERVE, RAY)}
+        plot_pareto(curves, plot, {direction["score"]: bounds[direction["score"]]}, meta["slo_s"])
+        written.append(plot)
+        sections.append(direction_markdown(direction, bounds, meta["target"]) + f"\n![held out]({plot.name})\n")
+    md = out_dir / f"{name}.md"
+    md.write_text(f"# {name} (SIMULATION)\n\n{meta['description']}.\n\n`{meta['command']}` at {meta['commit']}, "
+                  f"{meta['when']} ({meta['wall_s']:.0f}s).\n\n" + "\n".join(sections))
+    return [md, *written]
