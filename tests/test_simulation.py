@@ -38,6 +38,14 @@ def sdserve(max_replicas: int = 4, **kwargs) -> SdserveLoop:
     return SdserveLoop("sdserve", AutoscalerConfig(max_replicas=max_replicas, **kwargs))
 
 
+def shipped_policy(config: str):
+    """The policy a shipped config deploys, every knob as it ships (scheduler/simulation/policies.py)."""
+    from benchmarks.sim_config import load_target
+    from tests.conftest import CONFIGS
+
+    return load_target(CONFIGS / config, cold_start_s=5.0).policy()
+
+
 def integral(result: SimResult) -> float:
     """Replica-seconds from the fleet-size samples: must equal Σ (stop − start) over replicas."""
     total = 0.0
@@ -53,7 +61,7 @@ def integral(result: SimResult) -> float:
     timeout=st.floats(2, 60),
     batch=st.sampled_from([1, 2, 4]),
     queue=st.sampled_from([-1, 3, 64]),
-    policy=st.sampled_from(["ray", "sdserve", "fixed"]),
+    policy=st.sampled_from(["ray", "sdserve", "shipped", "fixed"]),
 )
 def test_every_request_gets_one_outcome_and_cost_is_the_sum_of_replica_lifetimes(
     gaps, ns, timeout, batch, queue, policy
@@ -66,7 +74,7 @@ def test_every_request_gets_one_outcome_and_cost_is_the_sum_of_replica_lifetimes
                      cold_start_s=5.0, gpu_slots=4, batch_wait_timeout_s=0.1)
     chosen = {"ray": ray_default(upscale_delay_s=3, downscale_delay_s=20), "sdserve": sdserve(
         capacity_per_replica=batch, default_cold_start_s=5, scale_to_zero_after_s=15, stable_window_s=10,
-        scale_down_interval_s=5), "fixed": FixedFleet(2)}[policy]
+        scale_down_interval_s=5), "fixed": FixedFleet(2), "shipped": shipped_policy("single.yaml")}[policy]
     if policy == "fixed":
         spec = FleetSpec(**{**spec.__dict__, "initial_replicas": 2})
     result = simulate(requests, spec, flat(1.0), chosen)
@@ -284,6 +292,16 @@ def test_sdserve_decides_the_same_when_called_only_where_it_can_change(
                               keep_alive_min_samples=3, cold_start_penalty_s=penalty, latency_objective_s=objective,
                               min_replicas=floor)
     _same_as_every_interval(_requests(trace), spec, lambda: SdserveLoop("sdserve", config))
+
+
+@settings(max_examples=20, deadline=None)
+@given(trace=sim_traces, config=st.sampled_from(["single.yaml", "batched.yaml", "adaptive.yaml"]))
+def test_the_shipped_configs_decide_the_same_when_called_only_where_it_can_change(trace, config) -> None:
+    from benchmarks.sim_config import load_target
+    from tests.conftest import CONFIGS
+
+    target = load_target(CONFIGS / config, cold_start_s=5.0)
+    _same_as_every_interval(_requests(trace), target.spec, target.policy)
 
 
 @settings(max_examples=30, deadline=None)
