@@ -73,6 +73,10 @@ class DecisionLog:
         return {"latest": latest, "recent": list(self.recent)[-limit:] if limit > 0 else []}
 
 
+#: The longest pause between ticks while they keep failing.
+MAX_BACKOFF_S = 5.0
+
+
 class ScalingLoop:
     """Every ``interval_s``: read the fleet when due, decide, and set the target if it changed."""
 
@@ -100,14 +104,23 @@ class ScalingLoop:
     async def _run(self) -> None:
         log.info("scaling loop for %s every %.2fs: %s", self.decisions.deployment, self.settings.interval_s,
                  self.driver.config)
+        failures = 0
         while True:
             try:
                 await self.tick(time.time())
+                if failures:
+                    log.info("scaling loop for %s works again after %d failed ticks", self.decisions.deployment,
+                             failures)
+                failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a failed or hung read or scale call: try again next tick, never stop
-                log.exception("scaling loop tick failed")
-            await asyncio.sleep(self.settings.interval_s)
+            except Exception:  # a failed or hung read or scale call: try again, never stop
+                failures += 1
+                if failures == 1:
+                    log.exception("scaling loop tick failed; retrying, backing off to %gs", MAX_BACKOFF_S)
+            # after failures, back off (doubling, at most MAX_BACKOFF_S): a controller that is gone
+            # is not asked ten times a second
+            await asyncio.sleep(min(MAX_BACKOFF_S, self.settings.interval_s * 2 ** min(failures, 10)))
 
     async def _call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         try:

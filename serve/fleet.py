@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from serve.dispatcher import WorkerPool
+
 #: Serve's ``ReplicaState`` values of a replica on its way to serving, and of one serving (a replica
 #: about to move to another node still serves: Ray counts it running).
 STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING")
@@ -63,12 +65,27 @@ class ServeFleet:
 
         self.app_name, self.deployment = app_name, deployment
         self._id = DeploymentID(name=deployment, app_name=app_name)
-        self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        if not hasattr(self._controller, "update_deployment_replicas"):
+        self._find = lambda: ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        self._handle: Any = self._find()
+        if not hasattr(self._handle, "update_deployment_replicas"):
             raise RuntimeError("this Ray has no external-scaler API (update_deployment_replicas); Ray >= 2.50 needed")
 
+    @property
+    def _controller(self) -> Any:
+        """The controller's handle, looked up again after a call failed (Serve restarted)."""
+        if self._handle is None:
+            self._handle = self._find()
+        return self._handle
+
+    async def _details(self) -> dict[str, Any]:
+        try:
+            return await self._controller.get_serve_instance_details.remote()
+        except Exception:
+            self._handle = None
+            raise
+
     async def status(self) -> FleetStatus:
-        details = await self._controller.get_serve_instance_details.remote()
+        details = await self._details()
         app = (details.get("applications") or {}).get(self.app_name) or {}
         deployment = (app.get("deployments") or {}).get(self.deployment)
         if not deployment:
@@ -79,6 +96,17 @@ class ServeFleet:
         minimum = scaling.get("min_replicas") if scaling else config.get("num_replicas")
         target = deployment.get("target_num_replicas")
         return FleetStatus(counts, int(minimum or 0), None if target is None else int(target))
+
+    async def pool(self) -> WorkerPool:
+        """The running replicas' ids and the deployment's request limits, for the dispatcher."""
+        details = await self._details()
+        app = (details.get("applications") or {}).get(self.app_name) or {}
+        deployment = (app.get("deployments") or {}).get(self.deployment) or {}
+        config = deployment.get("deployment_config") or {}
+        running = tuple(r["replica_id"] for r in deployment.get("replicas") or []
+                        if state_name(r.get("state", "")) in RUNNING_STATES)
+        return WorkerPool(running, int(config.get("max_ongoing_requests") or 1),
+                          int(config.get("max_queued_requests", -1) or -1))
 
     async def scale(self, target: int) -> None:
         await self._controller.update_deployment_replicas.remote(self._id, target)

@@ -33,6 +33,22 @@ ORPHANED_AFTER_S = 30.0
 SAVE_EVERY_S = 10.0
 
 
+class OrphanClock:
+    """Whether the application has been missing (or unreadable) for ``after_s`` without a break."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._missing_since: float | None = None
+
+    def gone(self, now: float, here: bool) -> bool:
+        if here:
+            self._missing_since = None
+            return False
+        if self._missing_since is None:
+            self._missing_since = now
+        return now - self._missing_since >= self.after_s
+
+
 def actor_name(app_name: str) -> str:
     return f"sdserve-scaler:{app_name}"
 
@@ -87,21 +103,19 @@ class ScalerActor:
             self._watch = asyncio.get_running_loop().create_task(self._housekeeping())
 
     async def _housekeeping(self) -> None:
-        """Save what was learnt now and then; end once the application has been gone a while."""
-        gone_since: float | None = None
+        """Save what was learnt now and then; end once the application has been gone a while (or
+        the Serve controller could not be read that long: Serve shut down)."""
+        orphan = OrphanClock(ORPHANED_AFTER_S)
         while True:
             await asyncio.sleep(1.0)
             if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
                 self._save()
             try:
                 status = await asyncio.wait_for(self.loop.fleet.status(), 5.0)
-            except Exception:  # noqa: BLE001 - the controller busy or away: look again later
-                continue
-            if status.minimum is not None:
-                gone_since = None
-            elif gone_since is None:
-                gone_since = time.monotonic()
-            elif time.monotonic() - gone_since >= ORPHANED_AFTER_S:
+                here = status.minimum is not None
+            except Exception:  # noqa: BLE001 - the controller busy, or gone with Serve itself
+                here = False
+            if orphan.gone(time.monotonic(), here):
                 log.info("application %s is gone: its scaler ends", self.app_name)
                 self._save()
                 ray.actor.exit_actor()

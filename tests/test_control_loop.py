@@ -25,9 +25,14 @@ class FakeFleet:
     def __init__(self, running: int = 1) -> None:
         self.target = self.running = running
         self.hang = False
+        self.fail = False  # the controller gone: every read raises
+        self.reads = 0
         self.writes: list[int] = []
 
     async def status(self) -> FleetStatus:
+        self.reads += 1
+        if self.fail:
+            raise RuntimeError("the controller is dead")
         if self.hang:
             await asyncio.sleep(3600)
         return FleetStatus(ReplicaCounts(self.running, 0), 0, self.target)
@@ -112,3 +117,26 @@ def test_a_new_loop_starts_from_what_the_old_one_learnt() -> None:
     assert decision.state.idle_plan[0] < 30.0
     fresh = run(ScalingLoop(SETTINGS, FakeFleet(running=1), "app/w").tick(100.0))
     assert fresh.state.idle_plan is not None and fresh.state.idle_plan[2] == "fixed"  # nothing learnt: the fallback
+
+
+def test_the_scaler_ends_only_after_its_application_is_missing_a_while_without_a_break() -> None:
+    from serve.scaler import OrphanClock
+
+    clock = OrphanClock(30.0)
+    seen = [(0.0, True), (10.0, False), (35.0, True), (40.0, False), (69.0, False), (70.0, False)]
+    assert [clock.gone(t, here) for t, here in seen] == [False, False, False, False, False, True]
+
+
+def test_a_failing_loop_backs_off_instead_of_asking_ten_times_a_second() -> None:
+    fleet = FakeFleet()
+    fleet.fail = True
+
+    async def for_a_second() -> None:
+        loop = ScalingLoop(SETTINGS, fleet, "app/w")
+        loop.start()
+        await asyncio.sleep(1.0)
+        loop._task.cancel()
+
+    run(for_a_second())
+    # at 0.1 s between ticks it would have asked ~10 times; backing off (0.2, 0.4, 0.8 s): 3
+    assert 2 <= fleet.reads <= 4

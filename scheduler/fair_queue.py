@@ -1,0 +1,150 @@
+"""The dispatcher's queue: fair across tenants, earliest deadline first within each.
+
+One tenant's flood must not delay everyone behind it, and within a tenant a request with 5 s left
+should not wait behind one with 10 minutes left. So the queue is two-level:
+
+- **across tenants**, start-time fair queuing (Goyal et al., SIGCOMM 1996), a weighted fair queuing
+  discipline: each tenant with work waiting carries a virtual start tag; the next request comes
+  from the tenant with the smallest tag, whose tag then advances by ``1 / weight``. A tenant that
+  was idle starts at the current virtual time, so it is served at once rather than paying for its
+  silence or cashing it in. Over any backlogged stretch, each tenant gets a share of dispatches in
+  proportion to its weight (an API key, else the client address, is a tenant);
+- **within a tenant**, earliest deadline first (ties: arrival order).
+
+The queue only orders; what to do with a request that can no longer finish, and where to send the
+next one, is the dispatcher's (``serve/dispatcher.py``) and the simulator's. Removal (a client that
+went away) is O(1), applied lazily when the removed request would come up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the queue knows of a waiting request."""
+
+    job_id: str
+    tenant: str
+    deadline: float  # absolute, seconds
+    shape: Hashable = ()  # what can share a pipeline call with it (size, steps): for batches
+
+
+@dataclass
+class _Tenant:
+    weight: float
+    heap: list[tuple[float, int, str]] = field(default_factory=list)  # (deadline, seq, job id)
+    start: float = 0.0  # virtual start tag of its next request (while it has any)
+    finish: float = 0.0  # virtual finish tag of its last request dispatched
+    waiting: int = 0  # not removed
+
+
+class FairQueue:
+    def __init__(self, weights: Mapping[str, float] | None = None, default_weight: float = 1.0) -> None:
+        if default_weight <= 0 or any(w <= 0 for w in (weights or {}).values()):
+            raise ValueError("tenant weights must be > 0")
+        self.weights = dict(weights or {})
+        self.default_weight = default_weight
+        self._tenants: dict[str, _Tenant] = {}
+        self._jobs: dict[str, tuple[QueuedJob, int]] = {}  # waiting (not removed): job and its seq
+        self._seq = itertools.count()
+        self._virtual = 0.0  # the start tag of the request dispatched last
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
+    def tenants_waiting(self) -> dict[str, int]:
+        return {name: t.waiting for name, t in self._tenants.items() if t.waiting}
+
+    def push(self, job: QueuedJob) -> None:
+        if job.job_id in self._jobs:
+            raise ValueError(f"job {job.job_id!r} is already queued")
+        tenant = self._tenants.get(job.tenant)
+        if tenant is None:
+            tenant = self._tenants[job.tenant] = _Tenant(self.weights.get(job.tenant, self.default_weight))
+        if not tenant.waiting:  # (re)joins: from now, neither behind for its silence nor ahead
+            tenant.start = max(self._virtual, tenant.finish)
+        seq = next(self._seq)
+        heapq.heappush(tenant.heap, (job.deadline, seq, job.job_id))
+        tenant.waiting += 1
+        self._jobs[job.job_id] = (job, seq)
+
+    def remove(self, job_id: str) -> bool:
+        """Take a waiting request out (its client left); False if it is not waiting."""
+        entry = self._jobs.pop(job_id, None)
+        if entry is None:
+            return False
+        self._tenants[entry[0].tenant].waiting -= 1
+        return True
+
+    def _head(self, tenant: _Tenant) -> str | None:
+        while tenant.heap and tenant.heap[0][2] not in self._jobs:
+            heapq.heappop(tenant.heap)  # removed earlier
+        return tenant.heap[0][2] if tenant.heap else None
+
+    def _order(self) -> list[tuple[float, int, str]]:
+        """Tenants with work, in the order their next requests go: (start tag, head's arrival
+        seq, tenant) — equal tags go to the request that arrived first."""
+        order = []
+        for name, tenant in self._tenants.items():
+            if tenant.waiting and self._head(tenant) is not None:
+                order.append((tenant.start, tenant.heap[0][1], name))
+        order.sort()
+        return order
+
+    def peek(self) -> QueuedJob | None:
+        order = self._order()
+        return self._jobs[self._tenants[order[0][2]].heap[0][2]][0] if order else None
+
+    def pop(self, accept: Callable[[QueuedJob], bool] | None = None) -> QueuedJob | None:
+        """The next request in fair order; with ``accept``, the first tenant head it accepts (a
+        replica whose batch takes only one shape of work)."""
+        for _, _, name in self._order():
+            tenant = self._tenants[name]
+            job = self._jobs[tenant.heap[0][2]][0]
+            if accept is None or accept(job):
+                heapq.heappop(tenant.heap)
+                del self._jobs[job.job_id]
+                tenant.waiting -= 1
+                self._virtual = tenant.start
+                tenant.finish = tenant.start + 1.0 / tenant.weight
+                tenant.start = tenant.finish
+                return job
+        return None
+
+    def position(self, job_id: str) -> int:
+        """How many waiting requests go before ``job_id`` if nothing else arrives: each tenant's
+        k-th request (earliest deadline first) goes with tag start + k / weight, all in order of
+        (tag, arrival)."""
+        job, seq = self._jobs[job_id]
+        ranks = {name: self._waiting_in_order(t) for name, t in self._tenants.items() if t.waiting}
+        own = ranks[job.tenant]
+        mine = (self._tenants[job.tenant].start + own.index(seq) / self._tenants[job.tenant].weight, seq)
+        ahead = 0
+        for name, seqs in ranks.items():
+            tenant = self._tenants[name]
+            ahead += sum(1 for k, s in enumerate(seqs) if (tenant.start + k / tenant.weight, s) < mine)
+        return ahead
+
+    def position_if_added(self, tenant: str, deadline: float) -> int:
+        """Where a request of ``tenant`` due at ``deadline`` would go if it were queued now."""
+        probe = f"\0probe{next(self._seq)}"
+        self.push(QueuedJob(probe, tenant, deadline))
+        try:
+            return self.position(probe)
+        finally:
+            self.remove(probe)
+
+    def _waiting_in_order(self, tenant: _Tenant) -> list[int]:
+        """Arrival seqs of the tenant's waiting requests, earliest deadline first."""
+        return [s for _, s, j in sorted(tenant.heap) if j in self._jobs]
+
+    def __iter__(self) -> Iterator[QueuedJob]:
+        return (job for job, _ in self._jobs.values())

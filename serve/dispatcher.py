@@ -1,0 +1,186 @@
+"""The application's queue, held in the ingress: accepted requests wait here in fair order and go to
+a worker replica only when that replica has a free slot.
+
+Without it every accepted request waits in Ray's router, first in first out, where a routing task
+polls the replicas with backoff (25 ms doubling to 0.5 s) and a freed slot can stay idle until the
+next poll. Here (Knative's activator, in spirit):
+
+- **order**: :class:`scheduler.fair_queue.FairQueue` — fair across tenants (an API key, else the
+  client address; weights in ``queue.tenant_weights``), earliest deadline first within a tenant;
+  a request whose deadline passed is answered at dequeue without reaching a replica;
+- **slots**: every RUNNING worker replica has ``max_ongoing_requests`` slots; a slot is taken when a
+  request is sent there and given back when its reply (or failure) comes. The replica list and the
+  deployment's limits are read from Serve every ``POLL_S`` (replicas gone are dropped, new ones get
+  their slots);
+- **placement**: the chosen replica's id travels in the job; :class:`serve.routing.DispatchedRouter`,
+  the worker deployment's request router, sends the job there (Ray 2.60's pluggable request router:
+  the one supported hook that sees each request and the replicas it may go to). A replica with free
+  slots gets, after the next request in order, the next ones that batch with it (same size and steps);
+- **bound**: ``max_queued_requests`` of the worker deployment bounds this queue: beyond it, 503.
+
+One dispatcher per ingress replica: the shipped configs run one ingress replica, so one per
+application (with more, each would count slots the others also use; Ray's router then queues the
+excess at the replica, nothing is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+from scheduler.fair_queue import FairQueue, QueuedJob
+
+log = logging.getLogger("ray.serve")
+#: How often the replica list and the deployment's limits are read from Serve.
+POLL_S = 0.5
+
+
+class QueueFull(Exception):
+    """The dispatcher's queue holds ``max_queued_requests`` already (503)."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(queued)
+        self.queued = queued
+
+
+class Expired(Exception):
+    """The request's deadline passed while it waited in the dispatcher's queue."""
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """What the dispatcher needs to know of the worker deployment, as Serve shows it."""
+
+    running: tuple[str, ...]  # replica ids (``ReplicaID.unique_id``)
+    max_ongoing_requests: int
+    max_queued_requests: int  # -1: unbounded
+
+
+def tenant_of(api_key: str | None, address: str) -> str:
+    """A request's tenant: its API key (as a short digest: keys never reach logs or metrics), else
+    its client address."""
+    if api_key:
+        return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:10]
+    return address
+
+
+class Dispatcher:
+    def __init__(self, read_pool: Callable[[], "asyncio.Future[WorkerPool] | object"] | None = None) -> None:
+        self.queue = FairQueue()
+        self._read_pool = read_pool  # async () -> WorkerPool
+        self._waiting: dict[str, asyncio.Future[str]] = {}  # job id → its grant (a replica id)
+        self._free: dict[str, int] = {}  # running replica → free slots
+        self._held: dict[str, str] = {}  # job id → replica it was sent to
+        self.slots_per_replica = 1
+        self.max_queued = -1
+        self._poller: asyncio.Task[None] | None = None
+
+    def configure(self, weights: dict[str, float]) -> None:
+        self.queue.weights = dict(weights)
+
+    # ---- the worker pool -----------------------------------------------------------------------
+
+    def set_pool(self, pool: WorkerPool) -> None:
+        """Reconcile with Serve: new replicas get their free slots, gone ones are dropped."""
+        self.slots_per_replica, self.max_queued = pool.max_ongoing_requests, pool.max_queued_requests
+        running = set(pool.running)
+        for rid in list(self._free):
+            if rid not in running:
+                del self._free[rid]
+        for rid in running - self._free.keys():
+            busy = sum(1 for r in self._held.values() if r == rid)
+            self._free[rid] = max(0, self.slots_per_replica - busy)
+        self._dispatch()
+
+    def start(self) -> None:
+        if self._poller is None and self._read_pool is not None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                self.set_pool(await asyncio.wait_for(self._read_pool(), 5.0))
+            except Exception as error:  # noqa: BLE001 - a failed read costs one poll, never the queue
+                log.warning("dispatcher: reading the worker replicas failed: %s", error)
+            await asyncio.sleep(POLL_S)
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    async def acquire(self, job_id: str, tenant: str, deadline: float, shape: Hashable = ()) -> str:
+        """Wait in fair order for a free slot; return the replica to send the job to. Raises
+        :class:`QueueFull` at once when the queue is at its bound, :class:`Expired` if the deadline
+        passes first (at dequeue); a cancelled wait leaves the queue at once."""
+        if 0 <= self.max_queued <= len(self.queue):
+            raise QueueFull(len(self.queue))
+        granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[job_id] = granted
+        self.queue.push(QueuedJob(job_id, tenant, deadline, shape))
+        self._dispatch()
+        try:
+            return await granted
+        except asyncio.CancelledError:
+            self.queue.remove(job_id)
+            self.release(job_id)  # granted in the same instant: give the slot back
+            raise
+        finally:
+            self._waiting.pop(job_id, None)
+
+    def position(self, job_id: str) -> int | None:
+        return self.queue.position(job_id) if job_id in self.queue else None
+
+    def release(self, job_id: str) -> None:
+        """The job's call ended (any outcome) or never started: its slot is free again."""
+        rid = self._held.pop(job_id, None)
+        if rid is not None and rid in self._free:
+            self._free[rid] = min(self.slots_per_replica, self._free[rid] + 1)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand queued requests to free slots: the replica with most free slots first; after the
+        next request in fair order, the next ones of the same shape (they batch together)."""
+        while self.queue and any(self._free.values()):
+            rid = max(self._free, key=self._free.__getitem__)
+            job = self._next(None)
+            if job is None:
+                return
+            self._grant(job, rid)
+            while self._free[rid] and (same := self._next(job.shape)) is not None:
+                self._grant(same, rid)
+
+    def _next(self, shape: Hashable | None) -> QueuedJob | None:
+        """The next request in fair order (of ``shape`` if given); expired ones are answered."""
+        now = time.time()
+        while True:
+            job = self.queue.pop(None if shape is None else (lambda j: j.shape == shape))
+            if job is None:
+                return None
+            if job.deadline > now:
+                return job
+            granted = self._waiting.get(job.job_id)
+            if granted is not None and not granted.done():
+                granted.set_exception(Expired())
+
+    def _grant(self, job: QueuedJob, rid: str) -> None:
+        granted = self._waiting.get(job.job_id)
+        if granted is None or granted.done():
+            return
+        self._free[rid] -= 1
+        self._held[job.job_id] = rid
+        granted.set_result(rid)
+
+    # ---- what the control loop and the metrics read ---------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    @property
+    def dispatched(self) -> int:
+        return len(self._held)
+
+    def running_replicas(self) -> Iterable[str]:
+        return self._free.keys()

@@ -1,0 +1,107 @@
+"""The dispatcher's queue: fair across tenants (weighted), earliest deadline first within one."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.fair_queue import FairQueue, QueuedJob
+
+
+def _job(tenant: str, k: int, deadline: float = 100.0) -> QueuedJob:
+    return QueuedJob(f"{tenant}{k}", tenant, deadline)
+
+
+def _drain(queue: FairQueue) -> list[str]:
+    out = []
+    while (job := queue.pop()) is not None:
+        out.append(job.job_id)
+    return out
+
+
+def test_a_flood_does_not_delay_another_tenant_behind_it() -> None:
+    queue = FairQueue()
+    for k in range(48):
+        queue.push(_job("a", k))
+    queue.push(_job("b", 0))
+    assert queue.position("b0") == 1  # after the flood's first request, not its 48th
+    assert _drain(queue)[:3] == ["a0", "b0", "a1"]
+
+
+def test_a_tight_deadline_overtakes_a_loose_one_of_the_same_tenant() -> None:
+    queue = FairQueue()
+    queue.push(_job("a", 0, deadline=600.0))
+    queue.push(_job("a", 1, deadline=5.0))
+    assert _drain(queue) == ["a1", "a0"]
+
+
+@pytest.mark.parametrize(("weights", "expected"), [
+    ({}, "abababab"),
+    ({"a": 2.0}, "ababaabb"),  # a twice as often while both wait (ties: the earlier arrival); then b
+    ({"b": 3.0}, "abbbabaa"),
+])
+def test_weights_share_dispatches(weights: dict[str, float], expected: str) -> None:
+    queue = FairQueue(weights)
+    for k in range(4):
+        queue.push(_job("a", k))
+        queue.push(_job("b", k))
+    assert "".join(j[0] for j in _drain(queue)) == expected
+
+
+def test_an_idle_tenant_banks_no_credit() -> None:
+    queue = FairQueue()
+    for k in range(50):
+        queue.push(_job("a", k))
+        assert queue.pop().job_id == f"a{k}"  # a alone for a long time
+    for k in range(50, 60):
+        queue.push(_job("a", k))
+    for k in range(5):
+        queue.push(_job("b", k))
+    assert "".join(j[0] for j in _drain(queue))[:10] == "bababababa"  # b joins at the current virtual time
+
+
+def test_removed_requests_never_come_out_and_accept_picks_a_shape() -> None:
+    queue = FairQueue()
+    queue.push(QueuedJob("x", "a", 10.0, shape=(512, 25)))
+    queue.push(QueuedJob("y", "b", 20.0, shape=(256, 25)))
+    queue.push(QueuedJob("z", "c", 30.0, shape=(512, 25)))
+    assert queue.remove("x") and not queue.remove("x")
+    assert "x" not in queue and len(queue) == 2
+    assert queue.pop(accept=lambda j: j.shape == (512, 25)).job_id == "z"
+    assert _drain(queue) == ["y"]
+    with pytest.raises(ValueError):
+        FairQueue({"a": 0.0})
+
+
+jobs = st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5)), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(jobs, st.dictionaries(st.sampled_from("abcd"), st.sampled_from([0.5, 1.0, 2.0, 4.0])),
+       st.lists(st.integers(0, 39), max_size=8), st.integers(0, 10))
+def test_position_is_where_it_comes_out_and_nothing_is_lost(items, weights, removals, served_first) -> None:
+    queue = FairQueue(weights)
+    for k, (tenant, deadline) in enumerate(items):
+        queue.push(QueuedJob(str(k), tenant, float(deadline)))
+        if k == len(items) // 2:  # some dispatched while others arrive
+            for _ in range(served_first):
+                queue.pop()
+    removed = {str(r) for r in removals if queue.remove(str(r))}
+    waiting = {job.job_id for job in queue}
+    positions = {job_id: queue.position(job_id) for job_id in waiting}
+    order = _drain(queue)
+    assert sorted(order) == sorted(waiting) and not removed & set(order)
+    assert {job_id: order.index(job_id) for job_id in order} == positions
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([0.5, 1.0, 2.0, 4.0]), st.sampled_from([0.5, 1.0, 2.0, 4.0]), st.integers(1, 60))
+def test_backlogged_tenants_share_in_proportion_to_weight(wa: float, wb: float, prefix: int) -> None:
+    queue = FairQueue({"a": wa, "b": wb})
+    for k in range(100):
+        queue.push(_job("a", k))
+        queue.push(_job("b", k))
+    served = [queue.pop().tenant for _ in range(prefix)]
+    # start-time fair queuing's bound on the difference in normalised service
+    assert abs(served.count("a") / wa - served.count("b") / wb) <= 1 / wa + 1 / wb + 1e-9
