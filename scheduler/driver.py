@@ -20,6 +20,10 @@ import math
 from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, AutoscalerState, Decision, decide
 from scheduler.collector import Collector
 
+# Poll times are sums of floats (a read's time plus whole poll periods) and a step's time lands on
+# them only up to rounding; a step within this of a read's time counts as at it.
+POLL_SLACK_S = 1e-6
+
 
 class ScalingDriver:
     def __init__(self, config: AutoscalerConfig, fleet_poll_s: float = 0.5) -> None:
@@ -48,15 +52,16 @@ class ScalingDriver:
         steps only where a decision may change, reads the fleet as it was then."""
         if self._seen_at == -math.inf:
             return now
-        polls = math.floor((now - self._seen_at) / self.fleet_poll_s + 1e-9)
+        polls = math.floor((now - self._seen_at + POLL_SLACK_S) / self.fleet_poll_s)
         return self._seen_at + polls * self.fleet_poll_s if polls >= 1 else None
 
     def next_poll_from(self, t: float) -> float:
-        """The first read of the fleet at or after ``t``: when a change at ``t`` becomes visible."""
+        """The first read of the fleet at or after ``t``: when a change at ``t`` becomes visible (the
+        earliest instant :meth:`last_poll_at` counts that read as due)."""
         if self._seen_at == -math.inf:
             return t
-        polls = math.ceil((t - self._seen_at) / self.fleet_poll_s - 1e-9)
-        return self._seen_at + max(1, polls) * self.fleet_poll_s
+        polls = math.ceil((t - self._seen_at - POLL_SLACK_S) / self.fleet_poll_s)
+        return self._seen_at + max(1, polls) * self.fleet_poll_s - POLL_SLACK_S
 
     def fleet_seen(self, now: float, running: int, starting: int, target: int | None = None) -> None:
         """What the fleet read at ``now`` showed; ``target``: the replica count Serve holds as the

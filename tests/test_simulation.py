@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scheduler.autoscaling import AutoscalerConfig
@@ -282,6 +282,9 @@ def _same_as_every_interval(requests: list[SimRequest], spec: FleetSpec, make_po
 @given(trace=sim_traces, batch=st.sampled_from([1, 4, "adaptive"]), cold=st.sampled_from([2.0, 10.0]),
        keep_alive=st.sampled_from(["fixed", "histogram"]), penalty=st.sampled_from([None, 30.0]),
        objective=st.sampled_from([None, 20.0]), window=st.sampled_from([3.0, 20.0]), floor=st.sampled_from([0, 1]))
+# replicas ready on a fleet read whose time is a float sum a hair past the 0.1 s grid point
+@example(trace=[(0.0, 1, 10, 30.0), (60.0, 1, 10, 5.0), (60.0, 1, 10, 5.0), (0.0, 1, 10, 5.0), (15.0, 1, 10, 5.0)],
+         batch=1, cold=10.0, keep_alive="fixed", penalty=None, objective=None, window=3.0, floor=0)
 def test_sdserve_decides_the_same_when_called_only_where_it_can_change(
         trace, batch, cold, keep_alive, penalty, objective, window, floor) -> None:
     size = 4 if batch == "adaptive" else batch
