@@ -9,6 +9,7 @@ from typing import Any
 from benchmarks import (
     cold_start,
     deadline_waste,
+    flood,
     heldout,
     memory_calibration,
     recommend,
@@ -16,6 +17,7 @@ from benchmarks import (
     simulate,
     soak,
     streaming,
+    tenants,
     validate,
 )
 from benchmarks.config_spec import parse_config_spec
@@ -30,6 +32,8 @@ MODULE_COMMANDS = (
     ("simulate", simulate, "replay a trace in the fleet simulator (SIMULATION)"),
     ("heldout", heldout, "each policy tuned on one part of a trace, scored on the other (SIMULATION)"),
     ("recommend", recommend, "cheapest config meeting an SLO target, by simulation"),
+    ("flood", flood, "one tenant's flood against another's request: sdserve's dispatcher vs Ray's router (live)"),
+    ("tenants", tenants, "the largest tenant's bursts against everyone else's latency (SIMULATION)"),
     ("validate", validate, "the simulator against a live replay of the same window"),
     ("cold-start", cold_start, "where a worker replica's cold start goes"),
     ("stream", streaming, "streaming: time to first event, preview cost against service time"),

@@ -65,7 +65,8 @@ def run_sdserve(args: Any, port: int) -> dict[str, Any]:
     from serve.deploy import deploy
     from serve.settings import load_config
 
-    config = load_config(args.sdserve_config, ["model.torch_threads=1"])
+    config = load_config(args.sdserve_config, ["model.torch_threads=1",
+                                               "queue.max_outstanding_per_client=null"])  # one address sends it all
     config["http_options"]["port"] = port
     deploy(config, timeout_s=300)
     handle = serve.get_deployment_handle(WORKER_DEPLOYMENT, app_name="sdserve")

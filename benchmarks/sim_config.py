@@ -67,7 +67,7 @@ class SimTarget:
         width, height = (int(x) for x in (size or self.settings.limits.default_size).split("x"))
         steps = self.settings.limits.default_steps
         timeout = timeout_s or self.settings.deadlines.default_timeout_s
-        return [SimRequest(a.at, a.n, a.steps or steps, width * height, timeout) for a in arrivals]
+        return [SimRequest(a.at, a.n, a.steps or steps, width * height, timeout, a.tenant) for a in arrivals]
 
 
 def _worker(app: dict[str, Any], path: str) -> dict[str, Any]:
@@ -119,6 +119,7 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         initial_replicas=initial,
         gpu_slots=ray_config.max_replicas,  # max_replicas = the GPUs you have, in every shipped config
         shed_hopeless=settings.deadlines.shed_hopeless,
+        dispatch=settings.queue.dispatch,
         seed=seed,
     )
     return SimTarget(name or Path(path).stem, str(path), spec, kind, ray_config, kwargs, settings)

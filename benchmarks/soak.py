@@ -194,7 +194,8 @@ def run_soak(url: str, app_name: str, duration_s: float, multiple: float, warmup
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/cpu.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=["queue.max_outstanding_per_client=null"],
+                        metavar="KEY=VALUE", help="args overrides (the per-client cap is off: one address sends it all)")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of soak after the warm-up")
     parser.add_argument("--multiple", type=float, default=3.0, help="load as a multiple of measured capacity")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of the same load before RSS is taken")

@@ -2,9 +2,10 @@
 
 Two formats, told apart by their header:
 - the production trace (``../shared/traces/alibaba-genai-2026-lora_request_trace.csv``): columns
-  ``gmt_create`` (``YYYY-MM-DD HH:MM:SS``), ``num_images_per_prompt``, ``num_inference_steps``;
-- a plain CSV: ``timestamp[,n,steps]`` with ``timestamp`` in seconds.
-Missing ``n`` means 1 image; missing ``steps`` means the server's default.
+  ``gmt_create`` (``YYYY-MM-DD HH:MM:SS``), ``num_images_per_prompt``, ``num_inference_steps``,
+  ``groupId`` (the tenant);
+- a plain CSV: ``timestamp[,n,steps[,tenant]]`` with ``timestamp`` in seconds.
+Missing ``n`` means 1 image; missing ``steps`` means the server's default; missing tenant, "".
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Arrival:
     at: float
     n: int = 1
     steps: int | None = None
+    tenant: str = ""  # who sent it (the production trace's groupId)
 
 
 def _number(text: str | None) -> float | None:
@@ -55,13 +57,14 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
     if time_scale <= 0:
         raise ValueError("time_scale must be > 0")
     start, end = parse_window(window)
-    rows: list[tuple[float, int, int | None]] = []
+    rows: list[tuple[float, int, int | None, str]] = []
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader)]
         production = "gmt_create" in header
         if production:
             cols = {name: header.index(name) for name in ("gmt_create", "num_images_per_prompt", "num_inference_steps")}
+            group = header.index("groupId") if "groupId" in header else None
         elif header[0] != "timestamp":
             raise ValueError(f"{path}: expected a 'gmt_create' or 'timestamp' column, got {header}")
         for row in reader:
@@ -70,17 +73,19 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
             if production:
                 t = _parse_time(row[cols["gmt_create"]])
                 n, steps = _number(row[cols["num_images_per_prompt"]]), _number(row[cols["num_inference_steps"]])
+                tenant = row[group].strip() if group is not None else ""
             else:
                 t = _parse_time(row[0])
                 n = _number(row[1]) if len(row) > 1 else None
                 steps = _number(row[2]) if len(row) > 2 else None
+                tenant = row[3].strip() if len(row) > 3 else ""
             if (start is None or t >= start) and (end is None or t < end):
-                rows.append((t, int(n) if n else 1, int(steps) if steps else None))
+                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant))
     rows.sort(key=lambda r: r[0])
     if not rows:
         return []
     origin = start if start is not None else rows[0][0]
-    return [Arrival((t - origin) / time_scale, n, steps) for t, n, steps in rows]
+    return [Arrival((t - origin) / time_scale, n, steps, tenant) for t, n, steps, tenant in rows]
 
 
 def busiest_window(path: str | Path, seconds: float = 3600) -> str:

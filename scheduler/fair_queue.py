@@ -50,6 +50,7 @@ class FairQueue:
         self.weights = dict(weights or {})
         self.default_weight = default_weight
         self._tenants: dict[str, _Tenant] = {}
+        self._active: dict[str, _Tenant] = {}  # tenants with requests waiting: the only ones ordered
         self._jobs: dict[str, tuple[QueuedJob, int]] = {}  # waiting (not removed): job and its seq
         self._seq = itertools.count()
         self._virtual = 0.0  # the start tag of the request dispatched last
@@ -61,7 +62,7 @@ class FairQueue:
         return job_id in self._jobs
 
     def tenants_waiting(self) -> dict[str, int]:
-        return {name: t.waiting for name, t in self._tenants.items() if t.waiting}
+        return {name: t.waiting for name, t in self._active.items()}
 
     def push(self, job: QueuedJob) -> None:
         if job.job_id in self._jobs:
@@ -71,6 +72,8 @@ class FairQueue:
             tenant = self._tenants[job.tenant] = _Tenant(self.weights.get(job.tenant, self.default_weight))
         if not tenant.waiting:  # (re)joins: from now, neither behind for its silence nor ahead
             tenant.start = max(self._virtual, tenant.finish)
+            tenant.weight = self.weights.get(job.tenant, self.default_weight)  # weights may be reconfigured
+            self._active[job.tenant] = tenant
         seq = next(self._seq)
         heapq.heappush(tenant.heap, (job.deadline, seq, job.job_id))
         tenant.waiting += 1
@@ -81,8 +84,16 @@ class FairQueue:
         entry = self._jobs.pop(job_id, None)
         if entry is None:
             return False
-        self._tenants[entry[0].tenant].waiting -= 1
+        self._left(entry[0].tenant)
         return True
+
+    def _left(self, name: str) -> None:
+        """One of the tenant's requests left the queue."""
+        tenant = self._tenants[name]
+        tenant.waiting -= 1
+        if not tenant.waiting:
+            tenant.heap.clear()  # only removed entries can be left
+            del self._active[name]
 
     def _head(self, tenant: _Tenant) -> str | None:
         while tenant.heap and tenant.heap[0][2] not in self._jobs:
@@ -93,8 +104,8 @@ class FairQueue:
         """Tenants with work, in the order their next requests go: (start tag, head's arrival
         seq, tenant) — equal tags go to the request that arrived first."""
         order = []
-        for name, tenant in self._tenants.items():
-            if tenant.waiting and self._head(tenant) is not None:
+        for name, tenant in self._active.items():
+            if self._head(tenant) is not None:
                 order.append((tenant.start, tenant.heap[0][1], name))
         order.sort()
         return order
@@ -112,10 +123,10 @@ class FairQueue:
             if accept is None or accept(job):
                 heapq.heappop(tenant.heap)
                 del self._jobs[job.job_id]
-                tenant.waiting -= 1
                 self._virtual = tenant.start
                 tenant.finish = tenant.start + 1.0 / tenant.weight
                 tenant.start = tenant.finish
+                self._left(name)
                 return job
         return None
 
@@ -124,7 +135,7 @@ class FairQueue:
         k-th request (earliest deadline first) goes with tag start + k / weight, all in order of
         (tag, arrival)."""
         job, seq = self._jobs[job_id]
-        ranks = {name: self._waiting_in_order(t) for name, t in self._tenants.items() if t.waiting}
+        ranks = {name: self._waiting_in_order(t) for name, t in self._active.items()}
         own = ranks[job.tenant]
         mine = (self._tenants[job.tenant].start + own.index(seq) / self._tenants[job.tenant].weight, seq)
         ahead = 0

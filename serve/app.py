@@ -1,7 +1,8 @@
 """The application builder: ``import_path: serve.app:build_app`` in every config file.
 
 It validates the ``args:`` section into :class:`AppSettings`, checks a GPU config can be placed at
-all, and composes the ingress with the worker deployment.
+all, and composes the ingress with the worker deployment (routed by the dispatcher's choice when
+``queue.dispatch`` is on).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from typing import Any
 
 import ray
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from serve.ingress import Ingress
+from serve.routing import DispatchedRouter
 from serve.settings import (
     OVERRIDES_ENV,
     AppSettings,
@@ -55,11 +58,14 @@ def build_app(args: dict[str, Any]) -> Application:
     settings = AppSettings.model_validate(args)
     check_gpus_exist(settings.resources)
     plain = settings.model_dump()
+    routing = {"request_router_config": RequestRouterConfig(request_router_class=DispatchedRouter)} \
+        if settings.queue.dispatch else {}
     worker = DiffusionWorker.options(
         ray_actor_options={
             "num_cpus": settings.resources.num_cpus,
             "num_gpus": settings.resources.num_gpus,
             "runtime_env": {"env_vars": WORKER_ENV},
-        }
+        },
+        **routing,
     ).bind(plain)
     return Ingress.bind(plain, worker)

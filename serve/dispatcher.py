@@ -29,7 +29,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from scheduler.fair_queue import FairQueue, QueuedJob
@@ -37,6 +37,8 @@ from scheduler.fair_queue import FairQueue, QueuedJob
 log = logging.getLogger("ray.serve")
 #: How often the replica list and the deployment's limits are read from Serve.
 POLL_S = 0.5
+#: The longest a slot waits for its replica's stream to end after the reply came.
+RELEASE_WAIT_S = 5.0
 
 
 class QueueFull(Exception):
@@ -78,6 +80,9 @@ class Dispatcher:
         self.slots_per_replica = 1
         self.max_queued = -1
         self._poller: asyncio.Task[None] | None = None
+        self._dispatch_due = False
+        self._lost: set[str] = set()  # replicas a call found dead, until Serve stops listing them
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def configure(self, weights: dict[str, float]) -> None:
         self.queue.weights = dict(weights)
@@ -87,7 +92,8 @@ class Dispatcher:
     def set_pool(self, pool: WorkerPool) -> None:
         """Reconcile with Serve: new replicas get their free slots, gone ones are dropped."""
         self.slots_per_replica, self.max_queued = pool.max_ongoing_requests, pool.max_queued_requests
-        running = set(pool.running)
+        self._lost &= set(pool.running)
+        running = set(pool.running) - self._lost
         for rid in list(self._free):
             if rid not in running:
                 del self._free[rid]
@@ -114,6 +120,7 @@ class Dispatcher:
         """Wait in fair order for a free slot; return the replica to send the job to. Raises
         :class:`QueueFull` at once when the queue is at its bound, :class:`Expired` if the deadline
         passes first (at dequeue); a cancelled wait leaves the queue at once."""
+        self.start()  # the ingress starts it on its loop; its first request may come first
         if 0 <= self.max_queued <= len(self.queue):
             raise QueueFull(len(self.queue))
         granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -132,16 +139,44 @@ class Dispatcher:
     def position(self, job_id: str) -> int | None:
         return self.queue.position(job_id) if job_id in self.queue else None
 
-    def release(self, job_id: str) -> None:
-        """The job's call ended (any outcome) or never started: its slot is free again."""
+    def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
+        """The job's call ended (any outcome) or never started: its slot is free again — at once,
+        or once ``after`` is done (the end of the replica's stream; at most ``RELEASE_WAIT_S``)."""
+        if after is not None:
+            task = asyncio.get_running_loop().create_task(self._release_after(job_id, after))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            return
         rid = self._held.pop(job_id, None)
         if rid is not None and rid in self._free:
             self._free[rid] = min(self.slots_per_replica, self._free[rid] + 1)
-            self._dispatch()
+            self._dispatch_soon()
+
+    async def _release_after(self, job_id: str, after: Awaitable[None]) -> None:
+        try:
+            await asyncio.wait_for(after, RELEASE_WAIT_S)
+        except Exception:  # noqa: BLE001 - a stream that fails or hangs still frees its slot
+            pass
+        finally:
+            self.release(job_id)
+
+    def lost(self, replica_id: str) -> None:
+        """A call found the replica dead: send nothing more there, even before Serve's replica
+        list (read every ``POLL_S``) drops it."""
+        self._lost.add(replica_id)
+        self._free.pop(replica_id, None)
+
+    def _dispatch_soon(self) -> None:
+        """Dispatch once the replies ready now are all in: a batch's replies free its slots
+        together, and the freed batch is then filled with requests that batch with each other."""
+        if not self._dispatch_due:
+            self._dispatch_due = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _dispatch(self) -> None:
         """Hand queued requests to free slots: the replica with most free slots first; after the
         next request in fair order, the next ones of the same shape (they batch together)."""
+        self._dispatch_due = False
         while self.queue and any(self._free.values()):
             rid = max(self._free, key=self._free.__getitem__)
             job = self._next(None)

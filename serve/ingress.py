@@ -38,6 +38,7 @@ from serve.admission import (
     refuse_disconnect_override,
     refuse_open_network,
 )
+from serve.dispatcher import Dispatcher, tenant_of
 from serve.fleet import ServeFleet
 from serve.learning import ReplyLearner
 from serve.lifecycle import RequestLifecycle
@@ -126,6 +127,8 @@ class Ingress:
         self.learner = ReplyLearner(self.recorder, initial.queue.drain_window_s)
         self.lifecycle = RequestLifecycle(worker.options(stream=True), self.learner, self.recorder)
         self.fleet = ServeFleet(app_name, WORKER_DEPLOYMENT)
+        if initial.queue.dispatch:
+            self.lifecycle.dispatcher = Dispatcher(self.fleet.pool)
         self.scaling: ScalingClient | None = None
         self.settings: AppSettings | None = None
         self._apply(initial, app_name)
@@ -150,21 +153,23 @@ class Ingress:
         loop = settings.autoscaling
         if loop.enabled and self.scaling is None:
             self.scaling = ScalingClient(app_name, loop)
-            self._start_scaling()
         elif loop.enabled:
             self.scaling.configure(loop)
         self.learner.scaling = self.lifecycle.scaling = self.scaling
+        self._start_background()
 
-    def _start_scaling(self) -> None:
-        """Start the scaling loop on this replica's event loop (at construction when one runs)."""
-        if self.scaling is not None:
-            try:
-                self.scaling.start()
-            except RuntimeError:  # no running loop yet: the first request or health check starts it
-                pass
+    def _start_background(self) -> None:
+        """Start the scaling loop and the dispatcher's replica reads on this replica's event loop
+        (at construction when one runs)."""
+        for part in (self.scaling, self.lifecycle.dispatcher):
+            if part is not None:
+                try:
+                    part.start()
+                except RuntimeError:  # no running loop yet: the first request or health check starts it
+                    pass
 
     async def check_health(self) -> None:
-        self._start_scaling()
+        self._start_background()
 
     def exposure(self) -> dict[str, Any]:
         """What this replica enforces (the launcher reports it; its own environment may differ)."""
@@ -234,16 +239,17 @@ class Ingress:
         started, request_id = time.monotonic(), _get_serve_request_context().request_id
         lifecycle, job, reply = self.lifecycle, None, None
         try:
-            client = self.auth.key_of(request) or client_address(request)
+            client = tenant_of(self.auth.key_of(request), client_address(request))
             refuse_disconnect_override(request)
             body = parse_body(await read_body(request, self.settings.limits))
             generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
             self.learner.check_memory(generation)
             job = lifecycle.job(generation, body.timeout_s, request.headers.get("x-request-timeout-seconds"),
-                                request_id)
+                                request_id, client)
             if body.stream:  # from here the stream answers and counts it (status 200, then events)
                 running = self.scaling.running if self.scaling is not None else 1
-                queued = StreamFormat.queued(self.learner.outstanding, self.learner.expected_wait_s(running))
+                queued = StreamFormat.queued(lifecycle.queue_position(job, client),
+                                             self.learner.expected_wait_s(running))
                 fmt = StreamFormat(generation, body.quality, body.background)
                 return StreamingResponse(stream_request(lifecycle, job, client, started, fmt, queued, CLIENT_GONE),
                                          media_type="text/event-stream",

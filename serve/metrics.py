@@ -11,6 +11,7 @@ Ray's own ``ray_serve_*`` metrics stay available on Ray's metrics export port.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any
 
 from prometheus_client import (
@@ -25,6 +26,8 @@ from scheduler.outcomes import Outcome, Phase
 from serve.protocol import WorkerReply
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+#: Tenants with a metric label of their own (the rest share 'other').
+MAX_TENANT_LABELS = 50
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 300, 600)
 
 REQUESTS = Counter(
@@ -39,6 +42,10 @@ QUEUE_WAIT = Histogram(
     "sdserve_queue_wait_seconds", "Accepted → pipeline start, of successful requests.",
     ["app"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
+TENANT_QUEUE_WAIT = Histogram(
+    "sdserve_tenant_queue_wait_seconds", "Accepted → pipeline start of successful requests, per tenant (the "
+    f"first {MAX_TENANT_LABELS} tenants seen and every weighted one by name, the rest as 'other').",
+    ["app", "tenant"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=REGISTRY)
 SERVICE_TIME = Histogram(
     "sdserve_service_time_seconds", "Pipeline start → end, of successful requests.",
     ["app"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
@@ -101,6 +108,18 @@ DECISION = Gauge("sdserve_autoscaler_decision_info", "1 for the kind of the last
                  ["deployment", "reason"], registry=REGISTRY)
 
 
+def tenant_label(tenant: str, named: set[str], weighted: Collection[str]) -> str:
+    """A tenant's metric label: its own name for the first :data:`MAX_TENANT_LABELS` tenants seen
+    and every tenant with a configured weight, else 'other' (a label per address would grow
+    without bound)."""
+    if tenant in named or tenant in weighted:
+        return tenant
+    if len(named) < MAX_TENANT_LABELS:
+        named.add(tenant)
+        return tenant
+    return "other"
+
+
 class MetricsRecorder:
     """Turns replies and decisions into metrics; remembers what it has already counted."""
 
@@ -108,6 +127,8 @@ class MetricsRecorder:
         self.app = app
         self._replica_ooms: dict[str, int] = {}
         self._calls: OrderedDict[str, None] = OrderedDict()  # recent call ids, counted once each
+        self._tenants: set[str] = set()  # tenants with a label of their own
+        self.weighted_tenants: Collection[str] = ()  # queue.tenant_weights' keys: always named
         BATCH_MISSES.labels(app)  # exported at 0 from the start
         for outcome in Outcome:  # every outcome exported from the start, at 0, so rates work
             REQUESTS.labels(app, outcome, Phase.NONE)
@@ -116,6 +137,10 @@ class MetricsRecorder:
         REQUESTS.labels(self.app, outcome, phase).inc()
         if latency_s is not None:
             LATENCY.labels(self.app, outcome).observe(latency_s)
+
+    def tenant_wait(self, tenant: str, queue_wait_s: float) -> None:
+        TENANT_QUEUE_WAIT.labels(self.app, tenant_label(tenant, self._tenants, self.weighted_tenants)).observe(
+            queue_wait_s)
 
     def reply(self, reply: WorkerReply) -> None:
         """What the worker measured: per request, per pipeline call, and per replica."""

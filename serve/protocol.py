@@ -28,6 +28,8 @@ class WorkerJob:
     accepted_at: float
     deadline: float | None = None
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique, unlike client ids
+    replica_id: str | None = None  # the worker replica the dispatcher chose (serve/routing.py)
+    tenant: str = ""  # who sent it (serve/dispatcher.py ``tenant_of``): fairness, logs, metrics
 
     def __getstate__(self) -> dict[str, Any]:
         now = time.time()

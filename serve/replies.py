@@ -38,6 +38,10 @@ class JobProgress:
         self.step = 0
         self.steps = 0
 
+    def reset(self) -> None:
+        """Retried on another replica: nothing heard of that one yet."""
+        self.started, self.step, self.steps = False, 0, 0
+
     def heard(self, event: WorkerEvent) -> None:
         self.started = True
         self.step, self.steps = max(self.step, event.step), event.steps
@@ -80,10 +84,10 @@ def timing_headers(reply: WorkerReply) -> dict[str, str]:
 
 
 def request_log_line(request_id: str, outcome: str, phase: str, status: int, code: str, latency_s: float,
-                     request: Any, reply: WorkerReply | None) -> dict[str, Any]:
+                     request: Any, reply: WorkerReply | None, tenant: str | None = None) -> dict[str, Any]:
     """The one structured log line of a request (``event: sdserve_request``)."""
     return {
-        "event": "sdserve_request", "request_id": request_id,
+        "event": "sdserve_request", "request_id": request_id, "tenant": tenant,
         "outcome": outcome, "phase": phase, "status": status, "code": code,
         "latency_s": round(latency_s, 4),
         "queue_wait_s": round(reply.queue_wait_s, 4) if reply else None,

@@ -111,8 +111,15 @@ class DeadlineSettings(_Section):
 
 
 class QueueSettings(_Section):
-    """How Retry-After is computed when the queue is full. The bound itself is Ray's
-    ``max_queued_requests`` on the DiffusionWorker deployment (set in every config)."""
+    """The queue requests wait in (serve/dispatcher.py), and how Retry-After is computed when it is
+    full. The bound itself is ``max_queued_requests`` on the DiffusionWorker deployment."""
+
+    dispatch: bool = Field(
+        True, description="requests wait in sdserve's fair, deadline-ordered queue and go to a replica "
+        "only when it has a free slot; false: straight into Ray's router queue (first in, first out)")
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict, description="share of dispatches per tenant (as request logs name it: "
+        "'key-<digest>' for an API key, else the client address); others weigh 1")
 
     drain_window_s: float = Field(30.0, gt=0, description="window for the completion rate")
     max_outstanding_per_client: int | None = Field(
@@ -240,7 +247,8 @@ class AppSettings(_Section):
 #: instead of restarting them (no cold start, no reloaded model). Everything else is ``args``, and a
 #: change there restarts every replica of the application.
 LIVE_KEYS = (
-    "deadlines", "queue", "limits", "auth", "testing",
+    "deadlines", "queue.drain_window_s", "queue.max_outstanding_per_client", "queue.tenant_weights",
+    "limits", "auth", "testing",
     "autoscaling.interval_s", "autoscaling.fleet_poll_s", "autoscaling.policy",
     "batching.batch_wait_timeout_s",
     "memory.budget_fraction", "memory.cpu_budget_mb", "memory.safety_factor", "memory.max_oom_strikes",

@@ -70,6 +70,7 @@ class DiffusionWorker:
         rules = ReplicaRules(self.settings.deadlines.shed_hopeless,
                              setup.memory_model(self.settings, self._probes, self.model.device),
                              setup.adaptive_config(self.settings))
+        self.jobs_received = 0  # streamed jobs that reached this replica (cancelled ones included)
         self.runner = JobRunner(self.model, self.replica_id, rules, self.settings.memory.max_oom_strikes,
                                 self.settings.memory.measure_every_n_calls)
         ready_at = time.time()
@@ -144,6 +145,7 @@ class DiffusionWorker:
         """Serve one job as a stream (``handle.options(stream=True)``): its progress events as the
         pipeline thread reports them, then its reply. Cancelling the stream cancels the job the same
         way as :meth:`generate`, and holds the slot until the pipeline thread has let go of it."""
+        self.jobs_received += 1
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[WorkerEvent | WorkerReply] = asyncio.Queue()
         last_progress = 0.0
@@ -214,6 +216,7 @@ class DiffusionWorker:
             "preview_seconds": list(self.runner.progress.preview_seconds),
             "process_cpu_s": setup.process_cpu_s(),
             "oom_count": self.runner.oom_count,
+            "jobs_received": self.jobs_received,
             "memory_model": dataclasses.asdict(memory) if memory else None,
             **self.model.counter.snapshot(),
         }

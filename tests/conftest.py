@@ -12,6 +12,7 @@ so each distinct one is deployed once per session.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class AppPool:
         """``configs/<name>.yaml`` with the CPU overrides and ``overrides``; ``fresh``: a new
         deployment even if the same one runs; ``wait``: until it serves (else at once)."""
         from serve.deploy import deploy
+        from serve.dispatcher import POLL_S
         from serve.settings import INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT, load_config
 
         args, user_config = split_overrides(list(overrides))
@@ -139,8 +141,11 @@ class AppPool:
         for deployment in app_config["deployments"]:
             if deployment["name"] in (WORKER_DEPLOYMENT, INGRESS_DEPLOYMENT):
                 deployment["user_config"] = user_config
+        limits_changed = self.live is not None and self.live[1] != live[1]
         self.key, self.live = None, None  # until it is known to run
         deploy(config, timeout_s=180, wait=wait)
+        if limits_changed:  # the dispatcher reads the worker's limits every POLL_S: let it see the new ones
+            time.sleep(2 * POLL_S)
         self.key, self.live = key, live
         if self.app is None or self.app.app_name != app_config["name"]:
             self.app = Deployed(f"http://127.0.0.1:{self.port}", app_config["name"])

@@ -21,7 +21,8 @@ LONG = {"prompt": "slow", "size": "128x128", "num_inference_steps": 100}  # ~6 s
 
 
 #: The CPU config with shedding off, so long requests always start.
-CPU_PLAIN = pytest.mark.app("cpu", "deadlines.shed_hopeless=false")
+#: One address sends every request here: the per-client cap of cpu.yaml is off.
+CPU_PLAIN = pytest.mark.app("cpu", "deadlines.shed_hopeless=false", "queue.max_outstanding_per_client=null")
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def _ingress_log_lines(request_ids: set[str]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.app("cpu", "testing.inject_oom_marker=POISON", "deadlines.shed_hopeless=false",
-                 "memory.measure_every_n_calls=1")
+                 "memory.measure_every_n_calls=1", "queue.max_outstanding_per_client=null")  # one address
 def test_counters_histograms_and_logs_account_for_every_request(app: Deployed) -> None:
     before, _ = _scrape(app.client)
     sent: list[tuple[str, int]] = []

@@ -14,6 +14,12 @@ task may miss a free replica its draw did not include, and a newer request may g
 one. A task that routed its request takes the next one with a fresh backoff, or retires when there
 are more tasks than wanted. ``router_initial_backoff_s = 0`` switches polling off: a freed slot is
 filled at once, oldest request first, least-loaded replica (a reference for tests).
+
+With ``FleetSpec.dispatch`` (sdserve's configs) the queue is sdserve's dispatcher instead
+(``serve/dispatcher.py``): a :class:`~scheduler.fair_queue.FairQueue` over the requests' tenants, and
+a freed slot filled at once — after everything else that happens at that instant (the other replies
+of a batch free their slots too), the replica with the most free slots takes the next request in
+fair order, then the next ones of the same shape (size and steps) while it has slots.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from scheduler.fair_queue import FairQueue, QueuedJob
 from scheduler.simulation.events import Event
 
 if TYPE_CHECKING:
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
     from scheduler.simulation.records import Replica
 
 QUEUED, ON_REPLICA = "queued", "replica"
+#: The ROUTE event's task number that stands for sdserve's dispatcher (Ray's tasks count from 1).
+DISPATCHER = 0
 #: Ray's ``max_num_routing_tasks_cap``.
 MAX_ROUTING_TASKS = 50
 
@@ -65,6 +74,8 @@ class Router:
         self.routing: dict[int, list[int]] = {}  # routing task → [its request, backoff attempt (-1: fresh)]
         self._task_ids = 0
         self.rng = random.Random(sim.spec.seed + 1)  # the routers' own draws
+        self.fair = FairQueue() if sim.spec.dispatch else None  # sdserve's dispatcher's queue
+        self._fill_due = False
 
     def full(self) -> bool:
         """No room in the queue: a new request gets 503."""
@@ -72,7 +83,11 @@ class Router:
         return 0 <= limit <= self.queued
 
     def enqueue(self, i: int) -> None:
-        self.queue.append(i)
+        if self.fair is not None:
+            r = self.sim.requests[i]
+            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps)))
+        else:
+            self.queue.append(i)
         self.queued += 1
         self.located[i] = QUEUED
         self.dispatch()
@@ -83,6 +98,8 @@ class Router:
         where = self.located.pop(i, None)
         if where == QUEUED:
             self.queued -= 1
+            if self.fair is not None:
+                self.fair.remove(str(i))
         elif where == ON_REPLICA:
             replica = self.sim.pool.all[self.sim.records[i].replica]
             replica.waiting.remove(i)
@@ -95,6 +112,11 @@ class Router:
 
     def dispatch(self) -> None:
         """Fill free slots from the queue: at once, or through Ray's routing tasks."""
+        if self.fair is not None:  # once, after everything else at this instant (replies of one batch)
+            if not self._fill_due:
+                self._fill_due = True
+                self.sim.events.push(self.sim.now, Event.ROUTE, DISPATCHER)
+            return
         if self.sim.spec.router_initial_backoff_s <= 0:
             while self._fill_at_once():
                 pass
@@ -119,6 +141,11 @@ class Router:
 
     def route(self, task: int) -> None:
         """One attempt of ``task`` for its request; then the next request, a retry, or retirement."""
+        if task == DISPATCHER:
+            self._fill_due = False
+            while self._fill_fair():
+                pass
+            return
         if task not in self.routing:
             return
         sim, spec = self.sim, self.sim.spec
@@ -162,4 +189,20 @@ class Router:
         if i is None:
             return False
         self._send(i, min(free, key=lambda r: (r.ongoing, r.id)))
+        return True
+
+    def _fill_fair(self) -> bool:
+        """The dispatcher: the next request in fair order to the replica with the most free slots,
+        then, while it has slots, the next ones of the same shape (they batch with it)."""
+        limit = self.sim.spec.max_ongoing_requests
+        free = self.sim.pool.free(limit)
+        if not free or self.fair is None:
+            return False
+        replica = min(free, key=lambda r: (r.ongoing, r.id))
+        job = self.fair.pop()
+        if job is None:
+            return False
+        self._send(int(job.job_id), replica)
+        while replica.ongoing < limit and (same := self.fair.pop(lambda j: j.shape == job.shape)) is not None:
+            self._send(int(same.job_id), replica)
         return True

@@ -28,6 +28,7 @@ class SimRequest:
     steps: int = 25
     pixels: int = REFERENCE_PIXELS  # per image (width × height)
     timeout_s: float = 120.0  # relative deadline, as the live ingress assigns it
+    tenant: str = ""  # who sent it (the trace's groupId): the dispatcher's fairness is across tenants
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class FleetSpec:
     #: call: it holds the replica's slot and the client's latency alike. Measured live when the
     #: simulator is validated (sdserve-bench validate), else 0.
     request_overhead_s: float = 0.0
+    #: sdserve's dispatcher (``queue.dispatch``): requests wait in its fair queue (across tenants,
+    #: earliest deadline first within one) and go to a replica the instant it has a free slot,
+    #: followed by the next ones of the same shape. False: Ray's router, as below.
+    dispatch: bool = False
     #: Ray's router (``RAY_SERVE_ROUTER_RETRY_*``): a queued request is routed by a task that polls
     #: for a free slot, backing off from this (0: a freed slot is filled at once, no polling) ...
     router_initial_backoff_s: float = 0.025

@@ -1,0 +1,183 @@
+"""The dispatcher's bookkeeping on one event loop (no Ray): slots, order, expiry, cancellation,
+bounds, lost replicas and batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from serve.dispatcher import Dispatcher, Expired, QueueFull, WorkerPool, tenant_of
+
+
+def _pool(*replicas: str, slots: int = 1, queued: int = -1) -> WorkerPool:
+    return WorkerPool(tuple(replicas), slots, queued)
+
+
+async def _settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def test_requests_wait_for_a_free_slot_and_take_it_in_fair_order() -> None:
+    async def scenario() -> list[str]:
+        d = Dispatcher()
+        d.set_pool(_pool("r1"))
+        far = time.time() + 600
+        first = await d.acquire("a0", "A", far)
+        waiting = [asyncio.ensure_future(d.acquire(job, tenant, far)) for job, tenant in
+                   (("a1", "A"), ("a2", "A"), ("a3", "A"), ("b1", "B"))]
+        await _settle()
+        assert first == "r1" and not any(w.done() for w in waiting)  # one slot, held by a0
+        order = []
+        held = "a0"
+        for _ in waiting:
+            d.release(held)
+            await _settle()
+            done = [job for job, w in zip(("a1", "a2", "a3", "b1"), waiting) if w.done() and job not in order]
+            assert len(done) == 1
+            order.append(done[0])
+            held = done[0]
+        return order
+
+    # B was not served yet, A just was: B's one request goes next, not behind the three of A
+    assert asyncio.run(scenario()) == ["b1", "a1", "a2", "a3"]
+
+
+def test_earliest_deadline_first_within_a_tenant() -> None:
+    async def scenario() -> str:
+        d = Dispatcher()
+        d.set_pool(_pool("r1"))
+        await d.acquire("busy", "A", time.time() + 600)
+        loose = asyncio.ensure_future(d.acquire("loose", "A", time.time() + 600))
+        tight = asyncio.ensure_future(d.acquire("tight", "A", time.time() + 5))
+        await _settle()
+        d.release("busy")
+        await _settle()
+        assert not loose.done()
+        return await tight
+
+    assert asyncio.run(scenario()) == "r1"
+
+
+def test_a_cancelled_wait_leaves_the_queue_and_an_expired_one_is_refused_at_dequeue() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        d.set_pool(_pool("r1"))
+        await d.acquire("busy", "A", time.time() + 600)
+        gone = asyncio.ensure_future(d.acquire("gone", "B", time.time() + 600))
+        late = asyncio.ensure_future(d.acquire("late", "C", time.time() + 0.05))
+        after = asyncio.ensure_future(d.acquire("after", "D", time.time() + 600))
+        await _settle()
+        gone.cancel()
+        await _settle()
+        assert d.queued == 2
+        await asyncio.sleep(0.1)  # late's deadline passes while it waits
+        d.release("busy")
+        with pytest.raises(Expired):
+            await late
+        assert await after == "r1"  # the slot went past the cancelled and the expired request
+        assert d.queued == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        d.set_pool(_pool("r1", queued=2))
+        await d.acquire("busy", "A", time.time() + 600)
+        waiting = [asyncio.ensure_future(d.acquire(f"w{i}", "A", time.time() + 600)) for i in range(2)]
+        await _settle()
+        with pytest.raises(QueueFull):
+            await d.acquire("one-too-many", "B", time.time() + 600)
+        for w in waiting:
+            w.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_lost_replica_gets_nothing_until_serve_drops_it_and_new_ones_get_their_slots() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        d.set_pool(_pool("r1", "r2"))
+        first = await d.acquire("j1", "A", time.time() + 600)
+        d.lost(first)
+        d.release("j1")
+        d.set_pool(_pool("r1", "r2"))  # Serve still lists the dead replica
+        other = "r2" if first == "r1" else "r1"
+        assert await d.acquire("j2", "A", time.time() + 600) == other
+        waiting = asyncio.ensure_future(d.acquire("j3", "A", time.time() + 600))
+        await _settle()
+        assert not waiting.done()
+        d.set_pool(_pool(other, "r3"))  # the dead one is gone, a new one runs
+        assert await waiting == "r3"
+
+    asyncio.run(scenario())
+
+
+def test_a_slot_is_free_only_when_the_replicas_stream_has_ended() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        d.set_pool(_pool("r1"))
+        await d.acquire("j1", "A", time.time() + 600)
+        stream_end = asyncio.Event()
+        d.release("j1", after=stream_end.wait())
+        waiting = asyncio.ensure_future(d.acquire("j2", "A", time.time() + 600))
+        await _settle()
+        assert not waiting.done()
+        stream_end.set()
+        assert await waiting == "r1"
+
+    asyncio.run(scenario())
+
+
+def test_a_freed_batch_is_filled_with_requests_that_batch_together() -> None:
+    async def scenario() -> set[str]:
+        d = Dispatcher()
+        d.set_pool(_pool("r1", slots=3))
+        far = time.time() + 600
+        for k in range(3):
+            await d.acquire(f"busy{k}", "Z", far)
+        jobs = (("a-small", "A", "64"), ("b-large", "B", "128"), ("c-small-1", "C", "64"), ("c-small-2", "C", "64"))
+        waiting = {job: asyncio.ensure_future(d.acquire(job, tenant, far, shape)) for job, tenant, shape in jobs}
+        await _settle()
+        for k in range(3):  # the batch's three replies come in together
+            d.release(f"busy{k}")
+        await _settle()
+        return {job for job, w in waiting.items() if w.done()}
+
+    assert asyncio.run(scenario()) == {"a-small", "c-small-1", "c-small-2"}
+
+
+def test_tenants_are_api_key_digests_else_addresses() -> None:
+    assert tenant_of("sk-secret", "10.0.0.1").startswith("key-")
+    assert "secret" not in tenant_of("sk-secret", "10.0.0.1")
+    assert tenant_of("sk-secret", "a") == tenant_of("sk-secret", "b")
+    assert tenant_of(None, "10.0.0.1") == "10.0.0.1"
+
+
+def test_the_request_router_sends_a_job_to_its_dispatched_replica() -> None:
+    from types import SimpleNamespace
+
+    from ray.serve._private.request_router.common import RequestRoutingContext
+
+    from serve.routing import FALLBACK_AFTER_S, DispatchedRouter
+
+    router = object.__new__(DispatchedRouter)  # choose_replicas reads only its arguments
+    replicas = [SimpleNamespace(replica_id=SimpleNamespace(unique_id=rid)) for rid in ("r1", "r2")]
+
+    def pending(target: str | None, age_s: float = 0.0) -> SimpleNamespace:
+        return SimpleNamespace(args=[SimpleNamespace(replica_id=target)], created_at=time.time() - age_s,
+                               routing_context=RequestRoutingContext())
+
+    def choose(request: SimpleNamespace) -> list[list[str]]:
+        chosen = asyncio.run(router.choose_replicas(replicas, request))
+        assert request.routing_context.should_backoff  # a failed attempt waits before the next
+        return [[r.replica_id.unique_id for r in group] for group in chosen]
+
+    assert choose(pending("r2")) == [["r2"]]
+    assert choose(pending(None)) == [["r1", "r2"]]  # not dispatched: any replica
+    assert choose(pending("r9")) == []  # not in the handle's list yet: wait for it
+    assert choose(pending("r9", age_s=FALLBACK_AFTER_S + 1)) == [["r1", "r2"]]  # gone: any replica
