@@ -15,6 +15,14 @@ def _pool(*replicas: str, slots: int = 1, queued: int = -1) -> WorkerPool:
     return WorkerPool(tuple(replicas), slots, queued)
 
 
+async def _busy() -> Dispatcher:
+    """A dispatcher over one single-slot replica that runs the job "busy"."""
+    d = Dispatcher()
+    d.set_pool(_pool("r1"))
+    await d.acquire("busy", "A", time.time() + 600)
+    return d
+
+
 async def _settle() -> None:
     for _ in range(3):
         await asyncio.sleep(0)
@@ -47,9 +55,7 @@ def test_requests_wait_for_a_free_slot_and_take_it_in_fair_order() -> None:
 
 def test_earliest_deadline_first_within_a_tenant() -> None:
     async def scenario() -> str:
-        d = Dispatcher()
-        d.set_pool(_pool("r1"))
-        await d.acquire("busy", "A", time.time() + 600)
+        d = await _busy()
         loose = asyncio.ensure_future(d.acquire("loose", "A", time.time() + 600))
         tight = asyncio.ensure_future(d.acquire("tight", "A", time.time() + 5))
         await _settle()
@@ -63,9 +69,7 @@ def test_earliest_deadline_first_within_a_tenant() -> None:
 
 def test_a_cancelled_wait_leaves_the_queue_and_an_expired_one_is_refused_at_dequeue() -> None:
     async def scenario() -> None:
-        d = Dispatcher()
-        d.set_pool(_pool("r1"))
-        await d.acquire("busy", "A", time.time() + 600)
+        d = await _busy()
         gone = asyncio.ensure_future(d.acquire("gone", "B", time.time() + 600))
         late = asyncio.ensure_future(d.acquire("late", "C", time.time() + 0.05))
         after = asyncio.ensure_future(d.acquire("after", "D", time.time() + 600))
