@@ -67,7 +67,8 @@ class SimTarget:
         width, height = (int(x) for x in (size or self.settings.limits.default_size).split("x"))
         steps = self.settings.limits.default_steps
         timeout = timeout_s or self.settings.deadlines.default_timeout_s
-        return [SimRequest(a.at, a.n, a.steps or steps, width * height, timeout, a.tenant) for a in arrivals]
+        return [SimRequest(a.at, a.n, a.steps or steps, width * height, timeout, a.tenant,
+                           a.model) for a in arrivals]
 
 
 def _worker(app: dict[str, Any], path: str) -> dict[str, Any]:

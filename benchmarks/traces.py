@@ -3,7 +3,7 @@
 Two formats, told apart by their header:
 - the production trace (``../shared/traces/alibaba-genai-2026-lora_request_trace.csv``): columns
   ``gmt_create`` (``YYYY-MM-DD HH:MM:SS``), ``num_images_per_prompt``, ``num_inference_steps``,
-  ``groupId`` (the tenant);
+  ``groupId`` (the tenant), ``checkpoint_model_version_id`` (the checkpoint);
 - a plain CSV: ``timestamp[,n,steps[,tenant]]`` with ``timestamp`` in seconds.
 Missing ``n`` means 1 image; missing ``steps`` means the server's default; missing tenant, "".
 """
@@ -25,6 +25,7 @@ class Arrival:
     n: int = 1
     steps: int | None = None
     tenant: str = ""  # who sent it (the production trace's groupId)
+    model: str = ""  # its checkpoint (the production trace's checkpoint_model_version_id)
 
 
 def _number(text: str | None) -> float | None:
@@ -57,7 +58,7 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
     if time_scale <= 0:
         raise ValueError("time_scale must be > 0")
     start, end = parse_window(window)
-    rows: list[tuple[float, int, int | None, str]] = []
+    rows: list[tuple[float, int, int | None, str, str]] = []
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader)]
@@ -65,6 +66,7 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
         if production:
             cols = {name: header.index(name) for name in ("gmt_create", "num_images_per_prompt", "num_inference_steps")}
             group = header.index("groupId") if "groupId" in header else None
+            checkpoint = header.index("checkpoint_model_version_id") if "checkpoint_model_version_id" in header else None
         elif header[0] != "timestamp":
             raise ValueError(f"{path}: expected a 'gmt_create' or 'timestamp' column, got {header}")
         for row in reader:
@@ -74,18 +76,20 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
                 t = _parse_time(row[cols["gmt_create"]])
                 n, steps = _number(row[cols["num_images_per_prompt"]]), _number(row[cols["num_inference_steps"]])
                 tenant = row[group].strip() if group is not None else ""
+                model = row[checkpoint].strip() if checkpoint is not None else ""
             else:
                 t = _parse_time(row[0])
                 n = _number(row[1]) if len(row) > 1 else None
                 steps = _number(row[2]) if len(row) > 2 else None
                 tenant = row[3].strip() if len(row) > 3 else ""
+                model = ""
             if (start is None or t >= start) and (end is None or t < end):
-                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant))
+                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant, model))
     rows.sort(key=lambda r: r[0])
     if not rows:
         return []
     origin = start if start is not None else rows[0][0]
-    return [Arrival((t - origin) / time_scale, n, steps, tenant) for t, n, steps, tenant in rows]
+    return [Arrival((t - origin) / time_scale, n, steps, tenant, model) for t, n, steps, tenant, model in rows]
 
 
 def busiest_window(path: str | Path, seconds: float = 3600) -> str:

@@ -42,9 +42,10 @@ def _production_csv(tmp_path: Path) -> Path:
 def test_production_trace_window_time_scale_and_missing_fields(tmp_path: Path) -> None:
     path = _production_csv(tmp_path)
     arrivals = read_trace(path, "2024-11-15 16:57:50..2024-11-15 17:00:00", time_scale=10)
-    assert arrivals == [Arrival(0.0, 1, 30, "G0"), Arrival(2.0, 4, None, "G1"), Arrival(12.0, 1, 40, "G1")]
+    assert arrivals == [Arrival(0.0, 1, 30, "G0", "M0"), Arrival(2.0, 4, None, "G1", "M1"),
+                        Arrival(12.0, 1, 40, "G1", "M1")]
     assert len(read_trace(path)) == 4
-    assert read_trace(path, "2024-11-15 17:00:00..")[0] == Arrival(3600.0, 8, 40, "G1")  # from the window start
+    assert read_trace(path, "2024-11-15 17:00:00..")[0] == Arrival(3600.0, 8, 40, "G1", "M1")  # from the window start
     assert busiest_window(path) == "2024-11-15 16:00:00..2024-11-15 17:00:00"
 
 

@@ -69,7 +69,8 @@ class CallRunner:
             sim.router.in_call(i)  # in a call (or refused): only its own finish answers it now
         groups: dict[tuple[int, int], list[int]] = {}
         for i in batch:
-            groups.setdefault((sim.requests[i].pixels, sim.requests[i].steps), []).append(i)
+            r = sim.requests[i]
+            groups.setdefault((r.pixels, r.steps, r.model), []).append(i)
         t, finishing = sim.now, []
         for members in groups.values():
             t = self._run_group(replica, members, t, finishing)
@@ -87,7 +88,8 @@ class CallRunner:
         views = [self.view(i) for i in window]
         ordered = [window[k] for k in earliest_deadline_first(views)]
         head = sim.requests[ordered[0]]
-        same = [i for i in ordered if (sim.requests[i].pixels, sim.requests[i].steps) == (head.pixels, head.steps)]
+        same = [i for i in ordered if (sim.requests[i].pixels, sim.requests[i].steps, sim.requests[i].model)
+                == (head.pixels, head.steps, head.model)]
         admitted, refused = [], []
         for i in same:
             verdict = replica.rules.admit(self.view(i), sim.now)
@@ -116,6 +118,10 @@ class CallRunner:
                 admitted.append(i)
         if not admitted:
             return t
+        tier = None
+        if spec.models_per_replica:  # its checkpoint first, if the replica does not hold it
+            tier, load_s = replica.models.load(first.model, spec)
+            t += load_s
         images = sum(sim.requests[i].n for i in admitted)
         pipeline_s = sim.service(images, pixels, steps)
         # the measured per-request overhead (routing, hand-offs, serialization) holds the slot too
@@ -123,7 +129,7 @@ class CallRunner:
         step_s = duration / steps if steps else duration
         last_deadline = max(sim.deadline[i] for i in admitted)
         stopped = last_deadline < t + duration
-        steps_done = min(steps, math.ceil((last_deadline - t) / step_s - 1e-9)) if stopped else steps
+        steps_done = max(0, min(steps, math.ceil((last_deadline - t) / step_s - 1e-9))) if stopped else steps
         end = t + (steps_done * step_s if stopped else duration)
         replica.calls += 1
         in_time = not stopped and all(sim.deadline[i] >= end for i in admitted)
@@ -133,7 +139,7 @@ class CallRunner:
         for i in admitted:
             record = sim.records[i]
             record.start_s, record.replica = t, replica.id
-            record.call_s, record.call_images = end - t, images
+            record.call_s, record.call_images, record.model_load = end - t, images, tier
             if sim.deadline[i] < end or stopped:
                 record.outcome = Outcome.DEADLINE
                 sim.events.push(min(sim.deadline[i], end), Event.FINISH, i, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scheduler.admission import ReplicaRules
+from scheduler.simulation.models import Residency
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Replica:
     cold_started: bool = False  # went through a cold start (initial warm replicas did not)
     rules: ReplicaRules = field(default_factory=ReplicaRules)  # the worker's admission and batch rules
     learning: list[CallLearning] = field(default_factory=list)  # the running call's, learnt when it ends
+    models: Residency = field(default_factory=Residency)  # checkpoints it holds (models simulated)
 
     @property
     def ongoing(self) -> int:
@@ -54,6 +56,7 @@ class RequestRecord:
     replica: int | None = None
     call_s: float | None = None  # how long the call it ran in held the replica (cut short or not)
     call_images: int | None = None  # images in that call
+    model_load: str | None = None  # where its checkpoint came from for its call: none, host, disk
 
     @property
     def latency_s(self) -> float:

@@ -68,6 +68,8 @@ class ReplicaPool:
         jitter = sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
         cold_s = max(0.0, spec.cold_start_s + jitter)
         replica = Replica(len(self.all), now, now + (cold_s if cold else 0.0), cold_s, rules=self._rules())
+        if spec.models_per_replica and spec.default_model:
+            replica.models.load(spec.default_model, spec)
         self.all.append(replica)
         if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
             replica.state = "pending"  # no GPU free until a stopping replica lets go of one

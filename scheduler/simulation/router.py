@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from scheduler.fair_queue import FairQueue, QueuedJob
 from scheduler.simulation.events import Event
+from scheduler.simulation.models import RayMultiplexing, dispatcher_choice
 
 if TYPE_CHECKING:
     from scheduler.simulation.fleet import Simulator
@@ -76,6 +77,8 @@ class Router:
         self.rng = random.Random(sim.spec.seed + 1)  # the routers' own draws
         self.fair = FairQueue() if sim.spec.dispatch else None  # sdserve's dispatcher's queue
         self._fill_due = False
+        # Ray's model multiplexing, when checkpoints are simulated and Ray's router routes
+        self.mux = RayMultiplexing(random.Random(sim.spec.seed + 2)) if sim.spec.models_per_replica else None
 
     def full(self) -> bool:
         """No room in the queue: a new request gets 503."""
@@ -85,7 +88,7 @@ class Router:
     def enqueue(self, i: int) -> None:
         if self.fair is not None:
             r = self.sim.requests[i]
-            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps)))
+            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps, r.model)))
         else:
             self.queue.append(i)
         self.queued += 1
@@ -96,6 +99,8 @@ class Router:
         """Request ``i``'s deadline passed: take it out of the queue or its replica's waiting list
         (Ray cancels it before it reached a call). False when it is already in a call or answered."""
         where = self.located.pop(i, None)
+        if self.mux is not None:
+            self.mux.routed(i)
         if where == QUEUED:
             self.queued -= 1
             if self.fair is not None:
@@ -157,9 +162,13 @@ class Router:
                 return
             self.routing[task] = [i, attempt]
         running = sim.pool.running()
+        if self.mux is not None and running:
+            running = self.mux.candidates(i, sim.requests[i].model, running, sim.now)
         drawn = [running[k] for k in two_choices(self.rng, len(running))] if running else []
         chosen = least_loaded([r.ongoing for r in drawn], spec.max_ongoing_requests)
         if chosen is not None:
+            if self.mux is not None:
+                self.mux.routed(i)
             self._send(i, drawn[chosen])
             sim.counts_changed()
             if len(self.routing) <= self._tasks_wanted() and (following := self._next_request()) is not None:
@@ -198,10 +207,13 @@ class Router:
         free = self.sim.pool.free(limit)
         if not free or self.fair is None:
             return False
-        replica = min(free, key=lambda r: (r.ongoing, r.id))
         job = self.fair.pop()
         if job is None:
             return False
+        if self.sim.spec.models_per_replica:
+            replica = dispatcher_choice(free, self.sim.requests[int(job.job_id)].model)
+        else:
+            replica = min(free, key=lambda r: (r.ongoing, r.id))
         self._send(int(job.job_id), replica)
         while replica.ongoing < limit and (same := self.fair.pop(lambda j: j.shape == job.shape)) is not None:
             self._send(int(same.job_id), replica)

@@ -29,6 +29,7 @@ class SimRequest:
     pixels: int = REFERENCE_PIXELS  # per image (width × height)
     timeout_s: float = 120.0  # relative deadline, as the live ingress assigns it
     tenant: str = ""  # who sent it (the trace's groupId): the dispatcher's fairness is across tenants
+    model: str = ""  # its checkpoint (the trace's checkpoint_model_version_id); used when models are simulated
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,13 @@ class FleetSpec:
     router_backoff_multiplier: float = 2.0
     router_max_backoff_s: float = 0.5  # ... to this cap
     router_tasks_per_replica: int = 2  # routing tasks per running replica (Ray: 2, at most 50)
+    #: Checkpoints (:mod:`scheduler.simulation.models`): how many one replica holds on its GPU
+    #: (0: requests' models are not simulated, every replica serves every request as it is) ...
+    models_per_replica: int = 0
+    host_models_per_replica: int = 0  # ... and in host memory, loaded from there in
+    model_load_host_s: float = 2.8  # (the trace's fast mode of checkpoint loads), else from disk in
+    model_load_disk_s: float = 35.0  # (its slow mode)
+    default_model: str = ""  # resident on a replica from its start (its cold start loaded it)
     control_interval_s: float = 0.1
     #: Call the policy at every ``control_interval_s`` grid point, as the live loop does, instead of
     #: only where its answer may change (the reference the faster schedule is tested against).

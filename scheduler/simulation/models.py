@@ -1,0 +1,117 @@
+"""Checkpoints on simulated replicas: which are resident, what a miss costs, and where Ray's model
+multiplexing and sdserve's dispatcher send a request for one (SIMULATION).
+
+The production trace names each request's checkpoint (87 of them) and the service measured its
+checkpoint loads: bimodal, ~2.8 s when the weights were still in the host's memory, ~35 s from disk
+(``alibaba-genai-2026-load-latency.csv``). A replica here holds ``models_per_replica`` checkpoints
+on its GPU and ``host_models_per_replica`` more in host memory, each an LRU (Ray's
+``@serve.multiplexed`` evicts least recently used too); a call for a checkpoint that is not
+resident first loads it, from host memory if it is there, else from disk. A replica starts with the
+default checkpoint resident (its cold start loaded it).
+
+Placement, when ``FleetSpec.models_per_replica`` is set:
+
+- **Ray's multiplexing** (``MultiplexMixin`` in Ray 2.60's ``request_router.py``): the first attempt
+  considers the replicas that hold the model (none: those with the fewest models, once per model
+  until a match shows up again); later attempts, for a random 1–2 s
+  (``RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S`` = 1, drawn anew from [T, 2T) at every
+  check), the replicas with the fewest models; then once more those, then any. Each attempt then
+  draws two of the candidates (power of two choices);
+- **sdserve's dispatcher**: among the replicas with a free slot, one that holds the model, else one
+  that has it in host memory, else the one with the fewest models.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scheduler.simulation.records import Replica
+    from scheduler.simulation.workload import FleetSpec
+
+NONE, HOST, DISK = "none", "host", "disk"
+
+
+@dataclass
+class Residency:
+    """One replica's checkpoints: on the GPU and in host memory, least recently used first."""
+
+    device: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    host: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def holds(self, model: str) -> bool:
+        return model in self.device
+
+    def load(self, model: str, spec: FleetSpec) -> tuple[str, float]:
+        """Make ``model`` resident for a call: where it came from and how long that took."""
+        if model in self.device:
+            self.device.move_to_end(model)
+            return NONE, 0.0
+        tier, seconds = (HOST, spec.model_load_host_s) if model in self.host else (DISK, spec.model_load_disk_s)
+        self.host.pop(model, None)
+        self.device[model] = None
+        while len(self.device) > spec.models_per_replica:
+            evicted, _ = self.device.popitem(last=False)
+            if spec.host_models_per_replica:
+                self.host[evicted] = None
+        while len(self.host) > spec.host_models_per_replica:
+            self.host.popitem(last=False)
+        return tier, seconds
+
+
+def fewest_models(replicas: list[Replica]) -> list[Replica]:
+    fewest = min(len(r.models.device) for r in replicas)
+    return [r for r in replicas if len(r.models.device) == fewest]
+
+
+@dataclass
+class MuxState:
+    """Ray's routing context of one request, as far as multiplexing goes."""
+
+    started_s: float | None = None
+    tried_first: bool = False
+    tried_fewest: bool = False
+
+
+class RayMultiplexing:
+    """The candidate replicas Ray's ``apply_multiplex_routing`` offers one routing attempt."""
+
+    def __init__(self, rng: random.Random, matching_timeout_s: float = 1.0) -> None:
+        self.rng, self.matching_timeout_s = rng, matching_timeout_s
+        self.fallback: set[str] = set()  # models with no match seen, fallen back once already
+        self.states: dict[int, MuxState] = {}
+
+    def candidates(self, i: int, model: str, running: list[Replica], now: float) -> list[Replica]:
+        state = self.states.setdefault(i, MuxState())
+        if state.started_s is None:
+            state.started_s = now
+        timeout = self.rng.uniform(self.matching_timeout_s, 2 * self.matching_timeout_s)
+        if now - state.started_s < timeout:
+            holding = [r for r in running if r.models.holds(model)]
+            if (not holding and model not in self.fallback) or state.tried_first:
+                holding = fewest_models(running)
+                self.fallback.add(model)
+            elif holding:
+                self.fallback.discard(model)
+            state.tried_first = True
+            return holding
+        if not state.tried_fewest:
+            state.tried_fewest = True
+            return fewest_models(running)
+        return running
+
+    def routed(self, i: int) -> None:
+        self.states.pop(i, None)
+
+
+def dispatcher_choice(free: list[Replica], model: str) -> Replica:
+    """sdserve's placement among replicas with a free slot: where the model is, else where it is
+    in host memory, else the replica with the fewest models; ties to the least loaded."""
+    def rank(r: Replica) -> tuple[int, int, int, int]:
+        tier = 0 if r.models.holds(model) else 1 if model in r.models.host else 2
+        return tier, r.ongoing, len(r.models.device), r.id
+
+    return min(free, key=rank)

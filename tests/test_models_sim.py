@@ -1,0 +1,39 @@
+"""Checkpoints in the simulator: residency tiers, and both placements keeping each checkpoint where
+it is while a replica holding it is free (SIMULATION)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.simulation.fleet import simulate
+from scheduler.simulation.models import DISK, HOST, NONE, Residency
+from scheduler.simulation.policies import FixedFleet
+from scheduler.simulation.workload import FleetSpec, SimRequest
+
+
+def test_a_replica_keeps_its_checkpoints_in_tiers_least_recently_used_out() -> None:
+    spec = FleetSpec(models_per_replica=1, host_models_per_replica=1, model_load_host_s=3, model_load_disk_s=30)
+    shelf = Residency()
+    loads = [shelf.load(model, spec) for model in ("A", "B", "A", "A", "C", "B")]
+    assert loads == [(DISK, 30), (DISK, 30), (HOST, 3), (NONE, 0), (DISK, 30), (DISK, 30)]
+    assert list(shelf.device) == ["B"] and list(shelf.host) == ["C"]
+
+
+@pytest.mark.parametrize("dispatch", [True, False])
+def test_two_checkpoints_alternating_over_two_replicas_load_once_each(dispatch: bool) -> None:
+    spec = FleetSpec(initial_replicas=2, gpu_slots=2, max_queued_requests=-1, dispatch=dispatch,
+                     shed_hopeless=False, models_per_replica=1, model_load_disk_s=10)
+    requests = [SimRequest(20.0 * k, timeout_s=600, model="AB"[k % 2]) for k in range(20)]
+    result = simulate(requests, spec, lambda images, pixels, steps: 1.0, FixedFleet(2))
+    loads = [r.model_load for r in result.records]
+    assert loads[:2] == [DISK, DISK] and set(loads[2:]) == {NONE}
+    by_model = {m: {r.replica for r, q in zip(result.records, requests) if q.model == m} for m in "AB"}
+    assert len(by_model["A"]) == len(by_model["B"]) == 1 and by_model["A"] != by_model["B"]
+
+
+def test_models_off_changes_nothing() -> None:
+    requests = [SimRequest(float(k), timeout_s=600, model="AB"[k % 2]) for k in range(10)]
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, shed_hopeless=False)
+    result = simulate(requests, spec, lambda images, pixels, steps: 0.5, FixedFleet(1))
+    assert {r.model_load for r in result.records} == {None}
+    assert [r.done_s for r in result.records] == [0.5 + k for k in range(10)]
