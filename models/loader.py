@@ -1,7 +1,8 @@
 """Resolve a model spec to a loaded diffusers pipeline on the right device and dtype.
 
 A spec is one of:
-- ``tiny``: the built-in offline model (see :mod:`models.tiny`), built on first use;
+- ``tiny``: the built-in offline model (see :mod:`models.tiny`), built on first use; ``tiny:N`` the
+  same with weights from seed N;
 - a path to a local diffusers directory (``model_index.json`` inside);
 - a Hugging Face id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``, resolved from the local
   cache only unless ``allow_download`` is set, so a server never reaches the network by surprise.
@@ -61,9 +62,20 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16") from None
 
 
+def tiny_seed(model: str) -> int | None:
+    """The seed of a ``tiny`` / ``tiny:N`` spec; None for any other model."""
+    if model == TINY_SPEC:
+        return 0
+    name, sep, seed = model.partition(":")
+    if name == TINY_SPEC and sep and seed.isdigit():
+        return int(seed)
+    return None
+
+
 def _weights_location(spec: ModelSpec) -> str:
-    if spec.model == TINY_SPEC:
-        return str(ensure_tiny_model(Path(spec.cache_dir) if spec.cache_dir else None))
+    seed = tiny_seed(spec.model)
+    if seed is not None:
+        return str(ensure_tiny_model(Path(spec.cache_dir) if spec.cache_dir else None, seed))
     path = Path(spec.model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -76,7 +88,7 @@ def check_available(spec: ModelSpec) -> None:
     """Fail at once, before torch and diffusers are even imported, for a Hugging Face id that is
     not in the local cache when downloads are off — a replica with a mistyped model id then fails
     in a second, not after its framework imports (Ray retries a failed replica start three times)."""
-    if spec.model == TINY_SPEC or spec.allow_download or Path(spec.model).expanduser().exists():
+    if tiny_seed(spec.model) is not None or spec.allow_download or Path(spec.model).expanduser().exists():
         return
     from huggingface_hub import try_to_load_from_cache
 
@@ -109,7 +121,7 @@ def load_pipeline(spec: ModelSpec):
         hint = (
             f" It is not in the local Hugging Face cache: download it first "
             f"(`hf download {spec.model}`) or set allow_download: true."
-            if not spec.allow_download and spec.model != TINY_SPEC
+            if not spec.allow_download and tiny_seed(spec.model) is None
             else ""
         )
         raise ModelLoadError(f"cannot load model {spec.model!r}: {str(exc).rstrip('.')}.{hint}") from exc

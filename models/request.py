@@ -25,11 +25,12 @@ class GenerationRequest:
     n: int = 1
     negative_prompt: str | None = None
     partial_images: int = 0  # previews to stream while it denoises (0-3; not part of the batch key)
+    model: str = ""  # the checkpoint of the server's catalog ("": its default)
 
     @property
-    def batch_key(self) -> tuple[int, int, int, float]:
-        """Requests share one pipeline call only if size, steps and guidance all match."""
-        return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
+    def batch_key(self) -> tuple[int, int, int, float, str]:
+        """Requests share one pipeline call only if checkpoint, size, steps and guidance all match."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.model)
 
     @property
     def pixels(self) -> int:

@@ -22,6 +22,8 @@ from pathlib import Path
 #: Bump when the architecture or seeds change, so old cached builds are not reused.
 TINY_MODEL_VERSION = "1"
 TINY_MODEL_NAME = "sdserve-tiny"
+#: The default seed; ``tiny:N`` is the same architecture with weights drawn from seed N (a catalog
+#: of visibly different checkpoints that costs nothing to build).
 _SEED = 0
 
 
@@ -59,7 +61,7 @@ def _write_tokenizer_files(directory: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def build_tiny_pipeline(work_dir: Path):
+def build_tiny_pipeline(work_dir: Path, seed: int = _SEED):
     """Construct the tiny pipeline in memory (seeded), using ``work_dir`` for tokenizer files."""
     import torch
     from diffusers import (
@@ -73,7 +75,7 @@ def build_tiny_pipeline(work_dir: Path):
     vocab_file, merges_file = _write_tokenizer_files(work_dir)
     tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
-    torch.manual_seed(_SEED)
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(4, 8),
         layers_per_block=1,
@@ -85,7 +87,7 @@ def build_tiny_pipeline(work_dir: Path):
         cross_attention_dim=32,
         norm_num_groups=2,
     )
-    torch.manual_seed(_SEED)
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
         block_out_channels=[4, 8],
         in_channels=3,
@@ -95,7 +97,7 @@ def build_tiny_pipeline(work_dir: Path):
         latent_channels=4,
         norm_num_groups=2,
     )
-    torch.manual_seed(_SEED)
+    torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=len(tokenizer) - 2,
@@ -130,19 +132,20 @@ def build_tiny_pipeline(work_dir: Path):
     )
 
 
-def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
+def ensure_tiny_model(cache_dir: Path | None = None, seed: int = _SEED) -> Path:
     """Return the directory of the saved tiny model, building it first if it is not cached.
 
     The build goes to a temporary sibling directory and is renamed into place, so replicas that
     start at the same moment never see a half-written model; a loser of the race discards its copy.
     """
-    target = (cache_dir or default_cache_dir()) / f"{TINY_MODEL_NAME}-v{TINY_MODEL_VERSION}"
+    suffix = "" if seed == _SEED else f"-seed{seed}"
+    target = (cache_dir or default_cache_dir()) / f"{TINY_MODEL_NAME}-v{TINY_MODEL_VERSION}{suffix}"
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        pipeline = build_tiny_pipeline(staging)
+        pipeline = build_tiny_pipeline(staging, seed)
         pipeline.save_pretrained(staging / "model")
         try:
             os.rename(staging / "model", target)

@@ -215,7 +215,8 @@ class Ingress:
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self.auth.key_of(request)
-        return {"object": "list", "data": [{"id": self.settings.model.name, "object": "model", "owned_by": "sdserve"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "sdserve", "kind": "checkpoint"}
+                                           for name in self.settings.model.served]}
 
     @api.get("/v1/scheduler")
     async def scheduler(self, request: Request) -> dict[str, Any]:
@@ -242,7 +243,7 @@ class Ingress:
             client = tenant_of(self.auth.key_of(request), client_address(request))
             refuse_disconnect_override(request)
             body = parse_body(await read_body(request, self.settings.limits))
-            generation = to_generation_request(body, self.settings.limits, self.settings.model.name)
+            generation = to_generation_request(body, self.settings.limits, list(self.settings.model.served))
             self.learner.check_memory(generation)
             job = lifecycle.job(generation, body.timeout_s, request.headers.get("x-request-timeout-seconds"),
                                 request_id, client)
@@ -271,4 +272,4 @@ class Ingress:
             raise ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error",
                            type="server_error") from None
         lifecycle.finish(Outcome.OK, started, request_id, status=200, phase=reply.phase, job=job, reply=reply)
-        return _images(reply, self.settings.model.name)
+        return _images(reply, generation.model or self.settings.model.name)

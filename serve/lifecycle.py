@@ -45,10 +45,10 @@ log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 OnEvent = Callable[[WorkerEvent], None]
 
 
-def _shape(job: WorkerJob) -> tuple[int, int, int, float]:
-    """What a job can share a pipeline call with: jobs of one size, steps and guidance."""
+def _shape(job: WorkerJob) -> tuple[int, int, int, float, str]:
+    """What a job can share a pipeline call with: jobs of one checkpoint, size, steps and guidance."""
     r = job.request
-    return r.width, r.height, r.num_inference_steps, r.guidance_scale
+    return r.batch_key
 
 
 async def _stream_end(response: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,9 +109,11 @@ def parse_size(size: str, limits: LimitSettings) -> tuple[int, int]:
 
 
 def to_generation_request(
-    body: ImageGenerationBody, limits: LimitSettings, served_model: str
+    body: ImageGenerationBody, limits: LimitSettings, served_models: str | Sequence[str]
 ) -> GenerationRequest:
-    """Check a body against the deployed limits and turn it into the pipeline's request."""
+    """Check a body against the deployed limits and turn it into the pipeline's request;
+    ``served_models``: the checkpoints served, the default first."""
+    served = [served_models] if isinstance(served_models, str) else list(served_models)
     if not body.prompt.strip():
         raise invalid("prompt", "prompt must not be empty")
     if len(body.prompt) > limits.max_prompt_chars:
@@ -119,10 +122,10 @@ def to_generation_request(
         raise invalid("negative_prompt", f"longer than {limits.max_prompt_chars} characters")
     if not 1 <= body.n <= limits.max_n:
         raise invalid("n", f"n must be between 1 and {limits.max_n}, got {body.n}")
-    if body.model is not None and body.model != served_model:
+    if body.model is not None and body.model not in served:
         raise ApiError(
-            422, f"unknown model {body.model!r}: this server serves {served_model!r}",
-            code="model_not_found", param="model",
+            404, f"The model {body.model!r} does not exist: this server serves {', '.join(map(repr, served))} "
+            "(GET /v1/models)", code="model_not_found", param="model", type="invalid_request_error",
         )
     if body.response_format is not None and body.response_format not in SUPPORTED_RESPONSE_FORMATS:
         raise invalid(
@@ -167,4 +170,5 @@ def to_generation_request(
         seed=seed,
         n=body.n,
         partial_images=partial,
+        model="" if body.model in (None, served[0]) else body.model,
     )

@@ -36,14 +36,25 @@ class ModelSettings(_Section):
     compile_unet: bool = Field(False, description="torch.compile the UNet (slow first request)")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per replica (None: torch's)")
     cache_dir: str | None = Field(None, description="where 'tiny' is built; default ~/.cache/sdserve")
+    catalog: dict[str, str] = Field(
+        default_factory=dict, description="more checkpoints, served name → source ('tiny:N', a local diffusers "
+        "directory, or a Hugging Face id); each worker replica loads them all at start; requests pick one with "
+        "'model' (default: this model)")
 
     @property
     def name(self) -> str:
         """The served model name; a simulated backend is always labelled ``simulated:``."""
-        base = self.served_name or self.id
+        return self._label(self.served_name or self.id)
+
+    def _label(self, base: str) -> str:
         if self.backend == "simulated" and not base.startswith("simulated:"):
             return f"simulated:{base}"
         return base
+
+    @property
+    def served(self) -> dict[str, str]:
+        """Every checkpoint served, name → source: the default first, then the catalog."""
+        return {self.name: self.id, **{self._label(name): source for name, source in self.catalog.items()}}
 
 
 class SimulationSettings(_Section):

@@ -26,7 +26,6 @@ from typing import Any
 
 from ray import serve
 
-from models.backends import load_backend
 from models.loader import check_available
 from models.oom import InjectedOOM
 from models.simulated import SimulatedGenerator
@@ -55,15 +54,15 @@ class DiffusionWorker:
         self.args = settings
         self.settings = AppSettings.model_validate(settings)
         if self.settings.model.backend == "diffusers":
-            check_available(setup.model_spec(self.settings))  # a mistyped id fails before the imports
+            for source in self.settings.model.served.values():  # a mistyped id fails before the imports
+                check_available(setup.model_spec(self.settings, source))
         setup.framework_imports(self.settings.model.backend)
         if self.settings.model.torch_threads:
             import torch
 
             torch.set_num_threads(self.settings.model.torch_threads)
         imported_at = time.time()
-        self.model = load_backend(self.settings.model.backend, setup.model_spec(self.settings),
-                                  self.settings.model.name, setup.simulation_profile(self.settings))
+        self.model = setup.load_models(self.settings)
         loaded_at = time.time()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._probes = setup.memory_probes(self.settings, self.model)

@@ -7,6 +7,9 @@ import logging
 import time
 from typing import Any
 
+from models.backends import load_backend
+from models.catalog import CatalogGenerator
+from models.generator import GroupedGenerator
 from models.loader import ModelSpec
 from models.memory import cached_probes, device_budget_bytes, measure_probes
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
@@ -18,10 +21,25 @@ from serve.settings import AppSettings
 log = logging.getLogger("ray.serve")
 
 
-def model_spec(settings: AppSettings) -> ModelSpec:
+def model_spec(settings: AppSettings, source: str | None = None) -> ModelSpec:
+    """How to load the default checkpoint, or ``source`` (one of the catalog's) the same way."""
     model = settings.model
-    return ModelSpec(model=model.id, device=model.device, dtype=model.dtype, allow_download=model.allow_download,
-                     compile_unet=model.compile_unet, cache_dir=model.cache_dir)
+    return ModelSpec(model=source or model.id, device=model.device, dtype=model.dtype,
+                     allow_download=model.allow_download, compile_unet=model.compile_unet, cache_dir=model.cache_dir)
+
+
+def load_models(settings: AppSettings) -> GroupedGenerator:
+    """The replica's backend: its one checkpoint, or the whole catalog (real pipelines; a simulated
+    backend serves every name alike)."""
+    model = settings.model
+    default = load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings))
+    if not model.catalog or model.backend != "diffusers":
+        return default
+    generators = {model.name: default}
+    for name, source in model.served.items():
+        if name not in generators:
+            generators[name] = load_backend(model.backend, model_spec(settings, source), name)
+    return CatalogGenerator(generators, model.name)
 
 
 def simulation_profile(settings: AppSettings) -> SimulationProfile:

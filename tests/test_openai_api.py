@@ -32,7 +32,7 @@ BAD_BODIES = [
     ({"prompt": "a", "num_inference_steps": 101}, 422, "num_inference_steps"),
     ({"prompt": "a", "guidance_scale": -1}, 422, "guidance_scale"),
     ({"prompt": "a", "guidance_scale": 31}, 422, "guidance_scale"),
-    ({"prompt": "a", "model": "dall-e-3"}, 422, "model"),
+    ({"prompt": "a", "model": "dall-e-3"}, 404, "model"),
     ({"prompt": "a", "response_format": "url"}, 422, "response_format"),
     ({"prompt": "a", "seed": -1}, 422, "seed"),
     ({"prompt": "a", "quality": "hd"}, 422, "quality"),

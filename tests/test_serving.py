@@ -77,7 +77,7 @@ class TestSingleConfig:
             ({"prompt": "a", "size": "2048x2048"}, 422, "size"),
             ({"prompt": "a", "num_inference_steps": 1000}, 422, "num_inference_steps"),
             ({"prompt": "a", "guidance_scale": 100}, 422, "guidance_scale"),
-            ({"prompt": "a", "model": "dall-e-3"}, 422, "model"),
+            ({"prompt": "a", "model": "dall-e-3"}, 404, "model"),
             ({"prompt": "a", "response_format": "url"}, 422, "response_format"),
         ],
     )
