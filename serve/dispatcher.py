@@ -12,7 +12,8 @@ next poll. Here (Knative's activator, in spirit):
   request is sent there and given back when its reply (or failure) comes. The replica list and the
   deployment's limits are read from Serve every ``POLL_S`` (replicas gone are dropped, new ones get
   their slots);
-- **placement**: the chosen replica's id travels in the job; :class:`serve.routing.DispatchedRouter`,
+- **placement**: a replica that holds the request's checkpoint (as its last reply said), else
+  any; the chosen replica's id travels in the job; :class:`serve.routing.DispatchedRouter`,
   the worker deployment's request router, sends the job there (Ray 2.60's pluggable request router:
   the one supported hook that sees each request and the replicas it may go to). A replica with free
   slots gets, after the next request in order, the next ones that batch with it (same size and steps);
@@ -82,6 +83,8 @@ class Dispatcher:
         self._poller: asyncio.Task[None] | None = None
         self._dispatch_due = False
         self._lost: set[str] = set()  # replicas a call found dead, until Serve stops listing them
+        self._models: dict[str, str] = {}  # queued job → its checkpoint ("": the default)
+        self._holding: dict[str, frozenset[str]] = {}  # replica → checkpoints it said it holds
         self._releasing: set[asyncio.Task[None]] = set()
 
     def configure(self, weights: dict[str, float]) -> None:
@@ -116,7 +119,7 @@ class Dispatcher:
 
     # ---- requests ------------------------------------------------------------------------------
 
-    async def acquire(self, job_id: str, tenant: str, deadline: float, shape: Hashable = ()) -> str:
+    async def acquire(self, job_id: str, tenant: str, deadline: float, shape: Hashable = (), model: str = "") -> str:
         """Wait in fair order for a free slot; return the replica to send the job to. Raises
         :class:`QueueFull` at once when the queue is at its bound, :class:`Expired` if the deadline
         passes first (at dequeue); a cancelled wait leaves the queue at once."""
@@ -125,6 +128,7 @@ class Dispatcher:
             raise QueueFull(len(self.queue))
         granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = granted
+        self._models[job_id] = model
         self.queue.push(QueuedJob(job_id, tenant, deadline, shape))
         self._dispatch()
         try:
@@ -135,6 +139,7 @@ class Dispatcher:
             raise
         finally:
             self._waiting.pop(job_id, None)
+            self._models.pop(job_id, None)
 
     def position(self, job_id: str) -> int | None:
         return self.queue.position(job_id) if job_id in self.queue else None
@@ -178,13 +183,27 @@ class Dispatcher:
         next request in fair order, the next ones of the same shape (they batch together)."""
         self._dispatch_due = False
         while self.queue and any(self._free.values()):
-            rid = max(self._free, key=self._free.__getitem__)
             job = self._next(None)
             if job is None:
                 return
+            rid = self._place(self._models.get(job.job_id, ""))
             self._grant(job, rid)
             while self._free[rid] and (same := self._next(job.shape)) is not None:
                 self._grant(same, rid)
+
+    def _place(self, model: str) -> str:
+        """A replica with a free slot: one that holds the request's checkpoint if any (a load costs
+        like a cold start), else any; the most free slots first."""
+        free = [rid for rid, slots in self._free.items() if slots]
+        holders = [rid for rid in free if model in self._holding.get(rid, frozenset({model}))]
+        return max(holders or free, key=self._free.__getitem__)
+
+    def holds(self, replica_id: str, models: Iterable[str] | None) -> None:
+        """What a replica's reply said it holds loaded (None: every checkpoint it serves)."""
+        if models is None:
+            self._holding.pop(replica_id, None)
+        else:
+            self._holding[replica_id] = frozenset(models)
 
     def _next(self, shape: Hashable | None) -> QueuedJob | None:
         """The next request in fair order (of ``shape`` if given); expired ones are answered."""

@@ -137,7 +137,9 @@ class JobRunner:
         r = jobs[0].request
         budgets = [j.deadline - j.accepted_at for j in jobs if j.deadline is not None]
         memory = self.rules.memory
+        loaded = getattr(self.calls.backend, "loaded", None)  # a catalog's resident checkpoints
         replica = dataclasses.replace(
             self.replica, oom_total=self.oom.count, memory=dataclasses.asdict(memory) if memory else None,
-            capacity=self.rules.effective_capacity(r.width * r.height, r.num_inference_steps, budgets))
+            capacity=self.rules.effective_capacity(r.width * r.height, r.num_inference_steps, budgets),
+            models=tuple(loaded) if loaded is not None else None)
         return dataclasses.replace(reply, replica=replica)

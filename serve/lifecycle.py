@@ -124,7 +124,8 @@ class RequestLifecycle:
         for attempt in (1, 2):
             if self.dispatcher is not None:
                 try:
-                    replica = await self.dispatcher.acquire(job.job_id, client, job.deadline, _shape(job))
+                    replica = await self.dispatcher.acquire(job.job_id, client, job.deadline, _shape(job),
+                                                            job.request.model)
                 except Expired:
                     return progress.late_reply(time.time() - job.accepted_at)
                 job = dataclasses.replace(job, replica_id=replica)
@@ -133,6 +134,8 @@ class RequestLifecycle:
             try:
                 reply = await follow(response, progress, on_event)
                 answered = True
+                if self.dispatcher is not None and reply.replica is not None:
+                    self.dispatcher.holds(reply.replica.replica_id, reply.replica.models)
                 self.learner.learn(job, reply)
                 return reply
             except RayActorError as lost:

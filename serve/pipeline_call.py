@@ -77,10 +77,12 @@ class PipelineCalls:
             return self._failed(group, cancelled, started, *failure)
         self.oom.succeeded()
         ended = self._ended(group)
+        load_s = results[0].model_load_s
         call = CallFacts(uuid.uuid4().hex, results[0].batch_images, len(group), predicted_s, estimate,
-                         peak.peak_bytes if estimate is not None else None)
+                         peak.peak_bytes if estimate is not None else None, results[0].model_load, load_s)
         replies = [self._finished(job, result, started, ended, call) for job, result in zip(group, results)]
-        self.rules.after_call(pixels, results[0].steps_done, ended - started,
+        # the speed model learns the pipeline's time: a checkpoint load is not the replica's speed
+        self.rules.after_call(pixels, results[0].steps_done, ended - started - load_s,
                               all(reply.outcome == Outcome.OK for reply in replies))
         return replies
 

@@ -80,6 +80,8 @@ class CallFacts:
     predicted_s: float | None = None  # the adaptive batch-size rule's prediction for it
     memory_estimate_bytes: float | None = None  # measured calls only (every n-th)
     memory_peak_bytes: float | None = None
+    model_load: str = "none"  # where the call's checkpoint came from: none (resident) or disk
+    model_load_s: float = 0.0  # seconds that load took, inside the call
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class ReplicaFacts:
     oom_total: int = 0  # out-of-memory errors so far
     memory: dict[str, float] | None = None  # its memory model, for admission at the ingress
     capacity: int | None = None  # requests per call it would take now (adaptive setting)
+    models: tuple[str, ...] | None = None  # checkpoints it holds loaded now (a catalog); None: all it serves
 
 
 @dataclass

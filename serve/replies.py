@@ -80,6 +80,8 @@ def timing_headers(reply: WorkerReply) -> dict[str, str]:
         "X-Batch-Images": str(reply.batch_images),
         "X-Steps-Done": str(reply.steps_done),
         "X-Replica-Id": reply.replica_id,
+        "X-Model-Load": reply.call.model_load if reply.call is not None else "none",
+        "X-Model-Load-Seconds": f"{reply.call.model_load_s if reply.call is not None else 0.0:.4f}",
     }
 
 

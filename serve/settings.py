@@ -38,8 +38,11 @@ class ModelSettings(_Section):
     cache_dir: str | None = Field(None, description="where 'tiny' is built; default ~/.cache/sdserve")
     catalog: dict[str, str] = Field(
         default_factory=dict, description="more checkpoints, served name → source ('tiny:N', a local diffusers "
-        "directory, or a Hugging Face id); each worker replica loads them all at start; requests pick one with "
+        "directory, or a Hugging Face id); requests pick one with "
         "'model' (default: this model)")
+    resident_models: int = Field(
+        0, ge=0, description="checkpoints a worker replica keeps loaded at once; 0: the whole catalog, loaded at "
+        "start; fewer: loaded on first use, the least recently used unloaded")
 
     @property
     def name(self) -> str:

@@ -3,6 +3,7 @@ profile, the memory model it fits, and where its cold start went. No Ray here.""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -32,14 +33,11 @@ def load_models(settings: AppSettings) -> GroupedGenerator:
     """The replica's backend: its one checkpoint, or the whole catalog (real pipelines; a simulated
     backend serves every name alike)."""
     model = settings.model
-    default = load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings))
     if not model.catalog or model.backend != "diffusers":
-        return default
-    generators = {model.name: default}
-    for name, source in model.served.items():
-        if name not in generators:
-            generators[name] = load_backend(model.backend, model_spec(settings, source), name)
-    return CatalogGenerator(generators, model.name)
+        return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings))
+    loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name)
+               for name, source in model.served.items()}
+    return CatalogGenerator(loaders, model.name, model.resident_models)
 
 
 def simulation_profile(settings: AppSettings) -> SimulationProfile:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import pytest
 
-from models.catalog import CatalogGenerator, UnknownModel
-from models.request import GenerationRequest
+from models.catalog import DISK, RESIDENT, CatalogGenerator, UnknownModel
+from models.request import GenerationRequest, GenerationResult
 from tests.conftest import Deployed
 
 CHECKPOINTS = ["tiny", "tiny-1", "tiny-2", "tiny-3"]
@@ -40,24 +41,64 @@ def test_the_catalog_is_listed_and_each_checkpoint_draws_its_own_image(app: Depl
     assert (error["code"], error["param"]) == ("model_not_found", "model") and "tiny-3" in error["message"]
 
 
+@pytest.mark.ray
+@pytest.mark.app("cpu", "model.resident_models=2")
+def test_beyond_the_resident_budget_a_checkpoint_loads_on_use_and_says_so(app: Deployed) -> None:
+    def post(model: str) -> httpx.Response:
+        response = app.client.post("/v1/images/generations", json={
+            "prompt": "a lighthouse", "model": model, "size": "64x64", "seed": 3, "num_inference_steps": 2})
+        assert response.status_code == 200, response.text
+        return response
+
+    first = post("tiny")
+    loads = [post(m).headers["x-model-load"] for m in ("tiny-1", "tiny", "tiny-2", "tiny-1", "tiny")]
+    assert loads == ["disk", "none", "disk", "disk", "disk"]  # two resident: the least recently used goes
+    again = post("tiny")
+    assert again.headers["x-model-load"] == "none" and float(again.headers["x-model-load-seconds"]) == 0
+    assert again.json()["data"][0]["b64_json"] == first.json()["data"][0]["b64_json"]  # reloaded, same weights
+
+
+class _Fake:
+    """A checkpoint's generator that answers with its name."""
+
+    built: list[str] = []
+
+    def __init__(self, name: str) -> None:
+        self.model_name, self.device, self.counter, self.seen = name, "cpu", None, []
+        _Fake.built.append(name)
+
+    def _generate_group(self, group, should_stop, on_latents=None):
+        self.seen.append([r.prompt for r in group])
+        return [GenerationResult([self.model_name.encode()], 2, 2) for _ in group]
+
+
+def _catalog(resident: int = 0) -> CatalogGenerator:
+    _Fake.built = []
+    return CatalogGenerator({name: (lambda name=name: _Fake(name)) for name in "abc"}, "a", resident)
+
+
+def _request(prompt: str, model: str = "") -> GenerationRequest:
+    return GenerationRequest(prompt, 64, 64, 2, 1.0, 0, model=model)
+
+
 def test_a_catalog_sends_each_group_to_its_checkpoint_and_refuses_an_unknown_one() -> None:
-    class Fake:
-        def __init__(self, name: str) -> None:
-            self.model_name, self.device, self.counter, self.seen = name, "cpu", None, []
-
-        def _generate_group(self, group, should_stop, on_latents=None):
-            self.seen.append([r.prompt for r in group])
-            return [self.model_name] * len(group)
-
-    a, b = Fake("a"), Fake("b")
-    catalog = CatalogGenerator({"a": a, "b": b}, "a")
-    assert a.counter is catalog.counter is b.counter  # one replica, one call at a time
-    requests = [GenerationRequest(p, 64, 64, 2, 1.0, 0, model=m) for p, m in
-                (("p1", ""), ("p2", "b"), ("p3", "a"), ("p4", "b"))]
-    assert catalog.generate(requests) == ["a", "b", "a", "b"]
-    assert a.seen == [["p1"], ["p3"]] and b.seen == [["p2", "p4"]]  # "" is the default, "a" another key
+    catalog = _catalog()
+    assert _Fake.built == ["a", "b", "c"]  # resident 0: all loaded at the start
+    assert all(g.counter is catalog.counter for g in catalog.loaded.values())  # one call at a time
+    results = catalog.generate([_request("p1"), _request("p2", "b"), _request("p3", "a"), _request("p4", "b")])
+    assert [r.images[0] for r in results] == [b"a", b"b", b"a", b"b"]
+    assert catalog.loaded["a"].seen == [["p1"], ["p3"]] and catalog.loaded["b"].seen == [["p2", "p4"]]
+    assert {r.model_load for r in results} == {RESIDENT}
     with pytest.raises(UnknownModel):
-        catalog.generate([GenerationRequest("p", 64, 64, 2, 1.0, 0, model="c")])
+        catalog.generate([_request("p", "z")])
+
+
+def test_a_catalog_with_fewer_resident_loads_on_use_and_unloads_the_least_recently_used() -> None:
+    catalog = _catalog(resident=2)
+    assert _Fake.built == ["a"]
+    tiers = [catalog.generate([_request("p", m)])[0].model_load for m in ("b", "a", "c", "a", "b")]
+    assert tiers == [DISK, RESIDENT, DISK, RESIDENT, DISK]  # c evicted b (least recently used), b evicted c
+    assert list(catalog.loaded) == ["a", "b"] and catalog.loads == 3
 
 
 @pytest.mark.parametrize(("spec", "seed"), [("tiny", 0), ("tiny:3", 3), ("tiny:x", None), ("tinyish", None),

@@ -155,6 +155,21 @@ def test_a_freed_batch_is_filled_with_requests_that_batch_together() -> None:
     assert asyncio.run(scenario()) == {"a-small", "c-small-1", "c-small-2"}
 
 
+def test_a_request_goes_to_a_free_replica_that_holds_its_checkpoint() -> None:
+    async def scenario() -> list[str]:
+        d = Dispatcher()
+        d.set_pool(_pool("r1", "r2", slots=2))
+        d.holds("r1", ["sd15"])
+        d.holds("r2", ["sd15", "anime"])
+        far = time.time() + 600
+        chosen = [await d.acquire(f"j{k}", "A", far, model="anime") for k in range(2)]
+        chosen.append(await d.acquire("j2", "A", far, model="anime"))  # r2 is full: r1 loads it
+        chosen.append(await d.acquire("j3", "A", far, model="sd15"))
+        return chosen
+
+    assert asyncio.run(scenario()) == ["r2", "r2", "r1", "r1"]
+
+
 def test_tenants_are_api_key_digests_else_addresses() -> None:
     assert tenant_of("sk-secret", "10.0.0.1").startswith("key-")
     assert "secret" not in tenant_of("sk-secret", "10.0.0.1")
