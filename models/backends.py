@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from models.generator import GroupedGenerator, load_generator
 from models.loader import ModelSpec
 from models.simulated import SimulatedGenerator, SimulationProfile
 
 
 def load_backend(
-    backend: str, spec: ModelSpec, name: str, profile: SimulationProfile | None = None
+    backend: str, spec: ModelSpec, name: str, profile: SimulationProfile | None = None,
+    loras: Mapping[str, str] | None = None,
 ) -> GroupedGenerator:
-    """``diffusers`` loads ``spec``; ``simulated`` fakes it with ``profile`` (always labelled)."""
+    """``diffusers`` loads ``spec`` (with ``loras``: adapter name → weights, loaded on first use);
+    ``simulated`` fakes it with ``profile`` (always labelled; adapters change nothing there)."""
     if backend == "diffusers":
-        return load_generator(spec, name=name)
+        return load_generator(spec, name=name, loras=loras)
     if backend == "simulated":
         return SimulatedGenerator(profile or SimulationProfile(), name=name)
     raise ValueError(f"unknown backend {backend!r}: use 'diffusers' or 'simulated'")

@@ -70,6 +70,6 @@ class CatalogGenerator(GroupedGenerator):
             self.loads += 1
         self.loaded.move_to_end(name)
         results = generator._generate_group(group, should_stop, on_latents)
-        for result in results:
-            result.model_load, result.model_load_s = tier, load_s
+        for result in results:  # a LoRA the call loaded counts in the same seconds
+            result.model_load, result.model_load_s = tier, load_s + result.model_load_s
         return results

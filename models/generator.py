@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,9 +115,12 @@ class GroupedGenerator:
 class DiffusionGenerator(GroupedGenerator):
     """A loaded diffusers pipeline plus the per-request plumbing (seeds, grouping, stopping)."""
 
-    def __init__(self, pipeline: Any, model_name: str) -> None:
+    def __init__(self, pipeline: Any, model_name: str, loras: Mapping[str, str] | None = None) -> None:
         self.pipeline = pipeline
         self.model_name = model_name
+        self.lora_paths = dict(loras or {})  # adapter name → its weights, loaded into this pipeline on first use
+        self._loras_loaded: set[str] = set()
+        self._loras_on = False
         self.device = str(pipeline.device)
         self.counter = CallCounter()
 
@@ -149,6 +152,7 @@ class DiffusionGenerator(GroupedGenerator):
                     raise GenerationStopped(steps_done, reason)
             return callback_kwargs
 
+        lora_s = self._apply_loras(first.loras)
         self.counter.enter(len(group), len(prompts))
         try:
             output = self.pipeline(
@@ -174,12 +178,34 @@ class DiffusionGenerator(GroupedGenerator):
                     steps_done=steps_done,
                     steps_requested=request.num_inference_steps,
                     batch_images=len(prompts),
+                    model_load_s=lora_s,
                 )
             )
             offset += request.n
         return results
 
+    def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
+        """Set the call's adapters (loading any not yet in this pipeline); seconds spent loading."""
+        import time
 
-def load_generator(spec: ModelSpec, name: str | None = None) -> DiffusionGenerator:
-    """Load the pipeline named by ``spec`` and wrap it for serving."""
-    return DiffusionGenerator(load_pipeline(spec), model_name=name or spec.model)
+        started = time.monotonic()
+        if not loras:
+            if self._loras_on:
+                self.pipeline.disable_lora()
+                self._loras_on = False
+            return 0.0
+        for name, _ in loras:
+            if name not in self._loras_loaded:
+                self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)
+                self._loras_loaded.add(name)
+        loaded_s = time.monotonic() - started
+        if not self._loras_on:
+            self.pipeline.enable_lora()
+            self._loras_on = True
+        self.pipeline.set_adapters([name for name, _ in loras], adapter_weights=[scale for _, scale in loras])
+        return loaded_s
+
+
+def load_generator(spec: ModelSpec, name: str | None = None, loras: Mapping[str, str] | None = None) -> DiffusionGenerator:
+    """Load the pipeline named by ``spec`` and wrap it for serving (``loras``: adapter name → weights)."""
+    return DiffusionGenerator(load_pipeline(spec), model_name=name or spec.model, loras=loras)

@@ -26,11 +26,13 @@ class GenerationRequest:
     negative_prompt: str | None = None
     partial_images: int = 0  # previews to stream while it denoises (0-3; not part of the batch key)
     model: str = ""  # the checkpoint of the server's catalog ("": its default)
+    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, scale) applied to it
 
     @property
-    def batch_key(self) -> tuple[int, int, int, float, str]:
-        """Requests share one pipeline call only if checkpoint, size, steps and guidance all match."""
-        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.model)
+    def batch_key(self) -> tuple[int, int, int, float, str, tuple[tuple[str, float], ...]]:
+        """Requests share one pipeline call only if checkpoint, LoRAs, size, steps and guidance match
+        (diffusers applies one set of adapters to a whole call)."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.model, self.loras)
 
     @property
     def pixels(self) -> int:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 #: Bump when the architecture or seeds change, so old cached builds are not reused.
@@ -132,26 +133,32 @@ def build_tiny_pipeline(work_dir: Path, seed: int = _SEED):
     )
 
 
-def ensure_tiny_model(cache_dir: Path | None = None, seed: int = _SEED) -> Path:
-    """Return the directory of the saved tiny model, building it first if it is not cached.
+def build_once(target: Path, marker: str, build: Callable[[Path, Path], None]) -> Path:
+    """``target``, built by ``build(work_dir, out_dir)`` unless ``target/marker`` is there already.
 
     The build goes to a temporary sibling directory and is renamed into place, so replicas that
-    start at the same moment never see a half-written model; a loser of the race discards its copy.
+    start at the same moment never see a half-written one; a loser of the race discards its copy.
     """
-    suffix = "" if seed == _SEED else f"-seed{seed}"
-    target = (cache_dir or default_cache_dir()) / f"{TINY_MODEL_NAME}-v{TINY_MODEL_VERSION}{suffix}"
-    if (target / "model_index.json").is_file():
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        pipeline = build_tiny_pipeline(staging, seed)
-        pipeline.save_pretrained(staging / "model")
+        build(staging, staging / "out")
         try:
-            os.rename(staging / "model", target)
+            os.rename(staging / "out", target)
         except OSError:
-            if not (target / "model_index.json").is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def ensure_tiny_model(cache_dir: Path | None = None, seed: int = _SEED) -> Path:
+    """Return the directory of the saved tiny model (weights from ``seed``), building it first if
+    it is not cached."""
+    suffix = "" if seed == _SEED else f"-seed{seed}"
+    target = (cache_dir or default_cache_dir()) / f"{TINY_MODEL_NAME}-v{TINY_MODEL_VERSION}{suffix}"
+    return build_once(target, "model_index.json",
+                      lambda work, out: build_tiny_pipeline(work, seed).save_pretrained(out))

@@ -71,8 +71,25 @@ PAGE_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 # The schema and its pages are served by routes below that check the key like every other route.
 api = FastAPI(title="sdserve", description="Stable Diffusion serving on Ray Serve",
               docs_url=None, redoc_url=None, openapi_url=None)
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` written in place: inside an OpenAPI operation a
+    ``#/$defs/...`` reference would point at the document's root, where nothing is."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: walk(value) for key, value in node.items() if key != "$defs"}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return walk(schema)
+
+
 GENERATION_SCHEMA = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": ImageGenerationBody.model_json_schema()}}}}
+    "application/json": {"schema": _inlined(ImageGenerationBody.model_json_schema())}}}}
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -215,8 +232,10 @@ class Ingress:
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self.auth.key_of(request)
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "sdserve", "kind": "checkpoint"}
-                                           for name in self.settings.model.served]}
+        entries = [(name, "checkpoint") for name in self.settings.model.served]
+        entries += [(name, "lora") for name in self.settings.model.loras]
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "sdserve", "kind": kind}
+                                           for name, kind in entries]}
 
     @api.get("/v1/scheduler")
     async def scheduler(self, request: Request) -> dict[str, Any]:
@@ -243,7 +262,8 @@ class Ingress:
             client = tenant_of(self.auth.key_of(request), client_address(request))
             refuse_disconnect_override(request)
             body = parse_body(await read_body(request, self.settings.limits))
-            generation = to_generation_request(body, self.settings.limits, list(self.settings.model.served))
+            generation = to_generation_request(body, self.settings.limits, list(self.settings.model.served),
+                                               self.settings.model.loras)
             self.learner.check_memory(generation)
             job = lifecycle.job(generation, body.timeout_s, request.headers.get("x-request-timeout-seconds"),
                                 request_id, client)

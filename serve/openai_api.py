@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,15 @@ def invalid(param: str, message: str) -> ApiError:
     return ApiError(422, message, code="invalid_value", param=param)
 
 
+class LoraRef(BaseModel):
+    """One LoRA adapter a request applies: its served id and its scale."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    id: str
+    scale: float = 1.0
+
+
 class ImageGenerationBody(BaseModel):
     """``POST /v1/images/generations`` as sent by the ``openai`` SDK, plus sdserve's extensions."""
 
@@ -57,6 +66,7 @@ class ImageGenerationBody(BaseModel):
     size: str | None = None
     response_format: str | None = None
     model: str | None = None
+    loras: list[LoraRef] | None = None  # sdserve's extension: adapters applied to the checkpoint
     user: str | None = None  # accepted for SDK compatibility, not used
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
@@ -108,8 +118,28 @@ def parse_size(size: str, limits: LimitSettings) -> tuple[int, int]:
     return width, height
 
 
+def _loras(body: ImageGenerationBody, limits: LimitSettings, served: Collection[str]) -> tuple[tuple[str, float], ...]:
+    """The request's adapters, checked: known, at most ``limits.max_loras_per_request``, each once,
+    scales in [0, 2]."""
+    refs = body.loras or []
+    if len(refs) > limits.max_loras_per_request:
+        raise invalid("loras", f"at most {limits.max_loras_per_request} LoRA adapters per request, got {len(refs)}")
+    ids = [ref.id for ref in refs]
+    if len(set(ids)) != len(ids):
+        raise invalid("loras", "each LoRA adapter at most once")
+    for ref in refs:
+        if ref.id not in served:
+            known = ", ".join(map(repr, served)) or "none"
+            raise ApiError(404, f"The LoRA {ref.id!r} does not exist: this server serves {known} (GET /v1/models)",
+                           code="model_not_found", param="loras")
+        if not 0 <= ref.scale <= 2:
+            raise invalid("loras", f"LoRA {ref.id!r}: scale must be between 0 and 2, got {ref.scale}")
+    return tuple((ref.id, float(ref.scale)) for ref in refs)
+
+
 def to_generation_request(
-    body: ImageGenerationBody, limits: LimitSettings, served_models: str | Sequence[str]
+    body: ImageGenerationBody, limits: LimitSettings, served_models: str | Sequence[str],
+    served_loras: Collection[str] = (),
 ) -> GenerationRequest:
     """Check a body against the deployed limits and turn it into the pipeline's request;
     ``served_models``: the checkpoints served, the default first."""
@@ -171,4 +201,5 @@ def to_generation_request(
         n=body.n,
         partial_images=partial,
         model="" if body.model in (None, served[0]) else body.model,
+        loras=_loras(body, limits, served_loras),
     )

@@ -40,6 +40,9 @@ class ModelSettings(_Section):
         default_factory=dict, description="more checkpoints, served name → source ('tiny:N', a local diffusers "
         "directory, or a Hugging Face id); requests pick one with "
         "'model' (default: this model)")
+    loras: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters, served name → source ('tiny-lora:N', a diffusers LoRA "
+        "directory or .safetensors file); a request applies some with 'loras': [{id, scale}]")
     resident_models: int = Field(
         0, ge=0, description="checkpoints a worker replica keeps loaded at once; 0: the whole catalog, loaded at "
         "start; fewer: loaded on first use, the least recently used unloaded")
@@ -92,6 +95,7 @@ class LimitSettings(_Section):
     max_width: int = Field(1024, ge=8)
     max_height: int = Field(1024, ge=8)
     max_n: int = Field(4, ge=1)
+    max_loras_per_request: int = Field(4, ge=0, description="LoRA adapters one request may apply")
     default_steps: int = Field(25, ge=1)
     max_steps: int = Field(100, ge=1)
     default_guidance_scale: float = Field(7.5, ge=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from models.backends import load_backend
@@ -15,6 +16,7 @@ from models.loader import ModelSpec
 from models.memory import cached_probes, device_budget_bytes, measure_probes
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from models.tiny import default_cache_dir
+from models.tiny_lora import resolve_lora
 from scheduler.adaptive_batching import AdaptiveConfig
 from scheduler.memory import MemoryModel, MemoryProbe
 from serve.settings import AppSettings
@@ -33,9 +35,12 @@ def load_models(settings: AppSettings) -> GroupedGenerator:
     """The replica's backend: its one checkpoint, or the whole catalog (real pipelines; a simulated
     backend serves every name alike)."""
     model = settings.model
+    cache = Path(model.cache_dir) if model.cache_dir else None
+    loras = {name: resolve_lora(source, cache) for name, source in model.loras.items()} \
+        if model.backend == "diffusers" else {}
     if not model.catalog or model.backend != "diffusers":
-        return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings))
-    loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name)
+        return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras)
+    loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, None, loras)
                for name, source in model.served.items()}
     return CatalogGenerator(loaders, model.name, model.resident_models)
 

@@ -13,6 +13,7 @@ from models.request import GenerationRequest, GenerationResult
 from tests.conftest import Deployed
 
 CHECKPOINTS = ["tiny", "tiny-1", "tiny-2", "tiny-3"]
+LORAS = ["tiny-lora-1", "tiny-lora-2", "tiny-lora-3"]
 
 
 @pytest.mark.ray
@@ -22,7 +23,7 @@ def test_the_catalog_is_listed_and_each_checkpoint_draws_its_own_image(app: Depl
 
     client = OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0)
     listed = client.models.list().data
-    assert [m.id for m in listed] == CHECKPOINTS
+    assert [(m.id, m.kind) for m in listed] == [(c, "checkpoint") for c in CHECKPOINTS] + [(n, "lora") for n in LORAS]
 
     def image(model: str) -> bytes:
         result = client.images.generate(prompt="a lighthouse", model=model, size="64x64", response_format="b64_json",
@@ -39,6 +40,28 @@ def test_the_catalog_is_listed_and_each_checkpoint_draws_its_own_image(app: Depl
     assert unknown.status_code == 404
     error = unknown.json()["error"]
     assert (error["code"], error["param"]) == ("model_not_found", "model") and "tiny-3" in error["message"]
+
+
+@pytest.mark.ray
+@pytest.mark.app("cpu")
+def test_a_lora_at_scale_0_is_the_base_image_at_scale_1_another_and_the_same_twice(app: Deployed) -> None:
+    def image(loras: list[dict] | None, model: str = "tiny") -> str:
+        response = app.client.post("/v1/images/generations", json={
+            "prompt": "a lighthouse", "model": model, "size": "64x64", "seed": 5, "num_inference_steps": 3,
+            **({"loras": loras} if loras is not None else {})})
+        assert response.status_code == 200, response.text
+        return response.json()["data"][0]["b64_json"]
+
+    base = image(None)
+    assert image([{"id": "tiny-lora-1", "scale": 0.0}]) == base
+    one = image([{"id": "tiny-lora-1", "scale": 1.0}])
+    assert one != base and image([{"id": "tiny-lora-1"}]) == one  # scale 1 by default; the same twice
+    two = image([{"id": "tiny-lora-1"}, {"id": "tiny-lora-2", "scale": 0.8}])
+    assert two not in (base, one)
+    assert image(None) == base  # adapters off again for a request without them
+    assert image([{"id": "tiny-lora-3"}], model="tiny-2") != image(None, model="tiny-2")
+    unknown = app.client.post("/v1/images/generations", json={"prompt": "a", "loras": [{"id": "nope"}]})
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "loras"
 
 
 @pytest.mark.ray

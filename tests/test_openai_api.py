@@ -13,7 +13,7 @@ LIMITS = LimitSettings(default_size="64x64", max_width=512, max_height=512, max_
 
 
 def _validate(body: dict) -> object:
-    return to_generation_request(parse_body(json.dumps(body).encode()), LIMITS, "tiny")
+    return to_generation_request(parse_body(json.dumps(body).encode()), LIMITS, ["tiny", "tiny-1"], ["l1", "l2"])
 
 
 BAD_BODIES = [
@@ -33,6 +33,11 @@ BAD_BODIES = [
     ({"prompt": "a", "guidance_scale": -1}, 422, "guidance_scale"),
     ({"prompt": "a", "guidance_scale": 31}, 422, "guidance_scale"),
     ({"prompt": "a", "model": "dall-e-3"}, 404, "model"),
+    ({"prompt": "a", "loras": [{"id": "l9"}]}, 404, "loras"),
+    ({"prompt": "a", "loras": [{"id": "l1", "scale": 3}]}, 422, "loras"),
+    ({"prompt": "a", "loras": [{"id": "l1"}, {"id": "l1"}]}, 422, "loras"),
+    ({"prompt": "a", "loras": [{"id": "l1"}] * 5}, 422, "loras"),
+    ({"prompt": "a", "loras": [{"name": "l1"}]}, 422, "loras.0.id"),
     ({"prompt": "a", "response_format": "url"}, 422, "response_format"),
     ({"prompt": "a", "seed": -1}, 422, "seed"),
     ({"prompt": "a", "quality": "hd"}, 422, "quality"),
@@ -89,3 +94,9 @@ def test_malformed_override_is_refused(bad: str) -> None:
 def test_unknown_setting_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="max_batchsize"):
         AppSettings.model_validate({"batching": {"max_batchsize": 4}})
+
+
+def test_a_request_names_its_checkpoint_and_adapters() -> None:
+    request = _validate({"prompt": "a", "model": "tiny-1", "loras": [{"id": "l2", "scale": 0.8}, {"id": "l1"}]})
+    assert (request.model, request.loras) == ("tiny-1", (("l2", 0.8), ("l1", 1.0)))
+    assert _validate({"prompt": "a", "model": "tiny"}).model == ""  # the default is the default
