@@ -88,6 +88,10 @@ MODEL_LOAD_TIME = Histogram(
     "sdserve_model_load_seconds", "Time to load the model in a worker replica.",
     ["app"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=REGISTRY,
 )
+MODEL_LOADS = Histogram(
+    "sdserve_call_model_load_seconds", "Checkpoint and LoRA loads inside pipeline calls, by where the checkpoint came "
+    "from (none: resident, only LoRAs loaded; disk); calls with nothing to load are not counted.",
+    ["app", "tier"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60), registry=REGISTRY)
 OOMS = Counter("sdserve_oom_events", "Out-of-memory errors raised by pipeline calls (bisection retries included).",
                ["app"], registry=REGISTRY)
 IN_PROGRESS = Gauge("sdserve_requests_in_progress", "Requests the ingress is waiting on (queued + running).",
@@ -166,6 +170,8 @@ class MetricsRecorder:
             STEP_TIME.labels(self.app).observe(reply.service_time_s / reply.steps_done)
         if call.memory_estimate_bytes and call.memory_peak_bytes:
             MEMORY_RATIO.labels(self.app).observe(call.memory_estimate_bytes / call.memory_peak_bytes)
+        if call.model_load != "none" or call.model_load_s > 0:
+            MODEL_LOADS.labels(self.app, call.model_load).observe(call.model_load_s)
 
     def _replica(self, reply: WorkerReply) -> None:
         """A replica's facts: its cold start when first seen, its OOMs as they grow."""

@@ -79,6 +79,10 @@ def test_beyond_the_resident_budget_a_checkpoint_loads_on_use_and_says_so(app: D
     again = post("tiny")
     assert again.headers["x-model-load"] == "none" and float(again.headers["x-model-load-seconds"]) == 0
     assert again.json()["data"][0]["b64_json"] == first.json()["data"][0]["b64_json"]  # reloaded, same weights
+    metrics = app.client.get("/metrics").text
+    [count] = [line for line in metrics.splitlines() if line.startswith("sdserve_call_model_load_seconds_count")
+               and 'tier="disk"' in line]
+    assert float(count.rsplit(" ", 1)[1]) == 4  # tiny-1, tiny-2, tiny-1, tiny from disk
 
 
 class _Fake:
