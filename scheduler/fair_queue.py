@@ -32,6 +32,7 @@ class QueuedJob:
     tenant: str
     deadline: float  # absolute, seconds
     shape: Hashable = ()  # what can share a pipeline call with it (size, steps): for batches
+    model: str = ""  # its checkpoint ("": the default): where the dispatcher prefers to send it
 
 
 @dataclass

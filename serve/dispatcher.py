@@ -83,7 +83,6 @@ class Dispatcher:
         self._poller: asyncio.Task[None] | None = None
         self._dispatch_due = False
         self._lost: set[str] = set()  # replicas a call found dead, until Serve stops listing them
-        self._models: dict[str, str] = {}  # queued job → its checkpoint ("": the default)
         self._holding: dict[str, frozenset[str]] = {}  # replica → checkpoints it said it holds
         self._releasing: set[asyncio.Task[None]] = set()
 
@@ -128,8 +127,7 @@ class Dispatcher:
             raise QueueFull(len(self.queue))
         granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = granted
-        self._models[job_id] = model
-        self.queue.push(QueuedJob(job_id, tenant, deadline, shape))
+        self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model))
         self._dispatch()
         try:
             return await granted
@@ -139,7 +137,6 @@ class Dispatcher:
             raise
         finally:
             self._waiting.pop(job_id, None)
-            self._models.pop(job_id, None)
 
     def position(self, job_id: str) -> int | None:
         return self.queue.position(job_id) if job_id in self.queue else None
@@ -186,7 +183,7 @@ class Dispatcher:
             job = self._next(None)
             if job is None:
                 return
-            rid = self._place(self._models.get(job.job_id, ""))
+            rid = self._place(job.model)
             self._grant(job, rid)
             while self._free[rid] and (same := self._next(job.shape)) is not None:
                 self._grant(same, rid)

@@ -45,12 +45,6 @@ log = logging.getLogger("ray.serve")  # Ray writes it to the replica's log file
 OnEvent = Callable[[WorkerEvent], None]
 
 
-def _shape(job: WorkerJob) -> tuple[int, int, int, float, str]:
-    """What a job can share a pipeline call with: jobs of one checkpoint, size, steps and guidance."""
-    r = job.request
-    return r.batch_key
-
-
 async def _stream_end(response: Any) -> None:
     """The end of a job's event stream, after its reply: the replica's call has returned and its
     slot is free (the reply itself comes a moment earlier)."""
@@ -124,7 +118,7 @@ class RequestLifecycle:
         for attempt in (1, 2):
             if self.dispatcher is not None:
                 try:
-                    replica = await self.dispatcher.acquire(job.job_id, client, job.deadline, _shape(job),
+                    replica = await self.dispatcher.acquire(job.job_id, client, job.deadline, job.request.batch_key,
                                                             job.request.model)
                 except Expired:
                     return progress.late_reply(time.time() - job.accepted_at)

@@ -35,8 +35,6 @@ def _body(prompt: str, timeout_s: float = 120) -> dict:
 
 async def _post(client: httpx.AsyncClient, headers: dict, body: dict) -> tuple[int, float]:
     response = await client.post(URL, json=body, headers=headers)
-    if response.status_code >= 500:
-        print(f"{response.status_code}: {response.text[:200]}")
     return response.status_code, time.monotonic()
 
 
