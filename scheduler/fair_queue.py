@@ -62,9 +62,6 @@ class FairQueue:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._jobs
 
-    def tenants_waiting(self) -> dict[str, int]:
-        return {name: t.waiting for name, t in self._active.items()}
-
     def push(self, job: QueuedJob) -> None:
         if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id!r} is already queued")
@@ -110,10 +107,6 @@ class FairQueue:
                 order.append((tenant.start, tenant.heap[0][1], name))
         order.sort()
         return order
-
-    def peek(self) -> QueuedJob | None:
-        order = self._order()
-        return self._jobs[self._tenants[order[0][2]].heap[0][2]][0] if order else None
 
     def pop(self, accept: Callable[[QueuedJob], bool] | None = None) -> QueuedJob | None:
         """The next request in fair order; with ``accept``, the first tenant head it accepts (a

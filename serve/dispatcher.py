@@ -138,9 +138,6 @@ class Dispatcher:
         finally:
             self._waiting.pop(job_id, None)
 
-    def position(self, job_id: str) -> int | None:
-        return self.queue.position(job_id) if job_id in self.queue else None
-
     def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
         """The job's call ended (any outcome) or never started: its slot is free again — at once,
         or once ``after`` is done (the end of the replica's stream; at most ``RELEASE_WAIT_S``)."""
@@ -223,15 +220,6 @@ class Dispatcher:
         self._held[job.job_id] = rid
         granted.set_result(rid)
 
-    # ---- what the control loop and the metrics read ---------------------------------------------
-
     @property
     def queued(self) -> int:
         return len(self.queue)
-
-    @property
-    def dispatched(self) -> int:
-        return len(self._held)
-
-    def running_replicas(self) -> Iterable[str]:
-        return self._free.keys()
