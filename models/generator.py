@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.host_tier import RESIDENT, HostWeights, restore, snapshot
 from models.loader import ModelSpec, load_pipeline
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
 
@@ -111,6 +112,17 @@ class GroupedGenerator:
     ) -> list[GenerationResult]:
         raise NotImplementedError
 
+    def prepare(self, request: GenerationRequest) -> tuple[str, float]:
+        """Load what a call of ``request`` needs before it starts (its checkpoint, its adapters), so
+        the caller can say where it came from before the first step; (tier, seconds). Nothing by
+        default: a single checkpoint is loaded when the replica starts."""
+        return RESIDENT, 0.0
+
+    def expected_load_s(self, request: GenerationRequest) -> float:
+        """Seconds a call of ``request`` would spend loading before its first step (for the deadline
+        rules); 0 when everything it needs is loaded or nothing was measured yet."""
+        return 0.0
+
 
 class DiffusionGenerator(GroupedGenerator):
     """A loaded diffusers pipeline plus the per-request plumbing (seeds, grouping, stopping)."""
@@ -184,21 +196,48 @@ class DiffusionGenerator(GroupedGenerator):
             offset += request.n
         return results
 
-    def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
-        """Set the call's adapters (loading any not yet in this pipeline); seconds spent loading."""
+    def export_weights(self) -> HostWeights:
+        """This checkpoint's weights copied to host memory (adapters taken out first: the host tier
+        holds the checkpoint itself; adapters load again on use)."""
+        self._unload_loras()
+        return snapshot(self.pipeline)
+
+    def swap_in(self, weights: HostWeights, model_name: str) -> None:
+        """Become checkpoint ``model_name`` by copying ``weights`` into this pipeline's modules — no
+        rebuild, no file read. ValueError (nothing changed) if its architecture differs."""
+        self._unload_loras()
+        restore(self.pipeline, weights)
+        self.model_name = model_name
+
+    def _unload_loras(self) -> None:
+        if self._loras_loaded:
+            self.pipeline.unload_lora_weights()
+            self._loras_loaded.clear()
+            self._loras_on = False
+
+    def prepare(self, request: GenerationRequest) -> tuple[str, float]:
+        """Load the request's adapters not yet in this pipeline; (``none``, seconds spent)."""
+        return RESIDENT, self._load_loras(request.loras)
+
+    def _load_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
+        """Load the adapters not yet in this pipeline; seconds spent."""
         import time
 
         started = time.monotonic()
+        for name, _ in loras:
+            if name not in self._loras_loaded:
+                self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)
+                self._loras_loaded.add(name)
+        return time.monotonic() - started
+
+    def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
+        """Set the call's adapters (loading any not yet in this pipeline); seconds spent loading."""
         if not loras:
             if self._loras_on:
                 self.pipeline.disable_lora()
                 self._loras_on = False
             return 0.0
-        for name, _ in loras:
-            if name not in self._loras_loaded:
-                self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)
-                self._loras_loaded.add(name)
-        loaded_s = time.monotonic() - started
+        loaded_s = self._load_loras(loras)
         if not self._loras_on:
             self.pipeline.enable_lora()
             self._loras_on = True

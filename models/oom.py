@@ -64,3 +64,9 @@ class InjectedOOM(GroupedGenerator):
         if poisoned:
             raise torch.OutOfMemoryError(f"injected OOM (test hook) for {len(poisoned)} request(s)")
         return self.inner.generate(requests, should_stop, on_latents)
+
+    def prepare(self, request: GenerationRequest) -> tuple[str, float]:
+        return self.inner.prepare(request)
+
+    def expected_load_s(self, request: GenerationRequest) -> float:
+        return self.inner.expected_load_s(request)

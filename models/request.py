@@ -48,7 +48,7 @@ class GenerationResult:
     steps_done: int
     steps_requested: int
     batch_images: int = field(default=1)
-    model_load: str = "none"  # where its checkpoint came from for this call: none (resident) or disk
+    model_load: str = "none"  # where its checkpoint came from for this call: none (resident), host or disk
     model_load_s: float = 0.0  # how long that load took (part of the call's time, not the pipeline's)
 
 

@@ -46,6 +46,7 @@ class JobView:
     images: int
     pixels: int  # per image (width × height)
     steps: int
+    load_s: float = 0.0  # expected seconds loading its checkpoint before the call starts (0: resident)
 
     @property
     def call_pixels(self) -> int:
@@ -104,6 +105,7 @@ class ReplicaRules:
         predicted = None
         if self.shed_hopeless and job.deadline is not None and now < job.deadline:
             predicted = self.times.predict(call_pixels or job.call_pixels, job.steps)
+            predicted = predicted + job.load_s if predicted is not None else None
         admission = admit(now, job.deadline, predicted, self.margin)
         return RUN if admission is Admission.RUN else Verdict(admission, predicted)
 

@@ -83,7 +83,8 @@ class Dispatcher:
         self._poller: asyncio.Task[None] | None = None
         self._dispatch_due = False
         self._lost: set[str] = set()  # replicas a call found dead, until Serve stops listing them
-        self._holding: dict[str, frozenset[str]] = {}  # replica → checkpoints it said it holds
+        # replica → checkpoints it said it holds on its device, and in its host memory
+        self._holding: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self._releasing: set[asyncio.Task[None]] = set()
 
     def configure(self, weights: dict[str, float]) -> None:
@@ -99,6 +100,7 @@ class Dispatcher:
         for rid in list(self._free):
             if rid not in running:
                 del self._free[rid]
+                self._holding.pop(rid, None)
         for rid in running - self._free.keys():
             busy = sum(1 for r in self._held.values() if r == rid)
             self._free[rid] = max(0, self.slots_per_replica - busy)
@@ -186,18 +188,28 @@ class Dispatcher:
                 self._grant(same, rid)
 
     def _place(self, model: str) -> str:
-        """A replica with a free slot: one that holds the request's checkpoint if any (a load costs
-        like a cold start), else any; the most free slots first."""
+        """A replica with a free slot: one that holds the request's checkpoint on its device if any
+        (a load from disk costs like a cold start), else one with it in host memory (a copy), else
+        any; the most free slots first. Only free replicas are candidates, so a hot checkpoint whose
+        holders are all busy spreads to another replica instead of queueing behind them."""
         free = [rid for rid, slots in self._free.items() if slots]
-        holders = [rid for rid in free if model in self._holding.get(rid, frozenset({model}))]
-        return max(holders or free, key=self._free.__getitem__)
+        unknown = (frozenset({model}), frozenset())  # a replica that has not said: as if it held all
+        resident = [rid for rid in free if model in self._holding.get(rid, unknown)[0]]
+        host = [rid for rid in free if model in self._holding.get(rid, unknown)[1]]
+        return max(resident or host or free, key=self._free.__getitem__)
 
-    def holds(self, replica_id: str, models: Iterable[str] | None) -> None:
-        """What a replica's reply said it holds loaded (None: every checkpoint it serves)."""
+    def holds(self, replica_id: str, models: Iterable[str] | None, host: Iterable[str] = ()) -> None:
+        """What a replica's reply said it holds on its device (None: every checkpoint it serves) and
+        in host memory."""
         if models is None:
             self._holding.pop(replica_id, None)
         else:
-            self._holding[replica_id] = frozenset(models)
+            self._holding[replica_id] = (frozenset(models), frozenset(host))
+
+    def residency(self) -> dict[str, dict[str, list[str]]]:
+        """Which running replica holds which checkpoints, as their latest replies said."""
+        return {rid: {"resident": sorted(self._holding[rid][0]), "host": sorted(self._holding[rid][1])}
+                for rid in self._free if rid in self._holding}
 
     def _next(self, shape: Hashable | None) -> QueuedJob | None:
         """The next request in fair order (of ``shape`` if given); expired ones are answered."""

@@ -36,9 +36,9 @@ from serve.progress import Notify, ProgressReporter
 from serve.protocol import ReplicaFacts, WorkerJob, WorkerReply
 
 
-def view(job: WorkerJob) -> JobView:
+def view(job: WorkerJob, load_s: float = 0.0) -> JobView:
     r = job.request
-    return JobView(job.deadline, r.n, r.width * r.height, r.num_inference_steps)
+    return JobView(job.deadline, r.n, r.width * r.height, r.num_inference_steps, load_s)
 
 
 class JobRunner:
@@ -96,7 +96,8 @@ class JobRunner:
         now = self.clock()
         if cancelled(job):
             return WorkerReply.for_job(job, Outcome.CANCELLED, now, now, phase=Phase.QUEUED, message="client went away")
-        verdict = self.rules.admit(view(job), now, call_pixels)
+        # a checkpoint this replica would have to load first counts in the time the job needs
+        verdict = self.rules.admit(view(job, self.calls.backend.expected_load_s(job.request)), now, call_pixels)
         r = job.request
         if verdict.admission is Admission.TOO_BIG:
             assert self.rules.memory is not None
@@ -109,7 +110,7 @@ class JobRunner:
             assert job.deadline is not None and verdict.predicted_s is not None
             return WorkerReply.for_job(job, Outcome.SHED, now, now, phase=Phase.QUEUED, message=(
                 f"cannot finish in time: a call of {r.n} x {r.width}x{r.height} and {r.num_inference_steps} steps "
-                f"takes ~{verdict.predicted_s:.2f}s here, {job.deadline - now:.2f}s left before the deadline"))
+                f"(with loading its checkpoint if not resident) takes ~{verdict.predicted_s:.2f}s here, {job.deadline - now:.2f}s left before the deadline"))
         return None
 
     def _run_adaptively(self, group: list[WorkerJob], cancelled: Cancelled) -> dict[str, WorkerReply]:
@@ -138,8 +139,10 @@ class JobRunner:
         budgets = [j.deadline - j.accepted_at for j in jobs if j.deadline is not None]
         memory = self.rules.memory
         loaded = getattr(self.calls.backend, "loaded", None)  # a catalog's resident checkpoints
+        host = getattr(self.calls.backend, "host", None)  # and its host tier
         replica = dataclasses.replace(
             self.replica, oom_total=self.oom.count, memory=dataclasses.asdict(memory) if memory else None,
             capacity=self.rules.effective_capacity(r.width * r.height, r.num_inference_steps, budgets),
-            models=tuple(loaded) if loaded is not None else None)
+            models=tuple(loaded) if loaded is not None else None,
+            host_models=tuple(host.entries) if host is not None else ())
         return dataclasses.replace(reply, replica=replica)

@@ -239,9 +239,12 @@ class Ingress:
 
     @api.get("/v1/scheduler")
     async def scheduler(self, request: Request) -> dict[str, Any]:
-        """The autoscaler's latest decisions and their reasons."""
+        """The autoscaler's latest decisions and their reasons, and which replica holds which
+        checkpoints (on its device, in host memory) as the dispatcher knows them."""
         self.auth.key_of(request)
-        return await self.scaling.decisions() if self.scaling else {"latest": {}, "recent": []}
+        body = await self.scaling.decisions() if self.scaling else {"latest": {}, "recent": []}
+        dispatcher = self.lifecycle.dispatcher
+        return {**body, "replicas": dispatcher.residency() if dispatcher is not None else {}}
 
     @api.get("/metrics")
     async def prometheus_metrics(self, request: Request) -> Response:

@@ -129,7 +129,7 @@ class RequestLifecycle:
                 reply = await follow(response, progress, on_event)
                 answered = True
                 if self.dispatcher is not None and reply.replica is not None:
-                    self.dispatcher.holds(reply.replica.replica_id, reply.replica.models)
+                    self.dispatcher.holds(reply.replica.replica_id, reply.replica.models, reply.replica.host_models)
                 self.learner.learn(job, reply)
                 return reply
             except RayActorError as lost:

@@ -90,7 +90,7 @@ MODEL_LOAD_TIME = Histogram(
 )
 MODEL_LOADS = Histogram(
     "sdserve_call_model_load_seconds", "Checkpoint and LoRA loads inside pipeline calls, by where the checkpoint came "
-    "from (none: resident, only LoRAs loaded; disk); calls with nothing to load are not counted.",
+    "from (none: resident, only LoRAs loaded; host: copied from host memory; disk); calls with nothing to load are not counted.",
     ["app", "tier"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60), registry=REGISTRY)
 OOMS = Counter("sdserve_oom_events", "Out-of-memory errors raised by pipeline calls (bisection retries included).",
                ["app"], registry=REGISTRY)

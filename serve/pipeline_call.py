@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from models.generator import GroupedGenerator
+from models.host_tier import RESIDENT
 from models.memory import PeakMemory
 from models.request import GenerationStopped
 from scheduler.admission import ReplicaRules
@@ -41,7 +42,14 @@ class PipelineCalls:
         """Run ``group`` (one size, steps and guidance) as one call; one reply per job, in order."""
         started = self.clock()
         steps = group[0].request.num_inference_steps
-        self.progress.tell(group, EventKind.STARTED, 0, steps, first_call=self.count == 0)
+        failure: tuple[bool, str] | None = None  # (out of memory?, message) of a failed call
+        try:  # its checkpoint and adapters first, so ``started`` can say where they came from
+            prepared = self.backend.prepare(group[0].request)
+        except Exception as exc:  # a checkpoint that cannot load fails the requests that need it
+            failure = self.oom.classify(exc, group)
+        if failure is not None:
+            return self._failed(group, cancelled, started, *failure)
+        self.progress.tell(group, EventKind.STARTED, 0, steps, first_call=self.count == 0, load=prepared)
         on_latents = self.progress.previewer(group, steps)
 
         def should_stop(steps_done: int) -> str | None:
@@ -62,7 +70,6 @@ class PipelineCalls:
         estimate = memory.estimate(first.width, first.height, images) if measure else None
         peak = PeakMemory(self.backend.device)
         requests = [job.request for job in group]
-        failure: tuple[bool, str] | None = None  # (out of memory?, message) of a failed call
         try:
             if estimate is None:
                 results = self.backend.generate(requests, should_stop, on_latents)
@@ -70,16 +77,17 @@ class PipelineCalls:
                 with peak:
                     results = self.backend.generate(requests, should_stop, on_latents)
         except GenerationStopped as stopped:
-            return self._stopped(group, started, stopped)
+            return self._stopped(group, started, stopped, prepared[1])
         except Exception as exc:  # a failed call fails its own requests, never the replica
             failure = self.oom.classify(exc, group)
         if failure is not None:  # out of the ``except`` block: the failed call's frames are gone
             return self._failed(group, cancelled, started, *failure)
         self.oom.succeeded()
         ended = self._ended(group)
-        load_s = results[0].model_load_s
+        load_s = prepared[1] + results[0].model_load_s
+        tier = prepared[0] if prepared[0] != RESIDENT else results[0].model_load
         call = CallFacts(uuid.uuid4().hex, results[0].batch_images, len(group), predicted_s, estimate,
-                         peak.peak_bytes if estimate is not None else None, results[0].model_load, load_s)
+                         peak.peak_bytes if estimate is not None else None, tier, load_s)
         replies = [self._finished(job, result, started, ended, call) for job, result in zip(group, results)]
         # the speed model learns the pipeline's time: a checkpoint load is not the replica's speed
         self.rules.after_call(pixels, results[0].steps_done, ended - started - load_s,
@@ -94,9 +102,11 @@ class PipelineCalls:
                 self.deadline_overruns_s.append(ended - job.deadline)
         return ended
 
-    def _stopped(self, group: list[WorkerJob], started: float, stopped: GenerationStopped) -> list[WorkerReply]:
+    def _stopped(self, group: list[WorkerJob], started: float, stopped: GenerationStopped,
+                 load_s: float) -> list[WorkerReply]:
         ended = self._ended(group)
-        self.rules.after_call(sum(job.request.pixels for job in group), stopped.steps_done, ended - started, False)
+        self.rules.after_call(sum(job.request.pixels for job in group), stopped.steps_done, ended - started - load_s,
+                              False)
         outcome = Outcome(stopped.reason)  # why the step callback stopped it
         return [WorkerReply.for_job(
             job, outcome, started, ended, phase=Phase.RUNNING, steps_done=stopped.steps_done,

@@ -27,10 +27,13 @@ class ProgressReporter:
         #: Seconds each partial image took to render (its cost is reported by the stream benchmark).
         self.preview_seconds: deque[float] = deque(maxlen=1000)
 
-    def tell(self, group: list[WorkerJob], kind: EventKind, step: int, steps: int, first_call: bool = False) -> None:
+    def tell(self, group: list[WorkerJob], kind: EventKind, step: int, steps: int, first_call: bool = False,
+             load: tuple[str, float] = ("none", 0.0)) -> None:
+        """``load``: where a started call's checkpoint came from, and the seconds its loads took."""
         if self.notify is not None:
             for job in group:
-                self.notify(job.job_id, WorkerEvent(kind, job.job_id, step, steps, self.replica_id, first_call))
+                self.notify(job.job_id, WorkerEvent(kind, job.job_id, step, steps, self.replica_id, first_call,
+                                                    model_load=load[0], model_load_s=load[1]))
 
     def answered(self, job: WorkerJob, reply: WorkerReply) -> None:
         """``job``'s reply is final: send it now, ahead of the rest of its batch."""

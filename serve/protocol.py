@@ -66,6 +66,8 @@ preview image at evenly spaced steps when the request asked for ``partial_images
     steps: int = 0
     replica_id: str = ""
     first_call: bool = False  # "started": the replica's first call since its cold start
+    model_load: str = "none"  # "started": where the call's checkpoint came from (none, host, disk)
+    model_load_s: float = 0.0  # "started": seconds loading it and the call's adapters took
     png: bytes | None = None  # "partial": the preview, PNG
     index: int = 0  # "partial": 0-based preview number
 
@@ -80,7 +82,7 @@ class CallFacts:
     predicted_s: float | None = None  # the adaptive batch-size rule's prediction for it
     memory_estimate_bytes: float | None = None  # measured calls only (every n-th)
     memory_peak_bytes: float | None = None
-    model_load: str = "none"  # where the call's checkpoint came from: none (resident) or disk
+    model_load: str = "none"  # where the call's checkpoint came from: none (resident), host or disk
     model_load_s: float = 0.0  # seconds that load took, inside the call
 
 
@@ -96,6 +98,7 @@ class ReplicaFacts:
     memory: dict[str, float] | None = None  # its memory model, for admission at the ingress
     capacity: int | None = None  # requests per call it would take now (adaptive setting)
     models: tuple[str, ...] | None = None  # checkpoints it holds loaded now (a catalog); None: all it serves
+    host_models: tuple[str, ...] = ()  # checkpoints it keeps in host memory (a catalog with a host tier)
 
 
 @dataclass

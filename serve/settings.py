@@ -46,6 +46,10 @@ class ModelSettings(_Section):
     resident_models: int = Field(
         0, ge=0, description="checkpoints a worker replica keeps loaded at once; 0: the whole catalog, loaded at "
         "start; fewer: loaded on first use, the least recently used unloaded")
+    host_memory_gb: float = Field(
+        0.0, ge=0, description="host RAM per worker replica for checkpoints taken off its device (with "
+        "resident_models): kept as CPU tensors, pinned on CUDA, and copied back into a built pipeline "
+        "instead of loaded from disk; measured bytes, least recently used out; 0: off")
 
     @property
     def name(self) -> str:

@@ -58,7 +58,8 @@ class StreamFormat:
     def event(self, event: WorkerEvent) -> bytes:
         if event.kind == EventKind.STARTED:
             self.started_at = time.monotonic()
-            return sse({"type": "sdserve.started", "replica_id": event.replica_id, "cold": event.first_call})
+            return sse({"type": "sdserve.started", "replica_id": event.replica_id, "cold": event.first_call,
+                        "model_load": event.model_load, "model_load_s": round(event.model_load_s, 3)})
         if event.kind == EventKind.PARTIAL and event.png is not None:
             return sse({"type": "image_generation.partial_image", "b64_json": base64.b64encode(event.png).decode(),
                         "created_at": int(time.time()), **self.image, "partial_image_index": event.index})

@@ -42,7 +42,7 @@ def load_models(settings: AppSettings) -> GroupedGenerator:
         return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras)
     loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, None, loras)
                for name, source in model.served.items()}
-    return CatalogGenerator(loaders, model.name, model.resident_models)
+    return CatalogGenerator(loaders, model.name, model.resident_models, int(model.host_memory_gb * 2**30))
 
 
 def simulation_profile(settings: AppSettings) -> SimulationProfile:

@@ -12,6 +12,8 @@ import resource
 import sys
 import time
 
+from models.generator import GroupedGenerator
+
 
 def main() -> None:
     import torch
@@ -40,7 +42,7 @@ def main() -> None:
 CHUNK_MB = 48  # per image, per allocation
 
 
-class AllocatingGenerator:
+class AllocatingGenerator(GroupedGenerator):
     """A pipeline stand-in that really allocates, as a diffusion call does: activations for every
     image in the call (held in a local, as the UNet's are), then a second buffer of the same size
     (the VAE's). Under the cap, a call of 2 images fails on the second buffer while its first one

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import base64
+import functools
 
 import httpx
 import pytest
 
-from models.catalog import DISK, RESIDENT, CatalogGenerator, UnknownModel
+from models.catalog import DISK, HOST, RESIDENT, CatalogGenerator, ModelUnavailable, UnknownModel
+from models.host_tier import HostTier, HostWeights, restore, snapshot
 from models.request import GenerationRequest, GenerationResult
 from tests.conftest import Deployed
 
@@ -65,8 +67,8 @@ def test_a_lora_at_scale_0_is_the_base_image_at_scale_1_another_and_the_same_twi
 
 
 @pytest.mark.ray
-@pytest.mark.app("cpu", "model.resident_models=2")
-def test_beyond_the_resident_budget_a_checkpoint_loads_on_use_and_says_so(app: Deployed) -> None:
+@pytest.mark.app("cpu", "model.resident_models=2", "model.host_memory_gb=0.5", "model.catalog.broken=/tmp")
+def test_beyond_the_resident_budget_a_checkpoint_comes_from_host_memory_or_disk_and_says_so(app: Deployed) -> None:
     def post(model: str) -> httpx.Response:
         response = app.client.post("/v1/images/generations", json={
             "prompt": "a lighthouse", "model": model, "size": "64x64", "seed": 3, "num_inference_steps": 2})
@@ -75,18 +77,30 @@ def test_beyond_the_resident_budget_a_checkpoint_loads_on_use_and_says_so(app: D
 
     first = post("tiny")
     loads = [post(m).headers["x-model-load"] for m in ("tiny-1", "tiny", "tiny-2", "tiny-1", "tiny")]
-    assert loads == ["disk", "none", "disk", "disk", "disk"]  # two resident: the least recently used goes
+    # two resident, the least recently used leaves the device for host memory and comes back from there
+    assert loads == ["disk", "none", "disk", "host", "host"]
     again = post("tiny")
     assert again.headers["x-model-load"] == "none" and float(again.headers["x-model-load-seconds"]) == 0
-    assert again.json()["data"][0]["b64_json"] == first.json()["data"][0]["b64_json"]  # reloaded, same weights
+    assert again.json()["data"][0]["b64_json"] == first.json()["data"][0]["b64_json"]  # copied back, same weights
+    assert post("tiny-1").json()["data"][0]["b64_json"] != first.json()["data"][0]["b64_json"]  # its own
+    residency = app.client.get("/v1/scheduler").json()["replicas"]
+    [(replica, held)] = residency.items()
+    assert (held["resident"], held["host"]) == (["tiny", "tiny-1"], ["tiny", "tiny-1", "tiny-2"])
+
+    # a checkpoint that cannot load fails only its own requests, with the reason; the rest serve on
+    broken = app.client.post("/v1/images/generations", json={"prompt": "a", "model": "broken", "size": "64x64"})
+    assert broken.status_code == 500 and "checkpoint 'broken' could not be loaded" in broken.json()["error"]["message"]
+    assert "no model_index.json" in broken.json()["error"]["message"]
+    assert post("tiny-1").headers["x-model-load"] == "none"
     metrics = app.client.get("/metrics").text
-    [count] = [line for line in metrics.splitlines() if line.startswith("sdserve_call_model_load_seconds_count")
-               and 'tier="disk"' in line]
-    assert float(count.rsplit(" ", 1)[1]) == 4  # tiny-1, tiny-2, tiny-1, tiny from disk
+    counts = {tier: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("sdserve_call_model_load_seconds_count") for tier in ("disk", "host")
+              if f'tier="{tier}"' in line}
+    assert counts == {"disk": 2, "host": 2}  # tiny-1, tiny-2 from disk; tiny-1, tiny from host
 
 
 class _Fake:
-    """A checkpoint's generator that answers with its name."""
+    """A checkpoint's generator that answers with its name; its "weights" are its name."""
 
     built: list[str] = []
 
@@ -94,14 +108,28 @@ class _Fake:
         self.model_name, self.device, self.counter, self.seen = name, "cpu", None, []
         _Fake.built.append(name)
 
+    def export_weights(self) -> HostWeights:
+        return HostWeights({"unet": {"w": self.model_name}}, nbytes=100)
+
+    def swap_in(self, weights: HostWeights, model_name: str) -> None:
+        if weights.tensors["unet"]["w"] == "other-architecture":
+            raise ValueError("differs")
+        self.model_name, self.seen = weights.tensors["unet"]["w"], []
+
     def _generate_group(self, group, should_stop, on_latents=None):
         self.seen.append([r.prompt for r in group])
         return [GenerationResult([self.model_name.encode()], 2, 2) for _ in group]
 
 
-def _catalog(resident: int = 0) -> CatalogGenerator:
+def _catalog(resident: int = 0, host_bytes: int = 0, broken: str = "") -> CatalogGenerator:
     _Fake.built = []
-    return CatalogGenerator({name: (lambda name=name: _Fake(name)) for name in "abc"}, "a", resident)
+
+    def loader(name: str) -> _Fake:
+        if name == broken:
+            raise OSError(f"no weights for {name}")
+        return _Fake(name)
+
+    return CatalogGenerator({name: functools.partial(loader, name) for name in "abcd"}, "a", resident, host_bytes)
 
 
 def _request(prompt: str, model: str = "") -> GenerationRequest:
@@ -110,7 +138,7 @@ def _request(prompt: str, model: str = "") -> GenerationRequest:
 
 def test_a_catalog_sends_each_group_to_its_checkpoint_and_refuses_an_unknown_one() -> None:
     catalog = _catalog()
-    assert _Fake.built == ["a", "b", "c"]  # resident 0: all loaded at the start
+    assert _Fake.built == ["a", "b", "c", "d"]  # resident 0: all loaded at the start
     assert all(g.counter is catalog.counter for g in catalog.loaded.values())  # one call at a time
     results = catalog.generate([_request("p1"), _request("p2", "b"), _request("p3", "a"), _request("p4", "b")])
     assert [r.images[0] for r in results] == [b"a", b"b", b"a", b"b"]
@@ -125,7 +153,57 @@ def test_a_catalog_with_fewer_resident_loads_on_use_and_unloads_the_least_recent
     assert _Fake.built == ["a"]
     tiers = [catalog.generate([_request("p", m)])[0].model_load for m in ("b", "a", "c", "a", "b")]
     assert tiers == [DISK, RESIDENT, DISK, RESIDENT, DISK]  # c evicted b (least recently used), b evicted c
-    assert list(catalog.loaded) == ["a", "b"] and catalog.loads == 3
+    assert list(catalog.loaded) == ["a", "b"] and catalog.loads == {DISK: 3}
+
+
+def test_the_host_tier_takes_what_leaves_the_device_and_gives_it_back_into_a_built_pipeline() -> None:
+    catalog = _catalog(resident=2, host_bytes=250)  # room for two snapshots of 100 bytes
+    served = [catalog.generate([_request("p", m)])[0] for m in ("b", "c", "a", "d", "b", "c")]
+    # a and b come back from host memory; c had been dropped from it (two snapshots fit), so disk
+    assert [r.model_load for r in served] == [DISK, DISK, HOST, DISK, HOST, DISK]
+    assert [r.images[0] for r in served] == [b"b", b"c", b"a", b"d", b"b", b"c"]  # each call ran its own weights
+    assert _Fake.built == ["a", "b", "c", "d", "c"]  # what came from host memory was not built again
+    assert list(catalog.host.entries) == ["a", "d"] and catalog.loads == {DISK: 4, HOST: 2}
+
+
+def test_weights_of_another_architecture_come_from_disk_instead() -> None:
+    catalog = _catalog(resident=1, host_bytes=1000)
+    catalog.host.put("b", HostWeights({"unet": {"w": "other-architecture"}}, nbytes=100))
+    assert catalog.generate([_request("p", "b")])[0].model_load == DISK
+    assert _Fake.built == ["a", "b"] and list(catalog.loaded) == ["b"]
+
+
+def test_a_checkpoint_that_cannot_load_fails_its_calls_and_the_catalog_serves_on() -> None:
+    catalog = _catalog(broken="c")  # resident 0: the whole catalog at the start, c failing
+    assert list(catalog.loaded) == ["a", "b", "d"]
+    with pytest.raises(ModelUnavailable, match="checkpoint 'c' could not be loaded: no weights for c"):
+        catalog.generate([_request("p", "c")])
+    assert [r.images[0] for r in catalog.generate([_request("p", "b"), _request("p", "a")])] == [b"b", b"a"]
+    with pytest.raises(ModelUnavailable):
+        _catalog(broken="a")  # but a replica without its default cannot start
+
+
+def test_the_host_tier_keeps_within_its_measured_bytes_least_recently_used_out() -> None:
+    tier = HostTier(budget_bytes=300)
+    assert tier.put("a", HostWeights({}, 100)) == [] and tier.put("b", HostWeights({}, 150)) == []
+    assert tier.get("a") is not None  # a is now the most recently used
+    assert tier.put("c", HostWeights({}, 100)) == ["b"] and list(tier.entries) == ["a", "c"]
+    assert tier.put("huge", HostWeights({}, 301)) == ["huge"] and tier.used_bytes == 200
+
+
+def test_host_weights_copy_back_into_a_real_pipeline_exactly() -> None:
+    import torch
+
+    from models.loader import ModelSpec, load_pipeline
+
+    one, two = load_pipeline(ModelSpec("tiny:1")), load_pipeline(ModelSpec("tiny:2"))
+    weights = snapshot(one)
+    assert weights.nbytes == sum(p.numel() * p.element_size() for c in ("unet", "vae", "text_encoder")
+                                 for p in getattr(one, c).state_dict().values())
+    restore(two, weights)
+    assert all(torch.equal(a, b) for a, b in zip(one.unet.state_dict().values(), two.unet.state_dict().values()))
+    two.unet.conv_in.weight.data += 1  # a copy, not shared storage
+    assert not torch.equal(one.unet.conv_in.weight, two.unet.conv_in.weight)
 
 
 @pytest.mark.parametrize(("spec", "seed"), [("tiny", 0), ("tiny:3", 3), ("tiny:x", None), ("tinyish", None),
@@ -134,3 +212,51 @@ def test_tiny_specs_name_their_seed(spec: str, seed: int | None) -> None:
     from models.loader import tiny_seed
 
     assert tiny_seed(spec) == seed
+
+
+def test_a_worker_says_where_each_checkpoint_came_from_and_sheds_a_job_its_load_would_make_late() -> None:
+    from scheduler.admission import ReplicaRules
+    from scheduler.outcomes import Outcome
+    from serve.execution import JobRunner
+    from serve.protocol import EventKind, WorkerJob
+    from tests.test_same_rules import STEP_S, Clock, SteppingBackend
+
+    clock, load_s = Clock(), 5.0
+
+    def loader(name: str) -> SteppingBackend:
+        if name == "broken":
+            raise OSError("weights truncated")
+        clock.now += load_s
+        return SteppingBackend(clock)
+
+    names = ("a", "b", "c", "broken")
+    catalog = CatalogGenerator({n: functools.partial(loader, n) for n in names}, "a", resident=1, clock=clock)
+    runner = JobRunner(catalog, "r", ReplicaRules(shed_hopeless=True), clock=clock)
+    started: dict[str, tuple[str, float]] = {}
+
+    def run(job_id: str, model: str, steps: int, time_left: float | None = None) -> object:
+        request = GenerationRequest(job_id, 64, 64, steps, 1.0, 0, model=model)
+        job = WorkerJob(request, job_id, clock.now, None if time_left is None else clock.now + time_left, job_id=job_id)
+
+        def notify(jid: str, event: object) -> None:
+            if getattr(event, "kind", None) == EventKind.STARTED:
+                started[jid] = (event.model_load, event.model_load_s)  # type: ignore[attr-defined]
+
+        [reply] = runner.run([job], lambda j: False, notify)
+        return reply
+
+    for k, steps in enumerate((2, 4, 8, 2)):  # the replica learns its speed on its resident checkpoint
+        assert run(f"warm{k}", "a", steps).outcome == Outcome.OK
+    tight = 4 * STEP_S + 1.0  # enough for the call, not for a load as well
+    first = run("b", "b", 4, tight)  # no load measured yet: nothing to shed it by; it loads and is late
+    assert first.outcome == Outcome.DEADLINE and first.steps_done == 1  # stopped at its first step
+    assert started["b"] == (DISK, load_s)  # the stream's started event says so before the first step
+    shed = run("c", "c", 4, tight)  # now the replica knows a load from disk takes 5 s
+    assert shed.outcome == Outcome.SHED and "loading its checkpoint" in shed.message
+    again = run("b-again", "b", 4, tight)
+    assert again.outcome == Outcome.OK and again.call.model_load == RESIDENT and started["b-again"] == (RESIDENT, 0.0)
+    loaded = run("c-loose", "c", 4)
+    assert (loaded.outcome, loaded.call.model_load, loaded.call.model_load_s) == (Outcome.OK, DISK, pytest.approx(load_s))
+    failed = run("x", "broken", 4)
+    assert failed.outcome == Outcome.ERROR and "checkpoint 'broken' could not be loaded: weights truncated" in failed.message
+    assert "x" not in started and run("after", "c", 2).outcome == Outcome.OK  # the replica serves on

@@ -170,6 +170,24 @@ def test_a_request_goes_to_a_free_replica_that_holds_its_checkpoint() -> None:
     assert asyncio.run(scenario()) == ["r2", "r2", "r1", "r1"]
 
 
+def test_without_a_resident_copy_a_request_goes_where_its_checkpoint_is_in_host_memory() -> None:
+    async def scenario() -> tuple[list[str], dict]:
+        d = Dispatcher()
+        d.set_pool(_pool("r1", "r2", "r3", slots=1))
+        d.holds("r1", ["sd15"], host=[])
+        d.holds("r2", ["sd15"], host=["anime"])
+        d.holds("r3", ["sd15"], host=["anime", "photo"])
+        far = time.time() + 600
+        chosen = [await d.acquire(f"j{k}", "A", far, model="anime") for k in range(2)]
+        chosen.append(await d.acquire("j2", "A", far, model="anime"))  # both copies busy: any free one
+        d.set_pool(_pool("r1", "r2", slots=1))  # r3 is gone, and so is what it held
+        return chosen, d.residency()
+
+    chosen, residency = asyncio.run(scenario())
+    assert sorted(chosen[:2]) == ["r2", "r3"] and chosen[2] == "r1"
+    assert residency == {"r1": {"resident": ["sd15"], "host": []}, "r2": {"resident": ["sd15"], "host": ["anime"]}}
+
+
 def test_tenants_are_api_key_digests_else_addresses() -> None:
     assert tenant_of("sk-secret", "10.0.0.1").startswith("key-")
     assert "secret" not in tenant_of("sk-secret", "10.0.0.1")

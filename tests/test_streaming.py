@@ -58,6 +58,7 @@ def test_extension_events_and_their_order(app: Deployed) -> None:
     events = _events(response)
     types = [e["type"] for e in events]
     assert types[0] == "sdserve.queued" and types[1] == "sdserve.started"
+    assert (events[1]["model_load"], events[1]["model_load_s"]) == ("none", 0)  # the whole catalog is resident
     assert "sdserve.progress" in types and types.count("image_generation.partial_image") == 1
     assert types[-3:] == ["image_generation.completed", "image_generation.completed", "sdserve.done"]
     assert events[-1]["seed"] == 5 and events[-1]["service_time_s"] > 0
