@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from scheduler.fair_queue import FairQueue, QueuedJob
 
@@ -206,10 +207,13 @@ class Dispatcher:
         else:
             self._holding[replica_id] = (frozenset(models), frozenset(host))
 
-    def residency(self) -> dict[str, dict[str, list[str]]]:
-        """Which running replica holds which checkpoints, as their latest replies said."""
-        return {rid: {"resident": sorted(self._holding[rid][0]), "host": sorted(self._holding[rid][1])}
-                for rid in self._free if rid in self._holding}
+    def residency(self) -> dict[str, dict[str, Any]]:
+        """Each running replica's free slots and the checkpoints it holds, as its latest reply said
+        (None before it said)."""
+        return {rid: {"free_slots": free,
+                      "resident": sorted(self._holding[rid][0]) if rid in self._holding else None,
+                      "host": sorted(self._holding[rid][1]) if rid in self._holding else None}
+                for rid, free in self._free.items()}
 
     def _next(self, shape: Hashable | None) -> QueuedJob | None:
         """The next request in fair order (of ``shape`` if given); expired ones are answered."""

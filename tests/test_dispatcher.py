@@ -185,7 +185,8 @@ def test_without_a_resident_copy_a_request_goes_where_its_checkpoint_is_in_host_
 
     chosen, residency = asyncio.run(scenario())
     assert sorted(chosen[:2]) == ["r2", "r3"] and chosen[2] == "r1"
-    assert residency == {"r1": {"resident": ["sd15"], "host": []}, "r2": {"resident": ["sd15"], "host": ["anime"]}}
+    assert residency == {"r1": {"free_slots": 0, "resident": ["sd15"], "host": []},
+                         "r2": {"free_slots": 0, "resident": ["sd15"], "host": ["anime"]}}
 
 
 def test_tenants_are_api_key_digests_else_addresses() -> None:
