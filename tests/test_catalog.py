@@ -7,7 +7,6 @@ import base64
 import functools
 import time
 
-import httpx
 import pytest
 
 from models.catalog import DISK, HOST, RESIDENT, CatalogGenerator, ModelUnavailable, UnknownModel
