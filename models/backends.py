@@ -11,12 +11,12 @@ from models.simulated import SimulatedGenerator, SimulationProfile
 
 def load_backend(
     backend: str, spec: ModelSpec, name: str, profile: SimulationProfile | None = None,
-    loras: Mapping[str, str] | None = None,
+    loras: Mapping[str, str] | None = None, resident_loras: int = 0,
 ) -> GroupedGenerator:
     """``diffusers`` loads ``spec`` (with ``loras``: adapter name → weights, loaded on first use);
     ``simulated`` fakes it with ``profile`` (always labelled; adapters change nothing there)."""
     if backend == "diffusers":
-        return load_generator(spec, name=name, loras=loras)
+        return load_generator(spec, name=name, loras=loras, resident_loras=resident_loras)
     if backend == "simulated":
         return SimulatedGenerator(profile or SimulationProfile(), name=name)
     raise ValueError(f"unknown backend {backend!r}: use 'diffusers' or 'simulated'")

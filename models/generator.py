@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,11 +127,14 @@ class GroupedGenerator:
 class DiffusionGenerator(GroupedGenerator):
     """A loaded diffusers pipeline plus the per-request plumbing (seeds, grouping, stopping)."""
 
-    def __init__(self, pipeline: Any, model_name: str, loras: Mapping[str, str] | None = None) -> None:
+    def __init__(self, pipeline: Any, model_name: str, loras: Mapping[str, str] | None = None,
+                 resident_loras: int = 0) -> None:
         self.pipeline = pipeline
         self.model_name = model_name
         self.lora_paths = dict(loras or {})  # adapter name → its weights, loaded into this pipeline on first use
-        self._loras_loaded: set[str] = set()
+        #: adapters kept loaded at most (0: every one used stays); the least recently used is deleted
+        self.resident_loras = resident_loras
+        self._loras_loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._loras_on = False
         self.device = str(pipeline.device)
         self.counter = CallCounter()
@@ -220,15 +223,24 @@ class DiffusionGenerator(GroupedGenerator):
         return RESIDENT, self._load_loras(request.loras)
 
     def _load_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
-        """Load the adapters not yet in this pipeline; seconds spent."""
+        """Load the adapters not yet in this pipeline, then delete the least recently used ones
+        beyond ``resident_loras`` (never one this call needs); seconds spent loading."""
         import time
 
         started = time.monotonic()
         for name, _ in loras:
             if name not in self._loras_loaded:
                 self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)
-                self._loras_loaded.add(name)
-        return time.monotonic() - started
+            self._loras_loaded[name] = None
+            self._loras_loaded.move_to_end(name)
+        loaded_s = time.monotonic() - started
+        if self.resident_loras:
+            needed = {name for name, _ in loras}
+            spare = [name for name in self._loras_loaded if name not in needed]
+            for name in spare[:max(0, len(self._loras_loaded) - self.resident_loras)]:
+                self.pipeline.delete_adapters(name)
+                del self._loras_loaded[name]
+        return loaded_s
 
     def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
         """Set the call's adapters (loading any not yet in this pipeline); seconds spent loading."""
@@ -245,6 +257,9 @@ class DiffusionGenerator(GroupedGenerator):
         return loaded_s
 
 
-def load_generator(spec: ModelSpec, name: str | None = None, loras: Mapping[str, str] | None = None) -> DiffusionGenerator:
-    """Load the pipeline named by ``spec`` and wrap it for serving (``loras``: adapter name → weights)."""
-    return DiffusionGenerator(load_pipeline(spec), model_name=name or spec.model, loras=loras)
+def load_generator(spec: ModelSpec, name: str | None = None, loras: Mapping[str, str] | None = None,
+                   resident_loras: int = 0) -> DiffusionGenerator:
+    """Load the pipeline named by ``spec`` and wrap it for serving (``loras``: adapter name → weights,
+    at most ``resident_loras`` kept loaded; 0: no bound)."""
+    return DiffusionGenerator(load_pipeline(spec), model_name=name or spec.model, loras=loras,
+                              resident_loras=resident_loras)

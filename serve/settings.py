@@ -46,6 +46,9 @@ class ModelSettings(_Section):
     resident_models: int = Field(
         0, ge=0, description="checkpoints a worker replica keeps loaded at once; 0: the whole catalog, loaded at "
         "start; fewer: loaded on first use, the least recently used unloaded")
+    resident_loras: int = Field(
+        0, ge=0, description="LoRA adapters each checkpoint's pipeline keeps loaded; the least recently used "
+        "beyond it is deleted (never one the call needs); 0: every adapter used stays loaded")
     host_memory_gb: float = Field(
         0.0, ge=0, description="host RAM per worker replica for checkpoints taken off its device (with "
         "resident_models): kept as CPU tensors, pinned on CUDA, and copied back into a built pipeline "

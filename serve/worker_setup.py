@@ -39,8 +39,10 @@ def load_models(settings: AppSettings) -> GroupedGenerator:
     loras = {name: resolve_lora(source, cache) for name, source in model.loras.items()} \
         if model.backend == "diffusers" else {}
     if not model.catalog or model.backend != "diffusers":
-        return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras)
-    loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, None, loras)
+        return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras,
+                            model.resident_loras)
+    loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, None, loras,
+                                       model.resident_loras)
                for name, source in model.served.items()}
     return CatalogGenerator(loaders, model.name, model.resident_models, int(model.host_memory_gb * 2**30))
 

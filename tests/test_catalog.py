@@ -278,3 +278,22 @@ def test_a_worker_says_where_each_checkpoint_came_from_and_sheds_a_job_its_load_
     failed = run("x", "broken", 4)
     assert failed.outcome == Outcome.ERROR and "checkpoint 'broken' could not be loaded: weights truncated" in failed.message
     assert "x" not in started and run("after", "c", 2).outcome == Outcome.OK  # the replica serves on
+
+
+def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_exactly() -> None:
+    from models.generator import load_generator
+    from models.loader import ModelSpec
+    from models.tiny_lora import resolve_lora
+
+    loras = {f"l{k}": resolve_lora(f"tiny-lora:{k}") for k in (1, 2)}
+    generator = load_generator(ModelSpec("tiny", device="cpu"), loras=loras, resident_loras=1)
+
+    def image(*names: str) -> bytes:
+        request = GenerationRequest("a lighthouse", 64, 64, 2, 1.0, 5, loras=tuple((n, 1.0) for n in names))
+        return generator.generate([request])[0].images[0]
+
+    first = image("l1")
+    assert image("l2") != first and list(generator._loras_loaded) == ["l2"]  # l1 deleted for l2
+    assert set(generator.pipeline.get_list_adapters()["unet"]) == {"l2"}
+    assert image("l1", "l2") != first and list(generator._loras_loaded) == ["l1", "l2"]  # a call's own stay
+    assert image("l1") == first and list(generator._loras_loaded) == ["l1"]  # l2 deleted; l1 as before
