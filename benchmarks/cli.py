@@ -18,6 +18,7 @@ from benchmarks import (
     simulate,
     soak,
     streaming,
+    switch,
     tenants,
     validate,
 )
@@ -38,6 +39,7 @@ MODULE_COMMANDS = (
     ("tenants", tenants, "the largest tenant's bursts against everyone else's latency (SIMULATION)"),
     ("validate", validate, "the simulator against a live replay of the same window"),
     ("cold-start", cold_start, "where a worker replica's cold start goes"),
+    ("switch", switch, "what bringing a checkpoint onto a replica costs, by tier (disk, host RAM, LoRA)"),
     ("stream", streaming, "streaming: time to first event, preview cost against service time"),
     ("soak", soak, "minutes of mixed abuse at a multiple of capacity: accounting, statuses, memory"),
     ("index", results_index, "write benchmarks/results/README.md, one row per committed result"),

@@ -156,3 +156,14 @@ def test_the_results_index_lists_every_committed_result() -> None:
     assert results and results <= listed, results - listed
     for path in RESULTS.iterdir():  # every file is a result's, or named as something else
         assert path.name in NOT_RESULTS or any(path.name.startswith(stem) for stem in results), path.name
+
+
+def test_the_switch_benchmark_measures_every_tier_and_the_catalog_uses_host_memory() -> None:
+    from benchmarks.switch import measure
+
+    result = measure(["tiny", "tiny:1"], "", "cpu", repeat=1)
+    assert set(result["tiers"]) == {"disk, page cache cold", "disk, page cache warm",
+                                    "host → device (copy into a built pipeline)", "device → host (eviction snapshot)"}
+    assert all(s["n"] == 1 and s["median_s"] > 0 for s in result["tiers"].values())
+    # switching round two checkpoints with one resident: the first comes from disk, then host memory
+    assert {tier: s["n"] for tier, s in result["catalog"].items()} == {"disk": 1, "host": 1}
