@@ -93,7 +93,6 @@ def measure(models: list[str], lora: str, device: str, repeat: int) -> dict[str,
             path = resolve_lora(lora)
             lora_load.append(_timed(lambda: other.load_lora_weights(path, adapter_name="bench"))[0])
             lora_delete.append(_timed(lambda: other.delete_adapters("bench"))[0])
-        del pipeline, other, weights
     nbytes = snapshot(load_pipeline(specs[0])).nbytes
 
     loaders = {m: (lambda spec=spec: DiffusionGenerator(load_pipeline(spec), spec.model)) for m, spec in zip(models, specs)}
