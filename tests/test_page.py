@@ -106,3 +106,40 @@ def test_the_page_shows_the_api_error(page: tuple[Any, Any]) -> None:
     while time.monotonic() < deadline and not browser.find_element(By.ID, "error").is_displayed():
         time.sleep(0.05)
     assert "prompt must not be empty" in browser.find_element(By.ID, "error").text
+
+
+def test_a_model_and_a_lora_are_picked_and_the_fleet_panel_shows_where_checkpoints_are(
+        page: tuple[Any, Any]) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    app, browser = page
+    _enter_prompt(browser, app.url, "a lighthouse")
+    model = Select(browser.find_element(By.ID, "model-select"))
+    assert [o.text for o in model.options] == ["tiny", "tiny-1", "tiny-2", "tiny-3"]
+    lora = Select(browser.find_element(By.ID, "lora"))
+    assert [o.text for o in lora.options] == ["none", "tiny-lora-1", "tiny-lora-2", "tiny-lora-3"]
+    model.select_by_visible_text("tiny-2")
+    lora.select_by_visible_text("tiny-lora-1")
+    Select(browser.find_element(By.ID, "size")).select_by_visible_text("64x64")
+    seed = browser.find_element(By.ID, "seed")
+    seed.send_keys("11")
+    steps = browser.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("3")
+    browser.find_element(By.ID, "go").click()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "tiny-lora-1" not in browser.find_element(By.ID, "timings").text:
+        time.sleep(0.05)
+    assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+    assert "tiny-2 + tiny-lora-1" in browser.find_element(By.ID, "timings").text
+    shown = browser.find_element(By.CSS_SELECTOR, "#results img").get_attribute("src").split(",", 1)[1]
+    served = app.client.post("/v1/images/generations", json={
+        "prompt": "a lighthouse", "model": "tiny-2", "loras": [{"id": "tiny-lora-1", "scale": 1}], "size": "64x64",
+        "seed": 11, "num_inference_steps": 3}).json()["data"][0]["b64_json"]
+    assert shown == served  # the page sent the model and the LoRA it showed
+    while time.monotonic() < deadline and int(browser.find_element(By.ID, "chart").get_attribute("data-samples") or 0) < 2:
+        time.sleep(0.2)  # the fleet panel samples every 2 s
+    assert int(browser.find_element(By.ID, "chart").get_attribute("data-samples")) >= 2
+    replicas = browser.find_element(By.ID, "replicas").text
+    assert "tiny-2" in replicas and "on the device" in replicas, replicas

@@ -35,7 +35,8 @@ function handle(event, started) {
       $("status").textContent = event.position ? `queued, ${event.position} ahead` : "queued";
       break;
     case "sdserve.started":
-      $("status").textContent = `running on ${event.replica_id}${event.cold ? " (cold start)" : ""}`;
+      $("status").textContent = `running on ${event.replica_id}${event.cold ? " (cold start)" : ""}` +
+        (event.model_load && event.model_load !== "none" ? ` · checkpoint loaded from ${event.model_load} in ${event.model_load_s.toFixed(2)} s` : "");
       break;
     case "sdserve.progress":
       $("progress").max = event.steps;
@@ -53,7 +54,8 @@ function handle(event, started) {
     case "sdserve.done":
       $("status").textContent = "done";
       $("timings").textContent = `seed ${event.seed} · queued ${event.queue_wait_s.toFixed(2)} s · ` +
-        `ran ${event.service_time_s.toFixed(2)} s · total ${((performance.now() - started) / 1000).toFixed(2)} s · ${event.replica_id}`;
+        `ran ${event.service_time_s.toFixed(2)} s · total ${((performance.now() - started) / 1000).toFixed(2)} s · ` +
+        `${$("model-select").value}${$("lora").value ? " + " + $("lora").value : ""} · ${event.replica_id}`;
       break;
     case "error":
       showError(event.error.message);
@@ -74,6 +76,8 @@ async function generate(e) {
                  num_inference_steps: Number($("steps").value), stream: true, partial_images: 2 };
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("model-select").value) body.model = $("model-select").value;
+  if ($("lora").value) body.loras = [{ id: $("lora").value, scale: Number($("lora-scale").value) }];
   const started = performance.now();
   try {
     const response = await fetch("/v1/images/generations", { method: "POST", headers: headers(), body: JSON.stringify(body) });
@@ -100,6 +104,47 @@ async function generate(e) {
   }
 }
 
+// The fleet over the last minutes, sampled every 2 s: replicas, outstanding requests, and the
+// checkpoint loads (host or disk) since the previous sample, read from /metrics.
+const HISTORY = [];
+const HISTORY_S = 300;
+
+function listItems(texts) {
+  return texts.map((text) => { const li = document.createElement("li"); li.textContent = text; return li; });
+}
+
+async function loadsSoFar() {
+  const response = await fetch("/metrics", { headers: headers() });
+  if (!response.ok) return null;
+  let total = 0;
+  for (const line of (await response.text()).split("\n")) {
+    if (line.startsWith("sdserve_call_model_load_seconds_count")) total += Number(line.split(" ").pop());
+  }
+  return total;
+}
+
+function drawChart() {
+  const canvas = $("chart");
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  canvas.dataset.samples = HISTORY.length;
+  if (HISTORY.length < 2) return;
+  const now = HISTORY[HISTORY.length - 1].t;
+  const top = Math.max(1, ...HISTORY.map((s) => Math.max(s.replicas, s.outstanding, s.loads)));
+  const x = (t) => canvas.width * (1 - (now - t) / HISTORY_S);
+  const y = (v) => canvas.height - 4 - (canvas.height - 8) * v / top;
+  for (const [field, color] of [["replicas", "#2563eb"], ["outstanding", "#d97706"], ["loads", "#059669"]]) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    HISTORY.forEach((s, i) => (i ? ctx.lineTo(x(s.t), y(s[field])) : ctx.moveTo(x(s.t), y(s[field]))));
+    ctx.stroke();
+  }
+  ctx.fillStyle = "#666";
+  ctx.fillText(String(top), 2, 10);
+}
+
+let lastLoads = null;
 async function refreshFleet() {
   try {
     const ready = await (await fetch("/readyz")).json();
@@ -108,13 +153,25 @@ async function refreshFleet() {
       (ready.at_zero ? " · at zero: the next request starts a replica" : "");
     const response = await fetch("/v1/scheduler", { headers: headers() });
     if (response.status === 401) { $("key-row").hidden = false; return; }
-    const decisions = await response.json();
-    const items = [];
-    for (const [deployment, d] of Object.entries(decisions.latest || {})) {
-      items.push(`${deployment}: ${d.desired} replicas — ${d.reason}`);
-    }
-    $("decisions").replaceChildren(...items.map((text) => { const li = document.createElement("li"); li.textContent = text; return li; }));
+    const scheduler = await response.json();
+    const decisions = Object.entries(scheduler.latest || {}).map(([deployment, d]) => `${deployment}: ${d.desired} replicas — ${d.reason}`);
+    $("decisions").replaceChildren(...listItems(decisions));
+    const replicas = Object.entries(scheduler.replicas || {}).map(([id, r]) =>
+      `${id}: ` + (r.resident ? `${r.resident.join(", ")} on the device` : "not yet reported") +
+      (r.host && r.host.length ? ` · ${r.host.join(", ")} in host RAM` : "") + ` · ${r.free_slots} free`);
+    $("replicas").replaceChildren(...listItems(replicas));
+    const loads = await loadsSoFar();
+    const t = performance.now() / 1000;
+    HISTORY.push({ t, replicas: w.running, outstanding: ready.outstanding,
+                   loads: loads !== null && lastLoads !== null ? loads - lastLoads : 0 });
+    lastLoads = loads;
+    while (HISTORY.length && t - HISTORY[0].t > HISTORY_S) HISTORY.shift();
+    drawChart();
   } catch (_) { $("fleet-summary").textContent = "fleet: unavailable"; }
+}
+
+function options(select, names) {
+  select.append(...names.map((name) => { const o = document.createElement("option"); o.value = o.textContent = name; return o; }));
 }
 
 async function init() {
@@ -123,7 +180,12 @@ async function init() {
   $("key").value = localStorage.getItem("sdserve-key") || "";
   const models = await fetch("/v1/models", { headers: headers() });
   if (models.status === 401) $("key-row").hidden = false;
-  else if (models.ok) $("model").textContent = (await models.json()).data[0].id;
+  else if (models.ok) {
+    const data = (await models.json()).data;
+    $("model").textContent = data[0].id;
+    options($("model-select"), data.filter((m) => m.kind !== "lora").map((m) => m.id));
+    options($("lora"), data.filter((m) => m.kind === "lora").map((m) => m.id));
+  }
   $("form").addEventListener("submit", generate);
   refreshFleet();
   setInterval(refreshFleet, 2000);
