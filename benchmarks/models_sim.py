@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/single.yaml")
     parser.add_argument("--gpu-models", default="1,2", help="checkpoints a replica holds on its GPU (each a run)")
     parser.add_argument("--host-models", type=int, default=4, help="more it keeps in host memory")
-    parser.add_argument("--fixed", type=int, default=4, help="also run each placement on N warm replicas, "
-                        "never stopped (0: no): placement without the control loop's scale-downs")
+    parser.add_argument("--fixed", default="4", help="also run each placement on N warm replicas, never "
+                        "stopped (a list runs each: '1,2,3,4'; 0: no): placement without the control loop's scale-downs")
+    parser.add_argument("--no-control-loop", action="store_true", help="only the fixed fleets")
     parser.add_argument("--host-load-s", type=float, default=2.8)
     parser.add_argument("--disk-load-s", type=float, default=35.0)
     parser.add_argument("--slo", type=float, default=30.0)
@@ -78,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"[models] SIMULATION: {len(arrivals)} requests over {len(counts)} checkpoints; the most used, "
           f"{default}, has {100 * counts[default] / len(arrivals):.1f} % and starts on every replica", flush=True)
     jobs, names = [], []
-    fleets = [0] + ([args.fixed] if args.fixed else [])
+    fleets = ([] if args.no_control_loop else [0]) + [n for n in map(int, str(args.fixed).split(",")) if n]
     for fixed in fleets:
         for gpu in (int(g) for g in args.gpu_models.split(",")):
             for placement, setting in PLACEMENTS.items():
