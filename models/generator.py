@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.edits import composite, edit_arguments, edit_pipeline
 from models.host_tier import RESIDENT, HostWeights, restore, snapshot
 from models.loader import ModelSpec, load_pipeline
-from models.request import GenerationRequest, GenerationResult, GenerationStopped
+from models.request import TEXT, GenerationRequest, GenerationResult, GenerationStopped
 
 #: Called after every denoising step with the steps done so far; returns a reason to stop, or None.
 StopCheck = Callable[[int], "str | None"]
@@ -136,6 +137,7 @@ class DiffusionGenerator(GroupedGenerator):
         self.resident_loras = resident_loras
         self._loras_loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._loras_on = False
+        self._edit_pipelines: dict[str, Any] = {}  # kind → pipeline sharing this one's components
         self.device = str(pipeline.device)
         self.counter = CallCounter()
 
@@ -168,22 +170,28 @@ class DiffusionGenerator(GroupedGenerator):
             return callback_kwargs
 
         lora_s = self._apply_loras(first.loras)
+        if first.kind == TEXT:
+            pipeline, inputs = self.pipeline, {"width": first.width, "height": first.height}
+        else:
+            if first.kind not in self._edit_pipelines:
+                self._edit_pipelines[first.kind] = edit_pipeline(self.pipeline, first.kind)
+            pipeline, inputs = self._edit_pipelines[first.kind], edit_arguments(group)
         self.counter.enter(len(group), len(prompts))
         try:
-            output = self.pipeline(
+            output = pipeline(
                 prompt=prompts,
                 negative_prompt=negatives if first.guidance_scale > 1.0 else None,
-                width=first.width,
-                height=first.height,
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 generator=generators,
                 output_type="pil",
                 callback_on_step_end=on_step_end,
+                **inputs,
             )
         finally:
             self.counter.leave(steps_done)
-        pngs = [encode_png(image) for image in output.images]
+        owners = [request for request in group for _ in range(request.n)]
+        pngs = [encode_png(composite(image, owner)) for image, owner in zip(output.images, owners)]
         results = []
         offset = 0
         for request in group:
@@ -191,7 +199,7 @@ class DiffusionGenerator(GroupedGenerator):
                 GenerationResult(
                     images=pngs[offset : offset + request.n],
                     steps_done=steps_done,
-                    steps_requested=request.num_inference_steps,
+                    steps_requested=request.effective_steps,
                     batch_images=len(prompts),
                     model_load_s=lora_s,
                 )

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: What a request asks of the pipeline: an image from text, or an edit of an input image.
+TEXT, IMG2IMG, INPAINT = "text", "img2img", "inpaint"
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -27,12 +30,26 @@ class GenerationRequest:
     partial_images: int = 0  # previews to stream while it denoises (0-3; not part of the batch key)
     model: str = ""  # the checkpoint of the server's catalog ("": its default)
     loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, scale) applied to it
+    # an edit (``/v1/images/edits``): the input image, and for inpainting the area to repaint
+    kind: str = TEXT  # TEXT, IMG2IMG or INPAINT
+    image: bytes | None = field(default=None, repr=False)  # PNG, RGB, width × height
+    mask: bytes | None = field(default=None, repr=False)  # PNG, L: 255 where to repaint (diffusers' convention)
+    strength: float = 1.0  # edits: how far from the input the result may go (0 < s <= 1)
 
     @property
-    def batch_key(self) -> tuple[int, int, int, float, str, tuple[tuple[str, float], ...]]:
-        """Requests share one pipeline call only if checkpoint, LoRAs, size, steps and guidance match
-        (diffusers applies one set of adapters to a whole call)."""
-        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.model, self.loras)
+    def batch_key(self) -> tuple:
+        """Requests share one pipeline call only if kind, checkpoint, LoRAs, size, steps, guidance and
+        strength match (diffusers applies one set of adapters and one strength to a whole call)."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.model, self.loras,
+                self.kind, self.strength)
+
+    @property
+    def effective_steps(self) -> int:
+        """Denoising steps the pipeline really runs: an edit runs the last ``strength`` of the schedule
+        (diffusers' ``get_timesteps``: ``int(steps × strength)``; the API refuses a product under 1)."""
+        if self.kind == TEXT:
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
 
     @property
     def pixels(self) -> int:

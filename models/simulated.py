@@ -90,7 +90,7 @@ class SimulatedGenerator(GroupedGenerator):
         steps_done = 0
         self.counter.enter(len(group), images)
         try:
-            for step in range(first.num_inference_steps):
+            for step in range(first.effective_steps):
                 wake.wait(step_s)
                 steps_done = step + 1
                 if on_latents is not None:
@@ -103,7 +103,7 @@ class SimulatedGenerator(GroupedGenerator):
             GenerationResult(
                 images=[_flat_png(r.width, r.height, r.seed + i) for i in range(r.n)],
                 steps_done=steps_done,
-                steps_requested=r.num_inference_steps,
+                steps_requested=r.effective_steps,
                 batch_images=images,
             )
             for r in group

@@ -85,10 +85,11 @@ def refuse_disconnect_override(request: Request) -> None:
         )
 
 
-async def read_body(request: Request, limits: LimitSettings) -> bytes:
-    """The whole body, at most ``max_body_bytes`` (413, chunked bodies included) and within
-    ``body_read_timeout_s`` (408): a slow upload must not hold an ingress slot for minutes."""
-    limit = limits.max_body_bytes
+async def read_body(request: Request, limits: LimitSettings, limit: int | None = None) -> bytes:
+    """The whole body, at most ``limit`` bytes (default ``max_body_bytes``; 413, chunked bodies
+    included) and within ``body_read_timeout_s`` (408): a slow upload must not hold an ingress slot
+    for minutes."""
+    limit = limit or limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")

@@ -38,7 +38,7 @@ from serve.protocol import ReplicaFacts, WorkerJob, WorkerReply
 
 def view(job: WorkerJob, load_s: float = 0.0) -> JobView:
     r = job.request
-    return JobView(job.deadline, r.n, r.width * r.height, r.num_inference_steps, load_s)
+    return JobView(job.deadline, r.n, r.width * r.height, r.effective_steps, load_s)
 
 
 class JobRunner:
@@ -109,7 +109,7 @@ class JobRunner:
         if verdict.admission is Admission.HOPELESS:
             assert job.deadline is not None and verdict.predicted_s is not None
             return WorkerReply.for_job(job, Outcome.SHED, now, now, phase=Phase.QUEUED, message=(
-                f"cannot finish in time: a call of {r.n} x {r.width}x{r.height} and {r.num_inference_steps} steps "
+                f"cannot finish in time: a call of {r.n} x {r.width}x{r.height} and {r.effective_steps} steps "
                 f"(with loading its checkpoint if not resident) takes ~{verdict.predicted_s:.2f}s here, {job.deadline - now:.2f}s left before the deadline"))
         return None
 
@@ -127,7 +127,7 @@ class JobRunner:
             batch, waiting = waiting[:k], waiting[k:]
             r = batch[0].request
             predicted = self.rules.predicted_s(sum(j.request.n for j in batch), r.width * r.height,
-                                               r.num_inference_steps)
+                                               r.effective_steps)
             for job, reply in zip(batch, self.calls.run(batch, cancelled, predicted)):
                 replies[job.job_id] = reply
                 self.progress.answered(job, self._about_replica(reply, [job]))  # now, not after the rest
@@ -142,7 +142,7 @@ class JobRunner:
         host = getattr(self.calls.backend, "host", None)  # and its host tier
         replica = dataclasses.replace(
             self.replica, oom_total=self.oom.count, memory=dataclasses.asdict(memory) if memory else None,
-            capacity=self.rules.effective_capacity(r.width * r.height, r.num_inference_steps, budgets),
+            capacity=self.rules.effective_capacity(r.width * r.height, r.effective_steps, budgets),
             models=tuple(loaded) if loaded is not None else None,
             host_models=tuple(host.entries) if host is not None else ())
         return dataclasses.replace(reply, replica=replica)

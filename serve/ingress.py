@@ -14,6 +14,7 @@ import base64
 import concurrent.futures
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from models.request import GenerationRequest
 from scheduler.autoscaling import AutoscalerConfig
 from scheduler.outcomes import Outcome, Phase, refused
 from serve.admission import (
@@ -39,6 +41,7 @@ from serve.admission import (
     refuse_open_network,
 )
 from serve.dispatcher import Dispatcher, tenant_of
+from serve.edits_api import ImageEditBody, parse_edit
 from serve.fleet import ServeFleet
 from serve.learning import ReplyLearner
 from serve.lifecycle import RequestLifecycle
@@ -90,6 +93,19 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
 
 GENERATION_SCHEMA = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": _inlined(ImageGenerationBody.model_json_schema())}}}}
+
+
+def _edit_schema() -> dict[str, Any]:
+    """The edit form: the image and mask as files, ``loras`` as JSON text, the rest as fields."""
+    schema = _inlined(ImageEditBody.model_json_schema())
+    files = {"image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"}}
+    schema["properties"] = {**files, **schema["properties"],
+                            "loras": {"type": "string", "description": 'JSON text: [{"id": ..., "scale": ...}]'}}
+    schema["required"] = ["image", "prompt"]
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+EDIT_SCHEMA = _edit_schema()
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -256,6 +272,25 @@ class Ingress:
 
     @api.post("/v1/images/generations", openapi_extra=GENERATION_SCHEMA)
     async def generations(self, request: Request) -> Response:
+        """An image from a prompt (JSON body)."""
+        return await self._serve(request, self._parse_generation, "text")
+
+    @api.post("/v1/images/edits", openapi_extra=EDIT_SCHEMA)
+    async def edits(self, request: Request) -> Response:
+        """An edit of an image (multipart form): image-to-image, or inpainting with a mask."""
+        return await self._serve(request, self._parse_edit, "edit")
+
+    async def _parse_generation(self, request: Request) -> tuple[ImageGenerationBody, GenerationRequest]:
+        body = parse_body(await read_body(request, self.settings.limits))
+        return body, to_generation_request(body, self.settings.limits, list(self.settings.model.served),
+                                           self.settings.model.loras)
+
+    async def _parse_edit(self, request: Request) -> tuple[ImageGenerationBody, GenerationRequest]:
+        return await parse_edit(request, self.settings.limits, list(self.settings.model.served),
+                                self.settings.model.loras)
+
+    async def _serve(self, request: Request, parse: Callable[[Request], Awaitable[tuple[
+            ImageGenerationBody, GenerationRequest]]], route_kind: str) -> Response:
         """Every request ends here in exactly one counted and logged outcome, whatever path it
         takes: refused at admission, answered by a worker, given up at its deadline, abandoned by
         its client (even while its body is still arriving), or failed by something unexpected."""
@@ -264,9 +299,7 @@ class Ingress:
         try:
             client = tenant_of(self.auth.key_of(request), client_address(request))
             refuse_disconnect_override(request)
-            body = parse_body(await read_body(request, self.settings.limits))
-            generation = to_generation_request(body, self.settings.limits, list(self.settings.model.served),
-                                               self.settings.model.loras)
+            body, generation = await parse(request)
             self.learner.check_memory(generation)
             job = lifecycle.job(generation, body.timeout_s, request.headers.get("x-request-timeout-seconds"),
                                 request_id, client)
@@ -283,15 +316,16 @@ class Ingress:
                 raise reply_error(reply)
         except ApiError as error:
             outcome = reply.outcome if reply is not None else refused(error.status)
-            lifecycle.finish(outcome, started, request_id, status=error.status, code=error.code,
+            lifecycle.finish(outcome, started, request_id, status=error.status, code=error.code, kind=route_kind,
                              phase=reply.phase if reply else Phase.NONE, job=job, reply=reply)
             raise
         except CLIENT_GONE:  # the client went away first
-            lifecycle.finish(Outcome.CANCELLED, started, request_id, status=499, job=job)
+            lifecycle.finish(Outcome.CANCELLED, started, request_id, status=499, job=job, kind=route_kind)
             raise
         except Exception as exc:  # noqa: BLE001 - unexpected: answered, counted and logged once
             log.exception("request %s failed unexpectedly", request_id)
-            lifecycle.finish(Outcome.ERROR, started, request_id, status=500, code="internal_error", job=job)
+            lifecycle.finish(Outcome.ERROR, started, request_id, status=500, code="internal_error", job=job,
+                             kind=route_kind)
             raise ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error",
                            type="server_error") from None
         lifecycle.finish(Outcome.OK, started, request_id, status=200, phase=reply.phase, job=job, reply=reply)

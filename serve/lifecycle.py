@@ -96,7 +96,7 @@ class RequestLifecycle:
             self.scaling.start()
             r = job.request
             self.scaling.accepted(job.job_id, PendingJob(
-                job.accepted_at, job.deadline, r.n, r.num_inference_steps, r.width * r.height))
+                job.accepted_at, job.deadline, r.n, r.effective_steps, r.width * r.height))
         progress = JobProgress()
         wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
         try:
@@ -157,10 +157,13 @@ class RequestLifecycle:
         return self.dispatcher.queue.position_if_added(client, job.deadline)
 
     def finish(self, outcome: Outcome, started: float, request_id: str, *, status: int, code: str = "",
-               phase: Phase = Phase.NONE, job: WorkerJob | None = None, reply: WorkerReply | None = None) -> None:
-        """Count the request's one outcome and write its one structured log line."""
+               phase: Phase = Phase.NONE, job: WorkerJob | None = None, reply: WorkerReply | None = None,
+               kind: str = "text") -> None:
+        """Count the request's one outcome and write its one structured log line (``kind``: the
+        route's, for a request refused before it was parsed)."""
         latency = time.monotonic() - started
-        self.recorder.request(outcome, phase, latency)
+        kind = job.request.kind if job is not None else kind
+        self.recorder.request(outcome, phase, latency, kind)
         if reply is not None and reply.outcome == Outcome.OK and job is not None:
             self.recorder.tenant_wait(job.tenant, reply.queue_wait_s)
         log.info(json.dumps(request_log_line(request_id, outcome, phase, status, code, latency,

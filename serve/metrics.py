@@ -34,6 +34,10 @@ REQUESTS = Counter(
     "sdserve_requests", "Requests by how they ended; 'phase' says where a deadline hit (queued or running).",
     ["app", "outcome", "phase"], registry=REGISTRY,
 )
+REQUESTS_BY_KIND = Counter(
+    "sdserve_requests_by_kind", "Requests by kind (text; img2img and inpaint: edits; edit: an edit refused "
+    "before its form was read) and how they ended.", ["app", "kind", "outcome"], registry=REGISTRY,
+)
 LATENCY = Histogram(
     "sdserve_request_latency_seconds", "End-to-end time in the ingress, by outcome.",
     ["app", "outcome"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
@@ -137,8 +141,9 @@ class MetricsRecorder:
         for outcome in Outcome:  # every outcome exported from the start, at 0, so rates work
             REQUESTS.labels(app, outcome, Phase.NONE)
 
-    def request(self, outcome: Outcome, phase: Phase, latency_s: float | None) -> None:
+    def request(self, outcome: Outcome, phase: Phase, latency_s: float | None, kind: str = "text") -> None:
         REQUESTS.labels(self.app, outcome, phase).inc()
+        REQUESTS_BY_KIND.labels(self.app, kind, outcome).inc()
         if latency_s is not None:
             LATENCY.labels(self.app, outcome).observe(latency_s)
 

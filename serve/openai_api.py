@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -90,8 +90,16 @@ def parse_body(raw: bytes) -> ImageGenerationBody:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    return validate_body(ImageGenerationBody, data)
+
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+def validate_body(model: type[BodyT], data: dict[str, Any]) -> BodyT:
+    """Fields → typed body; wrong types, unknown or missing fields are 422 naming the field."""
     try:
-        return ImageGenerationBody.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None

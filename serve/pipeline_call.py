@@ -41,7 +41,7 @@ class PipelineCalls:
     def run(self, group: list[WorkerJob], cancelled: Cancelled, predicted_s: float | None = None) -> list[WorkerReply]:
         """Run ``group`` (one size, steps and guidance) as one call; one reply per job, in order."""
         started = self.clock()
-        steps = group[0].request.num_inference_steps
+        steps = group[0].request.effective_steps  # an edit runs ``strength`` of the schedule
         failure: tuple[bool, str] | None = None  # (out of memory?, message) of a failed call
         try:  # its checkpoint and adapters first, so ``started`` can say where they came from
             prepared = self.backend.prepare(group[0].request)
@@ -110,7 +110,7 @@ class PipelineCalls:
         outcome = Outcome(stopped.reason)  # why the step callback stopped it
         return [WorkerReply.for_job(
             job, outcome, started, ended, phase=Phase.RUNNING, steps_done=stopped.steps_done,
-            message=f"stopped after {stopped.steps_done} of {job.request.num_inference_steps} steps: {stopped.reason}")
+            message=f"stopped after {stopped.steps_done} of {job.request.effective_steps} steps: {stopped.reason}")
             for job in group]
 
     def _failed(self, group: list[WorkerJob], cancelled: Cancelled, started: float, oom: bool,

@@ -109,6 +109,8 @@ class LimitSettings(_Section):
     max_guidance_scale: float = Field(30.0, ge=0)
     max_prompt_chars: int = Field(4000, ge=1)
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413")
+    max_edit_body_bytes: int = Field(
+        16 * 2**20, ge=1024, description="larger /v1/images/edits bodies (image, mask and fields) get 413")
     body_read_timeout_s: float = Field(
         10.0, gt=0, description="a body not fully received in this time gets 408 (slow uploads)"
     )

@@ -3,7 +3,8 @@
 OpenAI's events (shapes from the ``openai`` package's ``ImageGenPartialImageEvent`` and
 ``ImageGenCompletedEvent``): ``image_generation.partial_image`` for each preview,
 ``image_generation.completed`` for each final image (``usage`` is all zeros: no tokens are counted
-here), and ``error`` in OpenAI's error shape, after which the stream ends.
+here), and ``error`` in OpenAI's error shape, after which the stream ends. An edit's stream names
+them ``image_edit.partial_image`` and ``image_edit.completed``, as OpenAI's edit stream does.
 
 sdserve's extension events, which clients that do not know them skip (they test ``type``):
 ``sdserve.queued`` (requests ahead, estimated start), ``sdserve.started`` (replica, whether this was
@@ -21,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from models.request import GenerationRequest
+from models.request import TEXT, GenerationRequest
 from scheduler.outcomes import Outcome, Phase, refused
 from serve.event_queue import until_done
 from serve.openai_api import ApiError
@@ -49,6 +50,8 @@ class StreamFormat:
         self.request = request
         self.image = {"size": f"{request.width}x{request.height}", "quality": quality or "auto",
                       "background": background or "auto", "output_format": "png"}
+        # OpenAI's event names: image_generation.* for generations, image_edit.* for edits
+        self.prefix = "image_generation" if request.kind == TEXT else "image_edit"
         self.started_at: float | None = None
 
     @staticmethod
@@ -61,7 +64,7 @@ class StreamFormat:
             return sse({"type": "sdserve.started", "replica_id": event.replica_id, "cold": event.first_call,
                         "model_load": event.model_load, "model_load_s": round(event.model_load_s, 3)})
         if event.kind == EventKind.PARTIAL and event.png is not None:
-            return sse({"type": "image_generation.partial_image", "b64_json": base64.b64encode(event.png).decode(),
+            return sse({"type": f"{self.prefix}.partial_image", "b64_json": base64.b64encode(event.png).decode(),
                         "created_at": int(time.time()), **self.image, "partial_image_index": event.index})
         eta = None
         if self.started_at is not None and event.step:
@@ -70,7 +73,7 @@ class StreamFormat:
 
     def completed(self, reply: WorkerReply) -> list[bytes]:
         created = int(time.time())
-        events = [sse({"type": "image_generation.completed", "b64_json": base64.b64encode(png).decode(),
+        events = [sse({"type": f"{self.prefix}.completed", "b64_json": base64.b64encode(png).decode(),
                        "created_at": created, **self.image, "usage": ZERO_USAGE}) for png in reply.images]
         events.append(sse({"type": "sdserve.done", "seed": self.request.seed, "queue_wait_s": reply.queue_wait_s,
                            "service_time_s": reply.service_time_s, "replica_id": reply.replica_id,
