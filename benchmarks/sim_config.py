@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.request import DEFAULT_STRENGTH, TEXT, effective_steps
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from scheduler.autoscaling import AutoscalerConfig
 from scheduler.simulation.policies import ControlPolicy, RayControlled, SdserveLoop
@@ -63,12 +64,17 @@ class SimTarget:
         )
 
     def requests(self, arrivals: list[Any], size: str | None = None, timeout_s: float | None = None) -> list[SimRequest]:
-        """Trace arrivals as this config's server would see them (default size, steps, timeout)."""
+        """Trace arrivals as this config's server would see them (default size, steps, timeout); an
+        edit (the trace's IMG_2_IMG and INPAINTING rows) runs the steps its default strength gives."""
         width, height = (int(x) for x in (size or self.settings.limits.default_size).split("x"))
         steps = self.settings.limits.default_steps
         timeout = timeout_s or self.settings.deadlines.default_timeout_s
-        return [SimRequest(a.at, a.n, a.steps or steps, width * height, timeout, a.tenant,
-                           a.model) for a in arrivals]
+        requests = []
+        for a in arrivals:
+            kind = getattr(a, "kind", TEXT)
+            runs = max(1, effective_steps(a.steps or steps, kind, DEFAULT_STRENGTH.get(kind, 1.0)))
+            requests.append(SimRequest(a.at, a.n, runs, width * height, timeout, a.tenant, a.model, kind))
+        return requests
 
 
 def _worker(app: dict[str, Any], path: str) -> dict[str, Any]:

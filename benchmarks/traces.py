@@ -26,6 +26,11 @@ class Arrival:
     steps: int | None = None
     tenant: str = ""  # who sent it (the production trace's groupId)
     model: str = ""  # its checkpoint (the production trace's checkpoint_model_version_id)
+    kind: str = "text"  # text, img2img or inpaint (the production trace's predict_type)
+
+
+#: The production trace's ``predict_type`` → sdserve's request kinds.
+TRACE_KINDS = {"TXT_2_IMG": "text", "IMG_2_IMG": "img2img", "INPAINTING": "inpaint"}
 
 
 def _number(text: str | None) -> float | None:
@@ -58,7 +63,7 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
     if time_scale <= 0:
         raise ValueError("time_scale must be > 0")
     start, end = parse_window(window)
-    rows: list[tuple[float, int, int | None, str, str]] = []
+    rows: list[tuple[float, int, int | None, str, str, str]] = []
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader)]
@@ -67,6 +72,7 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
             cols = {name: header.index(name) for name in ("gmt_create", "num_images_per_prompt", "num_inference_steps")}
             group = header.index("groupId") if "groupId" in header else None
             checkpoint = header.index("checkpoint_model_version_id") if "checkpoint_model_version_id" in header else None
+            predict = header.index("predict_type") if "predict_type" in header else None
         elif header[0] != "timestamp":
             raise ValueError(f"{path}: expected a 'gmt_create' or 'timestamp' column, got {header}")
         for row in reader:
@@ -77,19 +83,21 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
                 n, steps = _number(row[cols["num_images_per_prompt"]]), _number(row[cols["num_inference_steps"]])
                 tenant = row[group].strip() if group is not None else ""
                 model = row[checkpoint].strip() if checkpoint is not None else ""
+                kind = TRACE_KINDS.get(row[predict].strip(), "text") if predict is not None else "text"
             else:
                 t = _parse_time(row[0])
                 n = _number(row[1]) if len(row) > 1 else None
                 steps = _number(row[2]) if len(row) > 2 else None
                 tenant = row[3].strip() if len(row) > 3 else ""
-                model = ""
+                model, kind = "", "text"
             if (start is None or t >= start) and (end is None or t < end):
-                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant, model))
+                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant, model, kind))
     rows.sort(key=lambda r: r[0])
     if not rows:
         return []
     origin = start if start is not None else rows[0][0]
-    return [Arrival((t - origin) / time_scale, n, steps, tenant, model) for t, n, steps, tenant, model in rows]
+    return [Arrival((t - origin) / time_scale, n, steps, tenant, model, kind)
+            for t, n, steps, tenant, model, kind in rows]
 
 
 def busiest_window(path: str | Path, seconds: float = 3600) -> str:

@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 
 #: What a request asks of the pipeline: an image from text, or an edit of an input image.
 TEXT, IMG2IMG, INPAINT = "text", "img2img", "inpaint"
+#: diffusers' defaults: image-to-image keeps a fifth of the input, inpainting repaints all of the mask.
+DEFAULT_STRENGTH = {IMG2IMG: 0.8, INPAINT: 1.0}
+
+
+def effective_steps(steps: int, kind: str, strength: float) -> int:
+    """Denoising steps the pipeline really runs: an edit runs the last ``strength`` of the schedule
+    (diffusers' ``get_timesteps``: ``int(steps × strength)``; the API refuses a product under 1)."""
+    return steps if kind == TEXT else min(int(steps * strength), steps)
 
 
 @dataclass(frozen=True)
@@ -45,11 +53,8 @@ class GenerationRequest:
 
     @property
     def effective_steps(self) -> int:
-        """Denoising steps the pipeline really runs: an edit runs the last ``strength`` of the schedule
-        (diffusers' ``get_timesteps``: ``int(steps × strength)``; the API refuses a product under 1)."""
-        if self.kind == TEXT:
-            return self.num_inference_steps
-        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+        """Denoising steps the pipeline really runs (see :func:`effective_steps`)."""
+        return effective_steps(self.num_inference_steps, self.kind, self.strength)
 
     @property
     def pixels(self) -> int:

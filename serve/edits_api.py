@@ -25,14 +25,12 @@ from fastapi import Request
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
-from models.request import IMG2IMG, INPAINT, GenerationRequest
+from models.request import DEFAULT_STRENGTH, IMG2IMG, INPAINT, GenerationRequest
 from serve.admission import read_body
 from serve.openai_api import ApiError, ImageGenerationBody, invalid, to_generation_request, validate_body
 from serve.settings import LimitSettings
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
-#: diffusers' defaults: image-to-image keeps a fifth of the input, inpainting repaints all of the mask.
-DEFAULT_STRENGTH = {IMG2IMG: 0.8, INPAINT: 1.0}
 MAX_FORM_FIELDS = 40
 
 

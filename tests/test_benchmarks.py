@@ -33,7 +33,7 @@ def _production_csv(tmp_path: Path) -> Path:
         "negative_prompt_length,num_images_per_prompt,num_inference_steps,checkpoint_model_version_id,num_lora\n"
         "2024-11-15 16:57:50,TXT_2_IMG,SUCCEED,32.0,G0,63.0,26.0,1.0,30.0,M0,0\n"
         "2024-11-15 16:58:10,TXT_2_IMG,SUCCEED,43.0,G1,93.0,,4.0,,M1,0\n"
-        "2024-11-15 16:59:50,TXT_2_IMG,SUCCEED,36.0,G1,93.0,,,40.0,M1,0\n"
+        "2024-11-15 16:59:50,IMG_2_IMG,SUCCEED,36.0,G1,93.0,,,40.0,M1,0\n"
         "2024-11-15 18:00:00,TXT_2_IMG,SUCCEED,36.0,G1,93.0,,8.0,40.0,M1,0\n"
     )
     return path
@@ -43,10 +43,19 @@ def test_production_trace_window_time_scale_and_missing_fields(tmp_path: Path) -
     path = _production_csv(tmp_path)
     arrivals = read_trace(path, "2024-11-15 16:57:50..2024-11-15 17:00:00", time_scale=10)
     assert arrivals == [Arrival(0.0, 1, 30, "G0", "M0"), Arrival(2.0, 4, None, "G1", "M1"),
-                        Arrival(12.0, 1, 40, "G1", "M1")]
+                        Arrival(12.0, 1, 40, "G1", "M1", "img2img")]
     assert len(read_trace(path)) == 4
     assert read_trace(path, "2024-11-15 17:00:00..")[0] == Arrival(3600.0, 8, 40, "G1", "M1")  # from the window start
     assert busiest_window(path) == "2024-11-15 16:00:00..2024-11-15 17:00:00"
+
+
+def test_the_simulator_replays_an_edit_with_the_steps_its_strength_runs(tmp_path: Path) -> None:
+    from benchmarks.sim_config import load_target
+
+    arrivals = read_trace(_production_csv(tmp_path), "2024-11-15 16:57:50..2024-11-15 17:00:00")
+    requests = load_target("configs/single.yaml", cold_start_s=10).requests(arrivals)
+    # text keeps its 30 steps; the image-to-image row runs 80 % of its 40 (diffusers' default strength)
+    assert [(r.kind, r.steps) for r in requests] == [("text", 30), ("text", 25), ("img2img", 32)]
 
 
 def test_plain_trace_and_window_parsing() -> None:

@@ -317,3 +317,15 @@ def test_ray_default_decides_the_same_when_called_only_where_it_can_change(
                                   target_ongoing_requests=target)
     spec = FleetSpec(cold_start_s=5.0, gpu_slots=4, max_queued_requests=8)
     _same_as_every_interval(_requests(trace), spec, lambda: RayControlled("ray", config))
+
+
+def test_a_simulated_call_holds_one_kind_of_request() -> None:
+    """Two prompts and two edits that run the same steps at the same size arrive together at one
+    batched replica: they go in two calls, never one (a pipeline call is one kind)."""
+    requests = [SimRequest(0.0, steps=8, kind=kind) for kind in ("text", "img2img", "text", "img2img")]
+    spec = FleetSpec(max_batch_size=8, max_ongoing_requests=8, initial_replicas=1, gpu_slots=1,
+                     router_initial_backoff_s=0)
+    result = simulate(requests, spec, lambda images, pixels, steps: 0.1 * steps, FixedFleet(1))
+    assert [r.call_images for r in result.records] == [2, 2, 2, 2]
+    starts = {kind: {r.start_s for r, q in zip(result.records, requests) if q.kind == kind} for kind in ("text", "img2img")}
+    assert all(len(s) == 1 for s in starts.values()) and starts["text"] != starts["img2img"]

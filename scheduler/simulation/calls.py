@@ -70,7 +70,7 @@ class CallRunner:
         groups: dict[tuple[int, int], list[int]] = {}
         for i in batch:
             r = sim.requests[i]
-            groups.setdefault((r.pixels, r.steps, r.model), []).append(i)
+            groups.setdefault((r.pixels, r.steps, r.model, r.kind), []).append(i)
         t, finishing = sim.now, []
         for members in groups.values():
             t = self._run_group(replica, members, t, finishing)
@@ -88,8 +88,8 @@ class CallRunner:
         views = [self.view(i) for i in window]
         ordered = [window[k] for k in earliest_deadline_first(views)]
         head = sim.requests[ordered[0]]
-        same = [i for i in ordered if (sim.requests[i].pixels, sim.requests[i].steps, sim.requests[i].model)
-                == (head.pixels, head.steps, head.model)]
+        same = [i for i in ordered if (sim.requests[i].pixels, sim.requests[i].steps, sim.requests[i].model,
+                                       sim.requests[i].kind) == (head.pixels, head.steps, head.model, head.kind)]
         admitted, refused = [], []
         for i in same:
             verdict = replica.rules.admit(self.view(i), sim.now)

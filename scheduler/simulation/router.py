@@ -88,7 +88,7 @@ class Router:
     def enqueue(self, i: int) -> None:
         if self.fair is not None:
             r = self.sim.requests[i]
-            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps, r.model)))
+            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps, r.model, r.kind)))
         else:
             self.queue.append(i)
         self.queued += 1

@@ -30,6 +30,7 @@ class SimRequest:
     timeout_s: float = 120.0  # relative deadline, as the live ingress assigns it
     tenant: str = ""  # who sent it (the trace's groupId): the dispatcher's fairness is across tenants
     model: str = ""  # its checkpoint (the trace's checkpoint_model_version_id); used when models are simulated
+    kind: str = "text"  # text, img2img or inpaint: a call holds one kind; ``steps`` are the ones it runs
 
 
 @dataclass(frozen=True)
