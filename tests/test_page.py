@@ -143,3 +143,37 @@ def test_a_model_and_a_lora_are_picked_and_the_fleet_panel_shows_where_checkpoin
     assert int(browser.find_element(By.ID, "chart").get_attribute("data-samples")) >= 2
     replicas = browser.find_element(By.ID, "replicas").text
     assert "tiny-2" in replicas and "on the device" in replicas, replicas
+
+
+def test_an_image_is_edited_from_the_page_with_a_mask(page: tuple[Any, Any], tmp_path: Path) -> None:
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    app, browser = page
+    source = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.full((64, 64, 4), 255, dtype=np.uint8)
+    mask[:32, :, 3] = 0  # the top half is to be edited
+    Image.fromarray(source).save(tmp_path / "in.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    _enter_prompt(browser, app.url, "a lighthouse")
+    Select(browser.find_element(By.ID, "mode")).select_by_value("edit")
+    assert not browser.find_element(By.ID, "size").is_displayed()  # an edit has its image's size
+    browser.find_element(By.ID, "image").send_keys(str(tmp_path / "in.png"))
+    browser.find_element(By.ID, "mask").send_keys(str(tmp_path / "mask.png"))
+    for field, value in (("strength", "1"), ("steps", "3"), ("seed", "8")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "go").click()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not browser.find_elements(By.CSS_SELECTOR, "#results img"):
+        time.sleep(0.05)
+    assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+    shown = browser.find_element(By.CSS_SELECTOR, "#results img").get_attribute("src").split(",", 1)[1]
+    edited = np.array(Image.open(io.BytesIO(__import__("base64").b64decode(shown))).convert("RGB"))
+    assert edited.shape == (64, 64, 3) and np.array_equal(edited[32:], source[32:])  # the kept half is untouched
+    served = app.client.post("/v1/images/edits", files={"image": (tmp_path / "in.png").read_bytes(),
+                                                        "mask": (tmp_path / "mask.png").read_bytes()},
+                             data={"prompt": "a lighthouse", "num_inference_steps": "3", "seed": "8", "strength": "1"})
+    assert served.json()["data"][0]["b64_json"] == shown  # the page sent what it showed

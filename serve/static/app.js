@@ -4,8 +4,8 @@
 const $ = (id) => document.getElementById(id);
 const SIZES = ["64x64", "128x128", "256x256", "512x512", "768x768"];
 
-function headers() {
-  const h = { "Content-Type": "application/json" };
+function headers(json = true) {
+  const h = json ? { "Content-Type": "application/json" } : {};
   const key = $("key").value.trim();
   if (key) { h["Authorization"] = "Bearer " + key; localStorage.setItem("sdserve-key", key); }
   return h;
@@ -44,9 +44,11 @@ function handle(event, started) {
       $("status").textContent = `step ${event.step} of ${event.steps}` + (event.eta_s != null ? `, ~${event.eta_s.toFixed(1)} s left` : "");
       break;
     case "image_generation.partial_image":
+    case "image_edit.partial_image":
       $("previews").replaceChildren(image(event.b64_json, `preview ${event.partial_image_index + 1}`));
       break;
     case "image_generation.completed":
+    case "image_edit.completed":
       $("previews").replaceChildren();
       $("progress").value = $("progress").max;
       $("results").appendChild(image(event.b64_json, "generated image"));
@@ -61,6 +63,19 @@ function handle(event, started) {
       showError(event.error.message);
       break;
   }
+}
+
+// An edit is a multipart form (OpenAI's shape): the files, and every other field as text; the
+// output has the image's own size.
+function editForm(body) {
+  const form = new FormData();
+  form.append("image", $("image").files[0]);
+  if ($("mask").files.length) form.append("mask", $("mask").files[0]);
+  for (const [name, value] of Object.entries(body)) {
+    if (name !== "size") form.append(name, typeof value === "object" ? JSON.stringify(value) : String(value));
+  }
+  form.append("strength", $("strength").value);
+  return form;
 }
 
 async function generate(e) {
@@ -79,8 +94,12 @@ async function generate(e) {
   if ($("model-select").value) body.model = $("model-select").value;
   if ($("lora").value) body.loras = [{ id: $("lora").value, scale: Number($("lora-scale").value) }];
   const started = performance.now();
+  const editing = $("mode").value === "edit";
+  if (editing && !$("image").files.length) { showError("choose an image to edit"); $("go").disabled = false; return; }
   try {
-    const response = await fetch("/v1/images/generations", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+    const response = editing
+      ? await fetch("/v1/images/edits", { method: "POST", headers: headers(false), body: editForm(body) })
+      : await fetch("/v1/images/generations", { method: "POST", headers: headers(), body: JSON.stringify(body) });
     if (!response.ok) { showError(await errorMessage(response)); return; }
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
@@ -187,6 +206,12 @@ async function init() {
     options($("lora"), data.filter((m) => m.kind === "lora").map((m) => m.id));
   }
   $("form").addEventListener("submit", generate);
+  $("mode").addEventListener("change", () => {
+    const editing = $("mode").value === "edit";
+    $("edit-fields").hidden = !editing;
+    $("size-row").hidden = editing;
+    $("go").textContent = editing ? "Edit" : "Generate";
+  });
   refreshFleet();
   setInterval(refreshFleet, 2000);
 }
