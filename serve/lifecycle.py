@@ -167,4 +167,5 @@ class RequestLifecycle:
         if reply is not None and reply.outcome == Outcome.OK and job is not None:
             self.recorder.tenant_wait(job.tenant, reply.queue_wait_s)
         log.info(json.dumps(request_log_line(request_id, outcome, phase, status, code, latency,
-                                             job.request if job else None, reply, job.tenant if job else None)))
+                                             job.request if job else None, reply, job.tenant if job else None,
+                                             kind)))

@@ -86,7 +86,8 @@ def timing_headers(reply: WorkerReply) -> dict[str, str]:
 
 
 def request_log_line(request_id: str, outcome: str, phase: str, status: int, code: str, latency_s: float,
-                     request: Any, reply: WorkerReply | None, tenant: str | None = None) -> dict[str, Any]:
+                     request: Any, reply: WorkerReply | None, tenant: str | None = None,
+                     kind: str | None = None) -> dict[str, Any]:
     """The one structured log line of a request (``event: sdserve_request``)."""
     return {
         "event": "sdserve_request", "request_id": request_id, "tenant": tenant,
@@ -96,7 +97,7 @@ def request_log_line(request_id: str, outcome: str, phase: str, status: int, cod
         "service_time_s": round(reply.service_time_s, 4) if reply else None,
         "steps_done": reply.steps_done if reply else None,
         "steps_requested": request.num_inference_steps if request else None,
-        "kind": request.kind if request else None,
+        "kind": request.kind if request else kind,
         "size": f"{request.width}x{request.height}" if request else None,
         "n": request.n if request else None,
         "replica_id": reply.replica_id if reply else None,

@@ -12,6 +12,9 @@ so each distinct one is deployed once per session.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,39 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+MULTINODE_TEST = "test_multinode.py::test_replicas_spread_over_nodes_and_survive_losing_one"
+MULTINODE_CHILD = pytest.StashKey["MultinodeChild"]()
+
+
+class MultinodeChild:
+    """tests/multinode_child.py's scenario, running; its output goes to files (a pipe nobody reads
+    yet would stall it)."""
+
+    def __init__(self) -> None:
+        self.stdout, self.stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "multinode_child.py")], cwd=ROOT,
+                                        text=True, stdout=self.stdout, stderr=self.stderr)
+
+    def result(self, timeout_s: float) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr), once it ended; killed past ``timeout_s``."""
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self.stdout.seek(0)
+        self.stderr.seek(0)
+        return self.process.returncode, self.stdout.read(), self.stderr.read()
+
+
+def start_multinode_child() -> MultinodeChild:
+    return MultinodeChild()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    child = config.stash.get(MULTINODE_CHILD, None)
+    if child is not None and child.process.poll() is None:  # the session ended before its test
+        child.process.kill()
 CONFIGS = ROOT / "configs"
 
 #: What every integration test changes in a shipped config to run it on this CPU machine.
@@ -228,3 +264,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 1, first_seen[_deployment_key(item)], 0 if fresh else 1, index
 
     items[:] = [item for _, item in sorted(enumerate(items), key=order)]
+    if any(item.nodeid.endswith(MULTINODE_TEST) for item in items) and not config.option.collectonly:
+        # its own 3-node cluster in a subprocess, started now: it runs beside the tests without Ray
+        # (one core each on a 2-core machine) instead of after them; the test reads its result
+        config.stash[MULTINODE_CHILD] = start_multinode_child()

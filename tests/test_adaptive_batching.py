@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.adaptive_batching import AdaptiveBatcher, AdaptiveConfig, Waiting
@@ -89,6 +89,7 @@ def test_effective_capacity_follows_the_time_budget() -> None:
     assert batcher.effective_capacity(PIXELS, STEPS, 0.1) == 1
 
 
+@settings(deadline=None)
 @given(st.integers(1, 20), st.floats(0, 30), st.floats(0, 30))
 def test_choice_is_bounded_and_monotone_in_time_left(n: int, left: float, more: float) -> None:
     batcher = trained()

@@ -4,24 +4,22 @@ collide with the session's cluster. See tests/multinode_child.py for the scenari
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from scheduler.outcomes import Outcome
-from tests.conftest import ROOT
+from tests.conftest import MULTINODE_CHILD, start_multinode_child
 
 pytestmark = pytest.mark.ray
 
 
-def test_replicas_spread_over_nodes_and_survive_losing_one() -> None:
-    child = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "multinode_child.py")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
-    assert child.returncode == 0 and lines, child.stderr[-3000:]
+def test_replicas_spread_over_nodes_and_survive_losing_one(request: pytest.FixtureRequest) -> None:
+    """The child is started when the session's tests are collected (tests/conftest.py) and runs
+    beside the tests without Ray; here it is waited for (or started, when it was not)."""
+    child = request.config.stash.get(MULTINODE_CHILD, None) or start_multinode_child()
+    returncode, stdout, stderr = child.result(timeout_s=300)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert returncode == 0 and lines, stderr[-3000:]
     result = json.loads(lines[-1])
     assert result["replicas_per_node"] == {"worker-0": 2, "worker-1": 2}, result
     assert result["burst_statuses"] == [200] * 8 and result["burst_replicas"] == 4
