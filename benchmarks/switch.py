@@ -38,13 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default tiny, tiny:1, tiny:2, tiny:3)")
     parser.add_argument("--lora", default="tiny-lora:1", help="adapter for the LoRA figures ('' to skip)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), float16, float32")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="cpu-switch")
 
 
 def _drop_page_cache(directory: Path) -> None:
-    """Ask the kernel to drop the files' cached pages (POSIX_FADV_DONTNEED)."""
+    """Ask the kernel to drop the files' cached pages (POSIX_FADV_DONTNEED; written back first, since
+    dirty pages cannot be dropped)."""
+    os.sync()
     for path in directory.rglob("*"):
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
@@ -66,7 +69,7 @@ def _summary(seconds: list[float]) -> dict[str, Any]:
             "min_s": float(a.min()), "max_s": float(a.max())}
 
 
-def measure(models: list[str], lora: str, device: str, repeat: int) -> dict[str, Any]:
+def measure(models: list[str], lora: str, device: str, repeat: int, dtype: str = "auto") -> dict[str, Any]:
     from models.catalog import CatalogGenerator
     from models.generator import DiffusionGenerator
     from models.host_tier import restore, snapshot
@@ -74,7 +77,7 @@ def measure(models: list[str], lora: str, device: str, repeat: int) -> dict[str,
     from models.request import GenerationRequest
     from models.tiny_lora import resolve_lora
 
-    specs = [ModelSpec(m, device=device) for m in models]
+    specs = [ModelSpec(m, device=device, dtype=dtype) for m in models]
     directories = [Path(_weights_location(s)) for s in specs]  # builds tiny ones first, outside the timing
     load_pipeline(specs[0])  # imports and first-use costs out of the figures
     cold, warm, to_host, from_host, lora_load, lora_delete = [], [], [], [], [], []
@@ -118,8 +121,9 @@ def main(args: argparse.Namespace) -> int:
     if len(models) < 2:
         raise SystemExit("switch needs two checkpoints at least (--model, repeated)")
     print(f"[switch] {len(models)} checkpoints on {args.device}, {args.repeat} repeats", flush=True)
-    result = measure(models, args.lora, args.device, args.repeat)
-    lines = [f"Checkpoints {', '.join(models)} on {args.device}; weights {result['weights_bytes'] / 2**20:.1f} MiB each.",
+    result = measure(models, args.lora, args.device, args.repeat, args.dtype)
+    lines = [f"Checkpoints {', '.join(models)} on {args.device} ({args.dtype}); weights "
+             f"{result['weights_bytes'] / 2**20:.1f} MiB each in memory.",
              "", "| what | median, s | p90, s | n |", "|---|---|---|---|"]
     lines += [f"| {name} | {s['median_s']:.4f} | {s['p90_s']:.4f} | {s['n']} |" for name, s in result["tiers"].items()]
     lines += ["", "Through the catalog (one resident checkpoint, a host tier; switching round them):", "",

@@ -3,6 +3,8 @@
 A spec is one of:
 - ``tiny``: the built-in offline model (see :mod:`models.tiny`), built on first use; ``tiny:N`` the
   same with weights from seed N;
+- ``sd15-shaped`` (``:N``): SD 1.5's architecture with random weights, ~2.1 GB, built offline on first
+  use (see :mod:`models.sd15_shaped`): for measuring loads and steps at full size, never for users;
 - a path to a local diffusers directory (``model_index.json`` inside);
 - a Hugging Face id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``, resolved from the local
   cache only unless ``allow_download`` is set, so a server never reaches the network by surprise.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.sd15_shaped import ensure_sd15_shaped, sd15_shaped_seed
 from models.tiny import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -72,10 +75,22 @@ def tiny_seed(model: str) -> int | None:
     return None
 
 
+def builtin_seed(model: str) -> int | None:
+    """The seed of a model sdserve builds offline (``tiny``, ``sd15-shaped``, with ``:N``), else None."""
+    seed = tiny_seed(model)
+    return seed if seed is not None else sd15_shaped_seed(model)
+
+
 def _weights_location(spec: ModelSpec) -> str:
+    cache = Path(spec.cache_dir) if spec.cache_dir else None
     seed = tiny_seed(spec.model)
     if seed is not None:
-        return str(ensure_tiny_model(Path(spec.cache_dir) if spec.cache_dir else None, seed))
+        return str(ensure_tiny_model(cache, seed))
+    seed = sd15_shaped_seed(spec.model)
+    if seed is not None:
+        log.warning("%s has SD 1.5's architecture and RANDOM weights: its images are noise (for measuring only)",
+                    spec.model)
+        return str(ensure_sd15_shaped(cache, seed, progress=log.warning))
     path = Path(spec.model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -88,7 +103,7 @@ def check_available(spec: ModelSpec) -> None:
     """Fail at once, before torch and diffusers are even imported, for a Hugging Face id that is
     not in the local cache when downloads are off — a replica with a mistyped model id then fails
     in a second, not after its framework imports (Ray retries a failed replica start three times)."""
-    if tiny_seed(spec.model) is not None or spec.allow_download or Path(spec.model).expanduser().exists():
+    if builtin_seed(spec.model) is not None or spec.allow_download or Path(spec.model).expanduser().exists():
         return
     from huggingface_hub import try_to_load_from_cache
 
@@ -121,7 +136,7 @@ def load_pipeline(spec: ModelSpec):
         hint = (
             f" It is not in the local Hugging Face cache: download it first "
             f"(`hf download {spec.model}`) or set allow_download: true."
-            if not spec.allow_download and tiny_seed(spec.model) is None
+            if not spec.allow_download and builtin_seed(spec.model) is None
             else ""
         )
         raise ModelLoadError(f"cannot load model {spec.model!r}: {str(exc).rstrip('.')}.{hint}") from exc

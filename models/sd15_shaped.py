@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.tiny import _write_tokenizer_files, build_once, default_cache_dir
+from models.tiny import build_once, default_cache_dir, write_tokenizer_files
 
 SD15_SHAPED = "sd15-shaped"
 #: Bump when the build changes, so old cached builds are not reused.
@@ -56,8 +56,9 @@ def sd15_shaped_seed(model: str) -> int | None:
     return 0 if not sep else int(seed) if seed.isdigit() else None
 
 
-def build_modules(seed: int, device: str = "cpu") -> dict[str, Any]:
-    """The three weighted modules, seeded (``device="meta"``: shapes only, no memory, instantly)."""
+def build_modules(seed: int, device: str = "cpu", tokens: dict[str, int] | None = None) -> dict[str, Any]:
+    """The three weighted modules, seeded (``device="meta"``: shapes only, no memory, instantly);
+    ``tokens``: the tokenizer's bos/eos/pad ids for the text encoder's config."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -65,7 +66,7 @@ def build_modules(seed: int, device: str = "cpu") -> dict[str, Any]:
     torch.manual_seed(seed)
     with torch.device(device):
         return {"unet": UNet2DConditionModel(**UNET_CONFIG), "vae": AutoencoderKL(**VAE_CONFIG),
-                "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))}
+                "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG, **(tokens or {})))}
 
 
 def _build(seed: int, progress: Callable[[str], None]) -> Callable[[Path, Path], None]:
@@ -75,10 +76,13 @@ def _build(seed: int, progress: Callable[[str], None]) -> Callable[[Path, Path],
         from transformers import CLIPTokenizer
 
         progress(f"building {SD15_SHAPED}:{seed} (SD 1.5's architecture, random weights; ~2.1 GB fp16)")
-        modules = {name: module.to(torch.float16) for name, module in build_modules(seed).items()}
-        vocab, merges = _write_tokenizer_files(work_dir)
+        vocab, merges = write_tokenizer_files(work_dir)
+        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+        modules = {name: module.to(torch.float16) for name, module in build_modules(seed, tokens=ids).items()}
         pipeline = StableDiffusionPipeline(
-            **modules, tokenizer=CLIPTokenizer(str(vocab), str(merges), model_max_length=77),
+            **modules, tokenizer=tokenizer,
             scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
         progress(f"saving {SD15_SHAPED}:{seed} as fp16 safetensors")

@@ -47,7 +47,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
-def _write_tokenizer_files(directory: Path) -> tuple[Path, Path]:
+def write_tokenizer_files(directory: Path) -> tuple[Path, Path]:
     """A byte-level BPE vocabulary: every byte, every byte ending a word, and the two specials.
 
     No merges: each character is one token. That is a valid CLIP tokenizer (any text encodes, with
@@ -73,7 +73,7 @@ def build_tiny_pipeline(work_dir: Path, seed: int = _SEED):
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    vocab_file, merges_file = _write_tokenizer_files(work_dir)
+    vocab_file, merges_file = write_tokenizer_files(work_dir)
     tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
     torch.manual_seed(seed)
