@@ -8,7 +8,11 @@ In process, no Ray: the code a worker replica runs (:mod:`models.loader`, :mod:`
   process maps — the result says the method);
 - **disk, page cache warm**: the same load right after another;
 - **host → device**: the weights copied from the host tier into a built pipeline of another
-  checkpoint (what ``X-Model-Load: host`` costs), and **device → host**: the snapshot an eviction takes;
+  checkpoint (what ``X-Model-Load: host`` costs), and **device → host**: the snapshot an eviction takes.
+  On CPU a just-loaded pipeline's weights are the mapped safetensors file: the first copy into it
+  pays a copy-on-write fault per page, so it is reported apart from the steady state (a pipeline whose
+  weights are already in memory, as a replica's catalog has after its first switch). Every load
+  counts reading its weights (each page touched), since on CPU the map defers them to first use;
 - **LoRA**: ``load_lora_weights`` of one adapter into a pipeline, and its ``delete_adapters``;
 - **through the catalog**: a replica's catalog with one resident checkpoint and a host tier, switching
   round the checkpoints; the tiers and seconds its results report (the reply headers' numbers).
@@ -44,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="cpu-switch")
 
 
-def _drop_page_cache(directory: Path) -> None:
+def drop_page_cache(directory: Path) -> None:
     """Ask the kernel to drop the files' cached pages (POSIX_FADV_DONTNEED; written back first, since
     dirty pages cannot be dropped)."""
     os.sync()
@@ -79,18 +83,30 @@ def measure(models: list[str], lora: str, device: str, repeat: int, dtype: str =
 
     specs = [ModelSpec(m, device=device, dtype=dtype) for m in models]
     directories = [Path(_weights_location(s)) for s in specs]  # builds tiny ones first, outside the timing
-    load_pipeline(specs[0])  # imports and first-use costs out of the figures
-    cold, warm, to_host, from_host, lora_load, lora_delete = [], [], [], [], [], []
+
+    def loaded(spec: ModelSpec) -> Any:
+        """Loaded with every weight read: on CPU ``from_pretrained`` maps the safetensors files and
+        the reads happen on first use; touching each page charges them to the load."""
+        pipeline = load_pipeline(spec)
+        for module in (c for c in pipeline.components.values() if hasattr(c, "state_dict")):
+            for tensor in module.state_dict().values():
+                flat = tensor.reshape(-1)
+                flat[:: max(1, 4096 // tensor.element_size())].sum()  # one element per page
+        return pipeline
+
+    loaded(specs[0])  # imports and first-use costs out of the figures
+    cold, warm, to_host, first_copy, from_host, lora_load, lora_delete = [], [], [], [], [], [], []
     for k in range(repeat):
         spec, directory = specs[k % len(specs)], directories[k % len(specs)]
         if directory.is_dir():
-            _drop_page_cache(directory)
-        cold.append(_timed(lambda: load_pipeline(spec))[0])
-        seconds, pipeline = _timed(lambda: load_pipeline(spec))
+            drop_page_cache(directory)
+        cold.append(_timed(lambda: loaded(spec))[0])
+        seconds, pipeline = _timed(lambda: loaded(spec))
         warm.append(seconds)
         seconds, weights = _timed(lambda: snapshot(pipeline))
         to_host.append(seconds)
-        other = load_pipeline(specs[(k + 1) % len(specs)])
+        other = loaded(specs[(k + 1) % len(specs)])
+        first_copy.append(_timed(lambda: restore(other, weights))[0])
         from_host.append(_timed(lambda: restore(other, weights))[0])
         if lora:
             path = resolve_lora(lora)
@@ -110,6 +126,7 @@ def measure(models: list[str], lora: str, device: str, repeat: int, dtype: str =
         "page_cache_drop": "posix_fadvise(POSIX_FADV_DONTNEED) on the checkpoint's files",
         "tiers": {"disk, page cache cold": _summary(cold), "disk, page cache warm": _summary(warm),
                   "host → device (copy into a built pipeline)": _summary(from_host),
+                  "host → device, first copy into a just-loaded pipeline": _summary(first_copy),
                   "device → host (eviction snapshot)": _summary(to_host),
                   **({"LoRA load": _summary(lora_load), "LoRA delete": _summary(lora_delete)} if lora else {})},
         "catalog": {tier: _summary(s) for tier, s in sorted(by_tier.items())},

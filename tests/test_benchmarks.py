@@ -172,7 +172,22 @@ def test_the_switch_benchmark_measures_every_tier_and_the_catalog_uses_host_memo
 
     result = measure(["tiny", "tiny:1"], "", "cpu", repeat=1)
     assert set(result["tiers"]) == {"disk, page cache cold", "disk, page cache warm",
-                                    "host → device (copy into a built pipeline)", "device → host (eviction snapshot)"}
+                                    "host → device (copy into a built pipeline)", "device → host (eviction snapshot)",
+                                    "host → device, first copy into a just-loaded pipeline"}
     assert all(s["n"] == 1 and s["median_s"] > 0 for s in result["tiers"].values())
     # switching round two checkpoints with one resident: the first comes from disk, then host memory
     assert {tier: s["n"] for tier, s in result["catalog"].items()} == {"disk": 1, "host": 1}
+
+
+def test_the_gpu_check_runs_its_whole_sequence_as_a_dry_run_on_cpu() -> None:
+    from benchmarks.gpu_check import Plan, _markdown, run_check
+
+    result = run_check(Plan(dry_run=True))
+    assert set(result["steps"]) == {"1", "2"} and all(r["s_per_step"] > 0 for r in result["steps"].values())
+    oom = result["out_of_memory"]
+    assert (oom["outcome"], oom["next_request"], oom["oom_count"], oom["injected"]) == (
+        "out_of_memory", "ok", 1, True)  # failed alone; the same runner served the next request
+    deadline = result["deadline"]
+    assert deadline["outcome"] == "deadline_exceeded" and deadline["steps_done"] < deadline["steps"]
+    assert result["switch"]["host_to_device_s"] > 0 and result["start"]["weights_disk_cold_s"] > 0
+    assert "DRY RUN" in _markdown(result)
