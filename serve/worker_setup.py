@@ -66,10 +66,13 @@ def adaptive_config(settings: AppSettings) -> AdaptiveConfig | None:
 
 def framework_imports(backend: str) -> None:
     """Import what the backend needs up front, so the cold-start breakdown tells imports from
-    weight loading (the diffusers backend needs torch and diffusers; the simulation nothing)."""
+    weight loading (the diffusers backend needs torch, diffusers' pipeline classes and the CLIP text
+    model from transformers — diffusers imports lazily, so a bare ``import diffusers`` would leave
+    most of it to the first load; the simulation needs nothing)."""
     if backend == "diffusers":
-        import diffusers  # noqa: F401
         import torch  # noqa: F401
+        from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+        from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
 
 def device_name(device: str) -> str:
