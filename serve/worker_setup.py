@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,18 @@ def process_cpu_s() -> float:
 
 
 def process_started_at() -> float:
-    import psutil
+    """When this process started, on the wall clock: now minus its age, the age read from /proc on
+    boot-relative clocks (10 ms ticks). psutil's ``create_time`` adds the ticks to the boot time in
+    whole seconds, so it can be up to a second late — as long as the whole process start."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+            age = float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError):  # not Linux
+        import psutil
 
-    return psutil.Process().create_time()
+        return psutil.Process().create_time()
 
 
 def memory_probes(settings: AppSettings, backend: Any) -> list[MemoryProbe] | None:

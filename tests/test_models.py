@@ -117,3 +117,17 @@ def test_a_model_missing_from_the_cache_fails_before_the_framework_imports() -> 
         check_available(ModelSpec(model="nobody/nothing"))
     check_available(ModelSpec(model="tiny"))  # built here: nothing to check
     check_available(ModelSpec(model="nobody/nothing", allow_download=True))  # the load itself will fetch it
+
+
+def test_a_process_start_time_is_read_to_the_tick_not_to_the_boot_second() -> None:
+    """A child's start as the worker reads it lies between the moments before and after spawning it
+    (psutil's create_time can be up to a second late)."""
+    import subprocess
+    import sys
+    import time
+
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "from serve.worker_setup import process_started_at; "
+                          "print(process_started_at())"], capture_output=True, text=True, check=True)
+    after = time.time()
+    assert before - 0.02 <= float(out.stdout) <= after
