@@ -12,14 +12,11 @@ free really is.
 
 from __future__ import annotations
 
-import time
-
-_IMPORTS_STARTED = time.time()  # cold-start accounting: this module's imports begin
-
 import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,7 +35,6 @@ from serve.settings import WORKER_DEPLOYMENT, AppSettings, live_settings
 
 log = logging.getLogger("ray.serve")
 PROGRESS_EVERY_S = 0.2  # at most this often a progress event per job (the last step always)
-_IMPORTS_DONE = time.time()
 
 
 def _discard(task: "asyncio.Future[Any]") -> None:
@@ -74,7 +70,7 @@ class DiffusionWorker:
                                 self.settings.memory.measure_every_n_calls)
         ready_at = time.time()
         #: Where the cold start went (docs/operations.md, "Cold start"); the ingress exports it.
-        self.cold_start_phases = setup.cold_start_phases(process_at, _IMPORTS_STARTED, _IMPORTS_DONE, init_at,
+        self.cold_start_phases = setup.cold_start_phases(process_at, setup.IMPORT_STARTED, setup.IMPORT_DONE, init_at,
                                                          imported_at, loaded_at, ready_at)
         self.cold_start_s = ready_at - process_at  # process start → ready, calibration included
         self.load_time_s = loaded_at - imported_at

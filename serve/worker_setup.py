@@ -3,11 +3,17 @@ profile, the memory model it fits, and where its cold start went. No Ray here.""
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import time
-from pathlib import Path
+
+#: Cold-start accounting: sdserve's code begins in this process. Here, not in serve/worker.py: Serve
+#: pickles the deployment class by value, with its module's globals frozen at the moment the app was
+#: built (in another process); this module is pickled by reference and imported by each replica.
+IMPORT_STARTED = time.time()
+
+import functools  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any
 
 from models.backends import load_backend
@@ -155,3 +161,6 @@ def cold_start_phases(process_at: float, imports_started: float, imports_done: f
         "weights": loaded_at - imported_at,
         "calibration": max(0.0, ready_at - loaded_at),
     }
+
+
+IMPORT_DONE = time.time()  # sdserve's own modules are imported in this process (the frameworks are not yet)
