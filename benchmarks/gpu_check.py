@@ -215,6 +215,9 @@ def run_check(plan: Plan) -> dict[str, Any]:
         "dtype": plan.dtype, "dry_run": plan.dry_run}}
     print("[gpu-check] building or finding the checkpoints, timing imports and the CUDA context", flush=True)
     result["start"] = _start(plan)
+    from serve.worker_setup import framework_imports
+
+    framework_imports("diffusers")  # as a replica does before its weights: imports are not load time
     cold_s, generator = _load(plan, plan.models[0], cold=True)
     del generator
     warm_s, generator = _load(plan, plan.models[0], cold=False)
