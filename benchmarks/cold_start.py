@@ -9,14 +9,13 @@ measures once more. Prints and writes a JSON + Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.report import environment, provenance
+from benchmarks.report import write_result
 from serve.settings import WORKER_DEPLOYMENT
 
 PHASES = ("process_start", "imports", "replica_setup", "weights", "calibration")
@@ -79,11 +78,5 @@ def main(args: argparse.Namespace) -> int:
     for name, r in results.items():
         lines.append(f"| {name} | {r['cold_start_s']:.2f} | " + " | ".join(f"{r['phases'][p]:.2f}" for p in PHASES)
                      + f" | {r['beyond_weights_s']:.2f} | {r['first_call_s']:.3f} / {r['second_call_s']:.3f} |")
-    table = "\n".join(lines)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**provenance(), "environment": environment()}
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (out / f"{args.name}.md").write_text(f"# {args.name}\n\n`{meta['command']}`\n\n{table}\n")
-    print(table)
+    write_result(args.out_dir, args.name, results, "\n".join(lines))
     return 0

@@ -24,7 +24,6 @@ cap) — the dry run proves the script works, its numbers say nothing about a GP
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import provenance
+from benchmarks.report import write_result
 from benchmarks.switch import drop_page_cache
 
 
@@ -268,11 +267,5 @@ def main(args: argparse.Namespace) -> int:
     plan = Plan(args.dry_run)
     result = run_check(plan)
     name = args.name or ("cpu-gpu-check-dry-run" if args.dry_run else "gpu-check")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = provenance()
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": result}, indent=1, default=str))
-    table = _markdown(result)
-    (out / f"{name}.md").write_text(f"# {name}\n\n`{meta['command']}`\n\n{table}\n")
-    print(table)
+    write_result(args.out_dir, name, result, _markdown(result), with_environment=False)  # it has its own
     return 0

@@ -97,6 +97,16 @@ def provenance() -> dict[str, str]:
     return {"command": command_line(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit()}
 
 
+def write_result(out_dir: str | Path, name: str, results: Any, table: str, with_environment: bool = True) -> None:
+    """``name.json`` (provenance, environment, results) and ``name.md`` (the command and ``table``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**provenance(), **({"environment": environment()} if with_environment else {})}
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    (out / f"{name}.md").write_text(f"# {name}\n\n`{meta['command']}`\n\n{table}\n")
+    print(table)
+
+
 def environment() -> dict[str, Any]:
     import ray
     import torch

@@ -24,7 +24,6 @@ this machine; they say what the tiers cost relative to each other, not what SD 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import environment, provenance
+from benchmarks.report import write_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,11 +145,5 @@ def main(args: argparse.Namespace) -> int:
     lines += ["", "Through the catalog (one resident checkpoint, a host tier; switching round them):", "",
               "| tier the result reported | median, s | p90, s | n |", "|---|---|---|---|"]
     lines += [f"| {tier} | {s['median_s']:.4f} | {s['p90_s']:.4f} | {s['n']} |" for tier, s in result["catalog"].items()]
-    table = "\n".join(lines)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**provenance(), "environment": environment()}
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": result}, indent=1))
-    (out / f"{args.name}.md").write_text(f"# {args.name}\n\n`{meta['command']}`\n\n{table}\n")
-    print(table)
+    write_result(args.out_dir, args.name, result, "\n".join(lines))
     return 0
