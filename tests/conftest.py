@@ -264,7 +264,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 1, first_seen[_deployment_key(item)], 0 if fresh else 1, index
 
     items[:] = [item for _, item in sorted(enumerate(items), key=order)]
-    if any(item.nodeid.endswith(MULTINODE_TEST) for item in items) and not config.option.collectonly:
-        # its own 3-node cluster in a subprocess, started now: it runs beside the tests without Ray
-        # (one core each on a 2-core machine) instead of after them; the test reads its result
-        config.stash[MULTINODE_CHILD] = start_multinode_child()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When the 3-node test is among the tests that will run (after ``-m``/``-k`` selection), start its
+    cluster now, in a subprocess: it runs beside the tests without Ray (one core each on a 2-core
+    machine) instead of after them; the test reads its result."""
+    if any(item.nodeid.endswith(MULTINODE_TEST) for item in session.items) and not session.config.option.collectonly:
+        session.config.stash[MULTINODE_CHILD] = start_multinode_child()
