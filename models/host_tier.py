@@ -48,8 +48,10 @@ def snapshot(pipeline: Any) -> HostWeights:
     for name, module in _modules(pipeline).items():
         state = {}
         for key, tensor in module.state_dict().items():
-            copy = tensor.detach().to("cpu", copy=True)
-            state[key] = copy.pin_memory() if pin else copy
+            # straight into page-locked memory on CUDA (one copy, and the copy back can be a DMA)
+            copy = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            copy.copy_(tensor.detach())
+            state[key] = copy
             nbytes += copy.numel() * copy.element_size()
         tensors[name] = state
     torch.cuda.synchronize() if pin else None
