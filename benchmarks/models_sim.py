@@ -31,7 +31,9 @@ from scheduler.simulation.fleet import simulate
 from scheduler.simulation.policies import FixedFleet
 from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S
 
-PLACEMENTS = {"sdserve dispatcher": "queue.dispatch=true", "Ray multiplexing": "queue.dispatch=false"}
+#: placement → (the config's setting, a new replica preloads what the queue needs: scheduler/preload.py)
+PLACEMENTS = {"sdserve dispatcher": ("queue.dispatch=true", False), "Ray multiplexing": ("queue.dispatch=false", False),
+              "sdserve dispatcher + preload": ("queue.dispatch=true", True)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,10 +84,10 @@ def main(args: argparse.Namespace) -> int:
     fleets = ([] if args.no_control_loop else [0]) + [n for n in map(int, str(args.fixed).split(",")) if n]
     for fixed in fleets:
         for gpu in (int(g) for g in args.gpu_models.split(",")):
-            for placement, setting in PLACEMENTS.items():
+            for placement, (setting, preload) in PLACEMENTS.items():
                 spec = {"models_per_replica": gpu, "host_models_per_replica": args.host_models,
                         "model_load_host_s": args.host_load_s, "model_load_disk_s": args.disk_load_s,
-                        "default_model": default}
+                        "default_model": default, "model_preload": preload}
                 if fixed:
                     spec.update(initial_replicas=fixed, gpu_slots=fixed)
                 target = config_target(f"{args.config}#{placement}#{setting}", args).with_overrides(spec=spec)

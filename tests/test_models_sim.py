@@ -37,3 +37,24 @@ def test_models_off_changes_nothing() -> None:
     result = simulate(requests, spec, lambda images, pixels, steps: 0.5, FixedFleet(1))
     assert {r.model_load for r in result.records} == {None}
     assert [r.done_s for r in result.records] == [0.5 + k for k in range(10)]
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_replicas_started_for_a_burst_preload_the_checkpoint_it_queues_for(preload: bool) -> None:
+    """Two checkpoints' bursts reach a fleet at zero: with preloading each new replica's cold start
+    loads a checkpoint the queue asks for, so its first calls load nothing; without, every replica
+    starts with the default and the first call for A or B on it loads from disk."""
+    from scheduler.autoscaling import AutoscalerConfig
+    from scheduler.simulation.policies import SdserveLoop
+
+    spec = FleetSpec(initial_replicas=0, gpu_slots=4, max_queued_requests=-1, dispatch=True, shed_hopeless=False,
+                     models_per_replica=1, model_load_disk_s=30, default_model="D", model_preload=preload,
+                     cold_start_s=20)
+    requests = [SimRequest(0.01 * k, timeout_s=600, model="AB"[k % 2]) for k in range(8)]
+    policy = SdserveLoop("sdserve", AutoscalerConfig(min_replicas=0, max_replicas=4))
+    result = simulate(requests, spec, lambda images, pixels, steps: 1.0, policy)
+    first_calls = {}
+    for record in sorted(result.records, key=lambda r: r.start_s):
+        first_calls.setdefault(record.replica, record.model_load)
+    assert len(first_calls) >= 2  # the burst started several replicas
+    assert set(first_calls.values()) == ({NONE} if preload else {DISK})

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from scheduler.adaptive_batching import AdaptiveConfig
 from scheduler.admission import ReplicaRules
+from scheduler.preload import preload_choice
 from scheduler.simulation.events import Event
 from scheduler.simulation.records import Replica
 
@@ -69,7 +70,7 @@ class ReplicaPool:
         cold_s = max(0.0, spec.cold_start_s + jitter)
         replica = Replica(len(self.all), now, now + (cold_s if cold else 0.0), cold_s, rules=self._rules())
         if spec.models_per_replica and spec.default_model:
-            replica.models.load(spec.default_model, spec)
+            replica.models.load(self._preload() if spec.model_preload else spec.default_model, spec)
         self.all.append(replica)
         if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
             replica.state = "pending"  # no GPU free until a stopping replica lets go of one
@@ -83,6 +84,15 @@ class ReplicaPool:
                 replica.state = "running"  # warm from the start
         self.viewed()
         return replica
+
+    def _preload(self) -> str:
+        """The checkpoint a new replica loads during its cold start: what the queue needs most per
+        replica already holding it (running, starting or waiting for a GPU)."""
+        sim = self.sim
+        router = sim.router
+        waiting = [int(job.job_id) for job in router.fair] if router.fair is not None else list(router.queue)
+        held = [r.models.device for r in self.active + self.pending]
+        return preload_choice([sim.requests[i].model for i in waiting], held, sim.spec.default_model)
 
     def release(self, replica: Replica) -> None:
         """``replica`` stopped: its GPU goes to the oldest pending replica, whose start begins now."""

@@ -79,6 +79,7 @@ class FleetSpec:
     model_load_host_s: float = 2.8  # (the trace's fast mode of checkpoint loads), else from disk in
     model_load_disk_s: float = 35.0  # (its slow mode)
     default_model: str = ""  # resident on a replica from its start (its cold start loaded it)
+    model_preload: bool = False  # a new replica loads what the queue needs most instead (scheduler/preload.py)
     control_interval_s: float = 0.1
     #: Call the policy at every ``control_interval_s`` grid point, as the live loop does, instead of
     #: only where its answer may change (the reference the faster schedule is tested against).

@@ -1,0 +1,37 @@
+"""The checkpoint a new replica preloads: a table of queues and fleets, and properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.preload import preload_choice
+
+D = "default"
+
+
+@pytest.mark.parametrize(("queued", "held", "expected"), [
+    ([], [[D]], D),  # nothing queued: the default
+    (["a", "b", "b"], [[D]], "b"),  # the most queued
+    (["a", "b", "b"], [[D], ["b"]], "a"),  # b has a holder: 2/2 = 1 per replica, a 1/1: tie, a queued first
+    (["b", "b", "b", "a"], [[D], ["b"]], "b"),  # 3/2 against 1/1
+    (["", "", "a"], [[D], [D]], "a"),  # "" is the default: 2/3 against 1/1
+    (["a", "b"], [], "a"),  # a tie: the first queued
+    (["b", "a"], [], "b"),
+])
+def test_a_new_replica_loads_what_the_queue_needs_most_per_holder(queued: list[str], held: list[list[str]],
+                                                                   expected: str) -> None:
+    assert preload_choice(queued, held, D) == expected
+
+
+MODELS = st.sampled_from(["", "a", "b", "c"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MODELS, max_size=30), st.lists(st.lists(MODELS.filter(bool), max_size=2), max_size=4))
+def test_the_choice_is_queued_or_the_default_and_more_demand_never_loses_it(queued: list[str],
+                                                                            held: list[list[str]]) -> None:
+    choice = preload_choice(queued, held, D)
+    assert choice in {m or D for m in queued} or (not queued and choice == D)
+    assert preload_choice(queued + [choice], held, D) == choice  # one more request for it keeps it chosen
