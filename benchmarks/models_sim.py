@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/single.yaml")
     parser.add_argument("--gpu-models", default="1,2", help="checkpoints a replica holds on its GPU (each a run)")
     parser.add_argument("--host-models", type=int, default=4, help="more it keeps in host memory")
+    parser.add_argument("--node-host-models", type=int, default=0, help="instead, the node's host memory holds "
+                        "this many, shared by its replicas and outliving them (0: per replica)")
     parser.add_argument("--fixed", default="4", help="also run each placement on N warm replicas, never "
                         "stopped (a list runs each: '1,2,3,4'; 0: no): placement without the control loop's scale-downs")
     parser.add_argument("--no-control-loop", action="store_true", help="only the fixed fleets")
@@ -87,7 +89,8 @@ def main(args: argparse.Namespace) -> int:
             for placement, (setting, preload) in PLACEMENTS.items():
                 spec = {"models_per_replica": gpu, "host_models_per_replica": args.host_models,
                         "model_load_host_s": args.host_load_s, "model_load_disk_s": args.disk_load_s,
-                        "default_model": default, "model_preload": preload}
+                        "default_model": default, "model_preload": preload,
+                        "host_models_per_node": args.node_host_models}
                 if fixed:
                     spec.update(initial_replicas=fixed, gpu_slots=fixed)
                 target = config_target(f"{args.config}#{placement}#{setting}", args).with_overrides(spec=spec)
@@ -102,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
                   f"{row['replica_seconds']:,.0f} replica-s ({row['simulator_seconds']:.0f}s)", flush=True)
     meta = {**provenance(), "simulated": True, "window": args.window, "config": args.config, "slo_s": args.slo,
             "checkpoints": len(counts), "default_model": default, "host_models": args.host_models,
+            "node_host_models": args.node_host_models,
             "host_load_s": args.host_load_s, "disk_load_s": args.disk_load_s, "cold_start_s": args.cold_start_s}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,8 +118,10 @@ def main(args: argparse.Namespace) -> int:
                      f"{r['replica_seconds']:,.0f} | {r['replica_starts']} |")
     (out / f"{args.name}.md").write_text(
         f"# {args.name} (SIMULATION)\n\n{len(arrivals)} requests of the production trace over {len(counts)} "
-        f"checkpoints, `{args.config}`'s control loop for both placements; {args.host_models} more checkpoints "
-        f"in host memory per replica; a load takes {args.host_load_s:g} s from host memory, {args.disk_load_s:g} s "
+        f"checkpoints, `{args.config}`'s control loop for both placements; " + (
+            f"the node's host memory holds {args.node_host_models} checkpoints, shared by its replicas and outliving "
+            "them" if args.node_host_models else f"{args.host_models} more checkpoints in host memory per replica") +
+        "; a load takes {args.host_load_s:g} s from host memory, {args.disk_load_s:g} s "
         f"from disk; every replica starts holding {default} ({100 * counts[default] / len(arrivals):.1f} % of "
         f"requests). SLO: answered within {args.slo:g} s (loads included).\n\n" + "\n".join(lines) +
         f"\n\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n")

@@ -58,3 +58,13 @@ def test_replicas_started_for_a_burst_preload_the_checkpoint_it_queues_for(prelo
         first_calls.setdefault(record.replica, record.model_load)
     assert len(first_calls) >= 2  # the burst started several replicas
     assert set(first_calls.values()) == ({NONE} if preload else {DISK})
+
+
+def test_a_nodes_host_memory_is_shared_by_its_replicas_and_keeps_a_copy() -> None:
+    spec = FleetSpec(models_per_replica=1, host_models_per_node=2, model_load_host_s=3, model_load_disk_s=30)
+    first, second = Residency(), Residency()
+    second.host = first.host  # one node
+    assert [first.load(m, spec) for m in ("A", "B")] == [(DISK, 30), (DISK, 30)]  # A went to the node's memory
+    assert second.load("A", spec) == (HOST, 3)  # another replica (or a later one) copies it from there
+    assert first.load("C", spec) == (DISK, 30)  # B joins A in host memory; A's copy stayed
+    assert list(first.host) == ["A", "B"] and second.load("B", spec) == (HOST, 3)

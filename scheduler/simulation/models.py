@@ -7,7 +7,9 @@ checkpoint loads: bimodal, ~2.8 s when the weights were still in the host's memo
 on its GPU and ``host_models_per_replica`` more in host memory, each an LRU (Ray's
 ``@serve.multiplexed`` evicts least recently used too); a call for a checkpoint that is not
 resident first loads it, from host memory if it is there, else from disk. A replica starts with the
-default checkpoint resident (its cold start loaded it).
+default checkpoint resident (its cold start loaded it). With ``host_models_per_node`` the host tier
+is the node's instead: one LRU shared by its replicas, which outlives a replica that stops (all
+replicas on one node: the trace's 4-GPU fleet).
 
 Placement, when ``FleetSpec.models_per_replica`` is set:
 
@@ -51,13 +53,18 @@ class Residency:
             self.device.move_to_end(model)
             return NONE, 0.0
         tier, seconds = (HOST, spec.model_load_host_s) if model in self.host else (DISK, spec.model_load_disk_s)
-        self.host.pop(model, None)
+        shared = spec.host_models_per_node > 0  # the node's pool: a copy stays for the other replicas
+        if shared and model in self.host:
+            self.host.move_to_end(model)
+        elif not shared:
+            self.host.pop(model, None)
         self.device[model] = None
         while len(self.device) > spec.models_per_replica:
             evicted, _ = self.device.popitem(last=False)
-            if spec.host_models_per_replica:
+            if spec.host_models_per_replica or shared:
                 self.host[evicted] = None
-        while len(self.host) > spec.host_models_per_replica:
+                self.host.move_to_end(evicted)
+        while len(self.host) > (spec.host_models_per_node if shared else spec.host_models_per_replica):
             self.host.popitem(last=False)
         return tier, seconds
 

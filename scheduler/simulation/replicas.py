@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from scheduler.adaptive_batching import AdaptiveConfig
@@ -28,6 +29,7 @@ class ReplicaPool:
         self.all: list[Replica] = []
         self.active: list[Replica] = []  # holding a GPU: starting, running, draining
         self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
+        self.node_host: OrderedDict[str, None] = OrderedDict()  # the node's host memory (host_models_per_node)
         self._views: list[tuple[float, int, int]] = [(0.0, 0, 0)]  # (time, running, starting) as Serve shows them
 
     def viewed(self) -> None:
@@ -69,6 +71,8 @@ class ReplicaPool:
         jitter = sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
         cold_s = max(0.0, spec.cold_start_s + jitter)
         replica = Replica(len(self.all), now, now + (cold_s if cold else 0.0), cold_s, rules=self._rules())
+        if spec.host_models_per_node:
+            replica.models.host = self.node_host  # the node's host memory: shared, outlives replicas
         if spec.models_per_replica and spec.default_model:
             replica.models.load(self._preload() if spec.model_preload else spec.default_model, spec)
         self.all.append(replica)

@@ -80,6 +80,7 @@ class FleetSpec:
     model_load_disk_s: float = 35.0  # (its slow mode)
     default_model: str = ""  # resident on a replica from its start (its cold start loaded it)
     model_preload: bool = False  # a new replica loads what the queue needs most instead (scheduler/preload.py)
+    host_models_per_node: int = 0  # >0: host memory is the node's, shared by its replicas and outliving them
     control_interval_s: float = 0.1
     #: Call the policy at every ``control_interval_s`` grid point, as the live loop does, instead of
     #: only where its answer may change (the reference the faster schedule is tested against).
