@@ -86,8 +86,8 @@ class CatalogGenerator(GroupedGenerator):
 
     def _bring(self, name: str) -> tuple[GroupedGenerator, str]:
         """Load ``name`` onto the device, making room first; returns it and the tier it came from."""
-        weights = self.host.get(name)
-        if weights is not None and len(self.loaded) >= self.resident:
+        weights = self.host.get(name) if self.where(name) == HOST else None
+        if weights is not None:
             shell = self._evict()
             try:
                 shell.swap_in(weights, name)  # type: ignore[attr-defined]

@@ -35,21 +35,23 @@ def _png(data: bytes, mode: str) -> Any:
 
 def edit_arguments(group: Sequence[GenerationRequest]) -> dict[str, Any]:
     """The pipeline call's inputs for a group of edits (one kind, size and strength): each request's
-    image (and mask) once per image it asks for."""
+    image (and mask), decoded once, repeated for each image it asks for."""
     first = group[0]
-    images = [_png(r.image, "RGB") for r in group for _ in range(r.n)]  # type: ignore[arg-type]
-    arguments: dict[str, Any] = {"image": images, "strength": first.strength}
+    decoded = [(_png(r.image, "RGB"), _png(r.mask, "L") if first.kind == INPAINT else None)  # type: ignore[arg-type]
+               for r in group]
+    arguments: dict[str, Any] = {"image": [image for (image, _), r in zip(decoded, group) for _ in range(r.n)],
+                                 "strength": first.strength}
     if first.kind == INPAINT:
-        arguments["mask_image"] = [_png(r.mask, "L") for r in group for _ in range(r.n)]  # type: ignore[arg-type]
+        arguments["mask_image"] = [mask for (_, mask), r in zip(decoded, group) for _ in range(r.n)]
         arguments.update(width=first.width, height=first.height)
     return arguments
 
 
-def composite(generated: Any, request: GenerationRequest) -> Any:
-    """An inpainted image with the input's pixels outside the mask, unchanged."""
+def composite(generated: Any, arguments: dict[str, Any], index: int) -> Any:
+    """Output image ``index`` of a call made with ``arguments``: an inpainted one gets its input's
+    pixels back outside the mask, unchanged."""
     from PIL import Image
 
-    if request.kind != INPAINT or request.mask is None or request.image is None:
+    if "mask_image" not in arguments:
         return generated
-    original = _png(request.image, "RGB")
-    return Image.composite(generated.convert("RGB"), original, _png(request.mask, "L"))
+    return Image.composite(generated.convert("RGB"), arguments["image"][index], arguments["mask_image"][index])

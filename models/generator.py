@@ -170,6 +170,7 @@ class DiffusionGenerator(GroupedGenerator):
             return callback_kwargs
 
         lora_s = self._apply_loras(first.loras)
+        inputs: dict[str, Any]
         if first.kind == TEXT:
             pipeline, inputs = self.pipeline, {"width": first.width, "height": first.height}
         else:
@@ -190,8 +191,7 @@ class DiffusionGenerator(GroupedGenerator):
             )
         finally:
             self.counter.leave(steps_done)
-        owners = [request for request in group for _ in range(request.n)]
-        pngs = [encode_png(composite(image, owner)) for image, owner in zip(output.images, owners)]
+        pngs = [encode_png(composite(image, inputs, k)) for k, image in enumerate(output.images)]
         results = []
         offset = 0
         for request in group:

@@ -54,7 +54,8 @@ def snapshot(pipeline: Any) -> HostWeights:
             state[key] = copy
             nbytes += copy.numel() * copy.element_size()
         tensors[name] = state
-    torch.cuda.synchronize() if pin else None
+    if pin:
+        torch.cuda.synchronize()
     return HostWeights(tensors, nbytes)
 
 

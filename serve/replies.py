@@ -97,7 +97,7 @@ def request_log_line(request_id: str, outcome: str, phase: str, status: int, cod
         "service_time_s": round(reply.service_time_s, 4) if reply else None,
         "steps_done": reply.steps_done if reply else None,
         "steps_requested": request.num_inference_steps if request else None,
-        "kind": request.kind if request else kind,
+        "kind": kind,
         "size": f"{request.width}x{request.height}" if request else None,
         "n": request.n if request else None,
         "replica_id": reply.replica_id if reply else None,

@@ -110,7 +110,7 @@ def process_cpu_s() -> float:
 def process_started_at() -> float:
     """When this process started, on the wall clock: now minus its age, the age read from /proc on
     boot-relative clocks (10 ms ticks). psutil's ``create_time`` adds the ticks to the boot time in
-    whole seconds, so it can be up to a second late — as long as the whole process start."""
+    whole seconds, so it can be off by up to a second — as long as the whole process start."""
     try:
         with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
             started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
@@ -157,7 +157,7 @@ def cold_start_phases(process_at: float, imports_started: float, imports_done: f
     return {
         "process_start": max(0.0, imports_started - process_at),  # Ray worker boot until our code
         "imports": (imports_done - imports_started) + (imported_at - init_at),
-        "replica_setup": max(0.0, init_at - imports_done),  # Serve's own replica setup
+        "replica_setup": max(0.0, init_at - imports_done),  # Serve, from our modules imported to the constructor
         "weights": loaded_at - imported_at,
         "calibration": max(0.0, ready_at - loaded_at),
     }

@@ -121,7 +121,7 @@ def test_a_model_missing_from_the_cache_fails_before_the_framework_imports() -> 
 
 def test_a_process_start_time_is_read_to_the_tick_not_to_the_boot_second() -> None:
     """A child's start as the worker reads it lies between the moments before and after spawning it
-    (psutil's create_time can be up to a second late)."""
+    (psutil's create_time can be off by up to a second)."""
     import subprocess
     import sys
     import time
