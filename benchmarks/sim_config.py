@@ -11,6 +11,7 @@ is the simulated A10 SD 1.5 profile (``models/simulated.py``), whatever model th
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,39 @@ class SimTarget:
         for a in arrivals:
             kind = getattr(a, "kind", TEXT)
             runs = max(1, effective_steps(a.steps or steps, kind, DEFAULT_STRENGTH.get(kind, 1.0)))
-            requests.append(SimRequest(a.at, a.n, runs, width * height, timeout, a.tenant, a.model, kind))
+            requests.append(SimRequest(a.at, a.n, runs, width * height, timeout, a.tenant, a.model, kind,
+                                       getattr(a, "loras", ())))
         return requests
+
+
+@dataclass(frozen=True)
+class ModelReplay:
+    """How the simulator replays the checkpoints and LoRAs a trace names (SIMULATION): per-tier load
+    times (the production trace's modes, ``alibaba-genai-2026-load-latency.csv``) and the size that
+    turns ``model.host_memory_gb`` into checkpoints (SD 1.5 in fp16: 2.1 GB, as sd15-shaped measures)."""
+
+    host_load_s: float = 2.8
+    disk_load_s: float = 35.0
+    lora_load_s: float = 4.4
+    checkpoint_gb: float = 2.1
+    node_host_models: int = 0  # >0: host memory is the node's, this many checkpoints, shared
+
+    def apply(self, target: SimTarget, arrivals: list[Any]) -> SimTarget:
+        """``target`` replaying models when the arrivals name checkpoints: its config's
+        ``model.resident_models`` (0, the whole catalog, is taken as 1), ``resident_loras`` (0:
+        unbounded), ``host_memory_gb``, ``preload`` and ``queue.model_aware``; every replica starts
+        holding the trace's most used checkpoint."""
+        used = Counter(a.model for a in arrivals if a.model)
+        if not used:
+            return target
+        model = target.settings.model
+        return target.with_overrides(spec={
+            "models_per_replica": model.resident_models or 1,
+            "host_models_per_replica": int(model.host_memory_gb // self.checkpoint_gb),
+            "host_models_per_node": self.node_host_models,
+            "loras_per_replica": model.resident_loras or 10**9,
+            "model_load_host_s": self.host_load_s, "model_load_disk_s": self.disk_load_s,
+            "lora_load_s": self.lora_load_s, "default_model": used.most_common(1)[0][0]})
 
 
 def _worker(app: dict[str, Any], path: str) -> dict[str, Any]:
@@ -127,6 +159,10 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         gpu_slots=ray_config.max_replicas,  # max_replicas = the GPUs you have, in every shipped config
         shed_hopeless=settings.deadlines.shed_hopeless,
         dispatch=settings.queue.dispatch,
+        models_per_replica=settings.model.resident_models,
+        loras_per_replica=settings.model.resident_loras,
+        model_preload=settings.model.preload and settings.queue.model_aware,
+        model_blind=not settings.queue.model_aware,
         seed=seed,
     )
     return SimTarget(name or Path(path).stem, str(path), spec, kind, ray_config, kwargs, settings)

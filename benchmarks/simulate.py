@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
 from benchmarks.report import provenance, write_outputs
 from benchmarks.sim_bounds import attach, bounds_row, mode_key, own_lower_bound
-from benchmarks.sim_config import SimTarget, a10_service_model, load_target
+from benchmarks.sim_config import ModelReplay, SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import downsample, plot_pareto
 from benchmarks.stats import summarize
 from benchmarks.traces import Arrival, read_trace, resolve_window
@@ -59,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="simulation", help="file stem of the outputs")
     parser.add_argument("--description", default="")
+    models = parser.add_argument_group("checkpoints and LoRAs (when the trace names them)")
+    models.add_argument("--host-load-s", type=float, default=2.8, help="a checkpoint load from host memory")
+    models.add_argument("--disk-load-s", type=float, default=35.0, help="a checkpoint load from disk")
+    models.add_argument("--lora-load-s", type=float, default=4.4, help="a LoRA adapter load")
+    models.add_argument("--checkpoint-gb", type=float, default=2.1, help="one checkpoint in host memory")
+    models.add_argument("--node-host-models", type=int, default=0,
+                        help="host memory per node, in checkpoints, shared by its replicas (0: model.host_memory_gb per replica)")
 
 
 def config_target(spec: str, args: argparse.Namespace) -> SimTarget:
@@ -88,6 +96,11 @@ def summarize_result(result: SimResult, slo_s: float) -> dict[str, Any]:
     summary = summarize(records_of(result), samples, slo_s, paid_s=result.replica_seconds(),
                         starts=result.replica_starts())
     summary["policy_calls"] = result.policy_calls
+    ran = [r for r in result.records if r.model_load is not None]
+    if ran:  # checkpoints replayed: loads per request that ran, by the tier they came from
+        tiers = Counter(r.model_load for r in ran)
+        summary["model_loads"] = {"per_request": (tiers["host"] + tiers["disk"]) / len(ran), "host": tiers["host"],
+                                  "disk": tiers["disk"], "lora": sum(r.lora_loads for r in ran)}
     return summary
 
 
@@ -130,13 +143,18 @@ def main(args: argparse.Namespace) -> int:
     runs = [(t, None) for t in targets] + [
         (targets[0].with_overrides(name=f"fixed-{n}", spec={"initial_replicas": n}), FixedFleet(n, f"fixed-{n}"))
         for n in args.fixed]
+    replay = ModelReplay(args.host_load_s, args.disk_load_s, args.lora_load_s, args.checkpoint_gb, args.node_host_models)
+    runs = [(replay.apply(target, arrivals), policy) for target, policy in runs]
     jobs = [(target, target.requests(arrivals, args.size, args.timeout), args.time_scale, args.slo, policy)
             for target, policy in runs]
     with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(jobs)))) as pool:
         for (target, requests, *_), entry in zip(jobs, pool.map(_simulate_job, jobs)):
             summary = entry["summary"]
+            loads = summary.get("model_loads")
             print(f"[simulate] {target.name}: {summary['simulator_seconds']:.1f}s, "
-                  f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s", flush=True)
+                  f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s" + (
+                      f", {loads['per_request']:.3f} loads/request ({loads['disk']} from disk, {loads['host']} from "
+                      f"host, {loads['lora']} LoRA)" if loads else ""), flush=True)
             if len(requests) > MAX_RECORDS:
                 entry["records"] = []
             results[target.name] = entry

@@ -3,14 +3,17 @@
 Two formats, told apart by their header:
 - the production trace (``../shared/traces/alibaba-genai-2026-lora_request_trace.csv``): columns
   ``gmt_create`` (``YYYY-MM-DD HH:MM:SS``), ``num_images_per_prompt``, ``num_inference_steps``,
-  ``groupId`` (the tenant), ``checkpoint_model_version_id`` (the checkpoint);
-- a plain CSV: ``timestamp[,n,steps[,tenant]]`` with ``timestamp`` in seconds.
-Missing ``n`` means 1 image; missing ``steps`` means the server's default; missing tenant, "".
+  ``groupId`` (the tenant), ``checkpoint_model_version_id`` (the checkpoint) and, in the file
+  ``...-with-lora-ids.csv``, ``lora_ids`` (``L####:scale`` joined by ``;``);
+- a plain CSV: ``timestamp[,n,steps[,tenant]]`` with ``timestamp`` in seconds, and optionally
+  columns named ``model`` and ``loras`` (the same ``id:scale;...`` form) anywhere after them.
+Missing ``n`` means 1 image; missing ``steps`` means the server's default; missing tenant, model, "".
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +30,7 @@ class Arrival:
     tenant: str = ""  # who sent it (the production trace's groupId)
     model: str = ""  # its checkpoint (the production trace's checkpoint_model_version_id)
     kind: str = "text"  # text, img2img or inpaint (the production trace's predict_type)
+    loras: tuple[str, ...] = ()  # its LoRA adapters, "id:scale" each (the trace's lora_ids)
 
 
 #: The production trace's ``predict_type`` → sdserve's request kinds.
@@ -38,6 +42,11 @@ def _number(text: str | None) -> float | None:
         return None
     value = float(text)
     return None if math.isnan(value) else value
+
+
+def parse_loras(text: str | None) -> tuple[str, ...]:
+    """``"L0018:0.8;L0077:1"`` → ``("L0018:0.8", "L0077:1")``; empty → ``()``."""
+    return tuple(part.strip() for part in (text or "").split(";") if part.strip())
 
 
 def _parse_time(text: str) -> float:
@@ -63,7 +72,7 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
     if time_scale <= 0:
         raise ValueError("time_scale must be > 0")
     start, end = parse_window(window)
-    rows: list[tuple[float, int, int | None, str, str, str]] = []
+    rows: list[tuple[float, int, int | None, str, str, str, tuple[str, ...]]] = []
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader)]
@@ -75,6 +84,9 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
             predict = header.index("predict_type") if "predict_type" in header else None
         elif header[0] != "timestamp":
             raise ValueError(f"{path}: expected a 'gmt_create' or 'timestamp' column, got {header}")
+        else:
+            checkpoint = header.index("model") if "model" in header else None
+        lora_col = next((header.index(name) for name in ("lora_ids", "loras") if name in header), None)
         for row in reader:
             if not row:
                 continue
@@ -86,18 +98,20 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
                 kind = TRACE_KINDS.get(row[predict].strip(), "text") if predict is not None else "text"
             else:
                 t = _parse_time(row[0])
-                n = _number(row[1]) if len(row) > 1 else None
-                steps = _number(row[2]) if len(row) > 2 else None
-                tenant = row[3].strip() if len(row) > 3 else ""
-                model, kind = "", "text"
+                named = (checkpoint, lora_col)
+                n = _number(row[1]) if len(row) > 1 and 1 not in named else None
+                steps = _number(row[2]) if len(row) > 2 and 2 not in named else None
+                tenant = row[3].strip() if len(row) > 3 and 3 not in named else ""
+                model, kind = row[checkpoint].strip() if checkpoint is not None else "", "text"
+            loras = parse_loras(row[lora_col]) if lora_col is not None and lora_col < len(row) else ()
             if (start is None or t >= start) and (end is None or t < end):
-                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant, model, kind))
+                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant, model, kind, loras))
     rows.sort(key=lambda r: r[0])
     if not rows:
         return []
     origin = start if start is not None else rows[0][0]
-    return [Arrival((t - origin) / time_scale, n, steps, tenant, model, kind)
-            for t, n, steps, tenant, model, kind in rows]
+    return [Arrival((t - origin) / time_scale, n, steps, tenant, model, kind, loras)
+            for t, n, steps, tenant, model, kind, loras in rows]
 
 
 def busiest_window(path: str | Path, seconds: float = 3600) -> str:
@@ -129,5 +143,5 @@ def split_arrivals(arrivals: list[Arrival], at_s: float) -> tuple[list[Arrival],
     """Arrivals before ``at_s`` and from it on, each part shifted to start at 0 (to tune a setting
     on one part of a trace and score it on the other)."""
     first = [a for a in arrivals if a.at < at_s]
-    rest = [Arrival(a.at - at_s, a.n, a.steps) for a in arrivals if a.at >= at_s]
+    rest = [dataclasses.replace(a, at=a.at - at_s) for a in arrivals if a.at >= at_s]
     return first, rest

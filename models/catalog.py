@@ -49,7 +49,9 @@ class ModelUnavailable(RuntimeError):
 
 class CatalogGenerator(GroupedGenerator):
     def __init__(self, loaders: Mapping[str, Callable[[], GroupedGenerator]], default: str, resident: int = 0,
-                 host_bytes: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+                 host_bytes: int = 0, clock: Callable[[], float] = time.monotonic, first: str | None = None) -> None:
+        """``first``: the checkpoint to load at the start instead of the default (what the queue
+        needs: scheduler/preload.py); if it fails to load, the default is loaded instead."""
         if default not in loaders:
             raise ValueError(f"the default model {default!r} is not in the catalog {sorted(loaders)}")
         self.loaders, self.default, self.clock = dict(loaders), default, clock
@@ -60,13 +62,21 @@ class CatalogGenerator(GroupedGenerator):
         self.loaded: OrderedDict[str, GroupedGenerator] = OrderedDict()
         self.loads: Counter[str] = Counter()  # checkpoints brought in after the start, by tier
         self.load_seconds: Counter[str] = Counter()  # and the seconds they took
-        self._load(default)  # the replica cannot serve without its default: a failure here fails the start
+        start = first if first in loaders and self.resident < len(loaders) else default
+        if start != default:
+            try:
+                self._load(start)
+            except ModelUnavailable as exc:
+                log.error("preloading: %s; loading the default %r instead", exc, default)
+                start = default
+        if start == default:
+            self._load(default)  # the replica cannot serve without its default: a failure here fails the start
         for name in [n for n in loaders if n != default] if self.resident == len(loaders) else []:
             try:
                 self._load(name)
             except ModelUnavailable as exc:  # its requests will fail with the reason; the rest serve
                 log.error("%s", exc)
-        self.device = self.loaded[default].device
+        self.device = self.loaded[start].device
 
     def _load(self, name: str) -> GroupedGenerator:
         try:

@@ -124,6 +124,32 @@ class FairQueue:
                 return job
         return None
 
+    def peek(self) -> QueuedJob | None:
+        """The request :meth:`pop` would return, left in the queue."""
+        order = self._order()
+        return self._jobs[self._tenants[order[0][2]].heap[0][2]][0] if order else None
+
+    def take(self, accept: Callable[[QueuedJob], bool], look_ahead: int) -> QueuedJob | None:
+        """The first of the next ``look_ahead`` requests in fair order that ``accept`` takes, out
+        of the queue and charged to its tenant as a dispatch; None if none of them. (A free replica
+        that holds some requests' checkpoint takes one of those when the head's checkpoint is
+        held by another replica: the look-ahead bounds how far it may go past the order.)"""
+        tags = []
+        for name, tenant in self._active.items():
+            for k, seq in enumerate(self._waiting_in_order(tenant)):
+                tags.append((tenant.start + k / tenant.weight, seq, name))
+        by_seq = {seq: job for job, seq in self._jobs.values()}
+        for _, seq, name in sorted(tags)[:look_ahead]:
+            job = by_seq[seq]
+            if accept(job):
+                tenant = self._tenants[name]
+                self.remove(job.job_id)
+                self._virtual = max(self._virtual, tenant.start)
+                tenant.finish = tenant.start + 1.0 / tenant.weight
+                tenant.start = tenant.finish
+                return job
+        return None
+
     def position(self, job_id: str) -> int:
         """How many waiting requests go before ``job_id`` if nothing else arrives: each tenant's
         k-th request (earliest deadline first) goes with tag start + k / weight, all in order of

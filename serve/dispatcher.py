@@ -17,6 +17,9 @@ next poll. Here (Knative's activator, in spirit):
   the worker deployment's request router, sends the job there (Ray 2.60's pluggable request router:
   the one supported hook that sees each request and the replicas it may go to). A replica with free
   slots gets, after the next request in order, the next ones that batch with it (same size and steps);
+- **preloading**: a worker replica that is starting asks which checkpoint to load
+  (:meth:`Dispatcher.preload_for`): the one the queue needs most per replica holding it or told to
+  load it (``scheduler/preload.py``); it counts as that checkpoint's holder until its first reply;
 - **bound**: ``max_queued_requests`` of the worker deployment bounds this queue: beyond it, 503.
 
 One dispatcher per ingress replica: the shipped configs run one ingress replica, so one per
@@ -35,12 +38,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.fair_queue import FairQueue, QueuedJob
+from scheduler.preload import HOLDER_LOOK_AHEAD, held_elsewhere, preload_choice
 
 log = logging.getLogger("ray.serve")
 #: How often the replica list and the deployment's limits are read from Serve.
 POLL_S = 0.5
 #: The longest a slot waits for its replica's stream to end after the reply came.
 RELEASE_WAIT_S = 5.0
+#: A replica told what to preload that is not running after this long is forgotten (it failed).
+PRELOAD_FORGET_S = 600.0
 
 
 class QueueFull(Exception):
@@ -87,9 +93,12 @@ class Dispatcher:
         # replica → checkpoints it said it holds on its device, and in its host memory
         self._holding: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self._releasing: set[asyncio.Task[None]] = set()
+        self._preloading: dict[str, tuple[str, float]] = {}  # starting replica → (checkpoint, when told)
+        self.model_aware = True  # queue.model_aware: placement by checkpoint; False: any free replica
 
-    def configure(self, weights: dict[str, float]) -> None:
+    def configure(self, weights: dict[str, float], model_aware: bool = True) -> None:
         self.queue.weights = dict(weights)
+        self.model_aware = model_aware
 
     # ---- the worker pool -----------------------------------------------------------------------
 
@@ -105,6 +114,13 @@ class Dispatcher:
         for rid in running - self._free.keys():
             busy = sum(1 for r in self._held.values() if r == rid)
             self._free[rid] = max(0, self.slots_per_replica - busy)
+            preloaded = self._preloading.pop(rid, None)
+            if preloaded is not None and rid not in self._holding:  # until its first reply says more
+                self._holding[rid] = (frozenset({preloaded[0]}), frozenset())
+        now = time.time()
+        for rid, (_, told) in list(self._preloading.items()):
+            if now - told > PRELOAD_FORGET_S:  # never came up
+                del self._preloading[rid]
         self._dispatch()
 
     def start(self) -> None:
@@ -180,6 +196,8 @@ class Dispatcher:
         next request in fair order, the next ones of the same shape (they batch together)."""
         self._dispatch_due = False
         while self.queue and any(self._free.values()):
+            if self._holder_takes_own():
+                continue
             job = self._next(None)
             if job is None:
                 return
@@ -188,12 +206,39 @@ class Dispatcher:
             while self._free[rid] and (same := self._next(job.shape)) is not None:
                 self._grant(same, rid)
 
+    def _holder_takes_own(self) -> bool:
+        """When the head's checkpoint is held only by busy or starting replicas, a free replica that
+        holds others takes a request for one of them (scheduler/preload.py: ``held_elsewhere``)."""
+        head = self.queue.peek() if self.model_aware else None
+        free = [rid for rid, slots in self._free.items() if slots and rid in self._holding]
+        if head is None or not free:
+            return False
+        others = [models for rid, (models, _) in self._holding.items() if not self._free.get(rid)]
+        others += [{model} for model, _ in self._preloading.values()]
+        if not held_elsewhere(head.model, [self._holding[rid][0] for rid in free], others):
+            return False
+        for rid in free:
+            own = self._holding[rid][0]
+            job = self.queue.take(lambda j: j.model in own, HOLDER_LOOK_AHEAD)
+            if job is None:
+                continue
+            if job.deadline <= time.time():
+                granted = self._waiting.get(job.job_id)
+                if granted is not None and not granted.done():
+                    granted.set_exception(Expired())
+            else:
+                self._grant(job, rid)
+            return True
+        return False
+
     def _place(self, model: str) -> str:
         """A replica with a free slot: one that holds the request's checkpoint on its device if any
         (a load from disk costs like a cold start), else one with it in host memory (a copy), else
         any; the most free slots first. Only free replicas are candidates, so a hot checkpoint whose
         holders are all busy spreads to another replica instead of queueing behind them."""
         free = [rid for rid, slots in self._free.items() if slots]
+        if not self.model_aware:
+            return max(free, key=self._free.__getitem__)
         unknown = (frozenset({model}), frozenset())  # a replica that has not said: as if it held all
         resident = [rid for rid in free if model in self._holding.get(rid, unknown)[0]]
         host = [rid for rid in free if model in self._holding.get(rid, unknown)[1]]
@@ -206,6 +251,14 @@ class Dispatcher:
             self._holding.pop(replica_id, None)
         else:
             self._holding[replica_id] = (frozenset(models), frozenset(host))
+
+    def preload_for(self, replica_id: str, default: str) -> str:
+        """The checkpoint a starting replica should load (scheduler/preload.py): the one the queue
+        needs most per replica holding it, counting what replicas still starting were told."""
+        held = [models for models, _ in self._holding.values()] + [{m} for m, _ in self._preloading.values()]
+        choice = preload_choice([job.model for job in self.queue], held, default)
+        self._preloading[replica_id] = (choice, time.time())
+        return choice
 
     def residency(self) -> dict[str, dict[str, Any]]:
         """Each running replica's free slots and the checkpoints it holds, as its latest reply said

@@ -204,6 +204,16 @@ class Ingress:
     async def check_health(self) -> None:
         self._start_background()
 
+    async def preload_for(self, replica_id: str) -> str | None:
+        """Asked by a worker replica while it starts: the checkpoint to load instead of the default
+        (None: no queue here to read)."""
+        dispatcher = self.lifecycle.dispatcher
+        if dispatcher is None or not self.settings.queue.model_aware:
+            return None
+        choice = dispatcher.preload_for(replica_id, self.settings.model.name)
+        log.info("worker %s starting: preloads %s (%d queued)", replica_id, choice, dispatcher.queued)
+        return choice
+
     def exposure(self) -> dict[str, Any]:
         """What this replica enforces (the launcher reports it; its own environment may differ)."""
         return {"keys_required": self.auth.required, "bind_host": proxy_bind_host()}

@@ -53,6 +53,10 @@ class ModelSettings(_Section):
         0.0, ge=0, description="host RAM per worker replica for checkpoints taken off its device (with "
         "resident_models): kept as CPU tensors, pinned on CUDA, and copied back into a built pipeline "
         "instead of loaded from disk; measured bytes, least recently used out; 0: off")
+    preload: bool = Field(
+        True, description="with resident_models: a starting worker replica asks the ingress which checkpoint "
+        "its queue needs most (per replica holding it) and loads that one instead of the default "
+        "(scheduler/preload.py)")
 
     @property
     def name(self) -> str:
@@ -144,6 +148,10 @@ class QueueSettings(_Section):
     dispatch: bool = Field(
         True, description="requests wait in sdserve's fair, deadline-ordered queue and go to a replica "
         "only when it has a free slot; false: straight into Ray's router queue (first in, first out)")
+    model_aware: bool = Field(
+        True, description="with dispatch: place a request where its checkpoint is (device, then host memory), "
+        "let a free replica take a request for a checkpoint it holds when the head's holder is busy or "
+        "starting, and tell starting replicas what to preload (model.preload); false: any free replica")
     tenant_weights: dict[str, float] = Field(
         default_factory=dict, description="share of dispatches per tenant (as request logs name it: "
         "'key-<digest>' for an API key, else the client address); others weigh 1")

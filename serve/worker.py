@@ -31,10 +31,11 @@ from serve import worker_setup as setup
 from serve.event_queue import until_done, wait_out
 from serve.execution import JobRunner
 from serve.protocol import EventKind, WorkerEvent, WorkerJob, WorkerReply
-from serve.settings import WORKER_DEPLOYMENT, AppSettings, live_settings
+from serve.settings import INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT, AppSettings, live_settings
 
 log = logging.getLogger("ray.serve")
 PROGRESS_EVERY_S = 0.2  # at most this often a progress event per job (the last step always)
+PRELOAD_ASK_S = 5.0  # the longest a starting replica waits to hear which checkpoint to preload
 
 
 def _discard(task: "asyncio.Future[Any]") -> None:
@@ -58,9 +59,10 @@ class DiffusionWorker:
 
             torch.set_num_threads(self.settings.model.torch_threads)
         imported_at = time.time()
-        self.model = setup.load_models(self.settings)
-        loaded_at = time.time()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        first = self._ask_preload() if setup.preloads(self.settings) else None
+        self.model = setup.load_models(self.settings, first)
+        loaded_at = time.time()
         self._probes = setup.memory_probes(self.settings, self.model)
         rules = ReplicaRules(self.settings.deadlines.shed_hopeless,
                              setup.memory_model(self.settings, self._probes, self.model.device),
@@ -84,6 +86,22 @@ class DiffusionWorker:
         log.info("worker %s loaded %s on %s in %.2fs, ready %.2fs after process start (max_batch_size=%d)",
                  self.replica_id, self.model.model_name, self.model.device, self.load_time_s, self.cold_start_s,
                  self.settings.batching.max_batch_size)
+
+    def _ask_preload(self) -> str | None:
+        """The checkpoint the queue needs, from the ingress (``Ingress.preload_for``); None (the
+        default) when it cannot say within ``PRELOAD_ASK_S``."""
+        app_name = serve.get_replica_context().app_name
+
+        def ask() -> str | None:  # a blocking call: not on this constructor's thread, which runs the event loop
+            ingress = serve.get_deployment_handle(INGRESS_DEPLOYMENT, app_name)
+            return ingress.preload_for.remote(self.replica_id).result(timeout_s=PRELOAD_ASK_S)
+
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload-ask") as pool:
+                return pool.submit(ask).result(timeout=PRELOAD_ASK_S + 1)
+        except Exception as error:  # noqa: BLE001 - a replica that cannot ask starts with the default
+            log.warning("worker %s: no preload answer (%s); loading the default", self.replica_id, error)
+            return None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray calls this with the deployment's ``user_config`` at start and whenever it changes:

@@ -38,9 +38,9 @@ def model_spec(settings: AppSettings, source: str | None = None) -> ModelSpec:
                      allow_download=model.allow_download, compile_unet=model.compile_unet, cache_dir=model.cache_dir)
 
 
-def load_models(settings: AppSettings) -> GroupedGenerator:
+def load_models(settings: AppSettings, first: str | None = None) -> GroupedGenerator:
     """The replica's backend: its one checkpoint, or the whole catalog (real pipelines; a simulated
-    backend serves every name alike)."""
+    backend serves every name alike); ``first``: the catalog's checkpoint to load at the start."""
     model = settings.model
     cache = Path(model.cache_dir) if model.cache_dir else None
     loras = {name: resolve_lora(source, cache) for name, source in model.loras.items()} \
@@ -51,7 +51,16 @@ def load_models(settings: AppSettings) -> GroupedGenerator:
     loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, None, loras,
                                        model.resident_loras)
                for name, source in model.served.items()}
-    return CatalogGenerator(loaders, model.name, model.resident_models, int(model.host_memory_gb * 2**30))
+    return CatalogGenerator(loaders, model.name, model.resident_models, int(model.host_memory_gb * 2**30),
+                            first=first)
+
+
+def preloads(settings: AppSettings) -> bool:
+    """Whether a starting replica asks which checkpoint to load: a catalog of real pipelines that
+    does not all fit on the device."""
+    model = settings.model
+    return (model.preload and model.backend == "diffusers" and bool(model.catalog)
+            and 0 < model.resident_models < len(model.served))
 
 
 def simulation_profile(settings: AppSettings) -> SimulationProfile:

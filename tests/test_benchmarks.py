@@ -18,7 +18,7 @@ from benchmarks.stats import (
     summarize,
     time_to_replicas,
 )
-from benchmarks.traces import Arrival, busiest_window, parse_window, read_trace
+from benchmarks.traces import Arrival, busiest_window, parse_window, read_trace, split_arrivals
 from benchmarks.workloads import burst, poisson
 from scheduler.outcomes import Outcome
 from tests.conftest import ROOT, Deployed
@@ -47,6 +47,21 @@ def test_production_trace_window_time_scale_and_missing_fields(tmp_path: Path) -
     assert len(read_trace(path)) == 4
     assert read_trace(path, "2024-11-15 17:00:00..")[0] == Arrival(3600.0, 8, 40, "G1", "M1")  # from the window start
     assert busiest_window(path) == "2024-11-15 16:00:00..2024-11-15 17:00:00"
+
+
+def test_lora_ids_and_named_model_columns_are_read(tmp_path: Path) -> None:
+    production = tmp_path / "loras.csv"
+    production.write_text(
+        "gmt_create,predict_type,groupId,num_images_per_prompt,num_inference_steps,checkpoint_model_version_id,"
+        "num_lora,lora_ids\n"
+        "2024-11-15 16:57:50,TXT_2_IMG,G0,1.0,30.0,M0,2,L0018:0.8;L0077:1\n"
+        "2024-11-15 16:58:00,TXT_2_IMG,G0,1.0,30.0,M1,0,\n")
+    assert [(a.model, a.loras) for a in read_trace(production)] == [("M0", ("L0018:0.8", "L0077:1")), ("M1", ())]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("timestamp,n,steps,model,loras\n0,2,20,M3,L1:1\n1.5,1,,M4,\n")
+    assert read_trace(plain) == [Arrival(0.0, 2, 20, "", "M3", loras=("L1:1",)), Arrival(1.5, 1, None, "", "M4")]
+    first, rest = split_arrivals(read_trace(production), 5.0)  # the split keeps every field
+    assert (first[0].loras, rest[0].at, rest[0].model, rest[0].tenant) == (("L0018:0.8", "L0077:1"), 5.0, "M1", "G0")
 
 
 def test_the_simulator_replays_an_edit_with_the_steps_its_strength_runs(tmp_path: Path) -> None:

@@ -219,3 +219,31 @@ def test_the_request_router_sends_a_job_to_its_dispatched_replica() -> None:
     assert choose(pending(None)) == [["r1", "r2"]]  # not dispatched: any replica
     assert choose(pending("r9")) == []  # not in the handle's list yet: wait for it
     assert choose(pending("r9", age_s=FALLBACK_AFTER_S + 1)) == [["r1", "r2"]]  # gone: any replica
+
+
+def test_starting_replicas_preload_what_the_queue_needs_and_a_free_one_takes_its_own_requests() -> None:
+    """b, a, a, b queue at a fleet at zero. The first replica to start is told to preload b (a tie,
+    b queued first), the second a (b has a holder now). ra runs first and takes b0; when it is free
+    again the head (a1) waits for rb, which is starting with a, and ra takes b3 past it. Once rb
+    runs, a1 goes there."""
+    async def scenario() -> tuple[list[str], dict[str, str]]:
+        d = Dispatcher()
+        far = time.time() + 600
+        waits = {f"{model}{k}": asyncio.ensure_future(d.acquire(f"{model}{k}", "A", far + k, model=model))
+                 for k, model in enumerate("baab")}
+        await _settle()
+        told = [d.preload_for("ra", "default"), d.preload_for("rb", "default")]
+        d.set_pool(_pool("ra"))  # ra runs; rb is still starting
+        await _settle()
+        d.release("b0")
+        await _settle()
+        d.set_pool(_pool("ra", "rb"))
+        await _settle()
+        placed = {job: w.result() for job, w in waits.items() if w.done()}
+        for w in waits.values():
+            w.cancel()
+        return told, placed
+
+    told, placed = asyncio.run(scenario())
+    assert told == ["b", "a"]
+    assert placed == {"b0": "ra", "b3": "ra", "a1": "rb"}

@@ -105,3 +105,15 @@ def test_backlogged_tenants_share_in_proportion_to_weight(wa: float, wb: float, 
     served = [queue.pop().tenant for _ in range(prefix)]
     # start-time fair queuing's bound on the difference in normalised service
     assert abs(served.count("a") / wa - served.count("b") / wb) <= 1 / wa + 1 / wb + 1e-9
+
+
+def test_take_finds_the_first_accepted_request_within_the_look_ahead_and_charges_its_tenant() -> None:
+    queue = FairQueue()
+    for k, model in enumerate(["B", "B", "A", "B", "A"]):
+        queue.push(QueuedJob(f"j{k}", "t1", 100.0 + k, model=model))
+    queue.push(QueuedJob("other", "t2", 50.0, model="B"))
+    assert queue.take(lambda j: j.model == "A", look_ahead=2) is None  # j0 (t1) and other (t2) come first
+    taken = queue.take(lambda j: j.model == "A", look_ahead=4)
+    assert taken is not None and taken.job_id == "j2" and "j2" not in queue and len(queue) == 5
+    # t1 was charged a dispatch: t2's request goes next, then t1's in deadline order
+    assert [queue.pop().job_id for _ in range(5)] == ["other", "j0", "j1", "j3", "j4"]

@@ -68,3 +68,32 @@ def test_a_nodes_host_memory_is_shared_by_its_replicas_and_keeps_a_copy() -> Non
     assert second.load("A", spec) == (HOST, 3)  # another replica (or a later one) copies it from there
     assert first.load("C", spec) == (DISK, 30)  # B joins A in host memory; A's copy stayed
     assert list(first.host) == ["A", "B"] and second.load("B", spec) == (HOST, 3)
+
+
+def test_loras_load_once_per_checkpoint_and_leave_with_it() -> None:
+    spec = FleetSpec(models_per_replica=1, loras_per_replica=2, lora_load_s=4)
+    shelf = Residency()
+    shelf.load("A", spec)
+    assert shelf.load_loras("A", ("L1:1", "L2:0.8"), spec) == (2, 8)
+    assert shelf.load_loras("A", ("L1:0.5",), spec) == (0, 0)  # another scale, the same adapter
+    assert shelf.missing_loras("A", ("L2:1", "L3:1")) == 1
+    assert shelf.load_loras("A", ("L3:1",), spec) == (1, 4) and list(shelf.loras) == [("A", "L1"), ("A", "L3")]
+    shelf.load("B", spec)  # A leaves the GPU: its adapters with it
+    assert not shelf.loras and shelf.missing_loras("A", ("L1:1",)) == 1
+
+
+@pytest.mark.parametrize("blind", [False, True])
+def test_the_dispatcher_sends_a_lora_request_where_its_adapter_is(blind: bool) -> None:
+    """Two replicas hold the same checkpoint; one has loaded L1. Requests alternate between L1 and
+    none: the dispatcher keeps L1 on the replica that has it (one LoRA load); the model-blind
+    baseline sends each to the first free replica and loads L1 wherever it lands."""
+    spec = FleetSpec(initial_replicas=2, gpu_slots=2, max_queued_requests=-1, dispatch=True, shed_hopeless=False,
+                     models_per_replica=1, loras_per_replica=4, lora_load_s=4, default_model="A",
+                     model_blind=blind)
+    requests = [SimRequest(10.0 * k, timeout_s=600, model="A", loras=("L1:1",) if k % 2 else ()) for k in range(12)]
+    # two at a time so both replicas are free and chosen between
+    requests += [SimRequest(200.0 + 10.0 * k + d, timeout_s=600, model="A", loras=("L1:1",) if d else ())
+                 for k in range(6) for d in (0, 0.001)]
+    result = simulate(requests, spec, lambda images, pixels, steps: 1.0, FixedFleet(2))
+    lora_loads = sum(r.lora_loads for r in result.records)
+    assert lora_loads == (2 if blind else 1)

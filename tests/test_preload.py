@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.preload import preload_choice
+from scheduler.preload import held_elsewhere, preload_choice
 
 D = "default"
 
@@ -35,3 +35,15 @@ def test_the_choice_is_queued_or_the_default_and_more_demand_never_loses_it(queu
     choice = preload_choice(queued, held, D)
     assert choice in {m or D for m in queued} or (not queued and choice == D)
     assert preload_choice(queued + [choice], held, D) == choice  # one more request for it keeps it chosen
+
+
+@pytest.mark.parametrize(("head", "free", "others", "expected"), [
+    ("a", [["b"]], [["a"]], True),  # a's holder is busy or starting: the free b replica takes a b request
+    ("a", [["b"], ["a"]], [["a"]], False),  # a free replica holds a: it goes there
+    ("a", [["b"]], [["c"]], False),  # nobody holds a: a free replica loads it
+    ("a", [["b"]], [], False),
+    ("", [["b"]], [["a"]], False),  # unnamed: never held back
+])
+def test_the_head_waits_for_its_holder_only_when_a_busy_or_starting_replica_holds_it(
+        head: str, free: list[list[str]], others: list[list[str]], expected: bool) -> None:
+    assert held_elsewhere(head, free, others) is expected

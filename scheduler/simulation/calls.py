@@ -1,8 +1,8 @@
 """Pipeline calls on a simulated replica, by the worker's rules (:class:`~scheduler.admission.ReplicaRules`).
 
 Single mode runs one request per call; batched mode takes up to ``max_batch_size`` requests after
-``batch_wait_timeout_s`` (``@serve.batch``), splits them by (size, steps) and runs the groups one
-after another, answering all when the batch returns, as the worker does. At a group's start each
+``batch_wait_timeout_s`` (``@serve.batch``), splits them by (size, steps, kind, checkpoint, LoRA
+set) and runs the groups one after another, answering all when the batch returns, as the worker does. At a group's start each
 request is admitted by the replica's rules (``shed`` when the replica's own call-time model, learnt
 from the calls it simulated, says it cannot finish in time); the adaptive setting admits each
 request alone, earliest deadline first, and sizes the call by the same rule as the worker. A group
@@ -20,12 +20,18 @@ from scheduler.collector import CallReport
 from scheduler.outcomes import Outcome
 from scheduler.simulation.events import Event
 from scheduler.simulation.records import CallLearning, Replica
+from scheduler.simulation.workload import SimRequest
 
 if TYPE_CHECKING:
     from scheduler.simulation.fleet import Simulator
 
 #: A refused request's outcome, by the rules' verdict (the simulator has no memory model).
 REFUSED = {Admission.EXPIRED: Outcome.DEADLINE, Admission.HOPELESS: Outcome.SHED}
+
+
+def _call_shape(r: SimRequest) -> tuple[object, ...]:
+    """What one pipeline call's requests share: size, steps, kind, checkpoint and LoRA set."""
+    return r.pixels, r.steps, r.model, r.kind, r.loras
 
 
 class CallRunner:
@@ -67,10 +73,10 @@ class CallRunner:
         replica.waiting = [i for i in replica.waiting if i not in taken]
         for i in taken:
             sim.router.in_call(i)  # in a call (or refused): only its own finish answers it now
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[object, ...], list[int]] = {}
         for i in batch:
             r = sim.requests[i]
-            groups.setdefault((r.pixels, r.steps, r.model, r.kind), []).append(i)
+            groups.setdefault(_call_shape(r), []).append(i)
         t, finishing = sim.now, []
         for members in groups.values():
             t = self._run_group(replica, members, t, finishing)
@@ -88,8 +94,7 @@ class CallRunner:
         views = [self.view(i) for i in window]
         ordered = [window[k] for k in earliest_deadline_first(views)]
         head = sim.requests[ordered[0]]
-        same = [i for i in ordered if (sim.requests[i].pixels, sim.requests[i].steps, sim.requests[i].model,
-                                       sim.requests[i].kind) == (head.pixels, head.steps, head.model, head.kind)]
+        same = [i for i in ordered if _call_shape(sim.requests[i]) == _call_shape(head)]
         admitted, refused = [], []
         for i in same:
             verdict = replica.rules.admit(self.view(i), sim.now)
@@ -118,10 +123,13 @@ class CallRunner:
                 admitted.append(i)
         if not admitted:
             return t
-        tier = None
+        tier, lora_loads = None, 0
         if spec.models_per_replica:  # its checkpoint first, if the replica does not hold it
             tier, load_s = replica.models.load(first.model, spec)
             t += load_s
+            if spec.loras_per_replica and first.loras:  # then its adapters
+                lora_loads, load_s = replica.models.load_loras(first.model, first.loras, spec)
+                t += load_s
         images = sum(sim.requests[i].n for i in admitted)
         pipeline_s = sim.service(images, pixels, steps)
         # the measured per-request overhead (routing, hand-offs, serialization) holds the slot too
@@ -140,6 +148,7 @@ class CallRunner:
             record = sim.records[i]
             record.start_s, record.replica = t, replica.id
             record.call_s, record.call_images, record.model_load = end - t, images, tier
+            record.lora_loads = lora_loads
             if sim.deadline[i] < end or stopped:
                 record.outcome = Outcome.DEADLINE
                 sim.events.push(min(sim.deadline[i], end), Event.FINISH, i, 0)

@@ -43,9 +43,29 @@ class Residency:
 
     device: OrderedDict[str, None] = field(default_factory=OrderedDict)
     host: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    loras: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)  # (checkpoint, adapter id)
 
     def holds(self, model: str) -> bool:
         return model in self.device
+
+    def missing_loras(self, model: str, loras: tuple[str, ...]) -> int:
+        """How many of ``loras`` (``id:scale``) a call on ``model`` would have to load here."""
+        return sum(1 for lora in {name.partition(":")[0] for name in loras} if (model, lora) not in self.loras)
+
+    def load_loras(self, model: str, loras: tuple[str, ...], spec: FleetSpec) -> tuple[int, float]:
+        """Make a call's adapters resident on ``model`` (resident already): how many loaded, how long.
+        The scale is per call; the adapter is loaded once. Least recently used out beyond the budget."""
+        loaded = 0
+        for lora in dict.fromkeys(name.partition(":")[0] for name in loras):
+            key = (model, lora)
+            if key in self.loras:
+                self.loras.move_to_end(key)
+            else:
+                self.loras[key] = None
+                loaded += 1
+        while len(self.loras) > max(spec.loras_per_replica, len(set(loras))):
+            self.loras.popitem(last=False)
+        return loaded, loaded * spec.lora_load_s
 
     def load(self, model: str, spec: FleetSpec) -> tuple[str, float]:
         """Make ``model`` resident for a call: where it came from and how long that took."""
@@ -61,6 +81,8 @@ class Residency:
         self.device[model] = None
         while len(self.device) > spec.models_per_replica:
             evicted, _ = self.device.popitem(last=False)
+            for key in [key for key in self.loras if key[0] == evicted]:  # its adapters leave with it
+                del self.loras[key]
             if spec.host_models_per_replica or shared:
                 self.host[evicted] = None
                 self.host.move_to_end(evicted)
@@ -114,11 +136,14 @@ class RayMultiplexing:
         self.states.pop(i, None)
 
 
-def dispatcher_choice(free: list[Replica], model: str) -> Replica:
-    """sdserve's placement among replicas with a free slot: where the model is, else where it is
-    in host memory, else the replica with the fewest models; ties to the least loaded."""
-    def rank(r: Replica) -> tuple[int, int, int, int]:
+def dispatcher_choice(free: list[Replica], model: str, loras: tuple[str, ...] = ()) -> Replica:
+    """sdserve's placement among replicas with a free slot: where the model is (with the fewest of
+    the request's LoRAs to load), else where it is in host memory, else the replica with the fewest
+    models; ties to the least loaded, then to the one with the fewest adapters loaded (leaving the
+    others free for their adapters' requests)."""
+    def rank(r: Replica) -> tuple[int, ...]:
         tier = 0 if r.models.holds(model) else 1 if model in r.models.host else 2
-        return tier, r.ongoing, len(r.models.device), r.id
+        return (tier, r.models.missing_loras(model, loras), r.ongoing, len(r.models.device), len(r.models.loras),
+                r.id)
 
     return min(free, key=rank)

@@ -57,6 +57,7 @@ class RequestRecord:
     call_s: float | None = None  # how long the call it ran in held the replica (cut short or not)
     call_images: int | None = None  # images in that call
     model_load: str | None = None  # where its checkpoint came from for its call: none, host, disk
+    lora_loads: int = 0  # LoRA adapters its call loaded first
 
     @property
     def latency_s(self) -> float:

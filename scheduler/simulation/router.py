@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from scheduler.fair_queue import FairQueue, QueuedJob
+from scheduler.preload import HOLDER_LOOK_AHEAD, held_elsewhere
 from scheduler.simulation.events import Event
 from scheduler.simulation.models import RayMultiplexing, dispatcher_choice
 
@@ -88,7 +89,7 @@ class Router:
     def enqueue(self, i: int) -> None:
         if self.fair is not None:
             r = self.sim.requests[i]
-            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps, r.model, r.kind)))
+            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps, r.model, r.kind, r.loras)))
         else:
             self.queue.append(i)
         self.queued += 1
@@ -189,6 +190,24 @@ class Router:
         replica.waiting.append(i)
         self.sim.calls.assigned(replica)
 
+    def _holder_takes_own(self, free: list[Replica]) -> bool:
+        """As the live dispatcher: the head waits for its checkpoint's busy or starting holder while a
+        free replica takes a request for a checkpoint it holds (``held_elsewhere``)."""
+        head = self.fair.peek()
+        pool = self.sim.pool
+        free_ids = {r.id for r in free}
+        others = [r.models.device for r in pool.active + pool.pending if r.id not in free_ids and r.state != "draining"]
+        if head is None or not held_elsewhere(self.sim.requests[int(head.job_id)].model,
+                                              [r.models.device for r in free], others):
+            return False
+        for replica in free:
+            job = self.fair.take(lambda j: self.sim.requests[int(j.job_id)].model in replica.models.device,
+                                 HOLDER_LOOK_AHEAD)
+            if job is not None:
+                self._send(int(job.job_id), replica)
+                return True
+        return False
+
     def _fill_at_once(self) -> bool:
         """Polling off: the oldest queued request to the least-loaded running replica with a free slot."""
         free = self.sim.pool.free(self.sim.spec.max_ongoing_requests)
@@ -207,11 +226,14 @@ class Router:
         free = self.sim.pool.free(limit)
         if not free or self.fair is None:
             return False
+        if self.sim.spec.models_per_replica and not self.sim.spec.model_blind and self._holder_takes_own(free):
+            return True
         job = self.fair.pop()
         if job is None:
             return False
         if self.sim.spec.models_per_replica:
-            replica = dispatcher_choice(free, self.sim.requests[int(job.job_id)].model)
+            request = self.sim.requests[int(job.job_id)]
+            replica = free[0] if self.sim.spec.model_blind else dispatcher_choice(free, request.model, request.loras)
         else:
             replica = min(free, key=lambda r: (r.ongoing, r.id))
         self._send(int(job.job_id), replica)

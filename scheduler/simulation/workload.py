@@ -31,6 +31,7 @@ class SimRequest:
     tenant: str = ""  # who sent it (the trace's groupId): the dispatcher's fairness is across tenants
     model: str = ""  # its checkpoint (the trace's checkpoint_model_version_id); used when models are simulated
     kind: str = "text"  # text, img2img or inpaint: a call holds one kind; ``steps`` are the ones it runs
+    loras: tuple[str, ...] = ()  # its LoRA adapters ("id:scale"): a call holds one (checkpoint, LoRA set)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,13 @@ class FleetSpec:
     default_model: str = ""  # resident on a replica from its start (its cold start loaded it)
     model_preload: bool = False  # a new replica loads what the queue needs most instead (scheduler/preload.py)
     host_models_per_node: int = 0  # >0: host memory is the node's, shared by its replicas and outliving them
+    #: LoRA adapters a replica keeps loaded (model.resident_loras; 0: LoRAs are not simulated), each
+    #: loaded onto one checkpoint and gone when that checkpoint leaves the GPU; a load takes
+    loras_per_replica: int = 0
+    lora_load_s: float = 4.4  # (the production trace's LoRA load median)
+    #: sdserve's dispatcher ignores where checkpoints are (any free replica; a miss pays a load): the
+    #: model-blind baseline
+    model_blind: bool = False
     control_interval_s: float = 0.1
     #: Call the policy at every ``control_interval_s`` grid point, as the live loop does, instead of
     #: only where its answer may change (the reference the faster schedule is tested against).

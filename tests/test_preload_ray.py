@@ -1,0 +1,42 @@
+"""Preloading on a real Ray Serve: two checkpoints' bursts reach a fleet at zero, sdserve's loop
+starts two replicas, and each loads the checkpoint its burst needs during its start (tiny catalog,
+one checkpoint on each replica's device)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import Deployed
+from tests.test_autoscaling_ray import FAST_POLICY, _wait_for
+
+pytestmark = pytest.mark.ray
+
+CATALOG = ["model.backend=diffusers", "model.device=cpu", "model.catalog.tiny-1=tiny:1", "model.catalog.tiny-2=tiny:2",
+           "model.resident_models=1", "resources.num_cpus=0.25", "limits.default_size=64x64",
+           "autoscaling.policy.max_replicas=2", "autoscaling.policy.default_service_time_s=0.5"]
+
+
+@pytest.mark.app("sim-single", *CATALOG, *FAST_POLICY)
+def test_two_bursts_from_zero_each_new_replica_preloads_the_checkpoint_its_burst_needs(app: Deployed) -> None:
+    _wait_for(lambda: sum(app.worker_replicas().values()) == 0, 60, "zero replicas after the keep-alive")
+
+    def post(model: str):
+        return app.client.post("/v1/images/generations", json={
+            "prompt": "a harbour", "model": model, "size": "64x64", "num_inference_steps": 2, "timeout_s": 120})
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(post, ["tiny-1", "tiny-2"] * 4))
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses if r.status_code != 200]
+    by_model: dict[str, set[str]] = {"tiny-1": set(), "tiny-2": set()}
+    for model, response in zip(["tiny-1", "tiny-2"] * 4, responses):
+        assert response.headers["x-model"] == model
+        by_model[model].add(response.headers["x-replica-id"])
+    loads = [r.headers["x-model-load"] for r in responses]
+    # every request found its checkpoint loaded: each replica's start loaded its burst's one
+    assert loads == ["none"] * 8, loads
+    assert len(by_model["tiny-1"]) == len(by_model["tiny-2"]) == 1 and by_model["tiny-1"] != by_model["tiny-2"]
+    replicas = app.client.get("/v1/scheduler").json()["replicas"]
+    assert {rid: r["resident"] for rid, r in replicas.items()} == {
+        next(iter(by_model[m])): [m] for m in ("tiny-1", "tiny-2")}
