@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         f"checkpoints, `{args.config}`'s control loop for both placements; " + (
             f"the node's host memory holds {args.node_host_models} checkpoints, shared by its replicas and outliving "
             "them" if args.node_host_models else f"{args.host_models} more checkpoints in host memory per replica") +
-        "; a load takes {args.host_load_s:g} s from host memory, {args.disk_load_s:g} s "
+        f"; a load takes {args.host_load_s:g} s from host memory, {args.disk_load_s:g} s "
         f"from disk; every replica starts holding {default} ({100 * counts[default] / len(arrivals):.1f} % of "
         f"requests). SLO: answered within {args.slo:g} s (loads included).\n\n" + "\n".join(lines) +
         f"\n\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n")
