@@ -21,15 +21,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.per_model import simulate_per_model
 from benchmarks.report import provenance
 from benchmarks.sim_bounds import bounds_row
-from benchmarks.sim_config import SimTarget, a10_service_model, load_target
+from benchmarks.sim_config import ModelReplay, SimTarget, a10_service_model, load_target
 from benchmarks.simulate import load_arrivals, run_one
 from benchmarks.traces import Arrival, split_arrivals
 from scheduler.recommend import pareto_front
 from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S
 
-SDSERVE, RAY = "sdserve", "Ray default"
+SDSERVE, RAY, PER_MODEL = "sdserve", "Ray default", "per-model deployments"
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,23 @@ def sdserve_settings(grid: str = "full") -> list[Setting]:
     windows, objectives = (20, 120, 600), (15, 30)
     if grid == "small":
         keeps, windows, objectives = [keeps[1], keeps[5]], (20,), (30,)
+    elif grid == "medium":
+        keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120), (30,)
     return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o}s",
                     {**knobs, "stable_window_s": w, "latency_objective_s": o})
             for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]
 
 
-def ray_settings(grid: str = "full") -> list[Setting]:
+def ray_settings(grid: str = "full", policy: str = RAY) -> list[Setting]:
     """target_ongoing_requests × upscale_delay_s × downscale_delay_s × downscale_to_zero_delay_s ×
-    look_back_period_s: as many settings as sdserve gets."""
+    look_back_period_s: as many settings as sdserve gets (the per-model fleet: the same, for each
+    of its deployments)."""
     axes: tuple[tuple[float, ...], ...] = ((1, 2), (0, 30), (60, 600), (60, 300, 1200), (10, 30))
     if grid == "small":
         axes = ((1,), (30,), (600,), (60, 1200), (30,))
-    return [Setting(RAY, f"target {t:g}, up {u:g}s, down {d:g}s, to zero {z:g}s, look-back {b:g}s",
+    elif grid == "medium":
+        axes = ((1, 2), (30,), (60, 600), (60, 1200), (30,))
+    return [Setting(policy, f"target {t:g}, up {u:g}s, down {d:g}s, to zero {z:g}s, look-back {b:g}s",
                     {"target_ongoing_requests": t, "upscale_delay_s": u, "downscale_delay_s": d,
                      "downscale_to_zero_delay_s": z, "look_back_period_s": b})
             for t, u, d, z, b in itertools.product(*axes)]
@@ -76,6 +82,7 @@ class Point:
     replica_seconds: float
     p99_s: float | None
     replica_starts: int
+    peak_replicas: int | None = None  # the per-model fleet: replicas at once over all its deployments
 
 
 def cheapest_meeting(points: list[Point], target: float) -> Point:
@@ -99,7 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the first part ends, seconds from the trace's start (default: 11 days)")
     parser.add_argument("--config", default="configs/single.yaml", help="sdserve's config")
     parser.add_argument("--ray-config", default="configs/ray-default.yaml", help="Ray's default policy")
-    parser.add_argument("--grid", choices=("full", "small"), default="full")
+    parser.add_argument("--grid", choices=("full", "medium", "small"), default="full")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an args key in both configs (e.g. model.resident_models=4)")
+    ModelReplay.add_arguments(parser)
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S)
     parser.add_argument("--slo", type=float, default=30.0)
     parser.add_argument("--target", type=float, default=0.99, help="SLO attainment each policy's choice must reach")
@@ -110,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _variant(bases: dict[str, SimTarget], setting: Setting) -> SimTarget:
-    base = bases[setting.policy]
+    base = bases[RAY if setting.policy == PER_MODEL else setting.policy]
     if setting.policy == SDSERVE:
         return base.with_overrides(policy=setting.knobs, name=setting.label)
     return base.with_overrides(ray=setting.knobs, name=setting.label)
@@ -118,9 +128,12 @@ def _variant(bases: dict[str, SimTarget], setting: Setting) -> SimTarget:
 
 def _run(job: tuple[Setting, SimTarget, str, list[Arrival], float]) -> Point:
     setting, target, part, arrivals, slo_s = job
-    _, summary = run_one(target, target.requests(arrivals), a10_service_model(), slo_s)
+    if setting.policy == PER_MODEL:
+        summary = simulate_per_model(target, arrivals, slo_s)
+    else:
+        _, summary = run_one(target, target.requests(arrivals), a10_service_model(), slo_s)
     return Point(setting.policy, setting.label, part, summary["slo_attainment"], summary["replica_seconds"],
-                 summary["latency_s"]["p99"], summary["replica_starts"])
+                 summary["latency_s"]["p99"], summary["replica_starts"], summary.get("peak_replicas"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -130,14 +143,20 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--split-s {args.split_s:g} leaves a part empty")
     day = 86400.0
     parts = {f"first {args.split_s / day:.3g} days": first, f"last {second[-1].at / day:.3g} days": second}
-    bases = {SDSERVE: load_target(args.config, args.cold_start_s), RAY: load_target(args.ray_config, args.cold_start_s)}
-    settings = sdserve_settings(args.grid) + ray_settings(args.grid)
-    shipped = [Setting(SDSERVE, f"shipped {args.config}", {}), Setting(RAY, f"shipped {args.ray_config}", {})]
+    replay = ModelReplay.from_args(args)
+    bases = {SDSERVE: replay.apply(load_target(args.config, args.cold_start_s, args.overrides), arrivals),
+             RAY: replay.apply(load_target(args.ray_config, args.cold_start_s, args.overrides), arrivals)}
+    per_model = bases[RAY].spec.models_per_replica > 0  # checkpoints replayed: the per-model fleet too
+    settings = sdserve_settings(args.grid) + ray_settings(args.grid) + (
+        ray_settings(args.grid, PER_MODEL) if per_model else [])
+    shipped = [Setting(SDSERVE, f"shipped {args.config}", {}), Setting(RAY, f"shipped {args.ray_config}", {})] + (
+        [Setting(PER_MODEL, f"shipped {args.ray_config}, per checkpoint", {})] if per_model else [])
     jobs = [(s, _variant(bases, s), part, part_arrivals, args.slo)
             for s in settings + shipped for part, part_arrivals in parts.items()]
     print(f"[heldout] SIMULATION: {len(arrivals)} requests split {len(first)} / {len(second)}; "
           f"{len(settings)} settings ({sum(s.policy == SDSERVE for s in settings)} sdserve, "
-          f"{sum(s.policy == RAY for s in settings)} Ray) + the shipped configs, each on both parts: {len(jobs)} runs",
+          f"{sum(s.policy == RAY for s in settings)} Ray, {sum(s.policy == PER_MODEL for s in settings)} per-model) "
+          f"+ the shipped configs, each on both parts: {len(jobs)} runs",
           flush=True)
     started = time.perf_counter()
     points: list[Point] = []
@@ -152,10 +171,14 @@ def main(args: argparse.Namespace) -> int:
     names = list(parts)
     directions = [evaluate(points, tune, score, args.target) for tune, score in ((names[0], names[1]), (names[1], names[0]))]
     meta = {**provenance(), "simulated": True, "trace": args.trace, "window": args.window, "split_s": args.split_s,
+            "overrides": args.overrides, "model_replay": asdict(replay) if per_model else None,
             "parts": {p: len(a) for p, a in parts.items()}, "slo_s": args.slo, "target": args.target,
             "grid": args.grid, "wall_s": time.perf_counter() - started,
             "description": f"SIMULATION: knobs chosen on one part of the trace, scored on the other; "
-                           f"{len(settings) // 2} settings per policy; SLO {args.slo:g}s; cold start {args.cold_start_s:g}s"}
+                           f"{sum(s.policy == SDSERVE for s in settings)} settings per policy; SLO {args.slo:g}s; "
+                           f"cold start {args.cold_start_s:g}s" + (
+                               f"; checkpoints and LoRAs replayed ({asdict(replay)}, settings {args.overrides}); the "
+                               f"per-model fleet's deployments do not share a GPU cap" if per_model else "")}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{args.name}.json").write_text(json.dumps(
@@ -172,7 +195,8 @@ def evaluate(points: list[Point], tune: str, score: str, target: float) -> dict[
     """One direction: fronts and choices made on ``tune``, as they score on ``score``."""
     on = {(p.policy, p.label, p.part): p for p in points}
     result: dict[str, Any] = {"tune": tune, "score": score, "fronts": {}, "choices": {}, "shipped": {}}
-    for policy in (SDSERVE, RAY):
+    policies = [policy for policy in (SDSERVE, RAY, PER_MODEL) if any(p.policy == policy for p in points)]
+    for policy in policies:
         tuned = [p for p in points if p.policy == policy and p.part == tune and not p.label.startswith("shipped")]
         front = pareto_front(tuned)
         result["fronts"][policy] = [{"tuned": asdict(p), "held_out": asdict(on[(policy, p.label, score)])} for p in front]
@@ -181,8 +205,9 @@ def evaluate(points: list[Point], tune: str, score: str, target: float) -> dict[
         result["shipped"][policy] = next(asdict(p) for p in points
                                          if p.policy == policy and p.part == score and p.label.startswith("shipped"))
     ours = [Point(**f["held_out"]) for f in result["fronts"][SDSERVE]]
-    result["ray_points_matched"] = []
-    for entry in result["fronts"][RAY]:
-        match = matched_by(ours, Point(**entry["held_out"]))
-        result["ray_points_matched"].append({"ray": entry["held_out"], "sdserve": None if match is None else asdict(match)})
+    result["matched"] = {}  # each baseline's front point, and sdserve's cheapest at least as good
+    for baseline in policies[1:]:
+        result["matched"][baseline] = [
+            {"baseline": entry["held_out"], "sdserve": None if (m := matched_by(ours, Point(**entry["held_out"]))) is None
+             else asdict(m)} for entry in result["fronts"][baseline]]
     return result

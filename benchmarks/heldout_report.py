@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.heldout import RAY, SDSERVE
+from benchmarks.heldout import SDSERVE
 from benchmarks.sim_report import plot_pareto
 
 
@@ -16,7 +16,28 @@ def _pct(point: dict[str, Any]) -> str:
 def _row(point: dict[str, Any], lower: float) -> str:
     p99 = "-" if point["p99_s"] is None else f"{point['p99_s']:.1f}"
     return (f"{_pct(point)} | {point['replica_seconds']:.0f} | {point['replica_seconds'] / lower:.2f} | {p99} | "
-            f"{point['replica_starts']}")
+            f"{point['replica_starts']}" + (f" (peak: {point['peak_replicas']} replicas at once)"
+                                            if point.get("peak_replicas") else ""))
+
+
+def _matched_markdown(baseline: str, matched: list[dict[str, Any]], direction: dict[str, Any], tune: str,
+                      score: str) -> list[str]:
+    misses = [m for m in matched if m["sdserve"] is None]
+    lines = ["", f"{baseline}: its front on the {tune} ({len(matched)} settings), scored on the {score}; sdserve's "
+             f"front (tuned the same way) matches {len(matched) - len(misses)} of {len(matched)} with at least the "
+             f"SLO attainment at no more cost.", ""]
+    if misses:
+        lines += ["Where it does not:", "", f"| {baseline} setting | SLO | replica-s | sdserve's best at that cost |",
+                  "|---|---|---|---|"]
+        ours = [f["held_out"] for f in direction["fronts"][SDSERVE]]
+        for miss in misses:
+            theirs = miss["baseline"]
+            cheaper = [p for p in ours if p["replica_seconds"] <= theirs["replica_seconds"]]
+            best = max(cheaper, key=lambda p: p["slo_attainment"]) if cheaper else None
+            said = "none as cheap" if best is None else f"{_pct(best)} at {best['replica_seconds']:.0f} ({best['label']})"
+            lines.append(f"| {theirs['label']} | {_pct(theirs)} | {theirs['replica_seconds']:.0f} | {said} |")
+        lines.append("")
+    return lines
 
 
 def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, Any]], target: float) -> str:
@@ -30,31 +51,18 @@ def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, An
              f"Each policy's choice: the cheapest setting with ≥ {100 * target:g}% on the {tune}.", "",
              "| policy | setting | tuned: SLO, replica-s | held out: SLO | replica-s | / lower bound | p99, s | cold starts |",
              "|---|---|---|---|---|---|---|---|"]
-    for policy in (SDSERVE, RAY):
+    policies = list(direction["fronts"])
+    for policy in policies:
         choice = direction["choices"][policy]
         tuned = choice["tuned"]
         lines.append(f"| {policy} | {tuned['label']} | {_pct(tuned)}, {tuned['replica_seconds']:.0f} | "
                      f"{_row(choice['held_out'], lower)} |")
-    for policy in (SDSERVE, RAY):
+    for policy in policies:
         shipped = direction["shipped"][policy]
         lines.append(f"| {policy} | {shipped['label']} (not tuned here) | - | {_row(shipped, lower)} |")
-    matched = direction["ray_points_matched"]
-    misses = [m for m in matched if m["sdserve"] is None]
-    lines += ["", f"Ray's front on the {tune} ({len(matched)} settings), scored on the {score}: sdserve's front "
-              f"(tuned the same way) matches {len(matched) - len(misses)} of {len(matched)} with at least the SLO "
-              f"attainment at no more cost.", ""]
-    if misses:
-        lines += ["Where it does not:", "", "| Ray setting | SLO | replica-s | sdserve's best at that cost |",
-                  "|---|---|---|---|"]
-        ours = [f["held_out"] for f in direction["fronts"][SDSERVE]]
-        for miss in misses:
-            ray = miss["ray"]
-            cheaper = [p for p in ours if p["replica_seconds"] <= ray["replica_seconds"]]
-            best = max(cheaper, key=lambda p: p["slo_attainment"]) if cheaper else None
-            said = "none as cheap" if best is None else f"{_pct(best)} at {best['replica_seconds']:.0f} ({best['label']})"
-            lines.append(f"| {ray['label']} | {_pct(ray)} | {ray['replica_seconds']:.0f} | {said} |")
-        lines.append("")
-    for policy in (SDSERVE, RAY):
+    for baseline, matched in direction["matched"].items():
+        lines += _matched_markdown(baseline, matched, direction, tune, score)
+    for policy in policies:
         lines += [f"{policy}: front on the {tune}, held out", "",
                   "| setting | tuned: SLO, replica-s | held out: SLO | replica-s | / lower bound | p99, s | cold starts |",
                   "|---|---|---|---|---|---|---|"]
@@ -73,7 +81,7 @@ def write_report(out_dir: Path, name: str, meta: dict[str, Any], bounds: dict[st
     for k, direction in enumerate(directions, 1):
         plot = out_dir / f"{name}-{k}.png"
         curves = {f"{policy} (front tuned on the {direction['tune']})":
-                  [{**e["held_out"], "label": ""} for e in direction["fronts"][policy]] for policy in (SDSERVE, RAY)}
+                  [{**e["held_out"], "label": ""} for e in direction["fronts"][policy]] for policy in direction["fronts"]}
         plot_pareto(curves, plot, {direction["score"]: bounds[direction["score"]]}, meta["slo_s"])
         written.append(plot)
         sections.append(direction_markdown(direction, bounds, meta["target"]) + f"\n![held out]({plot.name})\n")

@@ -10,6 +10,7 @@ is the simulated A10 SD 1.5 profile (``models/simulated.py``), whatever model th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
@@ -90,6 +91,20 @@ class ModelReplay:
     lora_load_s: float = 4.4
     checkpoint_gb: float = 2.1
     node_host_models: int = 0  # >0: host memory is the node's, this many checkpoints, shared
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        models = parser.add_argument_group("checkpoints and LoRAs (when the trace names them)")
+        models.add_argument("--host-load-s", type=float, default=cls.host_load_s, help="a checkpoint load from host memory")
+        models.add_argument("--disk-load-s", type=float, default=cls.disk_load_s, help="a checkpoint load from disk")
+        models.add_argument("--lora-load-s", type=float, default=cls.lora_load_s, help="a LoRA adapter load")
+        models.add_argument("--checkpoint-gb", type=float, default=cls.checkpoint_gb, help="one checkpoint in host memory")
+        models.add_argument("--node-host-models", type=int, default=0, help="host memory per node, in checkpoints, "
+                            "shared by its replicas (0: model.host_memory_gb per replica)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ModelReplay":
+        return cls(args.host_load_s, args.disk_load_s, args.lora_load_s, args.checkpoint_gb, args.node_host_models)
 
     def apply(self, target: SimTarget, arrivals: list[Any]) -> SimTarget:
         """``target`` replaying models when the arrivals name checkpoints: its config's

@@ -60,13 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="simulation", help="file stem of the outputs")
     parser.add_argument("--description", default="")
-    models = parser.add_argument_group("checkpoints and LoRAs (when the trace names them)")
-    models.add_argument("--host-load-s", type=float, default=2.8, help="a checkpoint load from host memory")
-    models.add_argument("--disk-load-s", type=float, default=35.0, help="a checkpoint load from disk")
-    models.add_argument("--lora-load-s", type=float, default=4.4, help="a LoRA adapter load")
-    models.add_argument("--checkpoint-gb", type=float, default=2.1, help="one checkpoint in host memory")
-    models.add_argument("--node-host-models", type=int, default=0,
-                        help="host memory per node, in checkpoints, shared by its replicas (0: model.host_memory_gb per replica)")
+    ModelReplay.add_arguments(parser)
 
 
 def config_target(spec: str, args: argparse.Namespace) -> SimTarget:
@@ -143,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
     runs = [(t, None) for t in targets] + [
         (targets[0].with_overrides(name=f"fixed-{n}", spec={"initial_replicas": n}), FixedFleet(n, f"fixed-{n}"))
         for n in args.fixed]
-    replay = ModelReplay(args.host_load_s, args.disk_load_s, args.lora_load_s, args.checkpoint_gb, args.node_host_models)
+    replay = ModelReplay.from_args(args)
     runs = [(replay.apply(target, arrivals), policy) for target, policy in runs]
     jobs = [(target, target.requests(arrivals, args.size, args.timeout), args.time_scale, args.slo, policy)
             for target, policy in runs]

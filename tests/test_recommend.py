@@ -154,3 +154,20 @@ def test_a_ray_point_is_matched_only_by_at_least_its_attainment_at_no_more_cost(
     points = [Point("sdserve", str(k), "b", slo, cost, None, 0) for k, (slo, cost) in enumerate(ours)]
     match = matched_by(points, Point("Ray default", "r", "b", 0.99, 100.0, None, 0))
     assert (None if match is None else int(match.label)) == expected
+
+
+def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each_baseline(tmp_path: Path) -> None:
+    from benchmarks import heldout
+
+    trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
+    args = _args(heldout.add_arguments, trace=trace, split_s=3 * 3600, grid="small", out_dir=tmp_path, name="m",
+                 cold_start_s=10, jobs=1, set=["model.resident_models=1"])
+    assert heldout.main(args) == 0
+    data = json.loads((tmp_path / "m.json").read_text())
+    settings = len(heldout.sdserve_settings("small")) + 2 * len(heldout.ray_settings("small")) + 3
+    assert len(data["points"]) == 2 * settings
+    per_model = [p for p in data["points"] if p["policy"] == heldout.PER_MODEL]
+    assert per_model and all(p["peak_replicas"] >= 1 for p in per_model)
+    for direction in data["directions"]:
+        assert set(direction["matched"]) == {heldout.RAY, heldout.PER_MODEL}
+    assert "per-model deployments: its front" in (tmp_path / "m.md").read_text()
