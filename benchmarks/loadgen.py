@@ -35,6 +35,7 @@ class Record:
     batch_images: int | None = None
     replica_id: str = ""
     error: str = ""
+    model_load: str | None = None  # where its checkpoint came from (X-Model-Load): none, host, disk
 
     @property
     def latency_s(self) -> float:
@@ -67,6 +68,9 @@ class RequestTemplate:
     timeout_s: float | None = None
     prompt: str = "a lighthouse on a cliff at dawn, oil painting"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Send each arrival's checkpoint as ``model``, prefixed (a simulated backend serves
+    #: ``simulated:NAME``); None: no ``model``, the server's default.
+    model_prefix: str | None = None
 
     def body(self, arrival: Arrival, index: int) -> dict[str, Any]:
         body: dict[str, Any] = {"prompt": self.prompt, "size": self.size, "n": arrival.n, "seed": index, **self.extra}
@@ -75,6 +79,8 @@ class RequestTemplate:
             body["num_inference_steps"] = steps
         if self.timeout_s:
             body["timeout_s"] = self.timeout_s
+        if self.model_prefix is not None and getattr(arrival, "model", ""):
+            body["model"] = self.model_prefix + arrival.model
         return body
 
 
@@ -94,6 +100,7 @@ async def _send(
             record.service_time_s = float(headers["x-service-time-seconds"])
             record.batch_images = int(headers["x-batch-images"])
             record.replica_id = headers.get("x-replica-id", "")
+            record.model_load = headers.get("x-model-load")
         record.outcome = classify(record.status, record.code)
     except httpx.HTTPError as exc:
         record.outcome, record.error = Outcome.ERROR, f"{type(exc).__name__}: {exc}"

@@ -76,7 +76,7 @@ def records_of(result: SimResult) -> list[Record]:
         Record(index=r.index, scheduled_s=r.arrival_s, sent_s=r.arrival_s, done_s=r.done_s, outcome=r.outcome,
                n=r.n, queue_wait_s=r.queue_wait_s if r.outcome == Outcome.OK else None,
                service_time_s=r.service_time_s, batch_images=r.batch_images,
-               replica_id="" if r.replica is None else f"sim-{r.replica}")
+               replica_id="" if r.replica is None else f"sim-{r.replica}", model_load=r.model_load)
         for r in result.records
     ]
 

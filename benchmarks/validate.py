@@ -13,8 +13,10 @@ per-request overhead as the median of latency − queue wait − service time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,14 @@ import numpy as np
 from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import environment, provenance
 from benchmarks.runner import Target, Workload, run_target
-from benchmarks.sim_config import a10_service_model, load_target
+from benchmarks.sim_config import ModelReplay, a10_service_model, load_target
 from benchmarks.simulate import load_arrivals, records_of, run_one, samples_of
 from scheduler.outcomes import Outcome
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from serve.settings import WORKER_DEPLOYMENT, load_config
 
 #: Agreement the simulator must reach; a failure is reported, never widened.
-TOLERANCE = {"slo_points": 3.0, "replica_seconds_rel": 0.10, "p50_rel": 0.15, "starts_abs": 1}
+TOLERANCE = {"slo_points": 3.0, "replica_seconds_rel": 0.10, "p50_rel": 0.15, "starts_abs": 1, "loads_rel": 0.15}
 RAY_TIME_KNOBS = ("upscale_delay_s", "downscale_delay_s", "downscale_to_zero_delay_s", "look_back_period_s",
                   "metrics_interval_s")
 #: Ray's control loop cannot run its metrics faster than this on a 2-core machine; both sides get
@@ -49,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo", type=float, default=30.0, help="latency objective in trace time, seconds")
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="sim-vs-live")
+    parser.add_argument("--models", action="store_true",
+                        help="replay each request's checkpoint: a simulated catalog of the window's checkpoints "
+                             "live (the most used the default), the same in the simulator; LoRAs are not sent")
+    parser.add_argument("--resident-models", type=int, default=1, help="with --models: checkpoints on a replica's GPU")
+    parser.add_argument("--host-memory-gb", type=float, default=8.4, help="with --models: per replica")
+    parser.add_argument("--host-load-s", type=float, default=2.8, help="with --models: trace seconds")
+    parser.add_argument("--disk-load-s", type=float, default=35.0, help="with --models: trace seconds")
     parser.add_argument("--resimulate", metavar="RESULT_JSON",
                         help="reuse the live side of an earlier validate result (its runs, measurements and "
                              "overrides) and recompute only the simulation: for a changed simulator")
@@ -83,6 +92,22 @@ def compressed_overrides(path: str, k: float) -> tuple[list[str], list[str]]:
     return arg_overrides, deployment
 
 
+def model_overrides(arrivals: list[Any], args: argparse.Namespace) -> list[str]:
+    """A simulated catalog of the checkpoints ``arrivals`` name (the most used the default), with
+    the per-tier load times in trace seconds (``simulation.time_scale`` compresses them live)."""
+    used = Counter(a.model for a in arrivals if a.model)
+    default, *others = [name for name, _ in used.most_common()]
+    return [f"model.id={default}", *(f"model.catalog.{name}=simulated" for name in others),
+            f"model.resident_models={args.resident_models}", f"model.host_memory_gb={args.host_memory_gb}",
+            f"simulation.load_time_s={args.disk_load_s}", f"simulation.host_load_time_s={args.host_load_s}"]
+
+
+def loads_per_request(records: list[dict[str, Any]]) -> float | None:
+    """Checkpoint loads (from host memory or disk) per request that ran, as the replies said."""
+    ran = [r.get("model_load") for r in records if r.get("model_load") is not None]
+    return sum(tier in ("host", "disk") for tier in ran) / len(ran) if ran else None
+
+
 def live_cold_start_s(samples: list[dict[str, float]], starts: int) -> float | None:
     """Mean replica start → running, from the polled fleet: ∫(replicas − running) dt ÷ starts."""
     if starts <= 0 or len(samples) < 2:
@@ -109,6 +134,8 @@ def agreement(live: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
         "p50_rel": rel(live["latency_s"]["p50"], sim["latency_s"]["p50"]),
         "starts_abs": sim["replica_starts"] - live["replica_starts"],
     }
+    if live.get("loads_per_request") is not None:  # checkpoints replayed
+        rows["loads_rel"] = rel(live["loads_per_request"], sim.get("loads_per_request"))
     passed = {k: v is not None and abs(v) <= TOLERANCE[k] for k, v in rows.items()}
     return {"difference": rows, "within_tolerance": passed, "all_within": all(passed.values())}
 
@@ -116,11 +143,15 @@ def agreement(live: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
 def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     k = args.time_scale
     arg_overrides, deployment = compressed_overrides(config, k)
-    arrivals = load_arrivals(args)  # compressed k× by --time-scale
+    arrivals = _arrivals(args)  # compressed k× by --time-scale
+    if args.models:
+        arg_overrides += model_overrides(arrivals, args)
     name = Path(config).stem
     live = run_target(Target(name, config=config, overrides=arg_overrides,
                              deployment_overrides={WORKER_DEPLOYMENT: deployment}),
-                      Workload("open", arrivals), RequestTemplate(), args.slo / k, warmup=1)
+                      Workload("open", arrivals), RequestTemplate(model_prefix="simulated:" if args.models else None),
+                      args.slo / k, warmup=1)
+    live["summary"]["loads_per_request"] = loads_per_request(live["records"])
     measured = {"cold_start_s": live_cold_start_s(live["samples"], live["summary"]["replica_starts"]),
                 "request_overhead_s": live_overhead_s(live["records"]),
                 # what a replica itself measured
@@ -139,7 +170,12 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
                          {WORKER_DEPLOYMENT: deployment})
     target = target.with_overrides(spec={"request_overhead_s": measured["request_overhead_s"],
                                          "reported_cold_start_s": measured["reported_cold_start_s"]})
+    if getattr(args, "models", False):  # the live catalog's tiers, compressed as live
+        settings = target.settings.simulation
+        target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, 0.0,
+                             settings.checkpoint_gb).apply(target, arrivals)
     result, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
+    sim["loads_per_request"] = loads_per_request([r.to_dict() for r in records_of(result)])
     return {**earlier, "simulated": sim, "agreement": agreement(earlier["live"], sim),
             "simulated_samples": samples_of(result), "simulated_records": [r.to_dict() for r in records_of(result)]}
 
@@ -152,9 +188,15 @@ def resimulate(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dic
     if args.window != meta["window"] or args.time_scale != meta["time_scale"]:
         raise SystemExit(f"{args.resimulate} was run on window {meta['window']!r} at k = {meta['time_scale']}: "
                          "give the same --window and --time-scale")
-    arrivals = load_arrivals(args)
+    arrivals = _arrivals(args)
     results = {name: simulate_side(r, arrivals, args) for name, r in earlier["results"].items()}
     return results, meta.get("live_side_from", meta)
+
+
+def _arrivals(args: argparse.Namespace) -> list[Any]:
+    """The window's arrivals, compressed; without ``--models`` none names a checkpoint, and LoRAs
+    are never replayed here (the live simulated catalog has none)."""
+    return [dataclasses.replace(a, loras=(), model=a.model if args.models else "") for a in load_arrivals(args)]
 
 
 def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
@@ -179,13 +221,19 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
                      f"{'-' if rs is None else f'{100 * rs:+.1f}%'} {mark('replica_seconds_rel')} | "
                      f"{'-' if p50 is None else f'{100 * p50:+.1f}%'} {mark('p50_rel')} | "
                      f"{diff['starts_abs']:+d} {mark('starts_abs')} |")
+        if "loads_rel" in diff:
+            loads = diff["loads_rel"]
+            lines.append(f"| | checkpoint loads per request: live {live['loads_per_request']:.3f}, simulated "
+                         f"{sim['loads_per_request'] or 0:.3f} | {'-' if loads is None else f'{100 * loads:+.1f}%'} "
+                         f"{mark('loads_rel')} | | | |")
         m = r["measured"]
         lines.append(f"| | measured live, given to the simulator | cold start {m['cold_start_s'] or 0:.2f}s "
                      f"(replicas report {m['reported_cold_start_s'] or 0:.2f}s) | "
                      f"per-request overhead {1000 * m['request_overhead_s']:.0f} ms | | |")
     lines.append("")
     lines.append(f"Tolerance: SLO ±{TOLERANCE['slo_points']:g} pp, replica-seconds ±{100 * TOLERANCE['replica_seconds_rel']:g}%, "
-                 f"p50 ±{100 * TOLERANCE['p50_rel']:g}%, starts ±{TOLERANCE['starts_abs']}.")
+                 f"p50 ±{100 * TOLERANCE['p50_rel']:g}%, starts ±{TOLERANCE['starts_abs']}, checkpoint loads "
+                 f"±{100 * TOLERANCE['loads_rel']:g}% (when replayed).")
     return "\n".join(lines)
 
 

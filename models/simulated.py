@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
+from models.host_tier import HostWeights
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
 from scheduler.collector import (
     REFERENCE_PIXELS,  # the profile's figures are per 512×512 image
@@ -43,7 +44,9 @@ class SimulationProfile:
     """Seconds per denoising step by images per call, at the reference resolution."""
 
     step_time_s: tuple[tuple[int, float], ...] = tuple(sorted(A10_SD15_STEP_TIME_S.items()))
-    load_time_s: float = 2.0  # simulated model load at replica start
+    load_time_s: float = 2.0  # simulated model load at replica start (a checkpoint from disk)
+    host_load_time_s: float = 2.8  # a checkpoint copied in from host memory (models/host_tier.py)
+    checkpoint_bytes: int = int(2.1 * 2**30)  # what one checkpoint takes in host memory
     scale_with_pixels: bool = True
     gpu_name: str = "A10 (simulated)"
 
@@ -79,6 +82,15 @@ class SimulatedGenerator(GroupedGenerator):
         self.counter = CallCounter()
         log.warning("SIMULATED backend %s: no model runs, timings follow a profile", self.model_name)
         time.sleep(profile.load_time_s)
+
+    def export_weights(self) -> HostWeights:
+        """No weights: the host tier only counts the bytes a real checkpoint would take."""
+        return HostWeights({}, self.profile.checkpoint_bytes)
+
+    def swap_in(self, weights: HostWeights, model_name: str) -> None:
+        """Become ``model_name`` as a copy from host memory would: after ``host_load_time_s``."""
+        time.sleep(self.profile.host_load_time_s)
+        self.model_name = model_name
 
     def _generate_group(
         self, group: list[GenerationRequest], should_stop: StopCheck | None, on_latents: LatentsHook | None = None

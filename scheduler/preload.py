@@ -12,18 +12,39 @@ default.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 #: How far past the fair order a free replica may reach for a request whose checkpoint it holds.
 HOLDER_LOOK_AHEAD = 8
+TOOK, IDLE = "took", "idle"  # what passing over the queue's head did (else "": dispatch in order)
 
 
 def held_elsewhere(head_model: str, free_hold: Iterable[Iterable[str]], others_hold: Iterable[Iterable[str]]) -> bool:
-    """Whether the queue's head should wait for its checkpoint's holder instead of going to a free
-    replica that would load it: no free replica holds it, and a busy or starting one does. The free
-    replica then takes a request (within :data:`HOLDER_LOOK_AHEAD`) for a checkpoint it holds."""
+    """Whether the queue's head's checkpoint is on no free replica but on one of the others."""
     return bool(head_model) and not any(head_model in set(m) for m in free_hold) and any(
         head_model in set(m) for m in others_hold)
+
+
+def pass_over_head(head_model: str, free_hold: Sequence[Iterable[str]], busy_hold: Sequence[Iterable[str]],
+                   starting_hold: Sequence[Iterable[str]], own: Iterable[str]) -> list[Callable[[str], bool]] | None:
+    """Which requests a free replica holding ``own`` may take past the queue's head (within
+    :data:`HOLDER_LOOK_AHEAD`; the first test that finds one wins), or None: the head goes first,
+    as the fair order says.
+
+    - The head's checkpoint is on a free replica, or on none: None (it goes there, or loads).
+    - It is on a replica that is still starting (told to preload it): the head waits for it, and the
+      free replica takes a request for its own checkpoints, else one whose checkpoint no starting
+      replica brings (that one loads here); if there is none, it stays free.
+    - It is only on busy replicas: the free replica takes a request for its own checkpoints; if there
+      is none, None: the head loads here, so a hot checkpoint spreads instead of queueing.
+    """
+    if not held_elsewhere(head_model, free_hold, [*busy_hold, *starting_hold]):
+        return None
+    mine = set(own)
+    if held_elsewhere(head_model, free_hold, starting_hold):
+        coming = {model for models in starting_hold for model in models}
+        return [lambda model: model in mine, lambda model: model not in coming]
+    return [lambda model: model in mine]
 
 
 def preload_choice(queued: Sequence[str], held: Iterable[Iterable[str]], default: str) -> str:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.fair_queue import FairQueue, QueuedJob
-from scheduler.preload import HOLDER_LOOK_AHEAD, held_elsewhere, preload_choice
+from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, held_elsewhere, pass_over_head, preload_choice
 
 log = logging.getLogger("ray.serve")
 #: How often the replica list and the deployment's limits are read from Serve.
@@ -95,6 +95,7 @@ class Dispatcher:
         self._releasing: set[asyncio.Task[None]] = set()
         self._preloading: dict[str, tuple[str, float]] = {}  # starting replica → (checkpoint, when told)
         self.model_aware = True  # queue.model_aware: placement by checkpoint; False: any free replica
+        self._last_sent: dict[str, float] = {}  # checkpoint → when a request for it was last sent
 
     def configure(self, weights: dict[str, float], model_aware: bool = True) -> None:
         self.queue.weights = dict(weights)
@@ -196,8 +197,11 @@ class Dispatcher:
         next request in fair order, the next ones of the same shape (they batch together)."""
         self._dispatch_due = False
         while self.queue and any(self._free.values()):
-            if self._holder_takes_own():
+            passed = self._pass_over_head()
+            if passed == TOOK:
                 continue
+            if passed == IDLE:
+                return
             job = self._next(None)
             if job is None:
                 return
@@ -206,20 +210,23 @@ class Dispatcher:
             while self._free[rid] and (same := self._next(job.shape)) is not None:
                 self._grant(same, rid)
 
-    def _holder_takes_own(self) -> bool:
-        """When the head's checkpoint is held only by busy or starting replicas, a free replica that
-        holds others takes a request for one of them (scheduler/preload.py: ``held_elsewhere``)."""
+    def _pass_over_head(self) -> str:
+        """The rules of ``scheduler/preload.py: pass_over_head`` for the free replicas whose
+        checkpoints are known: TOOK (one took a request past the head), IDLE (the head waits for a
+        starting replica and nothing else may go now) or "" (dispatch in order)."""
         head = self.queue.peek() if self.model_aware else None
         free = [rid for rid, slots in self._free.items() if slots and rid in self._holding]
         if head is None or not free:
-            return False
-        others = [models for rid, (models, _) in self._holding.items() if not self._free.get(rid)]
-        others += [{model} for model, _ in self._preloading.values()]
-        if not held_elsewhere(head.model, [self._holding[rid][0] for rid in free], others):
-            return False
+            return ""
+        busy = [models for rid, (models, _) in self._holding.items() if not self._free.get(rid)]
+        starting = [{model} for model, _ in self._preloading.values()]
+        free_hold = [self._holding[r][0] for r in free]
         for rid in free:
-            own = self._holding[rid][0]
-            job = self.queue.take(lambda j: j.model in own, HOLDER_LOOK_AHEAD)
+            tests = pass_over_head(head.model, free_hold, busy, starting, self._holding[rid][0])
+            if tests is None:
+                return ""
+            job = next((j for test in tests
+                        if (j := self.queue.take(lambda q: test(q.model), HOLDER_LOOK_AHEAD)) is not None), None)
             if job is None:
                 continue
             if job.deadline <= time.time():
@@ -228,21 +235,28 @@ class Dispatcher:
                     granted.set_exception(Expired())
             else:
                 self._grant(job, rid)
-            return True
-        return False
+            return TOOK
+        return IDLE if held_elsewhere(head.model, free_hold, starting) else ""  # it waits for its starting holder
 
     def _place(self, model: str) -> str:
         """A replica with a free slot: one that holds the request's checkpoint on its device if any
         (a load from disk costs like a cold start), else one with it in host memory (a copy), else
-        any; the most free slots first. Only free replicas are candidates, so a hot checkpoint whose
-        holders are all busy spreads to another replica instead of queueing behind them."""
+        the one whose checkpoints were wanted longest ago (the load evicts the coldest); the most free
+        slots first. Only free replicas are candidates, so a hot checkpoint whose holders are all busy
+        spreads to another replica instead of queueing behind them."""
         free = [rid for rid, slots in self._free.items() if slots]
         if not self.model_aware:
             return max(free, key=self._free.__getitem__)
         unknown = (frozenset({model}), frozenset())  # a replica that has not said: as if it held all
         resident = [rid for rid in free if model in self._holding.get(rid, unknown)[0]]
         host = [rid for rid in free if model in self._holding.get(rid, unknown)[1]]
-        return max(resident or host or free, key=self._free.__getitem__)
+        if resident or host:
+            return max(resident or host, key=self._free.__getitem__)
+
+        def last_wanted(rid: str) -> float:  # its checkpoints' latest request: a load there evicts the coldest
+            return max((self._last_sent.get(m, 0.0) for m in self._holding.get(rid, (frozenset(),))[0]), default=0.0)
+
+        return max(free, key=lambda rid: (self._free[rid], -last_wanted(rid)))
 
     def holds(self, replica_id: str, models: Iterable[str] | None, host: Iterable[str] = ()) -> None:
         """What a replica's reply said it holds on its device (None: every checkpoint it serves) and
@@ -287,6 +301,7 @@ class Dispatcher:
             return
         self._free[rid] -= 1
         self._held[job.job_id] = rid
+        self._last_sent[job.model] = time.time()
         granted.set_result(rid)
 
     @property

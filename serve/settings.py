@@ -80,7 +80,11 @@ class SimulationSettings(_Section):
     step_time_s: dict[int, float] | None = Field(
         None, description="seconds per denoising step by images per call; default: A10 SD 1.5"
     )
-    load_time_s: float = Field(2.0, ge=0, description="simulated model load at replica start")
+    load_time_s: float = Field(2.0, ge=0, description="simulated model load at replica start (and, with a "
+                               "catalog and model.resident_models, a checkpoint's load from disk)")
+    host_load_time_s: float = Field(2.8, ge=0, description="with a catalog: a checkpoint's load from host memory "
+                                    "(model.host_memory_gb; the production trace's fast mode)")
+    checkpoint_gb: float = Field(2.1, gt=0, description="with a catalog: what one checkpoint takes in host memory")
     scale_with_pixels: bool = Field(True, description="scale step time with pixels vs 512x512")
     time_scale: float = Field(
         1.0, gt=0, description="run k× faster: step times and load time divided by k (compressed replays)"

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
@@ -35,7 +35,7 @@ from serve.settings import INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT, AppSettings, l
 
 log = logging.getLogger("ray.serve")
 PROGRESS_EVERY_S = 0.2  # at most this often a progress event per job (the last step always)
-PRELOAD_ASK_S = 5.0  # the longest a starting replica waits to hear which checkpoint to preload
+PRELOAD_ASK_S = 10.0  # the longest a starting replica waits to hear which checkpoint to preload
 
 
 def _discard(task: "asyncio.Future[Any]") -> None:
@@ -50,6 +50,9 @@ class DiffusionWorker:
         init_at, process_at = time.time(), setup.process_started_at()
         self.args = settings
         self.settings = AppSettings.model_validate(settings)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        # asked first, answered while the frameworks import: what the queue needs when this start began
+        preload = self._ask_preload() if setup.preloads(self.settings) else None
         if self.settings.model.backend == "diffusers":
             for source in self.settings.model.served.values():  # a mistyped id fails before the imports
                 check_available(setup.model_spec(self.settings, source))
@@ -59,9 +62,7 @@ class DiffusionWorker:
 
             torch.set_num_threads(self.settings.model.torch_threads)
         imported_at = time.time()
-        self.replica_id = serve.get_replica_context().replica_id.unique_id
-        first = self._ask_preload() if setup.preloads(self.settings) else None
-        self.model = setup.load_models(self.settings, first)
+        self.model = setup.load_models(self.settings, self._preload_answer(preload))
         loaded_at = time.time()
         self._probes = setup.memory_probes(self.settings, self.model)
         rules = ReplicaRules(self.settings.deadlines.shed_hopeless,
@@ -87,21 +88,32 @@ class DiffusionWorker:
                  self.replica_id, self.model.model_name, self.model.device, self.load_time_s, self.cold_start_s,
                  self.settings.batching.max_batch_size)
 
-    def _ask_preload(self) -> str | None:
-        """The checkpoint the queue needs, from the ingress (``Ingress.preload_for``); None (the
-        default) when it cannot say within ``PRELOAD_ASK_S``."""
+    def _ask_preload(self) -> "Future[str | None]":
+        """Ask the ingress which checkpoint the queue needs (``Ingress.preload_for``), on a thread
+        (a blocking call: this constructor's thread runs the event loop)."""
         app_name = serve.get_replica_context().app_name
 
-        def ask() -> str | None:  # a blocking call: not on this constructor's thread, which runs the event loop
+        def ask() -> str | None:
             ingress = serve.get_deployment_handle(INGRESS_DEPLOYMENT, app_name)
             return ingress.preload_for.remote(self.replica_id).result(timeout_s=PRELOAD_ASK_S)
 
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload-ask")
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload-ask") as pool:
-                return pool.submit(ask).result(timeout=PRELOAD_ASK_S + 1)
+            return pool.submit(ask)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _preload_answer(self, asked: "Future[str | None] | None") -> str | None:
+        """The ingress's answer; None (the default) when there is none within ``PRELOAD_ASK_S``."""
+        if asked is None:
+            return None
+        try:
+            choice = asked.result(timeout=PRELOAD_ASK_S)
         except Exception as error:  # noqa: BLE001 - a replica that cannot ask starts with the default
             log.warning("worker %s: no preload answer (%s); loading the default", self.replica_id, error)
             return None
+        log.info("worker %s preloads %s (the ingress's answer)", self.replica_id, choice)
+        return choice
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray calls this with the deployment's ``user_config`` at start and whenever it changes:

@@ -45,11 +45,13 @@ def load_models(settings: AppSettings, first: str | None = None) -> GroupedGener
     cache = Path(model.cache_dir) if model.cache_dir else None
     loras = {name: resolve_lora(source, cache) for name, source in model.loras.items()} \
         if model.backend == "diffusers" else {}
-    if not model.catalog or model.backend != "diffusers":
+    simulated = model.backend == "simulated"
+    if not model.catalog or (simulated and not model.resident_models):  # a simulation serves every name alike
         return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras,
                             model.resident_loras)
-    loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, None, loras,
-                                       model.resident_loras)
+    profile = simulation_profile(settings) if simulated else None  # loads, from disk or host memory, take its times
+    loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, profile,
+                                       loras, model.resident_loras)
                for name, source in model.served.items()}
     return CatalogGenerator(loaders, model.name, model.resident_models, int(model.host_memory_gb * 2**30),
                             first=first)
@@ -59,8 +61,7 @@ def preloads(settings: AppSettings) -> bool:
     """Whether a starting replica asks which checkpoint to load: a catalog of real pipelines that
     does not all fit on the device."""
     model = settings.model
-    return (model.preload and model.backend == "diffusers" and bool(model.catalog)
-            and 0 < model.resident_models < len(model.served))
+    return model.preload and bool(model.catalog) and 0 < model.resident_models < len(model.served)
 
 
 def simulation_profile(settings: AppSettings) -> SimulationProfile:
@@ -69,6 +70,8 @@ def simulation_profile(settings: AppSettings) -> SimulationProfile:
     return SimulationProfile(
         step_time_s=tuple(sorted((n, t / k) for n, t in (sim.step_time_s or A10_SD15_STEP_TIME_S).items())),
         load_time_s=sim.load_time_s / k,
+        host_load_time_s=sim.host_load_time_s / k,
+        checkpoint_bytes=int(sim.checkpoint_gb * 2**30),
         scale_with_pixels=sim.scale_with_pixels,
     )
 

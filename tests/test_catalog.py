@@ -109,7 +109,9 @@ def test_checkpoints_stay_where_they_are_and_come_back_from_host_memory_and_a_br
     assert broken.status_code == 500
     assert "checkpoint 'broken' could not be loaded" in broken.json()["error"]["message"]
     assert "no model_index.json" in broken.json()["error"]["message"]
-    assert post("tiny-2")[0] in ("none", "host") and post("tiny")[0] in ("none", "host", "disk")
+    # (the broken load went to the replica whose checkpoint was wanted longest ago, and emptied its
+    # device first: what it held comes back from host memory or disk)
+    assert post("tiny-2")[0] in ("none", "host", "disk") and post("tiny")[0] in ("none", "host", "disk")
     metrics = app.client.get("/metrics").text
     counts = {tier: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
               if line.startswith("sdserve_call_model_load_seconds_count") for tier in ("disk", "host")

@@ -247,3 +247,20 @@ def test_starting_replicas_preload_what_the_queue_needs_and_a_free_one_takes_its
     told, placed = asyncio.run(scenario())
     assert told == ["b", "a"]
     assert placed == {"b0": "ra", "b3": "ra", "a1": "rb"}
+
+
+def test_a_request_no_replica_holds_goes_where_the_checkpoints_were_wanted_longest_ago() -> None:
+    """r1 holds a (just requested), r2 holds b (requested before it): c's load goes to r2, so a stays."""
+    async def scenario() -> str:
+        d = Dispatcher()
+        d.set_pool(_pool("r1", "r2"))
+        d.holds("r1", ["a"])
+        d.holds("r2", ["b"])
+        far = time.time() + 600
+        for job, model in (("j0", "b"), ("j1", "a")):
+            await d.acquire(job, "A", far, model=model)
+            d.release(job)
+            await _settle()
+        return await d.acquire("j2", "A", far, model="c")
+
+    assert asyncio.run(scenario()) == "r2"

@@ -47,3 +47,31 @@ def test_the_choice_is_queued_or_the_default_and_more_demand_never_loses_it(queu
 def test_the_head_waits_for_its_holder_only_when_a_busy_or_starting_replica_holds_it(
         head: str, free: list[list[str]], others: list[list[str]], expected: bool) -> None:
     assert held_elsewhere(head, free, others) is expected
+
+
+def _takes(head: str, free: list[list[str]], busy: list[list[str]], starting: list[list[str]], own: list[str],
+           queued: list[str]) -> str | None:
+    """What a free replica holding ``own`` takes from ``queued`` past the head (None: the head goes first)."""
+    from scheduler.preload import pass_over_head
+
+    tests = pass_over_head(head, free, busy, starting, own)
+    if tests is None:
+        return None
+    taken = next((m for test in tests for m in queued if test(m)), None)
+    if taken is None:  # as the dispatchers do: the head waits only for a starting holder
+        return "nothing: it stays free" if held_elsewhere(head, free, starting) else None
+    return taken
+
+
+@pytest.mark.parametrize(("head", "busy", "starting", "queued", "expected"), [
+    ("a", [], [], ["b", "c"], None),  # nobody holds a: it loads here
+    ("a", [["a"]], [], ["c", "b"], "b"),  # a's holder is busy: a request for b (held here) goes first
+    ("a", [["a"]], [], ["c"], None),  # ... none for b: a spreads here
+    ("a", [], [["a"]], ["c", "b"], "b"),  # a's holder is starting: b first,
+    ("a", [], [["a"]], ["a", "c"], "c"),  # else one nobody brings (c loads here),
+    ("a", [], [["a", "c"]], ["a", "c"], "nothing: it stays free"),  # else nothing: a waits for its holder
+])
+def test_what_a_free_replica_holding_b_takes_past_the_head(head: str, busy: list[list[str]],
+                                                          starting: list[list[str]], queued: list[str],
+                                                          expected: str | None) -> None:
+    assert _takes(head, [["b"]], busy, starting, ["b"], queued) == expected

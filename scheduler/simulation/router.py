@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from scheduler.fair_queue import FairQueue, QueuedJob
-from scheduler.preload import HOLDER_LOOK_AHEAD, held_elsewhere
+from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, held_elsewhere, pass_over_head
 from scheduler.simulation.events import Event
 from scheduler.simulation.models import RayMultiplexing, dispatcher_choice
 
@@ -79,6 +79,7 @@ class Router:
         self.fair = FairQueue() if sim.spec.dispatch else None  # sdserve's dispatcher's queue
         self._fill_due = False
         # Ray's model multiplexing, when checkpoints are simulated and Ray's router routes
+        self.last_sent: dict[str, float] = {}  # checkpoint → when a request for it was last sent
         self.mux = RayMultiplexing(random.Random(sim.spec.seed + 2)) if sim.spec.models_per_replica else None
 
     def full(self) -> bool:
@@ -187,26 +188,31 @@ class Router:
         self.queued -= 1
         self.located[i] = ON_REPLICA
         self.sim.records[i].replica = replica.id
+        self.last_sent[self.sim.requests[i].model] = self.sim.now
         replica.waiting.append(i)
         self.sim.calls.assigned(replica)
 
-    def _holder_takes_own(self, free: list[Replica]) -> bool:
-        """As the live dispatcher: the head waits for its checkpoint's busy or starting holder while a
-        free replica takes a request for a checkpoint it holds (``held_elsewhere``)."""
+    def _pass_over_head(self, free: list[Replica]) -> str:
+        """As the live dispatcher (``pass_over_head``): TOOK, IDLE or "" (dispatch in order)."""
         head = self.fair.peek()
-        pool = self.sim.pool
+        if head is None:
+            return ""
+        pool, requests = self.sim.pool, self.sim.requests
         free_ids = {r.id for r in free}
-        others = [r.models.device for r in pool.active + pool.pending if r.id not in free_ids and r.state != "draining"]
-        if head is None or not held_elsewhere(self.sim.requests[int(head.job_id)].model,
-                                              [r.models.device for r in free], others):
-            return False
+        busy = [r.models.device for r in pool.active if r.state == "running" and r.id not in free_ids]
+        starting = [r.models.device for r in pool.active + pool.pending if r.state in ("starting", "pending")]
+        free_hold = [r.models.device for r in free]
+        model = requests[int(head.job_id)].model
         for replica in free:
-            job = self.fair.take(lambda j: self.sim.requests[int(j.job_id)].model in replica.models.device,
-                                 HOLDER_LOOK_AHEAD)
+            tests = pass_over_head(model, free_hold, busy, starting, replica.models.device)
+            if tests is None:
+                return ""
+            job = next((j for test in tests if (j := self.fair.take(
+                lambda q: test(requests[int(q.job_id)].model), HOLDER_LOOK_AHEAD)) is not None), None)
             if job is not None:
                 self._send(int(job.job_id), replica)
-                return True
-        return False
+                return TOOK
+        return IDLE if held_elsewhere(model, free_hold, starting) else ""
 
     def _fill_at_once(self) -> bool:
         """Polling off: the oldest queued request to the least-loaded running replica with a free slot."""
@@ -226,14 +232,17 @@ class Router:
         free = self.sim.pool.free(limit)
         if not free or self.fair is None:
             return False
-        if self.sim.spec.models_per_replica and not self.sim.spec.model_blind and self._holder_takes_own(free):
-            return True
+        if self.sim.spec.models_per_replica and not self.sim.spec.model_blind:
+            passed = self._pass_over_head(free)
+            if passed:
+                return passed == TOOK
         job = self.fair.pop()
         if job is None:
             return False
         if self.sim.spec.models_per_replica:
             request = self.sim.requests[int(job.job_id)]
-            replica = free[0] if self.sim.spec.model_blind else dispatcher_choice(free, request.model, request.loras)
+            blind = self.sim.spec.model_blind
+            replica = free[0] if blind else dispatcher_choice(free, request.model, request.loras, self.last_sent)
         else:
             replica = min(free, key=lambda r: (r.ongoing, r.id))
         self._send(int(job.job_id), replica)
