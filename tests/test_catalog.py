@@ -299,3 +299,24 @@ def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_e
     assert set(generator.pipeline.get_list_adapters()["unet"]) == {"l2"}
     assert image("l1", "l2") != first and list(generator._loras_loaded) == ["l1", "l2"]  # a call's own stay
     assert image("l1") == first and list(generator._loras_loaded) == ["l1"]  # l2 deleted; l1 as before
+
+
+def test_a_simulated_catalog_loads_from_disk_then_host_memory_with_its_profiles_times() -> None:
+    """SIMULATION: the simulated backend with a catalog and one checkpoint on its 'GPU' brings the
+    others in from disk (``simulation.load_time_s``) or host memory (``host_load_time_s``)."""
+    from serve.settings import AppSettings
+    from serve.worker_setup import load_models, preloads
+
+    settings = AppSettings.model_validate({
+        "model": {"id": "a", "backend": "simulated", "catalog": {"b": "simulated", "c": "simulated"},
+                  "resident_models": 1, "host_memory_gb": 4.2},
+        "simulation": {"load_time_s": 0.02, "host_load_time_s": 0.001, "checkpoint_gb": 2.1}})
+    assert preloads(settings)
+    catalog = load_models(settings, first="simulated:b")
+    assert list(catalog.loaded) == ["simulated:b"]  # preloaded instead of the default
+    tiers = [catalog.prepare(_request("x", model))[0] for model in
+             ("simulated:a", "simulated:b", "simulated:c", "simulated:a", "simulated:b")]
+    # a from disk (b to host), b from host (a to host), c from disk (b to host), a from host (c to
+    # host: 4.2 GB hold two, and b was used least recently), so b comes from disk again
+    assert tiers == [DISK, HOST, DISK, HOST, DISK]
+    assert catalog.load_seconds[DISK] / catalog.loads[DISK] >= 0.02 > catalog.load_seconds[HOST] / catalog.loads[HOST]
