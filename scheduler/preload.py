@@ -25,23 +25,32 @@ def held_elsewhere(head_model: str, free_hold: Iterable[Iterable[str]], others_h
         head_model in set(m) for m in others_hold)
 
 
+def waits_for_start(head_model: str, free_hold: Sequence[Iterable[str]], starting_hold: Sequence[Iterable[str]],
+                    free_host: Sequence[Iterable[str]] = ()) -> bool:
+    """Whether the head waits for a starting replica that brings its checkpoint: no free replica
+    holds it, on its device or in host memory (a copy from there is quicker than a start)."""
+    return held_elsewhere(head_model, [*free_hold, *free_host], starting_hold)
+
+
 def pass_over_head(head_model: str, free_hold: Sequence[Iterable[str]], busy_hold: Sequence[Iterable[str]],
-                   starting_hold: Sequence[Iterable[str]], own: Iterable[str]) -> list[Callable[[str], bool]] | None:
+                   starting_hold: Sequence[Iterable[str]], own: Iterable[str],
+                   free_host: Sequence[Iterable[str]] = ()) -> list[Callable[[str], bool]] | None:
     """Which requests a free replica holding ``own`` may take past the queue's head (within
     :data:`HOLDER_LOOK_AHEAD`; the first test that finds one wins), or None: the head goes first,
     as the fair order says.
 
     - The head's checkpoint is on a free replica, or on none: None (it goes there, or loads).
-    - It is on a replica that is still starting (told to preload it): the head waits for it, and the
-      free replica takes a request for its own checkpoints, else one whose checkpoint no starting
-      replica brings (that one loads here); if there is none, it stays free.
+    - It is on a replica that is still starting (told to preload it) and in no free replica's host
+      memory (``free_host``): the head waits for it, and the free replica takes a request for its own
+      checkpoints, else one whose checkpoint no starting replica brings (that one loads here); if
+      there is none, it stays free.
     - It is only on busy replicas: the free replica takes a request for its own checkpoints; if there
       is none, None: the head loads here, so a hot checkpoint spreads instead of queueing.
     """
     if not held_elsewhere(head_model, free_hold, [*busy_hold, *starting_hold]):
         return None
     mine = set(own)
-    if held_elsewhere(head_model, free_hold, starting_hold):
+    if waits_for_start(head_model, free_hold, starting_hold, free_host):
         coming = {model for models in starting_hold for model in models}
         return [lambda model: model in mine, lambda model: model not in coming]
     return [lambda model: model in mine]

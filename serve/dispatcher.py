@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.fair_queue import FairQueue, QueuedJob
-from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, held_elsewhere, pass_over_head, preload_choice
+from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over_head, preload_choice, waits_for_start
 
 log = logging.getLogger("ray.serve")
 #: How often the replica list and the deployment's limits are read from Serve.
@@ -220,9 +220,9 @@ class Dispatcher:
             return ""
         busy = [models for rid, (models, _) in self._holding.items() if not self._free.get(rid)]
         starting = [{model} for model, _ in self._preloading.values()]
-        free_hold = [self._holding[r][0] for r in free]
+        free_hold, free_host = [self._holding[r][0] for r in free], [self._holding[r][1] for r in free]
         for rid in free:
-            tests = pass_over_head(head.model, free_hold, busy, starting, self._holding[rid][0])
+            tests = pass_over_head(head.model, free_hold, busy, starting, self._holding[rid][0], free_host)
             if tests is None:
                 return ""
             job = next((j for test in tests
@@ -236,7 +236,7 @@ class Dispatcher:
             else:
                 self._grant(job, rid)
             return TOOK
-        return IDLE if held_elsewhere(head.model, free_hold, starting) else ""  # it waits for its starting holder
+        return IDLE if waits_for_start(head.model, free_hold, starting, free_host) else ""
 
     def _place(self, model: str) -> str:
         """A replica with a free slot: one that holds the request's checkpoint on its device if any

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.preload import held_elsewhere, preload_choice
+from scheduler.preload import held_elsewhere, pass_over_head, preload_choice, waits_for_start
 
 D = "default"
 
@@ -52,14 +52,12 @@ def test_the_head_waits_for_its_holder_only_when_a_busy_or_starting_replica_hold
 def _takes(head: str, free: list[list[str]], busy: list[list[str]], starting: list[list[str]], own: list[str],
            queued: list[str]) -> str | None:
     """What a free replica holding ``own`` takes from ``queued`` past the head (None: the head goes first)."""
-    from scheduler.preload import pass_over_head
-
     tests = pass_over_head(head, free, busy, starting, own)
     if tests is None:
         return None
     taken = next((m for test in tests for m in queued if test(m)), None)
     if taken is None:  # as the dispatchers do: the head waits only for a starting holder
-        return "nothing: it stays free" if held_elsewhere(head, free, starting) else None
+        return "nothing: it stays free" if waits_for_start(head, free, starting) else None
     return taken
 
 
@@ -75,3 +73,11 @@ def test_what_a_free_replica_holding_b_takes_past_the_head(head: str, busy: list
                                                           starting: list[list[str]], queued: list[str],
                                                           expected: str | None) -> None:
     assert _takes(head, [["b"]], busy, starting, ["b"], queued) == expected
+
+
+def test_the_head_does_not_wait_for_a_start_when_a_free_replica_has_its_checkpoint_in_host_memory() -> None:
+    assert waits_for_start("a", [["b"]], [["a"]]) is True
+    assert waits_for_start("a", [["b"]], [["a"]], free_host=[["a"]]) is False  # a copy beats a cold start
+    # the free replica takes its own checkpoint's requests first, else the head goes (and is copied in)
+    tests = pass_over_head("a", [["b"]], [], [["a"]], ["b"], free_host=[["a"]])
+    assert tests is not None and [t("b") for t in tests] == [True] and [t("c") for t in tests] == [False]
