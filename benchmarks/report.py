@@ -37,6 +37,7 @@ ROWS = [
     ("replica-seconds / lower bound", lambda s: s.get("replica_seconds_over_lower_bound")),
     ("offline schedule / lower bound (the optimum lies between)", lambda s: s.get("offline_over_lower_bound")),
     ("lower bound over the windows it kept", lambda s: s.get("own_lower_bound_replica_seconds")),
+    ("checkpoint loads / request (from disk, from host); LoRA loads", lambda s: _loads(s.get("model_loads"))),
     ("s from first request to 1st, 2nd, ... replica running",
      lambda s: ", ".join(f"{t:.1f}" for t in s.get("seconds_to_running_replicas", [])) or "-"),
 ]
@@ -48,6 +49,12 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
+
+
+def _loads(loads: dict[str, Any] | None) -> str | None:
+    if not loads:
+        return None
+    return f"{loads['per_request']:.3f} ({loads['disk']}, {loads['host']}); {loads['lora']}"
 
 
 def _triple(p: dict[str, float | None]) -> str:
@@ -72,7 +79,7 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, get in ROWS:
-        if all(get(results[n]["summary"]) is None for n in names) and "bound" in label:
+        if all(get(results[n]["summary"]) is None for n in names) and ("bound" in label or "loads" in label):
             continue
         lines.append(f"| {label} | " + " | ".join(_fmt(get(results[n]["summary"])) for n in names) + " |")
     return "\n".join(lines)
@@ -164,13 +171,19 @@ def plot_sweep(results: dict[str, dict[str, Any]], path: Path) -> None:
     _finish(fig, ax, path)
 
 
+def outputs_markdown(stem: str, meta: dict[str, Any], table: str) -> str:
+    """The Markdown of a result: its description, the table, and when, at which commit, by which command."""
+    said = f"\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n" if "commit" in meta else ""
+    return f"# {stem}\n\n{meta.get('description', '')}\n\n{table}\n{said}"
+
+
 def write_outputs(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md",
              out_dir / f"{stem}-latency-cdf.png", out_dir / f"{stem}-fleet.png"]
     paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-    paths[1].write_text(f"# {stem}\n\n{meta.get('description', '')}\n\n{table}\n")
+    paths[1].write_text(outputs_markdown(stem, meta, table))
     plot_latency_cdf(results, paths[2])
     plot_fleet(results, paths[3])
     if any(r.get("levels") for r in results.values()):

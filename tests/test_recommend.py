@@ -171,3 +171,14 @@ def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each
     for direction in data["directions"]:
         assert set(direction["matched"]) == {heldout.RAY, heldout.PER_MODEL}
     assert "per-model deployments: its front" in (tmp_path / "m.md").read_text()
+
+
+def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path) -> None:
+    trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
+    args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], name="m",
+                 out_dir=tmp_path, cold_start_s=10, set=["model.resident_models=1"], no_bounds=True)
+    assert simulate_cli.main(args) == 0
+    loads = json.loads((tmp_path / "m.json").read_text())["results"]["single"]["summary"]["model_loads"]
+    assert 0 < loads["per_request"] < 1 and loads["disk"] > 0 and loads["lora"] > 0
+    markdown = (tmp_path / "m.md").read_text()
+    assert "checkpoint loads / request" in markdown and "commit" in markdown
