@@ -40,12 +40,13 @@ class PendingJob:
 class CallReport:
     """What the ingress learns from one reply of a successful request."""
 
-    seconds: float  # the pipeline call's duration
+    seconds: float  # the pipeline call's duration, without the load below
     images: int  # images in the call
     steps: int
     pixels: int  # per image
     cold_start_s: float | None = None  # the replica's own cold start, as it measured it
     capacity: int | None = None  # requests per call the replica would take now (adaptive)
+    load_s: float = 0.0  # the checkpoint and LoRA loads the call paid first (many models)
 
 
 class ServiceRate:
@@ -127,6 +128,9 @@ class Collector:
         self.arrivals = ArrivalWindow()
         self.cold_start_s: float | None = None  # the last cold start a replica reported
         self.capacity: int | None = None  # requests per call the replicas last said they take
+        #: Load seconds per call (checkpoints and LoRAs; 0 with one model): the slot they hold
+        #: counts in every queued request's service, so a mix that loads often gets more replicas.
+        self.load = Ewma()
 
     def accepted(self, key: str, job: PendingJob) -> None:
         self.jobs[key] = job
@@ -137,6 +141,7 @@ class Collector:
 
     def replied(self, call: CallReport) -> None:
         self.rate.observe(call.seconds, call.images, call.steps, call.pixels)
+        self.load.add(call.load_s)
         if call.cold_start_s:
             self.cold_start_s = call.cold_start_s
         if call.capacity:
@@ -148,11 +153,12 @@ class Collector:
         capacity = config.capacity_per_replica
         jobs = list(self.jobs.values())
         in_flight = min(len(jobs), running * capacity)
-        mean_call = self.rate.call_s or config.default_service_time_s
+        load = self.load.value or 0.0
+        mean_call = (self.rate.call_s or config.default_service_time_s) + load
         slack, service = [], []
         objective = config.latency_objective_s
         for job in jobs[in_flight:]:
-            own = self.rate.estimate(job.images, job.steps, job.pixels) or mean_call
+            own = (self.rate.estimate(job.images, job.steps, job.pixels) or mean_call - load) + load
             due = job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
             slack.append(due - now - own)
             service.append(own)

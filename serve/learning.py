@@ -56,9 +56,10 @@ class ReplyLearner:
         self.service.add(reply.service_time_s)
         if self.scaling is not None:
             r = job.request
+            load_s = reply.call.model_load_s if reply.call is not None else 0.0
             self.scaling.replied(CallReport(
-                reply.service_time_s, reply.batch_images, reply.steps_done, r.width * r.height,
-                replica.cold_start_s if replica else None, replica.capacity if replica else None))
+                max(0.0, reply.service_time_s - load_s), reply.batch_images, reply.steps_done, r.width * r.height,
+                replica.cold_start_s if replica else None, replica.capacity if replica else None, load_s))
 
     def retry_after_s(self, queued: int) -> int:
         """Seconds until ``queued`` requests ahead have drained, by the measured rate."""

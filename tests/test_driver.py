@@ -87,3 +87,19 @@ def test_knobs_changed_live_choose_the_keep_alive_again() -> None:
     driver.reconfigure(AutoscalerConfig(scale_to_zero_after_s=5.0), fleet_poll_s=0.5)
     decision = driver.step(11.0)  # idle 11 s > the new 5 s keep-alive
     assert (decision.desired, decision.kind) == (0, DecisionKind.TO_ZERO)
+
+
+def test_checkpoint_loads_count_in_each_queued_requests_service() -> None:
+    """Calls that paid loads: the queued requests' service includes the mean load per call, so
+    the decider sees more work than the pipeline time alone (a mix that loads often needs more)."""
+    from scheduler.collector import Collector
+
+    def queued_service(load_s: float) -> tuple[float, ...]:
+        collector = Collector()
+        collector.replied(CallReport(seconds=2.0, images=1, steps=25, pixels=512 * 512, load_s=load_s))
+        for k in range(3):
+            collector.accepted(str(k), PendingJob(0.0, 100.0, 1, 25, 512 * 512))
+        return collector.inputs(1.0, running=1, starting=0, config=AutoscalerConfig()).backlog.service_s
+
+    assert queued_service(0.0) == (2.0, 2.0)  # one in flight, two queued
+    assert queued_service(3.0) == (5.0, 5.0)

@@ -329,3 +329,17 @@ def test_a_simulated_call_holds_one_kind_of_request() -> None:
     assert [r.call_images for r in result.records] == [2, 2, 2, 2]
     starts = {kind: {r.start_s for r, q in zip(result.records, requests) if q.kind == kind} for kind in ("text", "img2img")}
     assert all(len(s) == 1 for s in starts.values()) and starts["text"] != starts["img2img"]
+
+
+def test_float_noise_in_rays_look_back_mean_does_not_start_a_replica() -> None:
+    """Three requests at 0 (two due at 5 s) on one replica ready at 5 s: Ray's look-back mean is
+    3.0 at every grid point. Before it was rounded, float noise made it 3.0000000000000004 at some
+    points, ceil() asked for a 4th replica there, and the event-driven run picked another point
+    than the every-interval one (a case hypothesis found)."""
+    requests = [SimRequest(0.0, n=1, steps=10, timeout_s=t) for t in (5.0, 5.0, 30.0)]
+    config = RayAutoscalingConfig(max_replicas=4, upscale_delay_s=0.0, downscale_delay_s=5.0, look_back_period_s=10.0,
+                                  metrics_interval_s=2.0, target_ongoing_requests=1.0)
+    spec = FleetSpec(cold_start_s=5.0, gpu_slots=4, max_queued_requests=8)
+    _same_as_every_interval(requests, spec, lambda: RayControlled("ray", config))
+    result = simulate(requests, spec, per_step(0.1), RayControlled("ray", config))
+    assert len(result.replicas) == 3  # the mean of 3 requests over 1 replica: 3, never 4

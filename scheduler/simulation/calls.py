@@ -123,13 +123,13 @@ class CallRunner:
                 admitted.append(i)
         if not admitted:
             return t
-        tier, lora_loads = None, 0
+        tier, lora_loads, loaded_s = None, 0, 0.0
         if spec.models_per_replica:  # its checkpoint first, if the replica does not hold it
-            tier, load_s = replica.models.load(first.model, spec)
-            t += load_s
+            tier, loaded_s = replica.models.load(first.model, spec)
             if spec.loras_per_replica and first.loras:  # then its adapters
-                lora_loads, load_s = replica.models.load_loras(first.model, first.loras, spec)
-                t += load_s
+                lora_loads, lora_s = replica.models.load_loras(first.model, first.loras, spec)
+                loaded_s += lora_s
+            t += loaded_s
         images = sum(sim.requests[i].n for i in admitted)
         pipeline_s = sim.service(images, pixels, steps)
         # the measured per-request overhead (routing, hand-offs, serialization) holds the slot too
@@ -156,7 +156,7 @@ class CallRunner:
                 record.outcome = Outcome.OK
                 record.service_time_s, record.batch_images = duration, images
                 sim.reports[i] = CallReport(pipeline_s, images, steps, pixels, self._reported_cold_start(replica),
-                                            capacity)
+                                            capacity, loaded_s)
                 finishing.append(i)
         return end
 
