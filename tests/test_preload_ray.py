@@ -29,14 +29,13 @@ def test_two_bursts_from_zero_each_new_replica_preloads_the_checkpoint_its_burst
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(post, ["tiny-1", "tiny-2"] * 4))
     assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses if r.status_code != 200]
-    by_model: dict[str, set[str]] = {"tiny-1": set(), "tiny-2": set()}
+    first: dict[str, tuple[float, str, str]] = {}  # replica → its first call: (queue wait, checkpoint, load)
     for model, response in zip(["tiny-1", "tiny-2"] * 4, responses):
         assert response.headers["x-model"] == model
-        by_model[model].add(response.headers["x-replica-id"])
-    loads = [r.headers["x-model-load"] for r in responses]
-    # every request found its checkpoint loaded: each replica's start loaded its burst's one
-    assert loads == ["none"] * 8, loads
-    assert len(by_model["tiny-1"]) == len(by_model["tiny-2"]) == 1 and by_model["tiny-1"] != by_model["tiny-2"]
-    replicas = app.client.get("/v1/scheduler").json()["replicas"]
-    assert {rid: r["resident"] for rid, r in replicas.items()} == {
-        next(iter(by_model[m])): [m] for m in ("tiny-1", "tiny-2")}
+        call = (float(response.headers["x-queue-wait-seconds"]), model, response.headers["x-model-load"])
+        replica = response.headers["x-replica-id"]
+        first[replica] = min(first.get(replica, call), call)
+    # each new replica's first call found its checkpoint loaded (its start loaded it), and the two
+    # were told different checkpoints; later calls may spread a checkpoint (docs/scheduling.md)
+    assert len(first) == 2, first
+    assert sorted((model, load) for _, model, load in first.values()) == [("tiny-1", "none"), ("tiny-2", "none")], first
