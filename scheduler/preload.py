@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+K, J = TypeVar("K"), TypeVar("J")  # a replica's key, a queued request
 
 #: How far past the fair order a free replica may reach for a request whose checkpoint it holds.
 HOLDER_LOOK_AHEAD = 8
@@ -54,6 +57,25 @@ def pass_over_head(head_model: str, free_hold: Sequence[Iterable[str]], busy_hol
         coming = {model for models in starting_hold for model in models}
         return [lambda model: model in mine, lambda model: model not in coming]
     return [lambda model: model in mine]
+
+
+def pass_over(head_model: str, free: Sequence[tuple[K, Iterable[str], Iterable[str]]],
+              busy_hold: Sequence[Iterable[str]], starting_hold: Sequence[Iterable[str]],
+              take: Callable[[Callable[[str], bool]], J | None]) -> tuple[str, K | None, J | None]:
+    """The rules of :func:`pass_over_head` over the free replicas, each ``(key, device, host)``
+    checkpoints; ``take(test)``: the first request within the look-ahead whose checkpoint passes
+    ``test``, out of the queue (None: none). Returns (TOOK, the replica, the request), (IDLE, None,
+    None: the head waits for a starting replica, nothing else goes now) or ("", None, None: dispatch
+    in order). The live dispatcher and the simulator both run this."""
+    free_hold, free_host = [device for _, device, _ in free], [host for _, _, host in free]
+    for key, device, _ in free:
+        tests = pass_over_head(head_model, free_hold, busy_hold, starting_hold, device, free_host)
+        if tests is None:
+            return "", None, None
+        job = next((job for test in tests if (job := take(test)) is not None), None)
+        if job is not None:
+            return TOOK, key, job
+    return (IDLE if waits_for_start(head_model, free_hold, starting_hold, free_host) else ""), None, None
 
 
 def preload_choice(queued: Sequence[str], held: Iterable[Iterable[str]], default: str) -> str:

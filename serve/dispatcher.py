@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.fair_queue import FairQueue, QueuedJob
-from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over_head, preload_choice, waits_for_start
+from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over, preload_choice
 
 log = logging.getLogger("ray.serve")
 #: How often the replica list and the deployment's limits are read from Serve.
@@ -211,7 +211,7 @@ class Dispatcher:
                 self._grant(same, rid)
 
     def _pass_over_head(self) -> str:
-        """The rules of ``scheduler/preload.py: pass_over_head`` for the free replicas whose
+        """The rules of ``scheduler/preload.py: pass_over`` for the free replicas whose
         checkpoints are known: TOOK (one took a request past the head), IDLE (the head waits for a
         starting replica and nothing else may go now) or "" (dispatch in order)."""
         head = self.queue.peek() if self.model_aware else None
@@ -220,23 +220,13 @@ class Dispatcher:
             return ""
         busy = [models for rid, (models, _) in self._holding.items() if not self._free.get(rid)]
         starting = [{model} for model, _ in self._preloading.values()]
-        free_hold, free_host = [self._holding[r][0] for r in free], [self._holding[r][1] for r in free]
-        for rid in free:
-            tests = pass_over_head(head.model, free_hold, busy, starting, self._holding[rid][0], free_host)
-            if tests is None:
-                return ""
-            job = next((j for test in tests
-                        if (j := self.queue.take(lambda q: test(q.model), HOLDER_LOOK_AHEAD)) is not None), None)
-            if job is None:
-                continue
-            if job.deadline <= time.time():
-                granted = self._waiting.get(job.job_id)
-                if granted is not None and not granted.done():
-                    granted.set_exception(Expired())
-            else:
-                self._grant(job, rid)
-            return TOOK
-        return IDLE if waits_for_start(head.model, free_hold, starting, free_host) else ""
+        passed, rid, job = pass_over(head.model, [(rid, *self._holding[rid]) for rid in free], busy, starting,
+                                     lambda test: self.queue.take(lambda q: test(q.model), HOLDER_LOOK_AHEAD))
+        if job is not None and job.deadline <= time.time():
+            self._expire(job)
+        elif job is not None:
+            self._grant(job, rid)
+        return passed
 
     def _place(self, model: str) -> str:
         """A replica with a free slot: one that holds the request's checkpoint on its device if any
@@ -291,9 +281,13 @@ class Dispatcher:
                 return None
             if job.deadline > now:
                 return job
-            granted = self._waiting.get(job.job_id)
-            if granted is not None and not granted.done():
-                granted.set_exception(Expired())
+            self._expire(job)
+
+    def _expire(self, job: QueuedJob) -> None:
+        """A request whose deadline passed while it queued: its waiter gets :class:`Expired`."""
+        granted = self._waiting.get(job.job_id)
+        if granted is not None and not granted.done():
+            granted.set_exception(Expired())
 
     def _grant(self, job: QueuedJob, rid: str) -> None:
         granted = self._waiting.get(job.job_id)

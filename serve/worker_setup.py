@@ -58,8 +58,8 @@ def load_models(settings: AppSettings, first: str | None = None) -> GroupedGener
 
 
 def preloads(settings: AppSettings) -> bool:
-    """Whether a starting replica asks which checkpoint to load: a catalog of real pipelines that
-    does not all fit on the device."""
+    """Whether a starting replica asks which checkpoint to load: a catalog (real pipelines or the
+    simulated backend) that does not all fit on the device."""
     model = settings.model
     return model.preload and bool(model.catalog) and 0 < model.resident_models < len(model.served)
 

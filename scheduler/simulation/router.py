@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from scheduler.fair_queue import FairQueue, QueuedJob
-from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over_head, waits_for_start
+from scheduler.preload import HOLDER_LOOK_AHEAD, TOOK, pass_over
 from scheduler.simulation.events import Event
 from scheduler.simulation.models import RayMultiplexing, dispatcher_choice
 
@@ -193,7 +193,7 @@ class Router:
         self.sim.calls.assigned(replica)
 
     def _pass_over_head(self, free: list[Replica]) -> str:
-        """As the live dispatcher (``pass_over_head``): TOOK, IDLE or "" (dispatch in order)."""
+        """As the live dispatcher (``scheduler/preload.py: pass_over``): TOOK, IDLE or "" (dispatch in order)."""
         head = self.fair.peek()
         if head is None:
             return ""
@@ -201,18 +201,12 @@ class Router:
         free_ids = {r.id for r in free}
         busy = [r.models.device for r in pool.active if r.state == "running" and r.id not in free_ids]
         starting = [r.models.device for r in pool.active + pool.pending if r.state in ("starting", "pending")]
-        free_hold, free_host = [r.models.device for r in free], [r.models.host for r in free]
-        model = requests[int(head.job_id)].model
-        for replica in free:
-            tests = pass_over_head(model, free_hold, busy, starting, replica.models.device, free_host)
-            if tests is None:
-                return ""
-            job = next((j for test in tests if (j := self.fair.take(
-                lambda q: test(requests[int(q.job_id)].model), HOLDER_LOOK_AHEAD)) is not None), None)
-            if job is not None:
-                self._send(int(job.job_id), replica)
-                return TOOK
-        return IDLE if waits_for_start(model, free_hold, starting, free_host) else ""
+        passed, replica, job = pass_over(
+            requests[int(head.job_id)].model, [(r, r.models.device, r.models.host) for r in free], busy, starting,
+            lambda test: self.fair.take(lambda q: test(requests[int(q.job_id)].model), HOLDER_LOOK_AHEAD))
+        if job is not None:
+            self._send(int(job.job_id), replica)
+        return passed
 
     def _fill_at_once(self) -> bool:
         """Polling off: the oldest queued request to the least-loaded running replica with a free slot."""
