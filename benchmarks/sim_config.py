@@ -176,7 +176,10 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         dispatch=settings.queue.dispatch,
         models_per_replica=settings.model.resident_models,
         loras_per_replica=settings.model.resident_loras,
-        model_preload=settings.model.preload and settings.queue.model_aware,
+        # both need sdserve's dispatcher (live: the ingress answers from its queue); Ray cannot
+        # tell a new replica what to load, nor read a checkpoint ahead
+        model_preload=settings.model.preload and settings.queue.model_aware and settings.queue.dispatch,
+        host_prefetch=settings.model.prefetch and settings.queue.model_aware and settings.queue.dispatch,
         model_blind=not settings.queue.model_aware,
         seed=seed,
     )

@@ -91,9 +91,13 @@ def _build(seed: int, progress: Callable[[str], None]) -> Callable[[Path, Path],
     return build
 
 
+def sd15_shaped_dir(cache_dir: Path | None = None, seed: int = 0) -> Path:
+    """Where the SD 1.5-shaped checkpoint with weights from ``seed`` is saved (built or not)."""
+    return (cache_dir or default_cache_dir()) / f"{SD15_SHAPED}-v{SD15_SHAPED_VERSION}-seed{seed}"
+
+
 def ensure_sd15_shaped(cache_dir: Path | None = None, seed: int = 0,
                        progress: Callable[[str], None] = print) -> Path:
     """The directory of the saved SD 1.5-shaped checkpoint (weights from ``seed``), built first if it
     is not cached (about a minute and 2.1 GB of disk on a laptop CPU)."""
-    target = (cache_dir or default_cache_dir()) / f"{SD15_SHAPED}-v{SD15_SHAPED_VERSION}-seed{seed}"
-    return build_once(target, "model_index.json", _build(seed, progress))
+    return build_once(sd15_shaped_dir(cache_dir, seed), "model_index.json", _build(seed, progress))

@@ -24,11 +24,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
 from models.host_tier import HostWeights
+from models.page_cache import SimulatedPageCache
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
 from scheduler.collector import (
     REFERENCE_PIXELS,  # the profile's figures are per 512×512 image
@@ -47,6 +49,10 @@ class SimulationProfile:
     load_time_s: float = 2.0  # simulated model load at replica start (a checkpoint from disk)
     host_load_time_s: float = 2.8  # a checkpoint copied in from host memory (models/host_tier.py)
     checkpoint_bytes: int = int(2.1 * 2**30)  # what one checkpoint takes in host memory
+    #: the node's page cache (models/page_cache.py), shared by the node's replicas and the ingress's
+    #: prefetch: a checkpoint whose files are there loads in ``host_load_time_s`` (0 checkpoints: none)
+    page_cache_dir: str = ""
+    page_cache_checkpoints: int = 0
     scale_with_pixels: bool = True
     gpu_name: str = "A10 (simulated)"
 
@@ -81,7 +87,20 @@ class SimulatedGenerator(GroupedGenerator):
         self.device = f"simulated {profile.gpu_name}"
         self.counter = CallCounter()
         log.warning("SIMULATED backend %s: no model runs, timings follow a profile", self.model_name)
-        time.sleep(profile.load_time_s)
+        time.sleep(self._load_s())
+
+    def _load_s(self) -> float:
+        """A load from disk; from the node's page cache when the files are there (or being read)."""
+        profile = self.profile
+        if not (profile.page_cache_dir and profile.page_cache_checkpoints):
+            return profile.load_time_s
+        cache = SimulatedPageCache(Path(profile.page_cache_dir), profile.page_cache_checkpoints,
+                                   max(0.0, profile.load_time_s - profile.host_load_time_s))
+        ready = cache.ready_at(self.model_name)
+        if ready is None:
+            cache.read(self.model_name, profile.load_time_s)  # a read from disk leaves the files cached
+            return profile.load_time_s
+        return max(0.0, ready - time.time()) + profile.host_load_time_s
 
     def export_weights(self) -> HostWeights:
         """No weights: the host tier only counts the bytes a real checkpoint would take."""

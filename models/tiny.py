@@ -155,10 +155,14 @@ def build_once(target: Path, marker: str, build: Callable[[Path, Path], None]) -
     return target
 
 
+def tiny_model_dir(cache_dir: Path | None = None, seed: int = _SEED) -> Path:
+    """Where the tiny model with weights from ``seed`` is saved (whether or not it is built yet)."""
+    suffix = "" if seed == _SEED else f"-seed{seed}"
+    return (cache_dir or default_cache_dir()) / f"{TINY_MODEL_NAME}-v{TINY_MODEL_VERSION}{suffix}"
+
+
 def ensure_tiny_model(cache_dir: Path | None = None, seed: int = _SEED) -> Path:
     """Return the directory of the saved tiny model (weights from ``seed``), building it first if
     it is not cached."""
-    suffix = "" if seed == _SEED else f"-seed{seed}"
-    target = (cache_dir or default_cache_dir()) / f"{TINY_MODEL_NAME}-v{TINY_MODEL_VERSION}{suffix}"
-    return build_once(target, "model_index.json",
+    return build_once(tiny_model_dir(cache_dir, seed), "model_index.json",
                       lambda work, out: build_tiny_pipeline(work, seed).save_pretrained(out))

@@ -96,6 +96,9 @@ class Dispatcher:
         self._preloading: dict[str, tuple[str, float]] = {}  # starting replica → (checkpoint, when told)
         self.model_aware = True  # queue.model_aware: placement by checkpoint; False: any free replica
         self._last_sent: dict[str, float] = {}  # checkpoint → when a request for it was last sent
+        #: called (must not block) with a queued request's checkpoint that no replica holds or was
+        #: told to preload: the ingress's prefetch (serve/prefetch.py)
+        self.on_unheld: Callable[[str], None] | None = None
 
     def configure(self, weights: dict[str, float], model_aware: bool = True) -> None:
         self.queue.weights = dict(weights)
@@ -148,6 +151,8 @@ class Dispatcher:
         granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = granted
         self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model))
+        if self.on_unheld is not None and self.model_aware and not self._held_anywhere(model):
+            self.on_unheld(model)
         self._dispatch()
         try:
             return await granted
@@ -157,6 +162,12 @@ class Dispatcher:
             raise
         finally:
             self._waiting.pop(job_id, None)
+
+    def _held_anywhere(self, model: str) -> bool:
+        """Whether a replica holds ``model`` on its device (as its last reply said) or was told to
+        preload it."""
+        return any(model in device for device, _ in self._holding.values()) or \
+            any(model == told for told, _ in self._preloading.values())
 
     def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
         """The job's call ended (any outcome) or never started: its slot is free again — at once,

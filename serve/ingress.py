@@ -52,6 +52,7 @@ from serve.openai_api import (
     parse_body,
     to_generation_request,
 )
+from serve.prefetch import Prefetcher, prefetches
 from serve.protocol import WorkerReply
 from serve.replies import client_address, reply_error, timing_headers
 from serve.scaler import ScalingClient
@@ -164,6 +165,9 @@ class Ingress:
             self.lifecycle.dispatcher = Dispatcher(self.fleet.pool)
         self.scaling: ScalingClient | None = None
         self.settings: AppSettings | None = None
+        self.prefetcher = Prefetcher(initial, app_name) if prefetches(initial) else None
+        if self.lifecycle.dispatcher is not None:
+            self.lifecycle.dispatcher.on_unheld = self.prefetcher
         self._apply(initial, app_name)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -57,6 +57,10 @@ class ModelSettings(_Section):
         True, description="with resident_models: a starting worker replica asks the ingress which checkpoint "
         "its queue needs most (per replica holding it) and loads that one instead of the default "
         "(scheduler/preload.py)")
+    prefetch: bool = Field(
+        True, description="with resident_models and queue.model_aware: a request for a checkpoint no worker "
+        "replica holds starts the read of its files into the node's page cache when it arrives, so the load "
+        "overlaps its wait (models/page_cache.py; the simulated backend: simulation.page_cache_checkpoints)")
 
     @property
     def name(self) -> str:
@@ -85,6 +89,9 @@ class SimulationSettings(_Section):
     host_load_time_s: float = Field(2.8, ge=0, description="with a catalog: a checkpoint's load from host memory "
                                     "(model.host_memory_gb; the production trace's fast mode)")
     checkpoint_gb: float = Field(2.1, gt=0, description="with a catalog: what one checkpoint takes in host memory")
+    page_cache_checkpoints: int = Field(
+        0, ge=0, description="with a catalog: checkpoints the node's page cache holds, shared by the node's replicas "
+        "(a load of one whose files are there takes host_load_time_s; least recently used out); 0: none")
     scale_with_pixels: bool = Field(True, description="scale step time with pixels vs 512x512")
     time_scale: float = Field(
         1.0, gt=0, description="run k× faster: step times and load time divided by k (compressed replays)"

@@ -62,7 +62,8 @@ class DiffusionWorker:
 
             torch.set_num_threads(self.settings.model.torch_threads)
         imported_at = time.time()
-        self.model = setup.load_models(self.settings, self._preload_answer(preload))
+        self.model = setup.load_models(self.settings, self._preload_answer(preload),
+                                       serve.get_replica_context().app_name)
         loaded_at = time.time()
         self._probes = setup.memory_probes(self.settings, self.model)
         rules = ReplicaRules(self.settings.deadlines.shed_hopeless,

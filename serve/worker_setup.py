@@ -13,6 +13,7 @@ IMPORT_STARTED = time.time()
 import functools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any
 
@@ -38,9 +39,10 @@ def model_spec(settings: AppSettings, source: str | None = None) -> ModelSpec:
                      allow_download=model.allow_download, compile_unet=model.compile_unet, cache_dir=model.cache_dir)
 
 
-def load_models(settings: AppSettings, first: str | None = None) -> GroupedGenerator:
+def load_models(settings: AppSettings, first: str | None = None, app_name: str = "") -> GroupedGenerator:
     """The replica's backend: its one checkpoint, or the whole catalog (real pipelines; a simulated
-    backend serves every name alike); ``first``: the catalog's checkpoint to load at the start."""
+    backend serves every name alike); ``first``: the catalog's checkpoint to load at the start;
+    ``app_name``: whose node page cache a simulated catalog shares."""
     model = settings.model
     cache = Path(model.cache_dir) if model.cache_dir else None
     loras = {name: resolve_lora(source, cache) for name, source in model.loras.items()} \
@@ -49,7 +51,8 @@ def load_models(settings: AppSettings, first: str | None = None) -> GroupedGener
     if not model.catalog or (simulated and not model.resident_models):  # a simulation serves every name alike
         return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras,
                             model.resident_loras)
-    profile = simulation_profile(settings) if simulated else None  # loads, from disk or host memory, take its times
+    # loads, from disk, the node's page cache or host memory, take its times
+    profile = simulation_profile(settings, str(page_cache_root(app_name))) if simulated else None
     loaders = {name: functools.partial(load_backend, model.backend, model_spec(settings, source), name, profile,
                                        loras, model.resident_loras)
                for name, source in model.served.items()}
@@ -64,7 +67,12 @@ def preloads(settings: AppSettings) -> bool:
     return model.preload and bool(model.catalog) and 0 < model.resident_models < len(model.served)
 
 
-def simulation_profile(settings: AppSettings) -> SimulationProfile:
+def page_cache_root(app_name: str) -> Path:
+    """Where the simulated node page cache of ``app_name`` keeps its markers (models/page_cache.py)."""
+    return Path(tempfile.gettempdir()) / "sdserve-page-cache" / (app_name or "default")
+
+
+def simulation_profile(settings: AppSettings, page_cache_dir: str = "") -> SimulationProfile:
     sim = settings.simulation
     k = sim.time_scale
     return SimulationProfile(
@@ -73,6 +81,8 @@ def simulation_profile(settings: AppSettings) -> SimulationProfile:
         host_load_time_s=sim.host_load_time_s / k,
         checkpoint_bytes=int(sim.checkpoint_gb * 2**30),
         scale_with_pixels=sim.scale_with_pixels,
+        page_cache_dir=page_cache_dir,
+        page_cache_checkpoints=sim.page_cache_checkpoints if page_cache_dir else 0,
     )
 
 

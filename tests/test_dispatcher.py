@@ -264,3 +264,25 @@ def test_a_request_no_replica_holds_goes_where_the_checkpoints_were_wanted_longe
         return await d.acquire("j2", "A", far, model="c")
 
     assert asyncio.run(scenario()) == "r2"
+
+
+@pytest.mark.parametrize("model_aware", [True, False])
+def test_a_request_for_a_checkpoint_no_replica_holds_is_prefetched(model_aware: bool) -> None:
+    """``on_unheld`` hears each queued checkpoint that no replica holds on its device or was told to
+    preload (the ingress then reads its files ahead); never one a replica holds, never when
+    placement ignores checkpoints."""
+    heard: list[str] = []
+
+    async def scenario() -> None:
+        d = Dispatcher()
+        d.configure({}, model_aware=model_aware)
+        d.on_unheld = heard.append
+        d.set_pool(_pool("r1", slots=4))
+        d.holds("r1", ["sd15"], ["anime"])  # anime only in host memory: still worth reading ahead
+        d.preload_for("r2", "sd15")  # a starting replica told to load what the queue needs: sd15
+        far = time.time() + 600
+        for k, model in enumerate(["sd15", "anime", "photo"]):
+            await d.acquire(f"j{k}", "A", far, model=model)
+
+    asyncio.run(scenario())
+    assert heard == (["anime", "photo"] if model_aware else [])

@@ -97,3 +97,54 @@ def test_the_dispatcher_sends_a_lora_request_where_its_adapter_is(blind: bool) -
     result = simulate(requests, spec, lambda images, pixels, steps: 1.0, FixedFleet(2))
     lora_loads = sum(r.lora_loads for r in result.records)
     assert lora_loads == (2 if blind else 1)
+
+
+def test_a_prefetched_checkpoint_loads_from_host_memory_once_its_read_is_done() -> None:
+    """``prefetch`` starts a disk read into the node's memory: a load before it completes waits for
+    the rest of the read (still a disk load), one after it is a host load; a copy there already is
+    not read again."""
+    from collections import OrderedDict
+
+    from scheduler.simulation.models import prefetch
+
+    spec = FleetSpec(models_per_replica=1, host_models_per_node=2, model_load_host_s=3, model_load_disk_s=30)
+    node: OrderedDict[str, float] = OrderedDict()
+    early, late = Residency(host=node), Residency(host=node)
+    assert prefetch(node, "A", 100.0, spec) and prefetch(node, "B", 100.0, spec)
+    assert not prefetch(node, "A", 110.0, spec)  # being read already
+    assert early.load("A", spec, now=110.0) == (DISK, pytest.approx(17 + 3))  # 27 s read, 10 s of it gone
+    assert late.load("B", spec, now=200.0) == (HOST, 3)
+    assert prefetch(node, "C", 200.0, spec) and "A" not in node  # least recently used out
+
+
+@pytest.mark.parametrize("prefetching", [False, True])
+def test_a_request_waiting_for_a_start_has_its_checkpoint_read_meanwhile(prefetching: bool) -> None:
+    """One request for B reaches a fleet at zero (every replica starts with D): with the prefetch its
+    checkpoint is read while the replica starts (20 s), so the load after the start takes the last
+    7 s of the 27 s read plus the 3 s copy; without it, the whole 30 s from disk."""
+    from scheduler.autoscaling import AutoscalerConfig
+    from scheduler.simulation.policies import SdserveLoop
+
+    spec = FleetSpec(initial_replicas=0, gpu_slots=2, max_queued_requests=-1, dispatch=True, shed_hopeless=False,
+                     models_per_replica=1, host_models_per_node=4, model_load_host_s=3, model_load_disk_s=30,
+                     default_model="D", cold_start_s=20, cold_start_jitter_s=0, host_prefetch=prefetching)
+    policy = SdserveLoop("sdserve", AutoscalerConfig(min_replicas=0, max_replicas=2))
+    result = simulate([SimRequest(0.0, timeout_s=600, model="B")], spec, lambda images, pixels, steps: 1.0, policy)
+    record = result.records[0]
+    assert record.model_load == DISK
+    assert record.done_s - spec.request_overhead_s == pytest.approx(20.0 + (10.0 if prefetching else 30.0) + 1.0,
+                                                                    abs=0.5)
+
+
+@pytest.mark.parametrize("config, sdserve_features", [("single.yaml", True), ("ray-default.yaml", False),
+                                                      ("single.yaml#blind#queue.model_aware=false", False)])
+def test_only_sdserves_dispatcher_preloads_and_prefetches(config: str, sdserve_features: bool) -> None:
+    """Ray cannot tell a new replica what to load, nor read a checkpoint ahead (live, both are the
+    ingress dispatcher's): the simulated Ray baseline and the model-blind one get neither."""
+    from benchmarks.config_spec import parse_config_spec
+    from benchmarks.sim_config import load_target
+    from tests.conftest import CONFIGS
+
+    parsed = parse_config_spec(str(CONFIGS / config), [], [])
+    spec = load_target(parsed.path, 22.7, parsed.overrides, parsed.deployment_overrides).spec
+    assert (spec.model_preload, spec.host_prefetch) == (sdserve_features, sdserve_features)

@@ -125,7 +125,7 @@ class CallRunner:
             return t
         tier, lora_loads, loaded_s = None, 0, 0.0
         if spec.models_per_replica:  # its checkpoint first, if the replica does not hold it
-            tier, loaded_s = replica.models.load(first.model, spec)
+            tier, loaded_s = replica.models.load(first.model, spec, t)
             if spec.loras_per_replica and first.loras:  # then its adapters
                 lora_loads, lora_s = replica.models.load_loras(first.model, first.loras, spec)
                 loaded_s += lora_s

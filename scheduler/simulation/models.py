@@ -43,7 +43,7 @@ class Residency:
     """One replica's checkpoints: on the GPU and in host memory, least recently used first."""
 
     device: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    host: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    host: OrderedDict[str, float] = field(default_factory=OrderedDict)  # checkpoint -> when its copy is whole
     loras: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)  # (checkpoint, adapter id)
 
     def holds(self, model: str) -> bool:
@@ -68,12 +68,17 @@ class Residency:
             self.loras.popitem(last=False)
         return loaded, loaded * spec.lora_load_s
 
-    def load(self, model: str, spec: FleetSpec) -> tuple[str, float]:
-        """Make ``model`` resident for a call: where it came from and how long that took."""
+    def load(self, model: str, spec: FleetSpec, now: float = 0.0) -> tuple[str, float]:
+        """Make ``model`` resident for a call at ``now``: where it came from and how long that took (a
+        copy still being read into host memory, :func:`prefetch`, first finishes its read)."""
         if model in self.device:
             self.device.move_to_end(model)
             return NONE, 0.0
-        tier, seconds = (HOST, spec.model_load_host_s) if model in self.host else (DISK, spec.model_load_disk_s)
+        if model in self.host:
+            pending = max(0.0, self.host[model] - now)
+            tier, seconds = (DISK if pending else HOST), pending + spec.model_load_host_s
+        else:
+            tier, seconds = DISK, spec.model_load_disk_s
         shared = spec.host_models_per_node > 0  # the node's pool: a copy stays for the other replicas
         if shared and model in self.host:
             self.host.move_to_end(model)
@@ -85,11 +90,23 @@ class Residency:
             for key in [key for key in self.loras if key[0] == evicted]:  # its adapters leave with it
                 del self.loras[key]
             if spec.host_models_per_replica or shared:
-                self.host[evicted] = None
+                self.host[evicted] = 0.0
                 self.host.move_to_end(evicted)
         while len(self.host) > (spec.host_models_per_node if shared else spec.host_models_per_replica):
             self.host.popitem(last=False)
         return tier, seconds
+
+
+def prefetch(host: OrderedDict[str, float], model: str, now: float, spec: FleetSpec) -> bool:
+    """Start reading ``model`` from disk into the node's host memory at ``now`` (sdserve's dispatcher
+    does when a request for a checkpoint held nowhere arrives, so the read overlaps the request's
+    wait for a replica); least recently used out beyond the budget. False: it is there already."""
+    if model in host:
+        return False
+    host[model] = now + max(0.0, spec.model_load_disk_s - spec.model_load_host_s)
+    while len(host) > spec.host_models_per_node:
+        host.popitem(last=False)
+    return True
 
 
 def fewest_models(replicas: list[Replica]) -> list[Replica]:

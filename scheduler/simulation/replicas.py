@@ -17,6 +17,7 @@ from scheduler.adaptive_batching import AdaptiveConfig
 from scheduler.admission import ReplicaRules
 from scheduler.preload import preload_choice
 from scheduler.simulation.events import Event
+from scheduler.simulation.models import prefetch
 from scheduler.simulation.records import Replica
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class ReplicaPool:
         self.all: list[Replica] = []
         self.active: list[Replica] = []  # holding a GPU: starting, running, draining
         self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
-        self.node_host: OrderedDict[str, None] = OrderedDict()  # the node's host memory (host_models_per_node)
+        self.node_host: OrderedDict[str, float] = OrderedDict()  # the node's host memory (host_models_per_node)
         self._views: list[tuple[float, int, int]] = [(0.0, 0, 0)]  # (time, running, starting) as Serve shows them
 
     def viewed(self) -> None:
@@ -74,7 +75,7 @@ class ReplicaPool:
         if spec.host_models_per_node:
             replica.models.host = self.node_host  # the node's host memory: shared, outlives replicas
         if spec.models_per_replica and spec.default_model:
-            replica.models.load(self._preload() if spec.model_preload else spec.default_model, spec)
+            replica.models.load(self._preload() if spec.model_preload else spec.default_model, spec, now)
         self.all.append(replica)
         if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
             replica.state = "pending"  # no GPU free until a stopping replica lets go of one
@@ -88,6 +89,14 @@ class ReplicaPool:
                 replica.state = "running"  # warm from the start
         self.viewed()
         return replica
+
+    def prefetch(self, model: str) -> None:
+        """A request for ``model`` arrived: with ``host_prefetch``, read it into the node's host memory
+        now if no replica holds it on its GPU and it is not there already."""
+        spec = self.sim.spec
+        if spec.host_prefetch and spec.host_models_per_node and model and \
+                not any(r.models.holds(model) for r in self.active + self.pending):
+            prefetch(self.node_host, model, self.sim.now, spec)
 
     def _preload(self) -> str:
         """The checkpoint a new replica loads during its cold start: what the queue needs most per

@@ -82,6 +82,9 @@ class FleetSpec:
     default_model: str = ""  # resident on a replica from its start (its cold start loaded it)
     model_preload: bool = False  # a new replica loads what the queue needs most instead (scheduler/preload.py)
     host_models_per_node: int = 0  # >0: host memory is the node's, shared by its replicas and outliving them
+    #: sdserve's dispatcher starts reading a request's checkpoint from disk into the node's host
+    #: memory when the request arrives, if no replica holds it (the read overlaps the queue wait)
+    host_prefetch: bool = False
     #: LoRA adapters a replica keeps loaded (model.resident_loras; 0: LoRAs are not simulated), each
     #: loaded onto one checkpoint and gone when that checkpoint leaves the GPU; a load takes
     loras_per_replica: int = 0

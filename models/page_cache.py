@@ -1,0 +1,113 @@
+"""Reading a checkpoint into the node's page cache before a replica needs it (prefetch).
+
+A checkpoint load from disk takes as long as a cold start (production: ~35 s), one whose files are
+in the node's memory already (host RAM or the page cache) ~2.8 s. A request for a checkpoint that no
+replica holds usually waits for a replica first — a start, or a busy one — so the ingress starts
+reading its files when the request arrives (``model.prefetch``, ``scheduler/preload.py``'s caller in
+``serve/dispatcher.py``); the replica's load then finds them in memory. The read is a hint to the
+kernel (``posix_fadvise(POSIX_FADV_WILLNEED)``): it runs in the background, costs no GPU time, and
+the kernel's own page cache decides what stays. It warms the node the ingress runs on — every
+replica's node on one machine; on a multi-node cluster only the ingress's.
+
+The simulated backend has no files: :class:`SimulatedPageCache` stands in for the node's page cache
+with one marker file per checkpoint (when its read completes), least recently used out beyond a
+number of checkpoints, shared by the processes of one node as the real cache is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from models.loader import ModelSpec, tiny_seed
+from models.sd15_shaped import sd15_shaped_dir, sd15_shaped_seed
+from models.tiny import tiny_model_dir
+
+__all__ = ["checkpoint_directory", "warm", "SimulatedPageCache"]
+
+
+def checkpoint_directory(spec: ModelSpec) -> Path | None:
+    """Where ``spec``'s files are on this node, or None when they are not here yet (never builds
+    or downloads anything: a replica's own load does that)."""
+    path = Path(spec.model).expanduser()
+    if path.is_dir():
+        return path
+    cache = Path(spec.cache_dir) if spec.cache_dir else None
+    for seed_of, directory_of in ((tiny_seed, tiny_model_dir), (sd15_shaped_seed, sd15_shaped_dir)):
+        seed = seed_of(spec.model)
+        if seed is not None:
+            built = directory_of(cache, seed)
+            return built if built.is_dir() else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec.model, local_files_only=True, cache_dir=None))
+    except Exception:  # noqa: BLE001 - not cached here (or not an id): nothing to warm
+        return None
+
+
+def warm(directory: Path) -> int:
+    """Ask the kernel to read every file under ``directory`` into the page cache; returns the bytes
+    asked for. Returns at once: the kernel reads in the background."""
+    asked = 0
+    for path in directory.rglob("*"):
+        if not path.is_file():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            asked += size
+        finally:
+            os.close(fd)
+    return asked
+
+
+class SimulatedPageCache:
+    """The simulated backend's node page cache: which checkpoints' files are in memory, and from
+    when. One marker file per checkpoint in ``root`` holds the time its read completes; its mtime
+    is its last use. Beyond ``capacity`` checkpoints the least recently used marker goes."""
+
+    def __init__(self, root: Path, capacity: int, read_s: float, clock: Callable[[], float] | None = None) -> None:
+        self.root, self.capacity, self.read_s = root, capacity, read_s
+        self.clock = clock or (lambda: time.time())  # wall clock: the node's processes share it
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _marker(self, name: str) -> Path:
+        return self.root / name.replace("/", "_").replace(":", "_")
+
+    def ready_at(self, name: str) -> float | None:
+        """When ``name``'s files are (or will be) in memory; None: not cached. Counts as a use."""
+        marker = self._marker(name)
+        try:
+            ready = float(marker.read_text() or 0.0)
+            self._used(marker)
+        except (OSError, ValueError):
+            return None
+        return ready
+
+    def read(self, name: str, from_now_s: float | None = None) -> bool:
+        """``name``'s files are being read (a prefetch: done in ``read_s``) or were just read (a load
+        from disk: ``from_now_s`` 0). False: it was cached already and stays as it is."""
+        marker = self._marker(name)
+        if from_now_s is None and marker.exists():
+            return False
+        marker.write_text(repr(self.clock() + (self.read_s if from_now_s is None else from_now_s)))
+        self._used(marker)
+        self._evict()
+        return True
+
+    def _used(self, marker: Path) -> None:
+        now = self.clock()
+        os.utime(marker, (now, now))
+
+    def _evict(self) -> None:
+        markers = sorted(self.root.iterdir(), key=lambda p: (p.stat().st_mtime, p.name))
+        for marker in markers[:max(0, len(markers) - self.capacity)]:
+            marker.unlink(missing_ok=True)

@@ -1,0 +1,75 @@
+"""The ingress's prefetch (``model.prefetch``): a request for a checkpoint that no worker replica
+holds starts the read of that checkpoint's files into the node's page cache when it arrives.
+
+The dispatcher says when (:attr:`serve.dispatcher.Dispatcher.on_unheld`); this module does the read,
+on one background thread so the event loop never waits for a disk: real checkpoints through
+:func:`models.page_cache.warm` (a kernel hint), the simulated backend through its simulated page
+cache. A checkpoint asked for again within ``REPEAT_S`` is not read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from models.page_cache import SimulatedPageCache, checkpoint_directory, warm
+from serve.settings import AppSettings
+from serve.worker_setup import model_spec, page_cache_root, simulation_profile
+
+log = logging.getLogger("ray.serve")
+#: A checkpoint prefetched this recently is not prefetched again.
+REPEAT_S = 30.0
+
+
+def prefetches(settings: AppSettings) -> bool:
+    """Whether the ingress prefetches: a catalog that does not all fit on a replica's device, the
+    dispatcher placing by checkpoint, and (simulated) a page cache to fill."""
+    model = settings.model
+    if not (model.prefetch and settings.queue.dispatch and settings.queue.model_aware):
+        return False
+    if not (model.catalog and 0 < model.resident_models < len(model.served)):
+        return False
+    return model.backend == "diffusers" or settings.simulation.page_cache_checkpoints > 0
+
+
+class Prefetcher:
+    def __init__(self, settings: AppSettings, app_name: str) -> None:
+        self.settings, self.app_name = settings, app_name
+        self._asked: dict[str, float] = {}  # checkpoint → when last prefetched
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.simulated: SimulatedPageCache | None = None
+        if settings.model.backend == "simulated":
+            profile = simulation_profile(settings)
+            root = page_cache_root(app_name)
+            shutil.rmtree(root, ignore_errors=True)  # a new application: its node's cache starts cold
+            self.simulated = SimulatedPageCache(root, settings.simulation.page_cache_checkpoints,
+                                                max(0.0, profile.load_time_s - profile.host_load_time_s))
+
+    def __call__(self, model: str) -> None:
+        """Prefetch ``model`` (a served name; empty: the default) in the background."""
+        name = model or self.settings.model.name
+        now = time.monotonic()
+        if now - self._asked.get(name, -REPEAT_S) < REPEAT_S or name not in self.settings.model.served:
+            return
+        self._asked[name] = now
+        self._pool.submit(self._read, name)
+
+    def _read(self, name: str) -> None:
+        try:
+            if self.simulated is not None:
+                if self.simulated.read(name):
+                    log.info("prefetch: %s into the simulated page cache", name)
+                return
+            directory = checkpoint_directory(model_spec(self.settings, self.settings.model.served[name]))
+            if directory is None:
+                log.info("prefetch: %s has no files on this node yet; a replica's load fetches them", name)
+                return
+            log.info("prefetch: %s, %.2f GB into the page cache", name, warm(Path(directory)) / 1e9)
+        except Exception as error:  # noqa: BLE001 - a failed prefetch costs its speed-up only
+            log.warning("prefetch of %s failed: %s", name, error)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

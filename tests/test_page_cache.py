@@ -1,0 +1,127 @@
+"""Prefetch into the node's page cache (models/page_cache.py, serve/prefetch.py): what is read, what
+a load then costs, and when the ingress prefetches at all. No Ray."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from models.loader import ModelSpec
+from models.page_cache import SimulatedPageCache, checkpoint_directory, warm
+from serve.settings import AppSettings
+
+
+def test_warm_asks_the_kernel_to_read_every_file_of_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "weights.safetensors").write_bytes(b"x" * 3000)
+    (tmp_path / "model_index.json").write_bytes(b"{}")
+    hinted: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: hinted.append((offset, size, advice)),
+                        raising=False)
+    assert warm(tmp_path) == 3002
+    assert sorted(hinted) == [(0, 2, os.POSIX_FADV_WILLNEED), (0, 3000, os.POSIX_FADV_WILLNEED)]
+
+
+def test_a_checkpoints_files_are_found_only_where_they_already_are(tmp_path: Path) -> None:
+    """A local directory is itself; a built tiny model is its cache directory once built, and
+    nothing before (the prefetch never builds or downloads); an id not cached here is nothing."""
+    assert checkpoint_directory(ModelSpec(model=str(tmp_path))) == tmp_path
+    spec = ModelSpec(model="tiny:7", cache_dir=str(tmp_path / "cache"))
+    assert checkpoint_directory(spec) is None
+    from models.tiny import tiny_model_dir
+
+    built = tiny_model_dir(tmp_path / "cache", 7)
+    built.mkdir(parents=True)
+    assert checkpoint_directory(spec) == built
+    assert checkpoint_directory(ModelSpec(model="nobody/not-a-cached-model")) is None
+
+
+def test_the_simulated_page_cache_times_reads_and_keeps_the_most_recently_used(tmp_path: Path) -> None:
+    now = [1000.0]
+    cache = SimulatedPageCache(tmp_path, capacity=2, read_s=30.0, clock=lambda: now[0])
+    assert cache.read("a") and cache.ready_at("a") == 1030.0  # a prefetch: done in 30 s
+    assert not cache.read("a")  # being read already: unchanged
+    now[0] = 1001.0
+    assert cache.read("b", 0.0) and cache.ready_at("b") == 1001.0  # a load from disk just read it
+    now[0] = 1002.0
+    cache.ready_at("a")  # a used again: b is now the least recently used
+    now[0] = 1003.0
+    cache.read("c")
+    assert cache.ready_at("b") is None and cache.ready_at("a") == 1030.0 and cache.ready_at("c") == 1033.0
+
+
+def _simulated(tmp_path: Path, **simulation: float) -> AppSettings:
+    return AppSettings.model_validate({
+        "model": {"id": "a", "backend": "simulated", "catalog": {"b": "simulated", "c": "simulated"},
+                  "resident_models": 1},
+        "simulation": {"load_time_s": 0.5, "host_load_time_s": 0.1, **simulation}})
+
+
+def test_a_simulated_load_takes_the_page_caches_time_when_the_files_are_there(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """SIMULATION: a checkpoint read from disk by one replica (or prefetched, and its read done) is
+    loaded from the node's page cache by the next: ``host_load_time_s``, not ``load_time_s``;
+    without a page cache every load is from disk."""
+    import models.simulated as simulated
+    from serve.worker_setup import load_models
+
+    slept: list[float] = []
+    clock = [time.time()]
+
+    def sleep(seconds: float) -> None:  # the simulated loads' sleeps, recorded and passed at once
+        slept.append(round(seconds, 6))
+        clock[0] += seconds
+
+    monkeypatch.setattr(simulated.time, "sleep", sleep)
+    monkeypatch.setattr(simulated.time, "time", lambda: clock[0])
+    monkeypatch.setattr("serve.worker_setup.page_cache_root", lambda app: tmp_path / app)
+    for app, cached in (("with-cache", 4), ("without", 0)):
+        slept.clear()
+        settings = _simulated(tmp_path, page_cache_checkpoints=cached)
+        first, second = load_models(settings, app_name=app), load_models(settings, app_name=app)
+        first.prepare(_request("simulated:b"))
+        second.prepare(_request("simulated:b"))
+        # a's start on each replica, then b's load on each
+        assert slept == ([0.5, 0.1, 0.5, 0.1] if cached else [0.5, 0.5, 0.5, 0.5]), app
+
+
+def _request(model: str):
+    from models.request import GenerationRequest
+
+    return GenerationRequest("x", 64, 64, 1, 1.0, 0, model=model)
+
+
+@pytest.mark.parametrize("change, prefetches", [
+    ({}, True),
+    ({"model": {"prefetch": False}}, False),
+    ({"queue": {"model_aware": False}}, False),
+    ({"queue": {"dispatch": False}}, False),
+    ({"model": {"resident_models": 0}}, False),  # the whole catalog stays loaded: nothing to read
+    ({"simulation": {"page_cache_checkpoints": 0}}, False),  # simulated, no page cache to fill
+])
+def test_the_ingress_prefetches_only_where_a_read_ahead_can_help(change: dict, prefetches: bool) -> None:
+    from serve.prefetch import prefetches as ingress_prefetches
+
+    base = {"model": {"id": "a", "backend": "simulated", "catalog": {"b": "simulated"}, "resident_models": 1},
+            "simulation": {"page_cache_checkpoints": 4}, "queue": {}}
+    for section, values in change.items():
+        base[section] = {**base[section], **values}
+    assert ingress_prefetches(AppSettings.model_validate(base)) is prefetches
+
+
+def test_the_prefetcher_reads_a_checkpoint_once_and_only_one_it_serves(tmp_path: Path, monkeypatch) -> None:
+    from serve import prefetch
+
+    monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
+    prefetcher = prefetch.Prefetcher(_simulated(tmp_path, page_cache_checkpoints=4), "app")
+    (tmp_path / "app" / "stale").write_text("0")  # the cache is the new application's: emptied
+    prefetcher = prefetch.Prefetcher(_simulated(tmp_path, page_cache_checkpoints=4), "app")
+    for name in ("simulated:b", "simulated:b", "", "simulated:unknown"):
+        prefetcher(name)
+    prefetcher._pool.shutdown(wait=True)
+    assert sorted(p.name for p in (tmp_path / "app").iterdir()) == ["simulated_a", "simulated_b"]
+    assert prefetcher.simulated is not None
+    assert prefetcher.simulated.ready_at("simulated:b") == pytest.approx(time.time() + 0.4, abs=0.3)
