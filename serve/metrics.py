@@ -78,6 +78,9 @@ MEMORY_RATIO = Histogram(
     "sdserve_memory_estimate_over_peak_ratio", "Estimated / measured peak memory per pipeline call.",
     ["app"], buckets=(0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 5), registry=REGISTRY,
 )
+PREFETCHES = Counter(
+    "sdserve_prefetches", "Checkpoints the ingress read ahead into the node's page cache (model.prefetch): a queued "
+    "request needed one that no worker replica held.", ["app", "model"], registry=REGISTRY)
 COLD_STARTS = Counter("sdserve_replica_cold_starts", "Worker replicas seen starting.", ["app"], registry=REGISTRY)
 COLD_START_TIME = Histogram(
     "sdserve_replica_cold_start_seconds", "Worker process start → ready (model loaded, calibrated).",

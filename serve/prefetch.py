@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.page_cache import SimulatedPageCache, checkpoint_directory, warm
+from serve.metrics import PREFETCHES
 from serve.settings import AppSettings
 from serve.worker_setup import model_spec, page_cache_root, simulation_profile
 
@@ -55,6 +56,7 @@ class Prefetcher:
         if now - self._asked.get(name, -REPEAT_S) < REPEAT_S or name not in self.settings.model.served:
             return
         self._asked[name] = now
+        PREFETCHES.labels(self.app_name, name).inc()
         self._pool.submit(self._read, name)
 
     def _read(self, name: str) -> None:

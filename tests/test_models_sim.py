@@ -64,10 +64,11 @@ def test_a_nodes_host_memory_is_shared_by_its_replicas_and_keeps_a_copy() -> Non
     spec = FleetSpec(models_per_replica=1, host_models_per_node=2, model_load_host_s=3, model_load_disk_s=30)
     first, second = Residency(), Residency()
     second.host = first.host  # one node
-    assert [first.load(m, spec) for m in ("A", "B")] == [(DISK, 30), (DISK, 30)]  # A went to the node's memory
-    assert second.load("A", spec) == (HOST, 3)  # another replica (or a later one) copies it from there
-    assert first.load("C", spec) == (DISK, 30)  # B joins A in host memory; A's copy stayed
-    assert list(first.host) == ["A", "B"] and second.load("B", spec) == (HOST, 3)
+    assert first.load("A", spec) == (DISK, 30) and list(first.host) == ["A"]  # the node keeps what it read
+    assert second.load("A", spec) == (HOST, 3)  # so another replica copies it from there
+    assert first.load("B", spec) == (DISK, 30)
+    assert first.load("C", spec) == (DISK, 30)  # the two most recently used stay: C (read), B (left the GPU)
+    assert list(first.host) == ["C", "B"] and second.load("B", spec) == (HOST, 3)
 
 
 def test_loras_load_once_per_checkpoint_and_leave_with_it() -> None:

@@ -39,3 +39,8 @@ def test_two_bursts_from_zero_each_new_replica_preloads_the_checkpoint_its_burst
     # were told different checkpoints; later calls may spread a checkpoint (docs/scheduling.md)
     assert len(first) == 2, first
     assert sorted((model, load) for _, model, load in first.values()) == [("tiny-1", "none"), ("tiny-2", "none")], first
+    # both checkpoints were held nowhere when their first request queued: the ingress read them ahead
+    metrics = app.client.get("/metrics").text
+    read_ahead = {line.split('model="')[1].split('"')[0] for line in metrics.splitlines()
+                  if line.startswith("sdserve_prefetches_total{") and not line.endswith(" 0.0")}
+    assert {"tiny-1", "tiny-2"} <= read_ahead, read_ahead

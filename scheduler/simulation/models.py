@@ -8,8 +8,8 @@ on its GPU and ``host_models_per_replica`` more in host memory, each an LRU (Ray
 ``@serve.multiplexed`` evicts least recently used too); a call for a checkpoint that is not
 resident first loads it, from host memory if it is there, else from disk. A replica starts with the
 default checkpoint resident (its cold start loaded it). With ``host_models_per_node`` the host tier
-is the node's instead: one LRU shared by its replicas, which outlives a replica that stops (all
-replicas on one node: the trace's 4-GPU fleet).
+is the node's instead (its page cache): one LRU shared by its replicas, which outlives a replica that
+stops and keeps what any of them read from disk (all replicas on one node: the trace's 4-GPU fleet).
 
 Placement, when ``FleetSpec.models_per_replica`` is set:
 
@@ -80,9 +80,10 @@ class Residency:
         else:
             tier, seconds = DISK, spec.model_load_disk_s
         shared = spec.host_models_per_node > 0  # the node's pool: a copy stays for the other replicas
-        if shared and model in self.host:
+        if shared:  # as the node's page cache keeps the files a load read from disk
+            self.host[model] = min(self.host.get(model, now), now)
             self.host.move_to_end(model)
-        elif not shared:
+        else:
             self.host.pop(model, None)
         self.device[model] = None
         while len(self.device) > spec.models_per_replica:
