@@ -49,8 +49,8 @@ def sdserve_settings(grid: str = "full") -> list[Setting]:
     windows, objectives = (20, 120, 600), (15, 30)
     if grid == "small":
         keeps, windows, objectives = [keeps[1], keeps[5]], (20,), (30,)
-    elif grid == "medium":
-        keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120), (30,)
+    elif grid == "medium":  # 12, as Ray's: the window reaches Ray's longest downscale delay (600 s)
+        keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 600), (30,)
     return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o}s",
                     {**knobs, "stable_window_s": w, "latency_objective_s": o})
             for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]
@@ -63,8 +63,8 @@ def ray_settings(grid: str = "full", policy: str = RAY) -> list[Setting]:
     axes: tuple[tuple[float, ...], ...] = ((1, 2), (0, 30), (60, 600), (60, 300, 1200), (10, 30))
     if grid == "small":
         axes = ((1,), (30,), (600,), (60, 1200), (30,))
-    elif grid == "medium":
-        axes = ((1, 2), (30,), (60, 600), (60, 1200), (30,))
+    elif grid == "medium":  # 12, as sdserve's: to zero after 60, 300 or 1200 s
+        axes = ((1, 2), (30,), (60, 600), (60, 300, 1200), (30,))
     return [Setting(policy, f"target {t:g}, up {u:g}s, down {d:g}s, to zero {z:g}s, look-back {b:g}s",
                     {"target_ongoing_requests": t, "upscale_delay_s": u, "downscale_delay_s": d,
                      "downscale_to_zero_delay_s": z, "look_back_period_s": b})

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "live (the most used the default), the same in the simulator; LoRAs are not sent")
     parser.add_argument("--resident-models", type=int, default=1, help="with --models: checkpoints on a replica's GPU")
     parser.add_argument("--host-memory-gb", type=float, default=8.4, help="with --models: per replica")
+    parser.add_argument("--page-cache-models", type=int, default=0,
+                        help="with --models: checkpoints the node's page cache holds (live: the simulated page "
+                             "cache, filled by reads and the ingress's prefetch; simulated: the node's host pool)")
     parser.add_argument("--host-load-s", type=float, default=2.8, help="with --models: trace seconds")
     parser.add_argument("--disk-load-s", type=float, default=35.0, help="with --models: trace seconds")
     parser.add_argument("--resimulate", metavar="RESULT_JSON",
@@ -99,7 +102,8 @@ def model_overrides(arrivals: list[Any], args: argparse.Namespace) -> list[str]:
     default, *others = [name for name, _ in used.most_common()]
     return [f"model.id={default}", *(f"model.catalog.{name}=simulated" for name in others),
             f"model.resident_models={args.resident_models}", f"model.host_memory_gb={args.host_memory_gb}",
-            f"simulation.load_time_s={args.disk_load_s}", f"simulation.host_load_time_s={args.host_load_s}"]
+            f"simulation.load_time_s={args.disk_load_s}", f"simulation.host_load_time_s={args.host_load_s}",
+            f"simulation.page_cache_checkpoints={args.page_cache_models}"]
 
 
 def loads_per_request(records: list[dict[str, Any]]) -> float | None:
@@ -172,8 +176,8 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
                                          "reported_cold_start_s": measured["reported_cold_start_s"]})
     if getattr(args, "models", False):  # the live catalog's tiers, compressed as live
         settings = target.settings.simulation
-        target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, 0.0,
-                             settings.checkpoint_gb).apply(target, arrivals)
+        target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, 0.0, settings.checkpoint_gb,
+                             settings.page_cache_checkpoints).apply(target, arrivals)
     result, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
     sim["loads_per_request"] = loads_per_request([r.to_dict() for r in records_of(result)])
     return {**earlier, "simulated": sim, "agreement": agreement(earlier["live"], sim),
