@@ -161,13 +161,13 @@ RETRY_LIVE = [*ONE_SIM_REPLICA, "queue.drain_window_s=1"]
 QUEUE_OF_3 = {WORKER_DEPLOYMENT: ["max_queued_requests=3"]}
 
 
-@pytest.mark.app("sim-single", *SIM_ARGS, *RETRY_LIVE, "simulation.step_time_s={1: 0.03}", deployments=QUEUE_OF_3)
+@pytest.mark.app("sim-single", *SIM_ARGS, *RETRY_LIVE, "simulation.step_time_s={1: 0.05}", deployments=QUEUE_OF_3)
 def test_retry_after_follows_the_measured_service_time(app_pool: AppPool) -> None:
     """With no completion in the drain window, Retry-After = queued × the service time replicas
     measured: a replica four times as slow gives a Retry-After about four times as long."""
     answers = {}
     for scale in (1, 4):  # the simulated GPU's speed changes live: what was learnt of it is dropped
-        app = app_pool.get("sim-single", [*SIM_ARGS, *RETRY_LIVE, f"simulation.step_time_s={{1: {0.03 * scale}}}"],
+        app = app_pool.get("sim-single", [*SIM_ARGS, *RETRY_LIVE, f"simulation.step_time_s={{1: {0.05 * scale}}}"],
                            QUEUE_OF_3)
         body = {"prompt": "measure", "size": "64x64", "num_inference_steps": 10, "timeout_s": 120}
         for _ in range(2):
@@ -178,5 +178,5 @@ def test_retry_after_follows_the_measured_service_time(app_pool: AppPool) -> Non
         refused = [r for r in responses if r.status_code == 503]
         assert refused, [r.status_code for r in responses]
         answers[scale] = min(int(r.headers["retry-after"]) for r in refused)
-    # 0.3 s vs 1.2 s per request, several queued ahead: the slow fleet is told to wait clearly longer
+    # 0.5 s vs 2 s per request, several queued ahead: the slow fleet is told to wait clearly longer
     assert answers[4] >= 2 * answers[1], answers
