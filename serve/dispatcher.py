@@ -95,14 +95,18 @@ class Dispatcher:
         self._releasing: set[asyncio.Task[None]] = set()
         self._preloading: dict[str, tuple[str, float]] = {}  # starting replica → (checkpoint, when told)
         self.model_aware = True  # queue.model_aware: placement by checkpoint; False: any free replica
+        self.default_model = ""  # the checkpoint of a request that names none
         self._last_sent: dict[str, float] = {}  # checkpoint → when a request for it was last sent
         #: called (must not block) with a queued request's checkpoint that no replica holds or was
         #: told to preload: the ingress's prefetch (serve/prefetch.py)
         self.on_unheld: Callable[[str], None] | None = None
 
-    def configure(self, weights: dict[str, float], model_aware: bool = True) -> None:
+    def configure(self, weights: dict[str, float], model_aware: bool = True, default_model: str = "") -> None:
+        """``default_model``: the served name a request without a ``model`` (empty) gets, as the
+        replicas name it when they say what they hold."""
         self.queue.weights = dict(weights)
         self.model_aware = model_aware
+        self.default_model = default_model
 
     # ---- the worker pool -----------------------------------------------------------------------
 
@@ -150,6 +154,7 @@ class Dispatcher:
             raise QueueFull(len(self.queue))
         granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = granted
+        model = model or self.default_model  # placed, preloaded and prefetched by its real name
         self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model))
         if self.on_unheld is not None and self.model_aware and not self._held_anywhere(model):
             self.on_unheld(model)

@@ -286,3 +286,22 @@ def test_a_request_for_a_checkpoint_no_replica_holds_is_prefetched(model_aware: 
 
     asyncio.run(scenario())
     assert heard == (["anime", "photo"] if model_aware else [])
+
+
+def test_a_request_without_a_model_is_placed_by_the_default_checkpoints_name() -> None:
+    """A request that names no checkpoint gets the default, and replicas name the default by its
+    served name: the dispatcher places it where that checkpoint is, and does not read it ahead."""
+    heard: list[str] = []
+
+    async def scenario() -> list[str]:
+        d = Dispatcher()
+        d.configure({}, model_aware=True, default_model="sd15")
+        d.on_unheld = heard.append
+        d.set_pool(_pool("r1", "r2", slots=2))
+        d.holds("r1", ["anime"])
+        d.holds("r2", ["sd15"])
+        far = time.time() + 600
+        return [await d.acquire(f"j{k}", "A", far, model="") for k in range(2)]
+
+    assert asyncio.run(scenario()) == ["r2", "r2"]
+    assert heard == []
