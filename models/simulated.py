@@ -56,6 +56,14 @@ class SimulationProfile:
     scale_with_pixels: bool = True
     gpu_name: str = "A10 (simulated)"
 
+    def page_cache(self) -> SimulatedPageCache | None:
+        """The node's simulated page cache (None: none); a prefetch's read takes the difference
+        between a load from disk and one from memory."""
+        if not (self.page_cache_dir and self.page_cache_checkpoints):
+            return None
+        return SimulatedPageCache(Path(self.page_cache_dir), self.page_cache_checkpoints,
+                                  max(0.0, self.load_time_s - self.host_load_time_s))
+
     def seconds_per_step(self, images: int, pixels_per_image: int = REFERENCE_PIXELS) -> float:
         sizes, times = zip(*self.step_time_s)
         if len(sizes) == 1:
@@ -92,10 +100,9 @@ class SimulatedGenerator(GroupedGenerator):
     def _load_s(self) -> float:
         """A load from disk; from the node's page cache when the files are there (or being read)."""
         profile = self.profile
-        if not (profile.page_cache_dir and profile.page_cache_checkpoints):
+        cache = profile.page_cache()
+        if cache is None:
             return profile.load_time_s
-        cache = SimulatedPageCache(Path(profile.page_cache_dir), profile.page_cache_checkpoints,
-                                   max(0.0, profile.load_time_s - profile.host_load_time_s))
         ready = cache.ready_at(self.model_name)
         if ready is None:
             cache.read(self.model_name, profile.load_time_s)  # a read from disk leaves the files cached

@@ -154,18 +154,18 @@ class Collector:
         jobs = list(self.jobs.values())
         in_flight = min(len(jobs), running * capacity)
         load = self.load.value or 0.0
-        mean_call = (self.rate.call_s or config.default_service_time_s) + load
+        base = self.rate.call_s or config.default_service_time_s
         slack, service = [], []
         objective = config.latency_objective_s
         for job in jobs[in_flight:]:
-            own = (self.rate.estimate(job.images, job.steps, job.pixels) or mean_call - load) + load
+            own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + load
             due = job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
             slack.append(due - now - own)
             service.append(own)
         self.starts.update(now, starting)
         cold = config.default_cold_start_s if self.cold_start_s is None else self.cold_start_s
         # a busy slot frees after about half a call (the expected residual); an idle one now
-        free = [mean_call / 2] * in_flight + [0.0] * (running * capacity - in_flight)
+        free = [(base + load) / 2] * in_flight + [0.0] * (running * capacity - in_flight)
         free += [ready for ready in self.starts.ready_in(now, cold) for _ in range(capacity)]
         return AutoscalerInputs(
             now=now, queued=len(jobs) - in_flight, in_flight=in_flight, running_replicas=running,

@@ -168,11 +168,13 @@ class Dispatcher:
         finally:
             self._waiting.pop(job_id, None)
 
+    def _checkpoints_held(self) -> list[Iterable[str]]:
+        """Each replica's checkpoints on its device, as its last reply said, and each starting
+        replica's, as it was told to preload."""
+        return [models for models, _ in self._holding.values()] + [{m} for m, _ in self._preloading.values()]
+
     def _held_anywhere(self, model: str) -> bool:
-        """Whether a replica holds ``model`` on its device (as its last reply said) or was told to
-        preload it."""
-        return any(model in device for device, _ in self._holding.values()) or \
-            any(model == told for told, _ in self._preloading.values())
+        return any(model in models for models in self._checkpoints_held())
 
     def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
         """The job's call ended (any outcome) or never started: its slot is free again — at once,
@@ -275,8 +277,7 @@ class Dispatcher:
     def preload_for(self, replica_id: str, default: str) -> str:
         """The checkpoint a starting replica should load (scheduler/preload.py): the one the queue
         needs most per replica holding it, counting what replicas still starting were told."""
-        held = [models for models, _ in self._holding.values()] + [{m} for m, _ in self._preloading.values()]
-        choice = preload_choice([job.model for job in self.queue], held, default)
+        choice = preload_choice([job.model for job in self.queue], self._checkpoints_held(), default)
         self._preloading[replica_id] = (choice, time.time())
         return choice
 

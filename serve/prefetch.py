@@ -43,15 +43,12 @@ class Prefetcher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.simulated: SimulatedPageCache | None = None
         if settings.model.backend == "simulated":
-            profile = simulation_profile(settings)
             root = page_cache_root(app_name)
             shutil.rmtree(root, ignore_errors=True)  # a new application: its node's cache starts cold
-            self.simulated = SimulatedPageCache(root, settings.simulation.page_cache_checkpoints,
-                                                max(0.0, profile.load_time_s - profile.host_load_time_s))
+            self.simulated = simulation_profile(settings, str(root)).page_cache()
 
-    def __call__(self, model: str) -> None:
-        """Prefetch ``model`` (a served name; empty: the default) in the background."""
-        name = model or self.settings.model.name
+    def __call__(self, name: str) -> None:
+        """Prefetch the served checkpoint ``name`` in the background."""
         now = time.monotonic()
         if now - self._asked.get(name, -REPEAT_S) < REPEAT_S or name not in self.settings.model.served:
             return
@@ -72,6 +69,3 @@ class Prefetcher:
             log.info("prefetch: %s, %.2f GB into the page cache", name, warm(Path(directory)) / 1e9)
         except Exception as error:  # noqa: BLE001 - a failed prefetch costs its speed-up only
             log.warning("prefetch of %s failed: %s", name, error)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -116,10 +116,10 @@ def test_the_prefetcher_reads_a_checkpoint_once_and_only_one_it_serves(tmp_path:
     from serve import prefetch
 
     monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
-    prefetcher = prefetch.Prefetcher(_simulated(tmp_path, page_cache_checkpoints=4), "app")
+    (tmp_path / "app").mkdir()
     (tmp_path / "app" / "stale").write_text("0")  # the cache is the new application's: emptied
     prefetcher = prefetch.Prefetcher(_simulated(tmp_path, page_cache_checkpoints=4), "app")
-    for name in ("simulated:b", "simulated:b", "", "simulated:unknown"):
+    for name in ("simulated:b", "simulated:b", "simulated:a", "simulated:unknown"):
         prefetcher(name)
     prefetcher._pool.shutdown(wait=True)
     assert sorted(p.name for p in (tmp_path / "app").iterdir()) == ["simulated_a", "simulated_b"]
