@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from models.loader import ModelSpec, tiny_seed
@@ -91,6 +91,11 @@ class SimulatedPageCache:
         except (OSError, ValueError):
             return None
         return ready
+
+    def cached(self, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` are in the cache (read, or being read), without counting as a use."""
+        present = {marker.name for marker in self.root.iterdir()}
+        return {name for name in names if self._marker(name).name in present}
 
     def read(self, name: str, from_now_s: float | None = None) -> bool:
         """``name``'s files are being read (a prefetch: done in ``read_s``) or were just read (a load

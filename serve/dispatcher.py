@@ -100,6 +100,9 @@ class Dispatcher:
         #: called (must not block) with a queued request's checkpoint that no replica holds or was
         #: told to preload: the ingress's prefetch (serve/prefetch.py)
         self.on_unheld: Callable[[str], None] | None = None
+        #: the checkpoints in the node's memory (page cache) or being read into it, as if in every
+        #: replica's host memory: the prefetcher's (serve/prefetch.py)
+        self.node_memory: Callable[[], frozenset[str]] = frozenset
 
     def configure(self, weights: dict[str, float], model_aware: bool = True, default_model: str = "") -> None:
         """``default_model``: the served name a request without a ``model`` (empty) gets, as the
@@ -238,7 +241,9 @@ class Dispatcher:
             return ""
         busy = [models for rid, (models, _) in self._holding.items() if not self._free.get(rid)]
         starting = [{model} for model, _ in self._preloading.values()]
-        passed, rid, job = pass_over(head.model, [(rid, *self._holding[rid]) for rid in free], busy, starting,
+        node = self.node_memory()
+        free_hold = [(rid, self._holding[rid][0], self._holding[rid][1] | node) for rid in free]
+        passed, rid, job = pass_over(head.model, free_hold, busy, starting,
                                      lambda test: self.queue.take(lambda q: test(q.model), HOLDER_LOOK_AHEAD))
         if job is not None and job.deadline <= time.time():
             self._expire(job)

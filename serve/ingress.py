@@ -166,8 +166,9 @@ class Ingress:
         self.scaling: ScalingClient | None = None
         self.settings: AppSettings | None = None
         self.prefetcher = Prefetcher(initial, app_name) if prefetches(initial) else None
-        if self.lifecycle.dispatcher is not None:
+        if self.lifecycle.dispatcher is not None and self.prefetcher is not None:
             self.lifecycle.dispatcher.on_unheld = self.prefetcher
+            self.lifecycle.dispatcher.node_memory = self.prefetcher.in_memory
         self._apply(initial, app_name)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -23,6 +23,10 @@ from serve.worker_setup import model_spec, page_cache_root, simulation_profile
 log = logging.getLogger("ray.serve")
 #: A checkpoint prefetched this recently is not prefetched again.
 REPEAT_S = 30.0
+#: How long a real checkpoint's prefetch is taken to stay in the page cache (the kernel keeps no
+#: promise: under memory pressure it may drop it sooner, and a load then reads from disk as without
+#: the prefetch).
+KEPT_S = 600.0
 
 
 def prefetches(settings: AppSettings) -> bool:
@@ -55,6 +59,16 @@ class Prefetcher:
         self._asked[name] = now
         PREFETCHES.labels(self.app_name, name).inc()
         self._pool.submit(self._read, name)
+
+    def in_memory(self) -> frozenset[str]:
+        """The checkpoints whose files are in the node's memory or being read into it: the
+        simulated page cache's, or the real checkpoints prefetched in the last ``KEPT_S``. The
+        dispatcher counts them as in every free replica's host memory (a load from there is quick),
+        as the simulator's node pool does."""
+        if self.simulated is not None:
+            return frozenset(self.simulated.cached(self.settings.model.served))
+        now = time.monotonic()
+        return frozenset(name for name, asked in self._asked.items() if now - asked < KEPT_S)
 
     def _read(self, name: str) -> None:
         try:

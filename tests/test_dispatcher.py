@@ -305,3 +305,23 @@ def test_a_request_without_a_model_is_placed_by_the_default_checkpoints_name() -
 
     assert asyncio.run(scenario()) == ["r2", "r2"]
     assert heard == []
+
+
+@pytest.mark.parametrize("in_node_memory", [False, True])
+def test_the_head_waits_for_a_starting_holder_unless_its_checkpoint_is_in_the_nodes_memory(in_node_memory: bool) -> None:
+    """rb is starting with a; ra runs and holds b. The head, a request for a, waits for rb (a load
+    from disk costs like the start), unless a's files are in the node's memory (prefetched): then
+    ra copies it from there at once."""
+    async def scenario() -> bool:
+        d = Dispatcher()
+        d.node_memory = lambda: frozenset({"a"} if in_node_memory else set())
+        d.preload_for("rb", "a")
+        d.set_pool(_pool("ra"))
+        d.holds("ra", ["b"])
+        wait = asyncio.ensure_future(d.acquire("a0", "A", time.time() + 600, model="a"))
+        await _settle()
+        placed = wait.done() and wait.result() == "ra"
+        wait.cancel()
+        return placed
+
+    assert asyncio.run(scenario()) is in_node_memory

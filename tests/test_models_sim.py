@@ -71,6 +71,21 @@ def test_a_nodes_host_memory_is_shared_by_its_replicas_and_keeps_a_copy() -> Non
     assert list(first.host) == ["C", "B"] and second.load("B", spec) == (HOST, 3)
 
 
+def test_a_checkpoint_in_the_nodes_memory_loads_where_the_coldest_checkpoints_are() -> None:
+    """C is in the node's memory, so every replica would copy it from there: the copy goes to the
+    replica whose checkpoint was wanted longest ago (B), not the one holding the hot A."""
+    from collections import OrderedDict
+
+    from scheduler.simulation.models import dispatcher_choice
+    from scheduler.simulation.records import Replica
+
+    node: OrderedDict[str, float] = OrderedDict(C=0.0)
+    hot, cold = (Replica(k, 0.0, 0.0, 0.0, models=Residency(device=OrderedDict({m: 0.0}), host=node))
+                 for k, m in enumerate("AB"))
+    assert dispatcher_choice([hot, cold], "C", last_sent={"A": 50.0, "B": 10.0}) is cold
+    assert dispatcher_choice([hot, cold], "A", last_sent={"A": 50.0, "B": 10.0}) is hot
+
+
 def test_loras_load_once_per_checkpoint_and_leave_with_it() -> None:
     spec = FleetSpec(models_per_replica=1, loras_per_replica=2, lora_load_s=4)
     shelf = Residency()

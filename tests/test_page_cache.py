@@ -125,3 +125,4 @@ def test_the_prefetcher_reads_a_checkpoint_once_and_only_one_it_serves(tmp_path:
     assert sorted(p.name for p in (tmp_path / "app").iterdir()) == ["simulated_a", "simulated_b"]
     assert prefetcher.simulated is not None
     assert prefetcher.simulated.ready_at("simulated:b") == pytest.approx(time.time() + 0.4, abs=0.3)
+    assert prefetcher.in_memory() == {"simulated:a", "simulated:b"}  # what the dispatcher counts as in memory

@@ -158,15 +158,15 @@ class RayMultiplexing:
 def dispatcher_choice(free: list[Replica], model: str, loras: tuple[str, ...] = (),
                       last_sent: Mapping[str, float] | None = None) -> Replica:
     """sdserve's placement among replicas with a free slot, as ``serve/dispatcher.py``: where the
-    model is (with the fewest of the request's LoRAs to load), else where it is in host memory, else
-    the replica whose checkpoints were wanted longest ago (``last_sent``: a load evicts the coldest),
-    then the fewest models; ties to the least loaded, then to the one with the fewest adapters
-    loaded (leaving the others free for their adapters' requests)."""
+    model is, else where it is in host memory, else anywhere; then the fewest of the request's LoRAs to load, the least loaded, and (where it loads the
+    checkpoint, from host memory or disk) the replica whose checkpoints were wanted longest ago
+    (``last_sent``: the load evicts the coldest); then the fewest models, the fewest adapters loaded
+    (leaving the others free for their adapters' requests)."""
     wanted = last_sent or {}
 
     def rank(r: Replica) -> tuple[float, ...]:
         tier = 0 if r.models.holds(model) else 1 if model in r.models.host else 2
-        coldest = max((wanted.get(m, 0.0) for m in r.models.device), default=0.0) if tier == 2 else 0.0
+        coldest = max((wanted.get(m, 0.0) for m in r.models.device), default=0.0) if tier else 0.0
         return (tier, r.models.missing_loras(model, loras), r.ongoing, coldest, len(r.models.device),
                 len(r.models.loras), r.id)
 
