@@ -180,6 +180,7 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         # tell a new replica what to load, nor read a checkpoint ahead
         model_preload=settings.model.preload and settings.queue.model_aware and settings.queue.dispatch,
         host_prefetch=settings.model.prefetch and settings.queue.model_aware and settings.queue.dispatch,
+        prewarm_days=settings.model.prewarm_days,
         model_blind=not settings.queue.model_aware,
         seed=seed,
     )

@@ -100,6 +100,8 @@ class Dispatcher:
         #: called (must not block) with a queued request's checkpoint that no replica holds or was
         #: told to preload: the ingress's prefetch (serve/prefetch.py)
         self.on_unheld: Callable[[str], None] | None = None
+        #: called (must not block) with every queued request's checkpoint: the pre-warm's history
+        self.on_queued: Callable[[str], None] | None = None
         #: the checkpoints in the node's memory (page cache) or being read into it, as if in every
         #: replica's host memory: the prefetcher's (serve/prefetch.py)
         self.node_memory: Callable[[], frozenset[str]] = frozenset
@@ -159,6 +161,8 @@ class Dispatcher:
         self._waiting[job_id] = granted
         model = model or self.default_model  # placed, preloaded and prefetched by its real name
         self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model))
+        if self.on_queued is not None:
+            self.on_queued(model)
         if self.on_unheld is not None and self.model_aware and not self._held_anywhere(model):
             self.on_unheld(model)
         self._dispatch()
@@ -175,6 +179,10 @@ class Dispatcher:
         """Each replica's checkpoints on its device, as its last reply said, and each starting
         replica's, as it was told to preload."""
         return [models for models, _ in self._holding.values()] + [{m} for m, _ in self._preloading.values()]
+
+    def checkpoints_on_devices(self) -> set[str]:
+        """Every checkpoint some replica holds on its device or was told to preload."""
+        return {model for models in self._checkpoints_held() for model in models}
 
     def _held_anywhere(self, model: str) -> bool:
         return any(model in models for models in self._checkpoints_held())

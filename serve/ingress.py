@@ -167,8 +167,9 @@ class Ingress:
         self.settings: AppSettings | None = None
         self.prefetcher = Prefetcher(initial, app_name) if prefetches(initial) else None
         if self.lifecycle.dispatcher is not None and self.prefetcher is not None:
-            self.lifecycle.dispatcher.on_unheld = self.prefetcher
-            self.lifecycle.dispatcher.node_memory = self.prefetcher.in_memory
+            dispatcher = self.lifecycle.dispatcher
+            dispatcher.on_unheld, dispatcher.on_queued = self.prefetcher, self.prefetcher.arrived
+            dispatcher.node_memory, self.prefetcher.on_device = self.prefetcher.in_memory, dispatcher.checkpoints_on_devices
         self._apply(initial, app_name)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -197,9 +198,9 @@ class Ingress:
         self._start_background()
 
     def _start_background(self) -> None:
-        """Start the scaling loop and the dispatcher's replica reads on this replica's event loop
-        (at construction when one runs)."""
-        for part in (self.scaling, self.lifecycle.dispatcher):
+        """Start the scaling loop, the dispatcher's replica reads and the pre-warm on this replica's
+        event loop (at construction when one runs)."""
+        for part in (self.scaling, self.lifecycle.dispatcher, self.prefetcher):
             if part is not None:
                 try:
                     part.start()

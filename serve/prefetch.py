@@ -1,5 +1,8 @@
 """The ingress's prefetch (``model.prefetch``): a request for a checkpoint that no worker replica
-holds starts the read of that checkpoint's files into the node's page cache when it arrives.
+holds starts the read of that checkpoint's files into the node's page cache when it arrives; and its
+pre-warm (``model.prewarm_days``): every ``period_s`` the checkpoints that the past days' requests
+predict for the coming hour are read too (scheduler/prewarm.py decides, from the requests this
+ingress has seen since it started).
 
 The dispatcher says when (:attr:`serve.dispatcher.Dispatcher.on_unheld`); this module does the read,
 on one background thread so the event loop never waits for a disk: real checkpoints through
@@ -9,13 +12,17 @@ cache. A checkpoint asked for again within ``REPEAT_S`` is not read again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.page_cache import SimulatedPageCache, checkpoint_directory, warm
+from scheduler.prewarm import DAY_S, PrewarmConfig, prewarm_plan
 from serve.metrics import PREFETCHES
 from serve.settings import AppSettings
 from serve.worker_setup import model_spec, page_cache_root, simulation_profile
@@ -40,10 +47,24 @@ def prefetches(settings: AppSettings) -> bool:
     return model.backend == "diffusers" or settings.simulation.page_cache_checkpoints > 0
 
 
+def prewarm_config(settings: AppSettings) -> PrewarmConfig:
+    """The pre-warm's config; a compressed simulated replay (``simulation.time_scale`` k) runs its
+    day, window and period k× faster, as its arrivals."""
+    k = settings.simulation.time_scale if settings.model.backend == "simulated" else 1.0
+    base = PrewarmConfig(days=settings.model.prewarm_days)
+    return PrewarmConfig(days=base.days, min_days=base.min_days, horizon_s=base.horizon_s / k,
+                         period_s=base.period_s / k, max_reads=base.max_reads, day_s=DAY_S / k)
+
+
 class Prefetcher:
     def __init__(self, settings: AppSettings, app_name: str) -> None:
         self.settings, self.app_name = settings, app_name
         self._asked: dict[str, float] = {}  # checkpoint → when last prefetched
+        self.prewarm = prewarm_config(settings)
+        self._uses: dict[str, deque[float]] = {}  # checkpoint → its requests' arrival times (wall clock)
+        self._prewarming: asyncio.Task[None] | None = None
+        #: the checkpoints replicas hold on their devices (the dispatcher's view): not read ahead
+        self.on_device: Callable[[], Iterable[str]] = tuple
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.simulated: SimulatedPageCache | None = None
         if settings.model.backend == "simulated":
@@ -59,6 +80,45 @@ class Prefetcher:
         self._asked[name] = now
         PREFETCHES.labels(self.app_name, name).inc()
         self._pool.submit(self._read, name)
+
+    def arrived(self, name: str) -> None:
+        """A request for ``name`` queued: the pre-warm's history (the days it looks back, no more)."""
+        now, uses = time.time(), self._uses.setdefault(name, deque())
+        uses.append(now)
+        while uses and now - uses[0] > self.prewarm.days * self.prewarm.day_s + self.prewarm.horizon_s:
+            uses.popleft()
+
+    def start(self) -> None:
+        """Run the pre-warm every ``period_s`` on the running event loop (RuntimeError: none yet)."""
+        if self._prewarming is None and self.prewarm.days > 0:
+            self._prewarming = asyncio.get_running_loop().create_task(self._prewarm_forever())
+
+    async def _prewarm_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.prewarm.period_s)
+            try:
+                self.prewarm_now()
+            except Exception as error:  # noqa: BLE001 - a failed plan costs its reads only
+                log.warning("pre-warm failed: %s", error)
+
+    def prewarm_now(self) -> list[str]:
+        """Make the pre-warm's plan now and start its reads; returns the checkpoints read. The
+        simulated page cache's contents and size are known; a real node's page cache is the kernel's,
+        so there the plan counts what was read in the last ``KEPT_S`` and reads at most
+        ``max_reads``."""
+        cached = self.in_memory()
+        capacity = (self.settings.simulation.page_cache_checkpoints if self.simulated is not None
+                    else len(cached) + self.prewarm.max_reads)
+        history = {name: list(uses) for name, uses in self._uses.items()}
+        plan = prewarm_plan(history, time.time(), cached, capacity, self.on_device(), self.prewarm)
+        if plan.keep and self.simulated is not None:
+            self._pool.submit(lambda: [self.simulated.ready_at(name) for name in plan.keep])
+        for name in plan.read:
+            self._asked.pop(name, None)  # read now, even if prefetched moments ago and dropped since
+            self(name)
+        if plan.read:
+            log.info("pre-warm: %s predicted for the coming %.0f s", ", ".join(plan.read), self.prewarm.horizon_s)
+        return plan.read
 
     def in_memory(self) -> frozenset[str]:
         """The checkpoints whose files are in the node's memory or being read into it: the

@@ -61,6 +61,10 @@ class ModelSettings(_Section):
         True, description="with resident_models and queue.model_aware: a request for a checkpoint no worker "
         "replica holds starts the read of its files into the node's page cache when it arrives, so the load "
         "overlaps its wait (models/page_cache.py; the simulated backend: simulation.page_cache_checkpoints)")
+    prewarm_days: int = Field(
+        7, ge=0, description="with prefetch: every 10 minutes, read into the node's page cache the checkpoints "
+        "asked for in the coming 3 hours on any of this many past days (scheduler/prewarm.py; the ingress's "
+        "request history, kept in memory); 0: off")
 
     @property
     def name(self) -> str:

@@ -117,6 +117,10 @@ def test_checkpoints_stay_where_they_are_and_come_back_from_host_memory_and_a_br
               if line.startswith("sdserve_call_model_load_seconds_count") for tier in ("disk", "host")
               if f'tier="{tier}"' in line}
     assert counts["disk"] >= 3 and counts["host"] >= 1  # tiny-1, tiny-2, tiny-3 from disk; one from host
+    # each of them was held nowhere when its first request queued: the ingress read it ahead
+    read_ahead = {line.split('model="')[1].split('"')[0] for line in metrics.splitlines()
+                  if line.startswith("sdserve_prefetches_total{") and not line.endswith(" 0.0")}
+    assert {"tiny-1", "tiny-2", "tiny-3"} <= read_ahead, read_ahead
 
 
 class _Fake:

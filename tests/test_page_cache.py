@@ -126,3 +126,28 @@ def test_the_prefetcher_reads_a_checkpoint_once_and_only_one_it_serves(tmp_path:
     assert prefetcher.simulated is not None
     assert prefetcher.simulated.ready_at("simulated:b") == pytest.approx(time.time() + 0.4, abs=0.3)
     assert prefetcher.in_memory() == {"simulated:a", "simulated:b"}  # what the dispatcher counts as in memory
+
+
+def test_the_ingress_prewarms_what_the_past_days_predict(tmp_path: Path, monkeypatch) -> None:
+    """SIMULATION, a day compressed to 24 s (time_scale 3600). b was asked for at this time of day
+    on the two days before, a only half a day off: the pre-warm reads b into the node's page cache,
+    not a, and never again while it is there; with prewarm_days 0, nothing."""
+    from serve import prefetch
+
+    monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
+    settings = _simulated(tmp_path, page_cache_checkpoints=4)
+    settings = settings.model_copy(update={"simulation": settings.simulation.model_copy(update={"time_scale": 3600})})
+    prefetcher = prefetch.Prefetcher(settings, "app")
+    day = prefetcher.prewarm.day_s
+    now = time.time()
+    for when, name in ((now - 2 * day + 0.5, "simulated:b"), (now - day + 0.5, "simulated:b"),
+                       (now - 1.5 * day, "simulated:a")):
+        monkeypatch.setattr(prefetch.time, "time", lambda when=when: when)
+        prefetcher.arrived(name)
+    monkeypatch.undo()
+    monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
+    assert prefetcher.prewarm_now() == ["simulated:b"]
+    prefetcher._pool.submit(lambda: None).result()  # its reads are done
+    assert prefetcher.in_memory() == {"simulated:b"} and prefetcher.prewarm_now() == []
+    off = settings.model_copy(update={"model": settings.model.model_copy(update={"prewarm_days": 0})})
+    assert prefetch.Prefetcher(off, "app2").prewarm_now() == []

@@ -1,6 +1,9 @@
 """Preloading on a real Ray Serve: two checkpoints' bursts reach a fleet at zero, sdserve's loop
 starts two replicas, and each loads the checkpoint its burst needs during its start (tiny catalog,
-one checkpoint on each replica's device)."""
+one checkpoint on each replica's device). The prefetch is off here: with it, both checkpoints are in
+the node's page cache, so the replica that is up first may copy the other burst's checkpoint from
+there instead of leaving it to the replica still starting, and who serves what is a race
+(tests/test_catalog.py checks the prefetch on Ray)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ pytestmark = pytest.mark.ray
 
 CATALOG = ["model.backend=diffusers", "model.device=cpu", "model.catalog.tiny-1=tiny:1", "model.catalog.tiny-2=tiny:2",
            "model.resident_models=1", "resources.num_cpus=0.25", "limits.default_size=64x64",
-           "autoscaling.policy.max_replicas=2", "autoscaling.policy.default_service_time_s=0.5"]
+           "autoscaling.policy.max_replicas=2", "autoscaling.policy.default_service_time_s=0.5",
+           "model.prefetch=false"]
 
 
 @pytest.mark.app("sim-single", *CATALOG, *FAST_POLICY)
@@ -39,8 +43,3 @@ def test_two_bursts_from_zero_each_new_replica_preloads_the_checkpoint_its_burst
     # were told different checkpoints; later calls may spread a checkpoint (docs/scheduling.md)
     assert len(first) == 2, first
     assert sorted((model, load) for _, model, load in first.values()) == [("tiny-1", "none"), ("tiny-2", "none")], first
-    # both checkpoints were held nowhere when their first request queued: the ingress read them ahead
-    metrics = app.client.get("/metrics").text
-    read_ahead = {line.split('model="')[1].split('"')[0] for line in metrics.splitlines()
-                  if line.startswith("sdserve_prefetches_total{") and not line.endswith(" 0.0")}
-    assert {"tiny-1", "tiny-2"} <= read_ahead, read_ahead

@@ -17,6 +17,7 @@ class Event(IntEnum):
     BATCH = 5  # a replica's batch-wait timer (b: its token)
     TICK = 6  # the control loop (a: its token)
     ROUTE = 7  # one of Ray's routing tasks tries again (a: the task)
+    PREWARM = 8  # sdserve's pre-warm reads predicted checkpoints into the node's memory
 
 
 class EventQueue:

@@ -48,10 +48,12 @@ class Simulator:
             self.events.push(request.arrival_s, Event.ARRIVE, i)
         if self.control.target:
             self.control.schedule(0.0)
+        if self.pool.prewarms() is not None:
+            self.events.push(0.0, Event.PREWARM)
         handlers = {Event.ARRIVE: self._arrive, Event.READY: self.pool.ready, Event.FINISH: self._finish,
                     Event.CALL_DONE: self.calls.call_done, Event.EXPIRE: self._expire,
                     Event.BATCH: self.calls.batch_timer, Event.TICK: self.control.tick,
-                    Event.ROUTE: self.router.route}
+                    Event.ROUTE: self.router.route, Event.PREWARM: self.pool.prewarm}
         total = len(self.requests)
         while self.events and self.resolved < total:
             self.now, kind, a, b = self.events.pop()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from scheduler.adaptive_batching import AdaptiveConfig
 from scheduler.admission import ReplicaRules
 from scheduler.preload import preload_choice
+from scheduler.prewarm import PrewarmConfig, prewarm_plan
 from scheduler.simulation.events import Event
 from scheduler.simulation.models import prefetch
 from scheduler.simulation.records import Replica
@@ -31,6 +32,7 @@ class ReplicaPool:
         self.active: list[Replica] = []  # holding a GPU: starting, running, draining
         self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
         self.node_host: OrderedDict[str, float] = OrderedDict()  # the node's host memory (host_models_per_node)
+        self.uses: dict[str, list[float]] = {}  # checkpoint → its requests' arrival times (the pre-warm's history)
         self._views: list[tuple[float, int, int]] = [(0.0, 0, 0)]  # (time, running, starting) as Serve shows them
 
     def viewed(self) -> None:
@@ -94,9 +96,33 @@ class ReplicaPool:
         """A request for ``model`` arrived: with ``host_prefetch``, read it into the node's host memory
         now if no replica holds it on its GPU and it is not there already."""
         spec = self.sim.spec
+        if model:
+            self.uses.setdefault(model, []).append(self.sim.now)
         if spec.host_prefetch and spec.host_models_per_node and model and \
                 not any(r.models.holds(model) for r in self.active + self.pending):
             prefetch(self.node_host, model, self.sim.now, spec)
+
+    def prewarms(self) -> PrewarmConfig | None:
+        """The pre-warm's config, if it runs: it reads into the node's memory, as the prefetch."""
+        spec = self.sim.spec
+        if spec.prewarm_days and spec.host_prefetch and spec.host_models_per_node:
+            return PrewarmConfig(days=spec.prewarm_days)
+        return None
+
+    def prewarm(self, _: int = 0) -> None:
+        """Every ``period_s``: keep the predicted checkpoints in the node's memory and read more
+        (scheduler/prewarm.py)."""
+        config = self.prewarms()
+        if config is None:
+            return
+        now, spec = self.sim.now, self.sim.spec
+        on_device = {model for r in self.active + self.pending for model in r.models.device}
+        plan = prewarm_plan(self.uses, now, self.node_host, spec.host_models_per_node, on_device, config)
+        for model in plan.keep:
+            self.node_host.move_to_end(model)
+        for model in plan.read:
+            prefetch(self.node_host, model, now, spec)
+        self.sim.events.push(now + config.period_s, Event.PREWARM)
 
     def _preload(self) -> str:
         """The checkpoint a new replica loads during its cold start: what the queue needs most per

@@ -85,6 +85,9 @@ class FleetSpec:
     #: sdserve's dispatcher starts reading a request's checkpoint from disk into the node's host
     #: memory when the request arrives, if no replica holds it (the read overlaps the queue wait)
     host_prefetch: bool = False
+    #: ... and reads the checkpoints it predicts from the past days' uses at this time of day into
+    #: it (scheduler/prewarm.py: the days looked back; 0: off)
+    prewarm_days: int = 0
     #: LoRA adapters a replica keeps loaded (model.resident_loras; 0: LoRAs are not simulated), each
     #: loaded onto one checkpoint and gone when that checkpoint leaves the GPU; a load takes
     loras_per_replica: int = 0
