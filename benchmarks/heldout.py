@@ -51,6 +51,8 @@ def sdserve_settings(grid: str = "full") -> list[Setting]:
         keeps, windows, objectives = [keeps[1], keeps[5]], (20,), (30,)
     elif grid == "medium":  # 12, as Ray's: the window reaches Ray's longest downscale delay (600 s)
         keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 600), (30,)
+    elif grid == "dense":  # 16, as Ray's: medium with the midpoint of its widest step (window 300 s)
+        keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 300, 600), (30,)
     return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o}s",
                     {**knobs, "stable_window_s": w, "latency_objective_s": o})
             for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]
@@ -65,6 +67,8 @@ def ray_settings(grid: str = "full", policy: str = RAY) -> list[Setting]:
         axes = ((1,), (30,), (600,), (60, 1200), (30,))
     elif grid == "medium":  # 12, as sdserve's: to zero after 60, 300 or 1200 s
         axes = ((1, 2), (30,), (60, 600), (60, 300, 1200), (30,))
+    elif grid == "dense":  # 16, as sdserve's: medium with the midpoint of its widest step (to zero 600 s)
+        axes = ((1, 2), (30,), (60, 600), (60, 300, 600, 1200), (30,))
     return [Setting(policy, f"target {t:g}, up {u:g}s, down {d:g}s, to zero {z:g}s, look-back {b:g}s",
                     {"target_ongoing_requests": t, "upscale_delay_s": u, "downscale_delay_s": d,
                      "downscale_to_zero_delay_s": z, "look_back_period_s": b})
@@ -106,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the first part ends, seconds from the trace's start (default: 11 days)")
     parser.add_argument("--config", default="configs/single.yaml", help="sdserve's config")
     parser.add_argument("--ray-config", default="configs/ray-default.yaml", help="Ray's default policy")
-    parser.add_argument("--grid", choices=("full", "medium", "small"), default="full")
+    parser.add_argument("--grid", choices=("full", "dense", "medium", "small"), default="full")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an args key in both configs (e.g. model.resident_models=4)")
     ModelReplay.add_arguments(parser)
