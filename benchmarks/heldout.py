@@ -97,6 +97,11 @@ def cheapest_meeting(points: list[Point], target: float) -> Point:
     return max(points, key=lambda p: (p.slo_attainment, -p.replica_seconds))
 
 
+def strictly_beaten(ours: list[Point], theirs: Point) -> bool:
+    """Whether one of ours has a strictly higher attainment at no more cost: "strictly ahead"."""
+    return any(p.slo_attainment > theirs.slo_attainment and p.replica_seconds <= theirs.replica_seconds for p in ours)
+
+
 def matched_by(ours: list[Point], theirs: Point) -> Point | None:
     """Our cheapest point with at least ``theirs``' attainment at no more cost (None: none is)."""
     better = [p for p in ours if p.slo_attainment >= theirs.slo_attainment and p.replica_seconds <= theirs.replica_seconds]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.heldout import SDSERVE
+from benchmarks.heldout import SDSERVE, Point, strictly_beaten
 from benchmarks.sim_report import plot_pareto
 
 
@@ -23,13 +23,14 @@ def _row(point: dict[str, Any], lower: float) -> str:
 def _matched_markdown(baseline: str, matched: list[dict[str, Any]], direction: dict[str, Any], tune: str,
                       score: str) -> list[str]:
     misses = [m for m in matched if m["sdserve"] is None]
+    ours = [f["held_out"] for f in direction["fronts"][SDSERVE]]
+    strictly = sum(strictly_beaten([Point(**p) for p in ours], Point(**m["baseline"])) for m in matched)
     lines = ["", f"{baseline}: its front on the {tune} ({len(matched)} settings), scored on the {score}; sdserve's "
              f"front (tuned the same way) matches {len(matched) - len(misses)} of {len(matched)} with at least the "
-             f"SLO attainment at no more cost.", ""]
+             f"SLO attainment at no more cost ({strictly} of {len(matched)} with a strictly higher one).", ""]
     if misses:
         lines += ["Where it does not:", "", f"| {baseline} setting | SLO | replica-s | sdserve's best at that cost |",
                   "|---|---|---|---|"]
-        ours = [f["held_out"] for f in direction["fronts"][SDSERVE]]
         for miss in misses:
             theirs = miss["baseline"]
             cheaper = [p for p in ours if p["replica_seconds"] <= theirs["replica_seconds"]]

@@ -144,17 +144,19 @@ def test_heldout_tunes_each_policy_on_one_part_and_scores_it_on_the_other(tmp_pa
     assert (tmp_path / "h-1.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(("ours", "expected"), [
-    ([(0.99, 100.0)], 0),       # as good, as cheap: matched by our point 0
-    ([(0.98, 50.0), (0.995, 99.0)], 1),  # the cheaper one misses the attainment, the next matches
-    ([(0.999, 101.0)], None),   # better but dearer: not matched
+@pytest.mark.parametrize(("ours", "expected", "strictly"), [
+    ([(0.99, 100.0)], 0, False),       # as good, as cheap: matched by our point 0, not strictly
+    ([(0.98, 50.0), (0.995, 99.0)], 1, True),  # the cheaper one misses the attainment, the next beats it
+    ([(0.999, 101.0)], None, False),   # better but dearer: not matched
 ])
-def test_a_ray_point_is_matched_only_by_at_least_its_attainment_at_no_more_cost(ours, expected) -> None:
-    from benchmarks.heldout import Point, matched_by
+def test_a_ray_point_is_matched_only_by_at_least_its_attainment_at_no_more_cost(ours, expected, strictly) -> None:
+    from benchmarks.heldout import Point, matched_by, strictly_beaten
 
     points = [Point("sdserve", str(k), "b", slo, cost, None, 0) for k, (slo, cost) in enumerate(ours)]
-    match = matched_by(points, Point("Ray default", "r", "b", 0.99, 100.0, None, 0))
+    theirs = Point("Ray default", "r", "b", 0.99, 100.0, None, 0)
+    match = matched_by(points, theirs)
     assert (None if match is None else int(match.label)) == expected
+    assert strictly_beaten(points, theirs) is strictly
 
 
 def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each_baseline(tmp_path: Path) -> None:
