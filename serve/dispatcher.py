@@ -163,7 +163,7 @@ class Dispatcher:
         self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model))
         if self.on_queued is not None:
             self.on_queued(model)
-        if self.on_unheld is not None and self.model_aware and not self._held_anywhere(model):
+        if self.on_unheld is not None and self.model_aware and model not in self.checkpoints_on_devices():
             self.on_unheld(model)
         self._dispatch()
         try:
@@ -184,8 +184,6 @@ class Dispatcher:
         """Every checkpoint some replica holds on its device or was told to preload."""
         return {model for models in self._checkpoints_held() for model in models}
 
-    def _held_anywhere(self, model: str) -> bool:
-        return any(model in models for models in self._checkpoints_held())
 
     def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
         """The job's call ended (any outcome) or never started: its slot is free again — at once,
@@ -249,7 +247,7 @@ class Dispatcher:
             return ""
         busy = [models for rid, (models, _) in self._holding.items() if not self._free.get(rid)]
         starting = [{model} for model, _ in self._preloading.values()]
-        node = self.node_memory()
+        node = self.node_memory() if starting else frozenset()  # it matters only to wait for a start or not
         free_hold = [(rid, self._holding[rid][0], self._holding[rid][1] | node) for rid in free]
         passed, rid, job = pass_over(head.model, free_hold, busy, starting,
                                      lambda test: self.queue.take(lambda q: test(q.model), HOLDER_LOOK_AHEAD))

@@ -83,7 +83,7 @@ class Simulator:
         self.outstanding += 1
         self.events.push(self.deadline[i], Event.EXPIRE, i)
         self.router.enqueue(i)
-        self.pool.prefetch(r.model)
+        self.pool.arrived(r.model)
         self.counts_changed()
         self.control.changed()
 

@@ -158,10 +158,11 @@ class RayMultiplexing:
 def dispatcher_choice(free: list[Replica], model: str, loras: tuple[str, ...] = (),
                       last_sent: Mapping[str, float] | None = None) -> Replica:
     """sdserve's placement among replicas with a free slot, as ``serve/dispatcher.py``: where the
-    model is, else where it is in host memory, else anywhere; then the fewest of the request's LoRAs to load, the least loaded, and (where it loads the
-    checkpoint, from host memory or disk) the replica whose checkpoints were wanted longest ago
-    (``last_sent``: the load evicts the coldest); then the fewest models, the fewest adapters loaded
-    (leaving the others free for their adapters' requests)."""
+    model is, else where it is in host memory, else anywhere; then the fewest of the request's LoRAs
+    to load, the least loaded, and (where it loads the checkpoint, from host memory or disk) the
+    replica whose checkpoints were wanted longest ago (``last_sent``: the load evicts the coldest);
+    then the fewest models, the fewest adapters loaded (leaving the others free for their adapters'
+    requests)."""
     wanted = last_sent or {}
 
     def rank(r: Replica) -> tuple[float, ...]:

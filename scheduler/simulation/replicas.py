@@ -92,9 +92,9 @@ class ReplicaPool:
         self.viewed()
         return replica
 
-    def prefetch(self, model: str) -> None:
-        """A request for ``model`` arrived: with ``host_prefetch``, read it into the node's host memory
-        now if no replica holds it on its GPU and it is not there already."""
+    def arrived(self, model: str) -> None:
+        """A request for ``model`` arrived: the pre-warm's history; with ``host_prefetch``, read it
+        into the node's host memory now if no replica holds it on its GPU and it is not there already."""
         spec = self.sim.spec
         if model:
             self.uses.setdefault(model, []).append(self.sim.now)
