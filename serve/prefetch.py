@@ -19,10 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from models.page_cache import SimulatedPageCache, checkpoint_directory, warm
-from scheduler.prewarm import DAY_S, PrewarmConfig, prewarm_plan
+from scheduler.prewarm import PrewarmConfig, prewarm_plan
 from serve.metrics import PREFETCHES
 from serve.settings import AppSettings
 from serve.worker_setup import model_spec, page_cache_root, simulation_profile
@@ -52,14 +53,14 @@ def prewarm_config(settings: AppSettings) -> PrewarmConfig:
     day, window and period k× faster, as its arrivals."""
     k = settings.simulation.time_scale if settings.model.backend == "simulated" else 1.0
     base = PrewarmConfig(days=settings.model.prewarm_days)
-    return PrewarmConfig(days=base.days, min_days=base.min_days, horizon_s=base.horizon_s / k,
-                         period_s=base.period_s / k, max_reads=base.max_reads, day_s=DAY_S / k)
+    return replace(base, horizon_s=base.horizon_s / k, period_s=base.period_s / k, day_s=base.day_s / k)
 
 
 class Prefetcher:
     def __init__(self, settings: AppSettings, app_name: str) -> None:
         self.settings, self.app_name = settings, app_name
         self._asked: dict[str, float] = {}  # checkpoint → when last prefetched
+        self._warmed: dict[str, float] = {}  # real checkpoint → when its files were last read ahead
         self.prewarm = prewarm_config(settings)
         self._uses: dict[str, deque[float]] = {}  # checkpoint → its requests' arrival times (wall clock)
         self._prewarming: asyncio.Task[None] | None = None
@@ -104,7 +105,7 @@ class Prefetcher:
     def prewarm_now(self) -> list[str]:
         """Make the pre-warm's plan now and start its reads; returns the checkpoints read. The
         simulated page cache's contents and size are known; a real node's page cache is the kernel's,
-        so there the plan counts what was read in the last ``KEPT_S`` and reads at most
+        so there the plan counts what was read ahead in the last ``KEPT_S`` and reads at most
         ``max_reads``."""
         cached = self.in_memory()
         capacity = (self.settings.simulation.page_cache_checkpoints if self.simulated is not None
@@ -122,13 +123,14 @@ class Prefetcher:
 
     def in_memory(self) -> frozenset[str]:
         """The checkpoints whose files are in the node's memory or being read into it: the
-        simulated page cache's, or the real checkpoints prefetched in the last ``KEPT_S``. The
+        simulated page cache's, or the real checkpoints whose files were read ahead in the last
+        ``KEPT_S`` (not one that has no files on this node yet). The
         dispatcher counts them as in every free replica's host memory (a load from there is quick),
         as the simulator's node pool does."""
         if self.simulated is not None:
             return frozenset(self.simulated.cached(self.settings.model.served))
         now = time.monotonic()
-        return frozenset(name for name, asked in self._asked.items() if now - asked < KEPT_S)
+        return frozenset(name for name, warmed in list(self._warmed.items()) if now - warmed < KEPT_S)
 
     def _read(self, name: str) -> None:
         try:
@@ -141,5 +143,6 @@ class Prefetcher:
                 log.info("prefetch: %s has no files on this node yet; a replica's load fetches them", name)
                 return
             log.info("prefetch: %s, %.2f GB into the page cache", name, warm(Path(directory)) / 1e9)
+            self._warmed[name] = time.monotonic()
         except Exception as error:  # noqa: BLE001 - a failed prefetch costs its speed-up only
             log.warning("prefetch of %s failed: %s", name, error)

@@ -155,15 +155,17 @@ def test_the_ingress_prewarms_what_the_past_days_predict(tmp_path: Path, monkeyp
 
 def test_a_real_checkpoint_read_ahead_counts_as_in_memory_for_a_while(tmp_path: Path, monkeypatch) -> None:
     """Real checkpoints: the kernel's page cache cannot be asked, so a checkpoint read ahead counts
-    as in the node's memory for ``KEPT_S``, then no more."""
+    as in the node's memory for ``KEPT_S``, then no more; one with no files on this node never."""
     from serve import prefetch
 
     warmed: list[Path] = []
-    monkeypatch.setattr(prefetch, "checkpoint_directory", lambda spec: tmp_path)
+    monkeypatch.setattr(prefetch, "checkpoint_directory", lambda spec: tmp_path if spec.model == "tiny:1" else None)
     monkeypatch.setattr(prefetch, "warm", lambda directory: warmed.append(directory) or 0)
-    settings = AppSettings.model_validate({"model": {"id": "tiny", "catalog": {"b": "tiny:1"}, "resident_models": 1}})
+    settings = AppSettings.model_validate({"model": {"id": "tiny", "catalog": {"b": "tiny:1", "c": "tiny:2"},
+                                                     "resident_models": 1}})
     prefetcher = prefetch.Prefetcher(settings, "app")
     prefetcher("b")
+    prefetcher("c")  # not on this node: nothing read, nothing in memory
     prefetcher._pool.submit(lambda: None).result()
     assert warmed == [tmp_path] and prefetcher.in_memory() == {"b"}
     later = time.monotonic() + prefetch.KEPT_S + 1
