@@ -21,21 +21,24 @@ from scheduler.outcomes import Outcome
 from scheduler.simulation.fleet import simulate
 
 
-def simulate_per_model(target: SimTarget, arrivals: list[Any], slo_s: float) -> dict[str, Any]:
+def simulate_per_model(target: SimTarget, arrivals: list[Any], slo_s: float, score_from_s: float = 0.0) -> dict[str, Any]:
     """One deployment per checkpoint named in ``arrivals``, each ``target``'s config; a summary
     shaped like the simulator's (SLO attainment, replica-seconds, p50/p99, cold starts), plus the
-    peak of replicas holding a GPU at once over all deployments."""
+    peak of replicas holding a GPU at once over all deployments; scored from ``score_from_s`` on
+    (what runs before it is warm-up)."""
     by_model: dict[str, list[Any]] = defaultdict(list)
     for arrival in arrivals:
         by_model[arrival.model].append(arrival)
     service = a10_service_model()
     latencies: list[float] = []
-    replica_seconds, starts, answered = 0.0, 0, 0
+    replica_seconds, starts, answered, alive = 0.0, 0, 0, 0
     steps: dict[float, int] = defaultdict(int)  # time → change in replicas holding a GPU
     for model, own in by_model.items():
         deployment = target.with_overrides(spec={"models_per_replica": 1, "default_model": model, "model_preload": False,
                                                  "host_models_per_node": 0, "host_models_per_replica": 0})
         result = simulate(deployment.requests(own), deployment.spec, service, deployment.policy())
+        alive += result.alive_at(score_from_s) if score_from_s > 0 else deployment.spec.initial_replicas
+        result = result.from_time(score_from_s)
         answered += len(result.records)
         latencies += [r.latency_s for r in result.records if r.outcome == Outcome.OK]
         replica_seconds += result.replica_seconds()
@@ -52,6 +55,6 @@ def simulate_per_model(target: SimTarget, arrivals: list[Any], slo_s: float) -> 
     ok = np.array(latencies)
     return {"slo_attainment": float(np.sum(ok <= slo_s)) / answered if answered else 0.0,
             "replica_seconds": replica_seconds, "replica_starts": starts, "deployments": len(by_model),
-            "peak_replicas": peak,
+            "peak_replicas": peak, "alive_at_start": alive,
             "latency_s": {"p50": float(np.percentile(ok, 50)) if len(ok) else None,
                           "p99": float(np.percentile(ok, 99)) if len(ok) else None}}

@@ -28,15 +28,17 @@ def mode_key(spec: FleetSpec) -> str:
             f"cold start {least_cold_start(spec):g}s")
 
 
-def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpec, slo_s: float) -> dict[str, Any]:
+def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpec, slo_s: float,
+               warm: int | None = None) -> dict[str, Any]:
     """Busy time, the lower bound and the offline schedule for ``spec``'s mode, GPUs, cold start and
-    replicas warm at time 0 (the offline schedule
+    replicas warm at time 0 (``warm``; default the spec's initial replicas; a part scored after a
+    warm-up may find any number up to the GPUs running) (the offline schedule
     runs each request in a call of its own, which any mode may do: in the batched mode it is an upper
     bound, not a batched schedule)."""
     started = time.perf_counter()
     jobs = request_jobs(requests, service, slo_s, spec.max_batch_size)
     cold = least_cold_start(spec)
-    warm = spec.initial_replicas
+    warm = spec.initial_replicas if warm is None else warm
     lower = chain_lower_bound(jobs, cold, warm)
     offline = best_offline_schedule(request_jobs(requests, service, slo_s), cold, spec.gpu_slots, warm)
     return {"max_batch_size": spec.max_batch_size, "gpus": spec.gpu_slots, "cold_start_s": cold, "warm_at_start": warm,

@@ -99,10 +99,16 @@ def summarize_result(result: SimResult, slo_s: float) -> dict[str, Any]:
 
 
 def run_one(target: SimTarget, requests: list[SimRequest], service: ServiceModel, slo_s: float,
-            policy: Any = None) -> tuple[SimResult, dict[str, Any]]:
+            policy: Any = None, score_from_s: float = 0.0) -> tuple[SimResult, dict[str, Any]]:
+    """One simulation and its summary; ``score_from_s``: what ran before it is warm-up, not scored
+    (:meth:`SimResult.from_time`)."""
     started = time.perf_counter()
     result = simulate(requests, target.spec, service, policy or target.policy())
+    alive = result.alive_at(score_from_s) if score_from_s > 0 else target.spec.initial_replicas
+    if score_from_s > 0:
+        result = result.from_time(score_from_s)
     summary = summarize_result(result, slo_s)
+    summary["alive_at_start"] = alive
     summary["simulator_seconds"] = time.perf_counter() - started
     return result, summary
 

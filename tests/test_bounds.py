@@ -149,3 +149,7 @@ def test_no_simulated_policy_costs_less_than_the_lower_bound(trace, batch, cold,
         if all(r.outcome == Outcome.OK and r.latency_s <= slo for r in result.records):
             bound = chain_lower_bound(request_jobs(requests, service, slo, max_batch_size=batch), cold)
             assert bound <= paid + 1e-6, policy.name
+        # scored after a warm-up: each replica running then spares at most one cold start
+        scored = result.from_time(60.0)
+        warm = result.alive_at(60.0)
+        assert chain_lower_bound(jobs_served(scored.records, batched=batch > 1), cold, warm) <= scored.replica_seconds() + 1e-6

@@ -176,6 +176,29 @@ def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each
     assert "per-model deployments: its front" in (tmp_path / "m.md").read_text()
 
 
+def test_heldout_with_a_warm_up_scores_the_later_part_after_the_earlier_one(tmp_path: Path) -> None:
+    """The earlier part scores as without a warm-up; the later part starts with what the earlier one
+    left running (and the bounds allow for it)."""
+    from benchmarks import heldout
+
+    trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
+    data = {}
+    for warm_up in (False, True):
+        args = _args(heldout.add_arguments, trace=trace, split_s=3 * 3600, grid="small", out_dir=tmp_path,
+                     name=f"w{warm_up}", cold_start_s=10, jobs=1, set=["model.resident_models=1"])
+        args.warm_up = warm_up
+        assert heldout.main(args) == 0
+        data[warm_up] = json.loads((tmp_path / f"w{warm_up}.json").read_text())
+    first, later = data[True]["meta"]["parts"]
+    points = {w: {(p["policy"], p["label"], p["part"]): p for p in data[w]["points"]} for w in data}
+    assert all(p == points[False][key] for key, p in points[True].items() if key[2] == first)
+    warmed = [p for key, p in points[True].items() if key[2] == later]
+    assert any(p["alive_at_start"] > 0 for p in warmed)
+    assert any(p != points[False][(p["policy"], p["label"], later)] for p in warmed)
+    assert data[True]["bounds"][later]["warm_at_start"] == max(p["alive_at_start"] for p in warmed)
+    assert data[True]["meta"]["warm_up"] and "warm-up" in (tmp_path / "wTrue.md").read_text()
+
+
 def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path) -> None:
     trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
     args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], name="m",

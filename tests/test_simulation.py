@@ -343,3 +343,22 @@ def test_float_noise_in_rays_look_back_mean_does_not_start_a_replica() -> None:
     _same_as_every_interval(requests, spec, lambda: RayControlled("ray", config))
     result = simulate(requests, spec, per_step(0.1), RayControlled("ray", config))
     assert len(result.replicas) == 3  # the mean of 3 requests over 1 replica: 3, never 4
+
+
+def test_a_run_scored_after_a_warm_up_counts_only_what_came_from_then() -> None:
+    """A replica stopped before ``t0`` costs nothing, one running across it is paid from ``t0`` and
+    is no cold start, one started after it is; requests before ``t0`` are not scored."""
+    from scheduler.simulation.records import Replica, RequestRecord
+
+    replicas = [Replica(0, 0.0, 10.0, 10.0, state="stopped", stopped_s=50.0, cold_started=True),
+                Replica(1, 20.0, 30.0, 10.0, state="running", cold_started=True),
+                Replica(2, 120.0, 130.0, 10.0, state="stopped", stopped_s=200.0, cold_started=True)]
+    records = [RequestRecord(k, arrival, 1) for k, arrival in enumerate((10.0, 110.0, 150.0))]
+    result = SimResult("p", records, replicas, [(0.0, 1, 0, 1), (90.0, 1, 1, 0), (120.0, 2, 1, 1)], 300.0, 7)
+    scored = result.from_time(100.0)
+    assert result.alive_at(100.0) == 1
+    assert scored.replica_seconds() == 200.0 + 80.0
+    assert scored.replica_starts() == 1
+    assert [r.arrival_s for r in scored.records] == [110.0, 150.0]
+    assert scored.samples == [(100.0, 1, 1, 0), (120.0, 2, 1, 1)]
+    assert result.replica_seconds() == 50.0 + 280.0 + 80.0  # the whole run, untouched

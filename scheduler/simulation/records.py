@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from scheduler.admission import ReplicaRules
@@ -82,3 +83,19 @@ class SimResult:
 
     def replica_seconds(self) -> float:
         return sum((r.stopped_s if r.stopped_s is not None else self.end_s) - r.started_s for r in self.replicas)
+
+    def alive_at(self, t: float) -> int:
+        """Replicas holding a GPU at time ``t``."""
+        return sum(r.started_s <= t and (r.stopped_s is None or r.stopped_s > t) for r in self.replicas)
+
+    def from_time(self, t0: float) -> SimResult:
+        """The run as scored from ``t0`` on, what ran before being warm-up: the requests that arrived
+        from ``t0``; each replica alive then paid from ``t0`` (a cold start counted only when it
+        began there or later); the fleet's samples from ``t0`` (the one before it moved to ``t0``).
+        Times are left as they are (a run over before ``t0`` is scored as nothing from ``t0``)."""
+        replicas = [dataclasses.replace(r, started_s=max(r.started_s, t0), cold_started=r.cold_started and r.started_s >= t0)
+                    for r in self.replicas if r.stopped_s is None or r.stopped_s > t0]
+        before = [s for s in self.samples if s[0] < t0]
+        samples = ([(t0, *before[-1][1:])] if before else []) + [s for s in self.samples if s[0] >= t0]
+        return SimResult(self.policy, [r for r in self.records if r.arrival_s >= t0], replicas, samples,
+                         max(self.end_s, t0), self.policy_calls)
