@@ -7,13 +7,17 @@ ingress has seen since it started).
 The dispatcher says when (:attr:`serve.dispatcher.Dispatcher.on_unheld`); this module does the read,
 on one background thread so the event loop never waits for a disk: real checkpoints through
 :func:`models.page_cache.warm` (a kernel hint), the simulated backend through its simulated page
-cache. A checkpoint asked for again within ``REPEAT_S`` is not read again.
+cache. A checkpoint asked for again within ``REPEAT_S`` is not read again. The pre-warm's history
+outlives the ingress in a file (``model.prewarm_history``): a restart does not lose the week it learns
+from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import shutil
 import time
 from collections import deque
@@ -56,13 +60,52 @@ def prewarm_config(settings: AppSettings) -> PrewarmConfig:
     return replace(base, horizon_s=base.horizon_s / k, period_s=base.period_s / k, day_s=base.day_s / k)
 
 
+def history_file(settings: AppSettings, app_name: str) -> Path | None:
+    """Where the pre-warm's history is kept (``model.prewarm_history``); None: in memory only."""
+    where = settings.model.prewarm_history
+    if settings.model.prewarm_days == 0 or where == "none" or (where == "auto" and settings.model.backend == "simulated"):
+        return None
+    return Path.home() / ".cache" / "sdserve" / f"prewarm-{app_name}.json" if where == "auto" else Path(where).expanduser()
+
+
+def load_history(path: Path | None, served: Iterable[str], since: float) -> dict[str, deque[float]]:
+    """The history saved at ``path``: the served checkpoints' request times from ``since`` on. A
+    missing or unreadable file is an empty history (the pre-warm learns again), never a failed start."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())["uses"]
+        names = set(served)
+        history = {name: deque(t for t in map(float, times) if t >= since) for name, times in saved.items()
+                   if name in names}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("pre-warm history %s unreadable (%s): starting without it", path, error)
+        return {}
+    log.info("pre-warm history: %d requests of %d checkpoints from %s", sum(map(len, history.values())),
+             len(history), path)
+    return {name: uses for name, uses in history.items() if uses}
+
+
+def save_history(path: Path, history: dict[str, list[float]]) -> None:
+    """Write ``history`` to ``path`` whole or not at all (a reader never sees half a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps({"uses": history}))
+        os.replace(partial, path)
+    except OSError as error:
+        log.warning("pre-warm history not saved to %s: %s", path, error)
+
+
 class Prefetcher:
     def __init__(self, settings: AppSettings, app_name: str) -> None:
         self.settings, self.app_name = settings, app_name
         self._asked: dict[str, float] = {}  # checkpoint → when last prefetched
         self._warmed: dict[str, float] = {}  # real checkpoint → when its files were last read ahead
         self.prewarm = prewarm_config(settings)
-        self._uses: dict[str, deque[float]] = {}  # checkpoint → its requests' arrival times (wall clock)
+        self._history_file = history_file(settings, app_name)
+        #: checkpoint → its requests' arrival times (wall clock), the saved ones first
+        self._uses = load_history(self._history_file, settings.model.served, time.time() - self._look_back_s())
         self._prewarming: asyncio.Task[None] | None = None
         #: the checkpoints replicas hold on their devices (the dispatcher's view): not read ahead
         self.on_device: Callable[[], Iterable[str]] = tuple
@@ -86,8 +129,11 @@ class Prefetcher:
         """A request for ``name`` queued: the pre-warm's history (the days it looks back, no more)."""
         now, uses = time.time(), self._uses.setdefault(name, deque())
         uses.append(now)
-        while uses and now - uses[0] > self.prewarm.days * self.prewarm.day_s + self.prewarm.horizon_s:
+        while uses and now - uses[0] > self._look_back_s():
             uses.popleft()
+
+    def _look_back_s(self) -> float:
+        return self.prewarm.days * self.prewarm.day_s + self.prewarm.horizon_s
 
     def start(self) -> None:
         """Run the pre-warm every ``period_s`` on the running event loop (RuntimeError: none yet)."""
@@ -111,6 +157,8 @@ class Prefetcher:
         capacity = (self.settings.simulation.page_cache_checkpoints if self.simulated is not None
                     else len(cached) + self.prewarm.max_reads)
         history = {name: list(uses) for name, uses in self._uses.items()}
+        if self._history_file is not None:
+            self._pool.submit(save_history, self._history_file, history)
         plan = prewarm_plan(history, time.time(), cached, capacity, self.on_device(), self.prewarm)
         if plan.keep and self.simulated is not None:
             self._pool.submit(lambda: [self.simulated.ready_at(name) for name in plan.keep])

@@ -64,7 +64,12 @@ class ModelSettings(_Section):
     prewarm_days: int = Field(
         7, ge=0, description="with prefetch: every 10 minutes, read into the node's page cache the checkpoints "
         "asked for in the coming 3 hours on any of this many past days (scheduler/prewarm.py; the ingress's "
-        "request history, kept in memory); 0: off")
+        "request history); 0: off")
+    prewarm_history: str = Field(
+        "auto", description="where the ingress keeps the pre-warm's request history across restarts (JSON, "
+        "written every 10 minutes; a shared path when the ingress may move between nodes): a path; 'auto': "
+        "~/.cache/sdserve/prewarm-APP.json for real checkpoints, in memory only for the simulated backend "
+        "(each replay starts fresh); 'none': in memory only")
 
     @property
     def name(self) -> str:

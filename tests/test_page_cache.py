@@ -3,6 +3,7 @@ a load then costs, and when the ingress prefetches at all. No Ray."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -171,3 +172,46 @@ def test_a_real_checkpoint_read_ahead_counts_as_in_memory_for_a_while(tmp_path: 
     later = time.monotonic() + prefetch.KEPT_S + 1
     monkeypatch.setattr(prefetch.time, "monotonic", lambda: later)
     assert prefetcher.in_memory() == frozenset()
+
+
+def test_the_prewarm_history_outlives_the_ingress(tmp_path: Path, monkeypatch) -> None:
+    """A new ingress reads the history the last one saved (only the served checkpoints, only the days
+    it looks back) and pre-warms from it; an unreadable file starts it without one."""
+    from serve import prefetch
+
+    monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
+    settings = _simulated(tmp_path, page_cache_checkpoints=4)
+    settings = settings.model_copy(update={
+        "simulation": settings.simulation.model_copy(update={"time_scale": 3600}),
+        "model": settings.model.model_copy(update={"prewarm_history": str(tmp_path / "history.json")})})
+    first = prefetch.Prefetcher(settings, "app")
+    day, now = first.prewarm.day_s, time.time()
+    for when, name in ((now - 30 * day, "simulated:a"), (now - day + 0.5, "simulated:b")):
+        monkeypatch.setattr(prefetch.time, "time", lambda when=when: when)
+        first.arrived(name)
+    monkeypatch.setattr(prefetch.time, "time", lambda: now)
+    first.prewarm_now()  # saves the history
+    first._pool.submit(lambda: None).result()
+    saved = json.loads((tmp_path / "history.json").read_text())["uses"]
+    saved["simulated:gone"] = [now - day]  # a checkpoint no longer served
+    (tmp_path / "history.json").write_text(json.dumps({"uses": saved}))
+    second = prefetch.Prefetcher(settings, "app2")
+    assert {name: len(uses) for name, uses in second._uses.items()} == {"simulated:b": 1}
+    assert second.prewarm_now() == ["simulated:b"]
+    second._pool.submit(lambda: None).result()  # its save is done
+    (tmp_path / "history.json").write_text("{not json")
+    assert prefetch.Prefetcher(settings, "app3")._uses == {}
+
+
+@pytest.mark.parametrize("backend, where, expected", [
+    ("diffusers", "auto", "~/.cache/sdserve/prewarm-app.json"),
+    ("simulated", "auto", None),  # each replay starts fresh
+    ("diffusers", "none", None),
+    ("simulated", "/data/h.json", "/data/h.json"),
+])
+def test_where_the_prewarm_history_is_kept(backend: str, where: str, expected: str | None) -> None:
+    from serve.prefetch import history_file
+
+    settings = AppSettings.model_validate({"model": {"id": "a", "backend": backend, "prewarm_history": where}})
+    path = history_file(settings, "app")
+    assert path == (None if expected is None else Path(expected).expanduser())
