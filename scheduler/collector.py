@@ -9,6 +9,13 @@ capacity it infers which are running and which wait, and for each waiting one th
 start that still meets its deadline or the latency objective, given its own expected service time).
 Service time is learned from the replies (seconds per image-step, scaled by pixels); the starting
 replicas' readiness from when the collector itself asked for them.
+
+With many checkpoints the load a call pays first dwarfs its pipeline (35 s from disk against a few
+seconds of denoising), so where the dispatcher says so the collector counts each request's own load:
+its owner tells it the tier a queued request's checkpoint is expected from (:meth:`Collector.expect`:
+on a replica's device, in host memory, on disk) and when a request went to a replica and from which
+tier (:meth:`Collector.started`); load seconds per tier are learned from the replies. A busy slot
+then frees when its request's load and call are expected to end, not after half an average call.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ class CallReport:
     cold_start_s: float | None = None  # the replica's own cold start, as it measured it
     capacity: int | None = None  # requests per call the replica would take now (adaptive)
     load_s: float = 0.0  # the checkpoint and LoRA loads the call paid first (many models)
+    load_tier: str = ""  # where its checkpoint came from: none (resident), host, disk ("": not said)
+
+
+#: Where a request's checkpoint comes from for its call (the dispatcher's and the replies' words).
+TIERS = ("none", "host", "disk")
 
 
 class ServiceRate:
@@ -131,6 +143,9 @@ class Collector:
         #: Load seconds per call (checkpoints and LoRAs; 0 with one model): the slot they hold
         #: counts in every queued request's service, so a mix that loads often gets more replicas.
         self.load = Ewma()
+        self.tier_load: dict[str, Ewma] = {tier: Ewma() for tier in TIERS}  # load seconds per call, by tier
+        self.expected: dict[str, str] = {}  # queued request → the tier its checkpoint is expected from
+        self.sent: dict[str, tuple[float, str]] = {}  # request on a replica → (sent at, expected tier)
 
     def accepted(self, key: str, job: PendingJob) -> None:
         self.jobs[key] = job
@@ -138,10 +153,34 @@ class Collector:
 
     def answered(self, key: str) -> None:
         self.jobs.pop(key, None)
+        self.expected.pop(key, None)
+        self.sent.pop(key, None)
+
+    def expect(self, tiers: dict[str, str]) -> None:
+        """Where queued requests' checkpoints are expected from now (the dispatcher's view)."""
+        for key, tier in tiers.items():
+            if key in self.jobs and key not in self.sent:
+                self.expected[key] = tier
+
+    def started(self, key: str, at: float, tier: str) -> None:
+        """Request ``key`` went to a replica at ``at``, its checkpoint expected from ``tier``."""
+        if key in self.jobs:
+            self.sent[key] = (at, tier)
+            self.expected.pop(key, None)
+
+    def load_s(self, tier: str | None) -> float:
+        """The load a call from ``tier`` is expected to pay: that tier's mean once measured, else
+        nothing for a resident checkpoint and the mean over all calls for any other."""
+        measured = self.tier_load[tier].value if tier in self.tier_load else None
+        if measured is not None:
+            return measured
+        return 0.0 if tier == "none" else (self.load.value or 0.0)
 
     def replied(self, call: CallReport) -> None:
         self.rate.observe(call.seconds, call.images, call.steps, call.pixels)
         self.load.add(call.load_s)
+        if call.load_tier in self.tier_load:
+            self.tier_load[call.load_tier].add(call.load_s)
         if call.cold_start_s:
             self.cold_start_s = call.cold_start_s
         if call.capacity:
@@ -157,15 +196,20 @@ class Collector:
         base = self.rate.call_s or config.default_service_time_s
         slack, service = [], []
         objective = config.latency_objective_s
-        for job in jobs[in_flight:]:
-            own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + load
+        keys = list(self.jobs)
+        for key, job in zip(keys[in_flight:], jobs[in_flight:]):
+            own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + self.load_s(self.expected.get(key))
             due = job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
             slack.append(due - now - own)
             service.append(own)
         self.starts.update(now, starting)
         cold = config.default_cold_start_s if self.cold_start_s is None else self.cold_start_s
-        # a busy slot frees after about half a call (the expected residual); an idle one now
-        free = [(base + load) / 2] * in_flight + [0.0] * (running * capacity - in_flight)
+        # a busy slot frees when its request's load and call are expected to end; without word of
+        # it, after about half a call (the expected residual); an idle one now
+        known = sorted(max(0.0, at + self.load_s(tier) + (self.rate.estimate(job.images, job.steps, job.pixels) or base)
+                           - now) for key, (at, tier) in self.sent.items() if (job := self.jobs.get(key)) is not None)
+        busy = (known + [(base + load) / 2] * in_flight)[:in_flight]
+        free = busy + [0.0] * (running * capacity - in_flight)
         free += [ready for ready in self.starts.ready_in(now, cold) for _ in range(capacity)]
         return AutoscalerInputs(
             now=now, queued=len(jobs) - in_flight, in_flight=in_flight, running_replicas=running,

@@ -105,6 +105,9 @@ class Dispatcher:
         #: the checkpoints in the node's memory (page cache) or being read into it, as if in every
         #: replica's host memory: the prefetcher's (serve/prefetch.py)
         self.node_memory: Callable[[], frozenset[str]] = frozenset
+        #: called (must not block) with each request sent to a replica and the tier its checkpoint is
+        #: expected from there (none, host, disk): the scaling loop counts its load (scheduler/collector.py)
+        self.on_sent: Callable[[str, str], None] | None = None
 
     def configure(self, weights: dict[str, float], model_aware: bool = True, default_model: str = "") -> None:
         """``default_model``: the served name a request without a ``model`` (empty) gets, as the
@@ -184,6 +187,23 @@ class Dispatcher:
         """Every checkpoint some replica holds on its device or was told to preload."""
         return {model for models in self._checkpoints_held() for model in models}
 
+
+    def tier(self, model: str, replica_id: str | None = None) -> str:
+        """Where ``model`` would come from for a call on ``replica_id`` (None: on whichever replica
+        the dispatcher sends it to): a device that holds it or was told to preload it ("none"), host
+        memory or the node's ("host"), else disk. A replica that has not said what it holds is taken
+        to hold it."""
+        node = self.node_memory()
+        if replica_id is not None:
+            device, host = self._holding.get(replica_id, (frozenset({model}), frozenset()))
+        else:
+            device = self.checkpoints_on_devices()
+            host = frozenset().union(*(host for _, host in self._holding.values()))
+        return "none" if model in device else "host" if model in host or model in node else "disk"
+
+    def queued_tiers(self) -> dict[str, str]:
+        """Each queued request's :meth:`tier`, by job id."""
+        return {job.job_id: self.tier(job.model) for job in self.queue}
 
     def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
         """The job's call ended (any outcome) or never started: its slot is free again — at once,
@@ -321,6 +341,8 @@ class Dispatcher:
         granted = self._waiting.get(job.job_id)
         if granted is None or granted.done():
             return
+        if self.on_sent is not None:
+            self.on_sent(job.job_id, self.tier(job.model, rid))
         self._free[rid] -= 1
         self._held[job.job_id] = rid
         self._last_sent[job.model] = time.time()

@@ -195,6 +195,11 @@ class Ingress:
         elif loop.enabled:
             self.scaling.configure(loop)
         self.learner.scaling = self.lifecycle.scaling = self.scaling
+        dispatcher = self.lifecycle.dispatcher
+        if self.scaling is not None and dispatcher is not None:  # each request's load counts (many models)
+            counts_loads = settings.queue.model_aware and bool(settings.model.catalog)
+            dispatcher.on_sent = self.scaling.sent if counts_loads else None
+            self.scaling.tiers = dispatcher.queued_tiers if counts_loads else None
         self._start_background()
 
     def _start_background(self) -> None:

@@ -59,7 +59,8 @@ class ReplyLearner:
             load_s = reply.call.model_load_s if reply.call is not None else 0.0
             self.scaling.replied(CallReport(
                 max(0.0, reply.service_time_s - load_s), reply.batch_images, reply.steps_done, r.width * r.height,
-                replica.cold_start_s if replica else None, replica.capacity if replica else None, load_s))
+                replica.cold_start_s if replica else None, replica.capacity if replica else None, load_s,
+                reply.call.model_load if reply.call is not None else ""))
 
     def retry_after_s(self, queued: int) -> int:
         """Seconds until ``queued`` requests ahead have drained, by the measured rate."""

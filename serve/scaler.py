@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -73,12 +74,17 @@ class ScalerActor:
         self._watch: asyncio.Task[None] | None = None
 
     async def report(self, accepted: list[tuple[str, PendingJob]], answered: list[str],
-                     replied: list[CallReport]) -> dict[str, int]:
-        """What one ingress replica saw since its last report; answers what the fleet is now."""
+                     replied: list[CallReport], sent: list[tuple[str, float, str]] | None = None,
+                     tiers: dict[str, str] | None = None) -> dict[str, int]:
+        """What one ingress replica saw since its last report (with its dispatcher: the requests it
+        sent to replicas, and where its queued requests' checkpoints are); answers what the fleet is now."""
         self._start()
         collector = self.loop.driver.collector
         for key, job in accepted:
             collector.accepted(key, job)
+        for key, at, tier in sent or ():
+            collector.started(key, at, tier)
+        collector.expect(tiers or {})
         for call in replied:
             collector.replied(call)
         for key in answered:
@@ -147,6 +153,9 @@ class ScalingClient:
         self._accepted: list[tuple[str, PendingJob]] = []
         self._answered: list[str] = []
         self._replied: list[CallReport] = []
+        self._sent: list[tuple[str, float, str]] = []
+        #: the queued requests' tiers, read at each report (the dispatcher's ``queued_tiers``)
+        self.tiers: Callable[[], dict[str, str]] | None = None
         self._actor: Any = None
         self._configured = False  # the scaler has these settings
         self._task: asyncio.Task[None] | None = None
@@ -159,6 +168,10 @@ class ScalingClient:
 
     def replied(self, call: CallReport) -> None:
         self._replied.append(call)
+
+    def sent(self, key: str, tier: str) -> None:
+        """The dispatcher sent request ``key`` to a replica, its checkpoint expected from ``tier``."""
+        self._sent.append((key, time.time(), tier))
 
     def start(self) -> None:
         """Start reporting on the running event loop (RuntimeError when none runs yet)."""
@@ -190,17 +203,18 @@ class ScalingClient:
 
     async def flush(self) -> None:
         """Send what was seen since the last report (kept for the next one if the actor is lost)."""
-        batch = (self._accepted, self._answered, self._replied)
-        self._accepted, self._answered, self._replied = [], [], []
+        batch = (self._accepted, self._answered, self._replied, self._sent)
+        self._accepted, self._answered, self._replied, self._sent = [], [], [], []
         try:
             if not self._configured:
                 sent = self.settings
                 await asyncio.wait_for(self._scaler().configure.remote(sent.model_dump()), 10.0)
                 self._configured = self.settings is sent  # newer settings may have come meanwhile
-            view = await asyncio.wait_for(self._scaler().report.remote(*batch), 10.0)
+            tiers = self.tiers() if self.tiers is not None else None
+            view = await asyncio.wait_for(self._scaler().report.remote(*batch, tiers), 10.0)
             self.running = view["running"]
         except Exception:  # noqa: BLE001 - the actor lost or slow: find it again, resend next time
             log.exception("reporting to the scaler of %s failed; retrying", self.app_name)
             self._actor, self._configured = None, False
-            self._accepted, self._answered, self._replied = (
-                batch[0] + self._accepted, batch[1] + self._answered, batch[2] + self._replied)
+            self._accepted, self._answered, self._replied, self._sent = (
+                batch[0] + self._accepted, batch[1] + self._answered, batch[2] + self._replied, batch[3] + self._sent)

@@ -325,3 +325,28 @@ def test_the_head_waits_for_a_starting_holder_unless_its_checkpoint_is_in_the_no
         return placed
 
     assert asyncio.run(scenario()) is in_node_memory
+
+
+def test_the_dispatcher_says_where_each_requests_checkpoint_comes_from() -> None:
+    """Queued: on some device (or preloading), in some host memory or the node's, else disk. Sent:
+    what the chosen replica holds, told to the scaling loop as the request goes."""
+    sent: list[tuple[str, str]] = []
+
+    async def scenario() -> tuple[dict[str, str], list[str]]:
+        d = Dispatcher()
+        d.on_sent = lambda job_id, tier: sent.append((job_id, tier))
+        d.node_memory = lambda: frozenset({"paged"})
+        d.set_pool(_pool("r1", "r2", slots=1))
+        d.holds("r1", ["sd15"], host=["anime"])
+        d.holds("r2", ["photo"])
+        d.preload_for("r3", "sd15")  # a starting replica, told to bring what the queue needs: sd15
+        far = time.time() + 600
+        first = [await d.acquire("j0", "A", far, model="photo"), await d.acquire("j1", "A", far, model="anime")]
+        for k, model in enumerate(("sd15", "anime", "photo", "paged", "rare")):
+            asyncio.get_running_loop().create_task(d.acquire(f"q{k}", "A", far, model=model))
+        await asyncio.sleep(0)
+        return d.queued_tiers(), first
+
+    tiers, first = asyncio.run(scenario())
+    assert first == ["r2", "r1"] and sent == [("j0", "none"), ("j1", "host")]
+    assert tiers == {"q0": "none", "q1": "host", "q2": "none", "q3": "host", "q4": "disk"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.autoscaling import AutoscalerConfig, DecisionKind
+from scheduler.autoscaling import AutoscalerConfig, AutoscalerState, DecisionKind
 from scheduler.collector import CallReport, PendingJob
 from scheduler.driver import ScalingDriver
 
@@ -103,3 +103,58 @@ def test_checkpoint_loads_count_in_each_queued_requests_service() -> None:
 
     assert queued_service(0.0) == (2.0, 2.0)  # one in flight, two queued
     assert queued_service(3.0) == (5.0, 5.0)
+
+
+@pytest.mark.parametrize(("sent_tier", "queued_tier", "busy_frees_in", "queued_service"), [
+    (None, None, (2.0 + 6.0) / 2, 2.0 + 6.0),  # no word from the dispatcher: half a call, the mean load
+    ("disk", "none", 2.0 + 30.0 - 5.0, 2.0 + 1.0),  # sent at 0 to load from disk: 27 s more; queued: resident
+    ("host", "disk", 0.0, 2.0 + 30.0),  # its host copy and call are over (ends at 5, the decision at 5)
+    ("none", "host", 0.0, 2.0 + 3.0),
+    ("disk", "", 2.0 + 30.0 - 5.0, 2.0 + 6.0),  # a tier not said: the mean over all calls
+])
+def test_each_requests_load_counts_by_where_its_checkpoint_comes_from(sent_tier, queued_tier, busy_frees_in,
+                                                                     queued_service) -> None:
+    """Load seconds per tier are learned from the replies (none 1 s, host 3 s, disk 30 s; the mean
+    over all calls set to 6 s). A request the dispatcher sent to a replica holds its slot until its
+    expected load and call end; a queued one counts its own tier's load."""
+    from scheduler.collector import Collector
+
+    collector = Collector()
+    for tier, load in (("none", 1.0), ("host", 3.0), ("disk", 30.0)):
+        collector.replied(CallReport(2.0, 1, 25, 512 * 512, load_s=load, load_tier=tier))
+    collector.load.value = 6.0  # the mean over all calls, set outright for the table
+    collector.accepted("a", PendingJob(0.0, 100.0, 1, 25, 512 * 512))
+    collector.accepted("b", PendingJob(0.0, 100.0, 1, 25, 512 * 512))
+    if sent_tier is not None:
+        collector.started("a", 0.0, sent_tier)
+        collector.expect({"b": queued_tier, "a": "disk"})  # "a" is on a replica: not queued any more
+    inputs = collector.inputs(5.0, running=1, starting=0, config=AutoscalerConfig())
+    assert inputs.slot_free_in_s == (pytest.approx(busy_frees_in),)
+    assert inputs.backlog.service_s == (pytest.approx(queued_service),)
+    collector.answered("a")
+    assert "a" not in collector.sent and "a" not in collector.expected
+
+
+def test_a_replica_busy_loading_from_disk_gets_a_second_started_for_the_request_behind_it() -> None:
+    """One replica, its request loading a checkpoint from disk (30 s); one request queued behind it
+    with a 30 s objective. Told of the load, the decider starts a replica for it; counting half an
+    average call, it sees the queue drain in time and starts none."""
+    from scheduler.autoscaling import decide
+    from scheduler.collector import Collector
+
+    def decision(told: bool) -> int:
+        collector = Collector()
+        for tier, load in (("none", 0.0), ("disk", 30.0), ("none", 0.0), ("none", 0.0)):
+            collector.replied(CallReport(2.0, 1, 25, 512 * 512, load_s=load, load_tier=tier))
+        collector.cold_start_s = 20.0
+        collector.accepted("a", PendingJob(0.0, 600.0, 1, 25, 512 * 512))
+        collector.accepted("b", PendingJob(1.0, 600.0, 1, 25, 512 * 512))
+        if told:
+            collector.started("a", 0.0, "disk")
+            collector.expect({"b": "none"})
+        config = AutoscalerConfig(latency_objective_s=30.0)
+        return decide(collector.inputs(1.0, running=1, starting=0, config=config), AutoscalerState(target=1),
+                      config).desired
+
+    assert decision(told=True) == 2
+    assert decision(told=False) == 1

@@ -126,6 +126,8 @@ class CallRunner:
         tier, lora_loads, loaded_s = None, 0, 0.0
         if spec.models_per_replica:  # its checkpoint first, if the replica does not hold it
             tier, loaded_s = replica.models.load(first.model, spec, t)
+            for i in admitted if spec.tells_loads else ():  # where they went, and what the replica holds
+                sim.policy.started(str(i), t, tier)
             if spec.loras_per_replica and first.loras:  # then its adapters
                 lora_loads, lora_s = replica.models.load_loras(first.model, first.loras, spec)
                 loaded_s += lora_s
@@ -156,7 +158,7 @@ class CallRunner:
                 record.outcome = Outcome.OK
                 record.service_time_s, record.batch_images = duration, images
                 sim.reports[i] = CallReport(pipeline_s, images, steps, pixels, self._reported_cold_start(replica),
-                                            capacity, loaded_s)
+                                            capacity, loaded_s, tier or "")
                 finishing.append(i)
         return end
 

@@ -68,6 +68,8 @@ class ControlTicks:
         obs = Observation(sim.now, len(sim.pool.running()), sim.pool.starting(), self.target, self.total,
                           self.queued, sim.pool.view_at, spec.control_interval_s)
         self.calls += 1
+        if self.policy.reads_tiers and spec.tells_loads:
+            self.policy.expect(sim.pool.expected_tiers(sim.router.waiting()))
         target = self.policy(obs)
         changed = target != self.target
         if changed:

@@ -120,11 +120,19 @@ class ControlPolicy(Protocol):
 
     def replied(self, call: CallReport) -> None: ...
 
+    def started(self, key: str, at: float, tier: str) -> None: ...
+
+    def expect(self, tiers: dict[str, str]) -> None: ...
+
+    #: Whether the policy reads where queued requests' checkpoints are (:meth:`expect`).
+    reads_tiers: bool
+
 
 class _CountsOnly:
     """A policy that, like Ray's controller, is not told of individual requests."""
 
     look_back_s = 0.0
+    reads_tiers = False
 
     def review_at(self, now: float) -> float | None:
         return None
@@ -139,6 +147,12 @@ class _CountsOnly:
         pass
 
     def replied(self, call: CallReport) -> None:
+        pass
+
+    def started(self, key: str, at: float, tier: str) -> None:
+        pass
+
+    def expect(self, tiers: dict[str, str]) -> None:
         pass
 
 
@@ -277,6 +291,14 @@ class SdserveLoop:
 
     def replied(self, call: CallReport) -> None:
         self.driver.collector.replied(call)
+
+    reads_tiers = True
+
+    def started(self, key: str, at: float, tier: str) -> None:
+        self.driver.collector.started(key, at, tier)
+
+    def expect(self, tiers: dict[str, str]) -> None:
+        self.driver.collector.expect(tiers)
 
     def __call__(self, obs: Observation) -> int:
         polled = self.driver.last_poll_at(obs.now)  # the fleet as the live loop last read it from Serve

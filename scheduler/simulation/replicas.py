@@ -128,10 +128,20 @@ class ReplicaPool:
         """The checkpoint a new replica loads during its cold start: what the queue needs most per
         replica already holding it (running, starting or waiting for a GPU)."""
         sim = self.sim
-        router = sim.router
-        waiting = [int(job.job_id) for job in router.fair] if router.fair is not None else list(router.queue)
         held = [r.models.device for r in self.active + self.pending]
-        return preload_choice([sim.requests[i].model for i in waiting], held, sim.spec.default_model)
+        return preload_choice([sim.requests[i].model for i in sim.router.waiting()], held, sim.spec.default_model)
+
+    def expected_tiers(self, waiting: list[int]) -> dict[str, str]:
+        """Where each waiting request's checkpoint would come from now, as the dispatcher sees it:
+        a replica's device (running, starting or waiting for a GPU), host memory, else disk."""
+        everyone = self.active + self.pending
+        on_device = {model for r in everyone for model in r.models.device}
+        in_host = {model for r in everyone for model in r.models.host} | set(self.node_host)
+        tiers = {}
+        for i in waiting:
+            model = self.sim.requests[i].model
+            tiers[str(i)] = "none" if model in on_device else "host" if model in in_host else "disk"
+        return tiers
 
     def release(self, replica: Replica) -> None:
         """``replica`` stopped: its GPU goes to the oldest pending replica, whose start begins now."""

@@ -87,6 +87,10 @@ class Router:
         limit = self.sim.spec.max_queued_requests
         return 0 <= limit <= self.queued
 
+    def waiting(self) -> list[int]:
+        """The requests in the queue (in the dispatcher's fair queue, or Ray's router's)."""
+        return [int(job.job_id) for job in self.fair] if self.fair is not None else list(self.queue)
+
     def enqueue(self, i: int) -> None:
         if self.fair is not None:
             r = self.sim.requests[i]

@@ -101,6 +101,12 @@ class FleetSpec:
     every_interval: bool = False
     seed: int = 0
 
+    @property
+    def tells_loads(self) -> bool:
+        """Whether sdserve's dispatcher tells the control loop where each request's checkpoint comes
+        from (live: ``queue.dispatch`` and ``queue.model_aware`` with a catalog)."""
+        return bool(self.models_per_replica) and self.dispatch and not self.model_blind
+
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_ongoing_requests < 1:
             raise ValueError("max_batch_size and max_ongoing_requests must be >= 1")
