@@ -147,11 +147,12 @@ class ScalingLoop:
 
     def snapshot(self) -> dict[str, Any]:
         """What the loop learnt and should survive a restart: the idle-time histograms and the
-        service and cold-start times the replicas reported."""
+        service, load (per tier) and cold-start times the replicas reported."""
         collector, state = self.driver.collector, self.driver.state
         return {"idle_histograms": [list(h) for h in state.idle_histograms],
                 "per_image_step_s": collector.rate.per_image_step_s, "call_s": collector.rate.call_s,
-                "cold_start_s": collector.cold_start_s}
+                "cold_start_s": collector.cold_start_s,
+                "load_s": {tier: mean.value for tier, mean in collector.tier_load.items() if mean.value is not None}}
 
     def restore(self, saved: dict[str, Any]) -> None:
         driver = self.driver
@@ -159,3 +160,6 @@ class ScalingLoop:
             driver.state, idle_histograms=tuple(tuple(h) for h in saved.get("idle_histograms", ())))
         driver.collector.rate = ServiceRate.restored(saved.get("per_image_step_s"), saved.get("call_s"))
         driver.collector.cold_start_s = saved.get("cold_start_s")
+        for tier, seconds in saved.get("load_s", {}).items():
+            if tier in driver.collector.tier_load:
+                driver.collector.tier_load[tier].value = seconds

@@ -97,7 +97,7 @@ def test_a_new_loop_starts_from_what_the_old_one_learnt() -> None:
         for _ in range(4):  # four busy periods, each followed by 2 s of idleness
             old.driver.collector.accepted(f"j{t}", PendingJob(t, t + 60, 1, 25))
             await old.tick(t)
-            old.driver.collector.replied(CallReport(4.0, 1, 25, 512 * 512, cold_start_s=9.0))
+            old.driver.collector.replied(CallReport(4.0, 1, 25, 512 * 512, cold_start_s=9.0, load_s=30.0, load_tier="disk"))
             old.driver.collector.answered(f"j{t}")
             t += 1.0
             await old.tick(t)
@@ -106,7 +106,7 @@ def test_a_new_loop_starts_from_what_the_old_one_learnt() -> None:
     run(learn())
     saved = old.snapshot()
     assert sum(sum(h) for h in saved["idle_histograms"]) == 3 and saved["cold_start_s"] == 9.0
-    assert saved["call_s"] == pytest.approx(4.0)
+    assert saved["call_s"] == pytest.approx(4.0) and saved["load_s"] == {"disk": pytest.approx(30.0)}
     new = ScalingLoop(SETTINGS, FakeFleet(running=1), "app/w")
     new.restore(saved)
     assert new.snapshot() == saved
