@@ -70,6 +70,11 @@ class WorkerPool:
     max_queued_requests: int  # -1: unbounded
 
 
+def _tier(model: str, device: Iterable[str], host: Iterable[str]) -> str:
+    """A checkpoint's tier, as the replies and the scaling loop name them."""
+    return "none" if model in device else "host" if model in host else "disk"
+
+
 def tenant_of(api_key: str | None, address: str) -> str:
     """A request's tenant: its API key (as a short digest: keys never reach logs or metrics), else
     its client address."""
@@ -187,23 +192,19 @@ class Dispatcher:
         """Every checkpoint some replica holds on its device or was told to preload."""
         return {model for models in self._checkpoints_held() for model in models}
 
-
-    def tier(self, model: str, replica_id: str | None = None) -> str:
-        """Where ``model`` would come from for a call on ``replica_id`` (None: on whichever replica
-        the dispatcher sends it to): a device that holds it or was told to preload it ("none"), host
+    def tier(self, model: str, replica_id: str) -> str:
+        """Where ``model`` comes from for a call on ``replica_id``: its device ("none"), its host
         memory or the node's ("host"), else disk. A replica that has not said what it holds is taken
         to hold it."""
-        node = self.node_memory()
-        if replica_id is not None:
-            device, host = self._holding.get(replica_id, (frozenset({model}), frozenset()))
-        else:
-            device = self.checkpoints_on_devices()
-            host = frozenset().union(*(host for _, host in self._holding.values()))
-        return "none" if model in device else "host" if model in host or model in node else "disk"
+        device, host = self._holding.get(replica_id, (frozenset({model}), frozenset()))
+        return _tier(model, device, host | self.node_memory())
 
     def queued_tiers(self) -> dict[str, str]:
-        """Each queued request's :meth:`tier`, by job id."""
-        return {job.job_id: self.tier(job.model) for job in self.queue}
+        """Where each queued request's checkpoint would come from now, by job id: some device that
+        holds it or a starting replica told to preload it, some host memory or the node's, else disk."""
+        device = self.checkpoints_on_devices()
+        host = self.node_memory().union(*(host for _, host in self._holding.values()))
+        return {job.job_id: _tier(job.model, device, host) for job in self.queue}
 
     def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
         """The job's call ended (any outcome) or never started: its slot is free again — at once,
