@@ -182,6 +182,7 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         host_prefetch=settings.model.prefetch and settings.queue.model_aware and settings.queue.dispatch,
         prewarm_days=settings.model.prewarm_days,
         model_blind=not settings.queue.model_aware,
+        per_request_loads=settings.autoscaling.per_request_loads,
         seed=seed,
     )
     return SimTarget(name or Path(path).stem, str(path), spec, kind, ray_config, kwargs, settings)

@@ -197,7 +197,7 @@ class Ingress:
         self.learner.scaling = self.lifecycle.scaling = self.scaling
         dispatcher = self.lifecycle.dispatcher
         if self.scaling is not None and dispatcher is not None:  # each request's load counts (many models)
-            counts_loads = settings.queue.model_aware and bool(settings.model.catalog)
+            counts_loads = loop.per_request_loads and settings.queue.model_aware and bool(settings.model.catalog)
             dispatcher.on_sent = self.scaling.sent if counts_loads else None
             self.scaling.tiers = dispatcher.queued_tiers if counts_loads else None
         self._start_background()

@@ -246,6 +246,10 @@ class ControlLoopSettings(_Section):
     fleet_poll_s: float = Field(0.5, gt=0, le=30, description="read replica states from Serve this often")
     follow_cluster_gpus: bool = Field(False, description="cap max replicas at the cluster's GPUs")
     gpus_per_replica: float = Field(1.0, gt=0, description="= resources.num_gpus, for that cap")
+    per_request_loads: bool = Field(
+        True, description="with a catalog and sdserve's model-aware dispatcher: count each request's checkpoint "
+        "load by where its checkpoint is (resident, host memory, disk; scheduler/collector.py); false: the mean "
+        "load per call for every request")
     policy: dict[str, Any] = Field(default_factory=dict, description="AutoscalerConfig fields")
 
     @model_validator(mode="after")

@@ -170,18 +170,18 @@ def test_only_sdserves_dispatcher_preloads_and_prefetches(config: str, sdserve_f
 def test_a_request_behind_a_load_from_disk_gets_a_replica_of_its_own(told: bool) -> None:
     """One warm replica; a call for X loads from disk (30 s, as a call for Y showed before), then a
     request for the resident D queues behind it. Told where each request's checkpoint comes from,
-    the loop starts a replica for D (ready in 10 s); not told, D waits the 30 s out."""
+    the loop starts a replica for D (ready in 10 s); not told (``autoscaling.per_request_loads``
+    false), D waits the 30 s out."""
     from scheduler.autoscaling import AutoscalerConfig
     from scheduler.simulation.policies import SdserveLoop
 
     spec = FleetSpec(initial_replicas=1, gpu_slots=2, max_queued_requests=-1, dispatch=True, shed_hopeless=False,
-                     models_per_replica=3, model_load_disk_s=30, default_model="D", cold_start_s=10)
+                     models_per_replica=3, model_load_disk_s=30, default_model="D", cold_start_s=10,
+                     per_request_loads=told)
     requests = [SimRequest(0.0, timeout_s=600, model="Y"), SimRequest(100.0, timeout_s=600, model="X"),
                 SimRequest(101.0, timeout_s=600, model="D")]
     policy = SdserveLoop("sdserve", AutoscalerConfig(max_replicas=2, latency_objective_s=30, default_cold_start_s=10,
                                                      scale_to_zero_after_s=600))
-    if not told:
-        policy.started = policy.expect = lambda *args: None  # as a loop that hears nothing of loads
     result = simulate(requests, spec, lambda images, pixels, steps: 1.0, policy)
     assert [r.model_load for r in result.records[:2]] == [DISK, DISK]
     assert policy.driver.collector.tier_load[DISK].value == pytest.approx(30.0)

@@ -95,6 +95,8 @@ class FleetSpec:
     #: sdserve's dispatcher ignores where checkpoints are (any free replica; a miss pays a load): the
     #: model-blind baseline
     model_blind: bool = False
+    #: the dispatcher tells the control loop where each request's checkpoint is (autoscaling.per_request_loads)
+    per_request_loads: bool = True
     control_interval_s: float = 0.1
     #: Call the policy at every ``control_interval_s`` grid point, as the live loop does, instead of
     #: only where its answer may change (the reference the faster schedule is tested against).
@@ -104,8 +106,9 @@ class FleetSpec:
     @property
     def tells_loads(self) -> bool:
         """Whether sdserve's dispatcher tells the control loop where each request's checkpoint comes
-        from (live: ``queue.dispatch`` and ``queue.model_aware`` with a catalog)."""
-        return bool(self.models_per_replica) and self.dispatch and not self.model_blind
+        from (live: ``autoscaling.per_request_loads``, ``queue.dispatch`` and ``queue.model_aware`` with
+        a catalog)."""
+        return bool(self.models_per_replica) and self.dispatch and not self.model_blind and self.per_request_loads
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_ongoing_requests < 1:
