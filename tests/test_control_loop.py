@@ -140,3 +140,44 @@ def test_a_failing_loop_backs_off_instead_of_asking_ten_times_a_second() -> None
     run(for_a_second())
     # at 0.1 s between ticks it would have asked ~10 times; backing off (0.2, 0.4, 0.8 s): 3
     assert 2 <= fleet.reads <= 4
+
+
+def test_an_ingress_reports_what_its_dispatcher_sent_and_where_queued_checkpoints_are() -> None:
+    """The report carries the requests sent to replicas (with their tiers) and the queued requests'
+    tiers as the dispatcher sees them at that moment; a failed report keeps what was sent for the next."""
+    from serve.scaler import ScalingClient
+
+    calls: list[tuple] = []
+    failing = [True]
+
+    def answer(value: object) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(value)
+        return future
+
+    class FakeActor:
+        class configure:  # noqa: N801 - the actor methods' names
+            @staticmethod
+            def remote(settings):
+                return answer(None)
+
+        class report:  # noqa: N801
+            @staticmethod
+            def remote(*args):
+                calls.append(args)
+                if failing[0]:
+                    raise RuntimeError("actor lost")
+                return answer({"running": 2})
+
+    client = ScalingClient("app", SETTINGS)
+    client._scaler = FakeActor  # type: ignore[method-assign]
+    client.tiers = lambda: {"q": "disk"}
+    client.sent("a", "host")
+    asyncio.run(client.flush())  # lost: kept
+    failing[0] = False
+    client.sent("b", "none")
+    asyncio.run(client.flush())
+    (_, _, _, first_sent, _), (_, _, _, sent, tiers) = calls
+    assert [key for key, _, _ in first_sent] == ["a"]
+    assert [(key, tier) for key, _, tier in sent] == [("a", "host"), ("b", "none")] and tiers == {"q": "disk"}
+    assert client.running == 2
