@@ -1,8 +1,8 @@
 """The ingress's prefetch (``model.prefetch``): a request for a checkpoint that no worker replica
 holds starts the read of that checkpoint's files into the node's page cache when it arrives; and its
 pre-warm (``model.prewarm_days``): every ``period_s`` the checkpoints that the past days' requests
-predict for the coming hour are read too (scheduler/prewarm.py decides, from the requests this
-ingress has seen since it started).
+predict for the coming ``horizon_s`` are read too (scheduler/prewarm.py decides, from the requests
+this ingress has seen and the history saved before it).
 
 The dispatcher says when (:attr:`serve.dispatcher.Dispatcher.on_unheld`); this module does the read,
 on one background thread so the event loop never waits for a disk: real checkpoints through
