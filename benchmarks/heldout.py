@@ -193,8 +193,8 @@ def main(args: argparse.Namespace) -> int:
     service = a10_service_model()
     # a replica running when scoring begins spares at most one cold start: the bounds allow as many
     # as any run had (so they hold for every point scored)
-    bounds = {name: bounds_row(bases[SDSERVE].requests(a), service, bases[SDSERVE].spec, args.slo,
-                               max(p.alive_at_start for p in points if p.part == name))
+    bounds = {name: {**bounds_row(bases[SDSERVE].requests(a), service, bases[SDSERVE].spec, args.slo,
+                                  max(p.alive_at_start for p in points if p.part == name)), "requests": len(a)}
               for name, a in parts.items()}
     names = list(parts)
     directions = [evaluate(points, tune, score, args.target) for tune, score in ((names[0], names[1]), (names[1], names[0]))]

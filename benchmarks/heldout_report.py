@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.heldout import SDSERVE, Point, strictly_beaten
+from benchmarks.sim_bounds import describe_bounds
 from benchmarks.sim_report import plot_pareto
 
 
@@ -46,9 +47,7 @@ def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, An
     held = bounds[score]
     lower = held["lower_bound_replica_seconds"]
     lines = [f"## Tuned on the {tune}, scored on the {score}", "",
-             f"Held-out part: busy time {held['busy_seconds']:.0f}, lower bound {lower:.0f}, offline schedule "
-             f"{held['offline_replica_seconds']:.0f} replica-seconds (the optimum lies between; gap "
-             f"{held['offline_over_lower_bound']:.2f}×).", "",
+             f"Held-out part. {describe_bounds(score, held, held.get('requests'))}", "",
              f"Each policy's choice: the cheapest setting with ≥ {100 * target:g}% on the {tune}.", "",
              "| policy | setting | tuned: SLO, replica-s | held out: SLO | replica-s | / lower bound | p99, s | cold starts |",
              "|---|---|---|---|---|---|---|---|"]

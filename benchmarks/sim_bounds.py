@@ -5,15 +5,11 @@ ratio to the lower bound (``scheduler/simulation/bounds.py`` says what each is).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
-from scheduler.simulation.bounds import (
-    best_offline_schedule,
-    busy_time,
-    chain_lower_bound,
-    jobs_served,
-    request_jobs,
-)
+from scheduler.simulation.bounds import BoundJob, LoadTimes, busy_time, chain_lower_bound, jobs_served, request_jobs
+from scheduler.simulation.offline import best_offline_schedule
 from scheduler.simulation.records import SimResult
 from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
 
@@ -28,6 +24,15 @@ def mode_key(spec: FleetSpec) -> str:
             f"cold start {least_cold_start(spec):g}s")
 
 
+def load_times(spec: FleetSpec) -> LoadTimes | None:
+    """What the bounds charge for loads: the spec's when it replays checkpoints in calls of one
+    request (a batched call shares its loads, which the bounds do not split)."""
+    if not spec.models_per_replica or spec.max_batch_size > 1:
+        return None
+    return LoadTimes(spec.model_load_host_s, spec.model_load_disk_s, spec.lora_load_s if spec.loras_per_replica else 0.0,
+                     spec.models_per_replica, spec.loras_per_replica)
+
+
 def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpec, slo_s: float,
                warm: int | None = None) -> dict[str, Any]:
     """Busy time, the lower bound and the offline schedule for ``spec``'s mode, GPUs, cold start and
@@ -39,14 +44,28 @@ def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpe
     jobs = request_jobs(requests, service, slo_s, spec.max_batch_size)
     cold = least_cold_start(spec)
     warm = spec.initial_replicas if warm is None else warm
-    lower = chain_lower_bound(jobs, cold, warm)
-    offline = best_offline_schedule(request_jobs(requests, service, slo_s), cold, spec.gpu_slots, warm)
-    return {"max_batch_size": spec.max_batch_size, "gpus": spec.gpu_slots, "cold_start_s": cold, "warm_at_start": warm,
-            "slo_s": slo_s, "busy_seconds": busy_time(jobs), "lower_bound_replica_seconds": lower,
-            "offline_replica_seconds": offline.replica_seconds, "offline_replicas": offline.replicas,
-            "offline_cold_starts": offline.cold_starts, "offline_late": offline.late,
-            "offline_over_lower_bound": offline.replica_seconds / lower if lower else None,
-            "seconds": time.perf_counter() - started}
+    loads = load_times(spec)
+    lower = chain_lower_bound(jobs, cold, warm, loads)
+    offline = best_offline_schedule(request_jobs(requests, service, slo_s), cold, spec.gpu_slots, warm, loads)
+    row = {"max_batch_size": spec.max_batch_size, "gpus": spec.gpu_slots, "cold_start_s": cold, "warm_at_start": warm,
+           "slo_s": slo_s, "busy_seconds": busy_time(jobs), "lower_bound_replica_seconds": lower,
+           "offline_replica_seconds": offline.replica_seconds, "offline_replicas": offline.replicas,
+           "offline_cold_starts": offline.cold_starts, "offline_late": offline.late,
+           "offline_over_lower_bound": offline.replica_seconds / lower if lower else None}
+    if loads:
+        row.update({"loads_charged": asdict(loads), "lower_bound_without_loads": chain_lower_bound(jobs, cold, warm),
+                    "offline_loads": offline.loads, "offline_lora_loads": offline.lora_loads,
+                    "offline_host_reads_peak": offline.host_reads_peak, "node_host_models": spec.host_models_per_node,
+                    "cannot_meet_slo_from_a_cold_start": from_cold_start_misses(jobs, cold, loads)})
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+def from_cold_start_misses(jobs: list[BoundJob], cold_start_s: float, loads: LoadTimes) -> int:
+    """Requests that miss their window on a replica started when they arrive (its cold start bringing
+    their checkpoint, then their adapters and their call): to meet the SLO each needs a replica started
+    before it arrived, which only a policy that foresaw it, or kept one waiting, has."""
+    return sum(1 for job in jobs if job.arrival + cold_start_s + loads.head_s(job) > job.latest_start + 1e-9)
 
 
 def own_lower_bound(result: SimResult, spec: FleetSpec) -> float:
@@ -64,3 +83,24 @@ def attach(summary: dict[str, Any], row: dict[str, Any]) -> None:
     summary["replica_seconds_over_lower_bound"] = summary["replica_seconds"] / lower if lower else None
     summary["offline_replica_seconds"] = row["offline_replica_seconds"]
     summary["offline_over_lower_bound"] = row["offline_over_lower_bound"]
+
+
+def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) -> str:
+    """One bounds row in words, for the reports."""
+    text = (f"Bounds ({key}): busy time {row['busy_seconds']:,.0f}, lower bound "
+            f"{row['lower_bound_replica_seconds']:,.0f}, offline schedule {row['offline_replica_seconds']:,.0f} "
+            f"replica-seconds ({row['offline_over_lower_bound']:.2f}× the bound; the optimum lies between")
+    if row.get("offline_late"):
+        text += f" for the {row['offline_late']} requests the offline schedule answers late"
+    text += ")."
+    if "loads_charged" in row:
+        misses = row["cannot_meet_slo_from_a_cold_start"]
+        share = f" ({100 * misses / requests:.1f} %)" if requests else ""
+        text += (f" Loads charged: the lower bound {row['lower_bound_replica_seconds'] - row['lower_bound_without_loads']:,.0f} "
+                 f"replica-seconds of adapter loads no schedule avoids (each replica's first request loads its "
+                 f"LoRAs); the offline schedule {row['offline_loads']:,} checkpoint loads from the node's memory "
+                 f"(read ahead with hindsight, at most {row['offline_host_reads_peak']} at once, against "
+                 f"{row['node_host_models']} the node holds) and {row['offline_lora_loads']:,} LoRA loads. "
+                 f"{misses:,} requests{share} miss the SLO on a replica started when they arrive: each needs a "
+                 f"replica started before it, which only hindsight or an idle replica gives.")
+    return text

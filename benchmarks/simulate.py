@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
 from benchmarks.report import provenance, write_outputs
-from benchmarks.sim_bounds import attach, bounds_row, mode_key, own_lower_bound
+from benchmarks.sim_bounds import attach, bounds_row, describe_bounds, mode_key, own_lower_bound
 from benchmarks.sim_config import ModelReplay, SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import downsample, plot_pareto
 from benchmarks.stats import summarize
@@ -164,9 +164,8 @@ def main(args: argparse.Namespace) -> int:
             key = mode_key(target.spec)
             if key not in bounds:
                 bounds[key] = bounds_row(requests, service, target.spec, args.slo)
-                print(f"[simulate] bounds, {key}: busy {bounds[key]['busy_seconds']:.0f}, lower bound "
-                      f"{bounds[key]['lower_bound_replica_seconds']:.0f}, offline schedule "
-                      f"{bounds[key]['offline_replica_seconds']:.0f} replica-s", flush=True)
+                print(f"[simulate] {describe_bounds(key, bounds[key], len(requests))}", flush=True)
+                bounds[key]["requests"] = len(requests)
             attach(results[target.name]["summary"], bounds[key])
     meta = {**provenance(), "simulated": True,
             "bounds": bounds, "settings": {k: v for k, v in vars(args).items() if k != "func"},

@@ -3,6 +3,7 @@ every simulated policy), the offline schedule is a schedule (never below the opt
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -10,36 +11,54 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.sim_bounds import from_cold_start_misses, load_times
 from scheduler.autoscaling import AutoscalerConfig
 from scheduler.outcomes import Outcome
 from scheduler.simulation.bounds import (
     BoundJob,
-    best_offline_schedule,
+    LoadTimes,
     busy_time,
     chain_lower_bound,
     jobs_for,
     jobs_served,
-    offline_schedule,
     request_jobs,
 )
 from scheduler.simulation.fleet import simulate
+from scheduler.simulation.offline import best_offline_schedule, offline_schedule
 from scheduler.simulation.policies import FixedFleet, RayControlled, SdserveLoop
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from scheduler.simulation.workload import FleetSpec, SimRequest
 
 
-def _chain_cost(chain: tuple[BoundJob, ...], cold_start_s: float) -> float:
+def _chain_loads(chain: tuple[BoundJob, ...], loads: LoadTimes | None) -> list[float]:
+    """What each request of ``chain`` loads on one replica that keeps everything it loaded (more
+    generous than any budget): the first, its adapters (the cold start brought its checkpoint); a
+    later one, its checkpoint and adapters unless an earlier one of the chain loaded them."""
+    if loads is None:
+        return [0.0] * len(chain)
+    held: set[tuple[str, str]] = {(chain[0].model, "")}
+    out = []
+    for job in chain:
+        needed = {(job.model, "")} | {(job.model, a) for a in job.adapters}
+        out.append(sum(loads.lora_s if a else loads.checkpoint_s for _, a in needed - held))
+        held |= needed
+    return out
+
+
+def _chain_cost(chain: tuple[BoundJob, ...], cold_start_s: float, loads: LoadTimes | None = None) -> float:
     """The cheapest life of one replica that runs ``chain`` in this order (math.inf: infeasible).
     Its cost, cold start + last end − first start, falls as the first start moves later, so the
-    first starts as late as every request still starts within its window."""
-    before = list(itertools.accumulate((j.service for j in chain), initial=0.0))  # service ahead of each
-    first = min(j.latest_start - before[k] for k, j in enumerate(chain))
+    first starts as late as every request still starts within its window (a request's loads come
+    before its call, which must start within its window)."""
+    extra = _chain_loads(chain, loads)
+    before = list(itertools.accumulate((j.service + x for j, x in zip(chain, extra)), initial=0.0))  # work ahead of each
+    first = min(j.latest_start - x - before[k] for k, (j, x) in enumerate(zip(chain, extra)))
     if first < chain[0].arrival - 1e-9:
         return math.inf
     first = max(first, chain[0].arrival)
     t = first
-    for job in chain:
-        t = max(t, job.arrival)
+    for job, x in zip(chain, extra):
+        t = max(t, job.arrival) + x
         if t > job.latest_start + 1e-9:
             return math.inf
         t += job.service
@@ -57,14 +76,14 @@ def _partitions(items: list[int]):
             yield [*part[:k], [head, *part[k]], *part[k + 1:]]
 
 
-def optimum(jobs: list[BoundJob], cold_start_s: float) -> float:
-    """The cheapest schedule of ``jobs`` (no GPU cap), by trying every split into replica lives and
-    every order within each."""
+def optimum(jobs: list[BoundJob], cold_start_s: float, loads: LoadTimes | None = None) -> float:
+    """The cheapest schedule of ``jobs`` (no GPU cap; with ``loads``, replicas that keep all they
+    load), by trying every split into replica lives and every order within each."""
     best = math.inf
     for part in _partitions(list(range(len(jobs)))):
         cost = 0.0
         for block in part:
-            cost += min(_chain_cost(tuple(jobs[i] for i in order), cold_start_s)
+            cost += min(_chain_cost(tuple(jobs[i] for i in order), cold_start_s, loads)
                         for order in itertools.permutations(block))
             if cost >= best:
                 break
@@ -95,6 +114,52 @@ def test_without_waiting_the_lower_bound_is_the_optimum(trace, cold) -> None:
     """SLO equal to each service time: nobody may wait, and the bound is exact."""
     jobs = [BoundJob(a, s, a, a + s, a + s) for a, s in trace]
     assert chain_lower_bound(jobs, cold) == pytest.approx(optimum(sorted(jobs, key=lambda j: j.arrival), cold))
+
+
+LOADS = LoadTimes(checkpoint_s=2.0, disk_s=30.0, lora_s=3.0, models_per_replica=2, loras_per_replica=4)
+small_model_traces = st.lists(st.tuples(st.floats(0, 80), st.floats(0.5, 8), st.sampled_from("ab"),
+                                        st.sampled_from([(), ("x",), ("x", "y")])), min_size=1, max_size=6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(trace=small_model_traces, cold=st.floats(1, 20), slo=st.sampled_from([5.0, 15.0, 30.0]),
+       warm=st.integers(0, 2))
+def test_with_loads_the_optimum_lies_between_the_lower_bound_and_the_offline_schedule(trace, cold, slo, warm) -> None:
+    jobs = sorted((BoundJob(a, s, a + max(0.0, slo - s), a + max(slo, s), a + s, model, loras)
+                   for a, s, model, loras in trace), key=lambda j: j.arrival)
+    best = optimum(jobs, cold, LOADS)
+    assert chain_lower_bound(jobs, cold, loads=LOADS) <= best + 1e-6
+    assert chain_lower_bound(jobs, cold, warm, LOADS) <= chain_lower_bound(jobs, cold, loads=LOADS)
+    schedule = best_offline_schedule(jobs, cold, loads=LOADS)
+    if schedule.late == 0:
+        assert best <= schedule.replica_seconds + 1e-6
+
+
+def test_each_life_s_first_request_pays_its_adapters() -> None:
+    # cold start 10 s, SLO 30 s, adapters 3 s: two requests 100 s apart, each a life of its own
+    apart = [BoundJob(0.0, 4.0, 26.0, 30.0, 4.0, "a", ("x",)), BoundJob(100.0, 4.0, 126.0, 130.0, 104.0, "a", ("x",))]
+    assert chain_lower_bound(apart, 10.0) == pytest.approx(2 * (10 + 4))
+    assert chain_lower_bound(apart, 10.0, loads=LOADS) == pytest.approx(2 * (10 + 3 + 4))
+    # one running when the trace starts spares the dearer life's start: the cold start and its adapters
+    assert chain_lower_bound(apart, 10.0, warm=1, loads=LOADS) == pytest.approx(10 + 3 + 4 + 4)
+    # the first may not wait; the second comes 5 s later and follows it on its replica (idle 1 s at
+    # least), where the bound lets it find its adapter: charged nothing more than its call
+    close = [BoundJob(0.0, 4.0, 0.0, 4.0, 4.0, "a", ("x",)), BoundJob(5.0, 4.0, 31.0, 35.0, 9.0, "b", ("y",))]
+    assert chain_lower_bound(close, 10.0, loads=LOADS) == pytest.approx(10 + 3 + 4 + 1 + 4)
+
+
+def test_the_offline_schedule_pays_what_its_replica_loads() -> None:
+    # one replica, requests for a, b, a, each after the last ends: two checkpoints held, b loads
+    # once and a stays; with one held, a comes back with a second load
+    jobs = [BoundJob(t, 4.0, t + 26.0, t + 30.0, t + 4.0, model, ("x",)) for t, model in
+            ((0.0, "a"), (5.0, "b"), (10.0, "a"))]
+    two = offline_schedule(jobs, 10.0, gpus=1, loads=LOADS)
+    assert (two.cold_starts, two.loads, two.lora_loads, two.late) == (1, 1, 2, 0)
+    assert two.replica_seconds == pytest.approx((10 + 3 + 4) + (2 + 3 + 4) + 4)  # back to back from 0 s
+    one = offline_schedule(jobs, 10.0, gpus=1, loads=dataclasses.replace(LOADS, models_per_replica=1))
+    assert (one.loads, one.lora_loads) == (2, 3)
+    # each load's checkpoint read from disk over the 28 s before it: b alone, then b and a at once
+    assert (two.host_reads_peak, one.host_reads_peak) == (1, 2)
 
 
 def test_bounds_on_a_hand_computed_trace() -> None:
@@ -153,3 +218,34 @@ def test_no_simulated_policy_costs_less_than_the_lower_bound(trace, batch, cold,
         scored = result.from_time(60.0)
         warm = result.alive_at(60.0)
         assert chain_lower_bound(jobs_served(scored.records, batched=batch > 1), cold, warm) <= scored.replica_seconds() + 1e-6
+
+
+@settings(max_examples=25, deadline=None)
+@given(trace=st.lists(st.tuples(st.floats(0, 120), st.sampled_from("ab"), st.sampled_from([(), ("x:1",), ("x:1", "y:0.5")])),
+                      min_size=1, max_size=20),
+       cold=st.sampled_from([3.0, 12.0]), dispatch=st.booleans())
+def test_no_simulated_policy_replaying_models_costs_less_than_the_lower_bound_with_loads(trace, cold, dispatch) -> None:
+    """Checkpoints and adapters replayed (sdserve's dispatcher with preloading, or Ray's
+    multiplexing): a policy that answered every request within the SLO paid at least the bound
+    that charges each life's first request its adapters."""
+    slo = 40.0
+    service = lambda images, pixels, steps: 2.0  # noqa: E731
+    requests = [SimRequest(arrival_s=a, timeout_s=60.0, model=m, loras=loras) for a, m, loras in sorted(trace)]
+    spec = FleetSpec(cold_start_s=cold, gpu_slots=3, shed_hopeless=False, max_ongoing_requests=2, models_per_replica=1,
+                     loras_per_replica=2, model_load_host_s=1.0, model_load_disk_s=6.0, lora_load_s=1.5,
+                     default_model="a", dispatch=dispatch, model_preload=dispatch)
+    loads = load_times(spec)
+    assert loads is not None and loads.lora_s == 1.5
+    for policy in _policies(cold):
+        result = simulate(requests, spec, service, policy)
+        if all(r.outcome == Outcome.OK and r.latency_s <= slo for r in result.records):
+            assert chain_lower_bound(request_jobs(requests, service, slo), cold, loads=loads) <= result.replica_seconds() + 1e-6
+
+
+def test_requests_that_miss_the_slo_on_a_replica_started_for_them_are_counted() -> None:
+    # cold start 20 s, SLO 30 s, adapters 3 s: 8 s of service fits (28 s), 8 s and an adapter does not
+    # (31 s), nor 11 s (31 s)
+    jobs = jobs_for([(0.0, 8.0), (0.0, 8.0), (0.0, 11.0)], 30.0)
+    jobs = [dataclasses.replace(jobs[0]), dataclasses.replace(jobs[1], adapters=("x",)), jobs[2]]
+    assert from_cold_start_misses(jobs, 20.0, LOADS) == 2
+    assert from_cold_start_misses(jobs, 18.0, LOADS) == 0

@@ -1,4 +1,4 @@
-"""What serving a trace must cost at least, and what a schedule made with hindsight costs.
+"""What serving a trace must cost at least.
 
 The problem every policy solves: requests arrive; each occupies a replica for ``service`` seconds,
 one call at a time (in the batched setting: its share of the most efficient batch), must start by
@@ -16,14 +16,17 @@ replica costs from the start of its cold start to its stop; at most ``gpus`` rep
   could share a replica at a saving. The GPU cap is left out, which only lowers the bound. It holds
   for any schedule that serves the same requests within the same windows: :func:`jobs_for` builds
   the windows every SLO-meeting schedule keeps, :func:`jobs_served` those a simulated policy kept.
-- :func:`offline_schedule` — an upper bound on the optimum: a feasible schedule built with hindsight,
-  under the GPU cap (requests in arrival order, each alone on the replica where it adds least cost
-  within its window, a replica started exactly a cold start before it is needed). Its cost against
-  the lower bound is the gap within which the optimum lies.
+- **Loads** (:class:`LoadTimes`, when the requests name checkpoints and LoRAs): the bound charges
+  only what no schedule avoids. A new replica's cold start brings the checkpoint it preloads, but no
+  adapter, so the first request of every life pays its LoRA loads; a later request may find
+  everything it needs resident, so it is charged nothing more. The schedule with hindsight
+  (:mod:`scheduler.simulation.offline`) pays every load its replicas make.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,14 +49,26 @@ class BoundJob:
     #: The earliest time the next request in its replica's chain can start: its end when calls hold
     #: one request (arrival + service); its arrival when the next may share its call (batched).
     hand_over: float
+    model: str = ""  # its checkpoint ("": models not replayed)
+    adapters: tuple[str, ...] = ()  # its LoRA adapters' ids, each once
 
 
 @dataclass(frozen=True)
-class OfflineSchedule:
-    replica_seconds: float
-    replicas: int  # most alive at once
-    cold_starts: int
-    late: int  # requests that could not start within their window under the cap
+class LoadTimes:
+    """What loads cost a replica when the requests name checkpoints and LoRAs (the simulator's model
+    replay, ``scheduler/simulation/models.py``): the fastest checkpoint load (from the node's memory),
+    a read from disk into it, an adapter's load, and what one replica holds."""
+
+    checkpoint_s: float
+    disk_s: float
+    lora_s: float
+    models_per_replica: int
+    loras_per_replica: int
+
+    def head_s(self, job: BoundJob) -> float:
+        """What the first request of a replica's life loads besides the checkpoint its cold start
+        brought: all its adapters."""
+        return self.lora_s * len(job.adapters)
 
 
 def busy_time(jobs: Sequence[BoundJob]) -> float:
@@ -86,7 +101,9 @@ def request_jobs(requests: Sequence[SimRequest], service: ServiceModel, slo_s: f
                  max_batch_size: int = 1) -> list[BoundJob]:
     """:func:`jobs_for` the simulator's requests: each in a call of its own (``max_batch_size`` 1)
     or, batched, its images' share of the most efficient call its batch could hold (up to
-    ``max_batch_size`` requests of the most images any request has) — no call costs less per image."""
+    ``max_batch_size`` requests of the most images any request has) — no call costs less per image.
+    Each job names its request's checkpoint and adapters."""
+    requests = sorted(requests, key=lambda r: r.arrival_s)  # as jobs_for orders them (both stable)
     most_images = max_batch_size * max((r.n for r in requests), default=1)
 
     def share(r: SimRequest) -> float:
@@ -94,7 +111,9 @@ def request_jobs(requests: Sequence[SimRequest], service: ServiceModel, slo_s: f
             return service(r.n, r.pixels, r.steps)
         return r.n * min(service(b, r.pixels, r.steps) / b for b in range(1, most_images + 1))
 
-    return jobs_for([(r.arrival_s, share(r)) for r in requests], slo_s, batched=max_batch_size > 1)
+    jobs = jobs_for([(r.arrival_s, share(r)) for r in requests], slo_s, batched=max_batch_size > 1)
+    return [dataclasses.replace(job, model=r.model, adapters=tuple(dict.fromkeys(name.partition(":")[0] for name in r.loras)))
+            for job, r in zip(jobs, requests)]
 
 
 #: Times are float sums (arrival + service); a hand-over this close after a latest start counts as
@@ -102,139 +121,46 @@ def request_jobs(requests: Sequence[SimRequest], service: ServiceModel, slo_s: f
 TOLERANCE_S = 1e-9
 
 
-def _saving(before: BoundJob, after: BoundJob, cold_start_s: float) -> float:
-    """What following ``before`` with ``after`` on one replica saves against a replica of its own."""
+def _saving(before: BoundJob, after: BoundJob, head_s: float) -> float:
+    """What following ``before`` with ``after`` on one replica saves against a replica of its own,
+    whose start costs ``head_s`` (a cold start and the loads it leaves to the first request)."""
     if before.hand_over > after.latest_start + TOLERANCE_S:
         return 0.0  # ``before`` cannot have made way before ``after`` must start
     gap = max(0.0, after.arrival - before.latest_end)
-    return max(0.0, cold_start_s - gap)
+    return max(0.0, head_s - gap)
 
 
-def _stretches(jobs: Sequence[BoundJob], cold_start_s: float) -> list[list[int]]:
+def _stretches(jobs: Sequence[BoundJob], heads: Sequence[float]) -> list[list[int]]:
     """Indices of ``jobs`` (by arrival) split where no request can follow an earlier one at a saving:
-    where every earlier request's latest end lies a cold start or more before the next arrival (so
-    no earlier request may start after it either: the windows do not reach across)."""
+    where every earlier request's latest end lies the most any later life's start costs (``heads``)
+    or more before the next arrival (so no earlier request may start after it either: the windows do
+    not reach across)."""
+    most_after = list(itertools.accumulate(reversed(heads), max))[::-1]  # the dearest start from here on
     stretches: list[list[int]] = []
-    reach = -math.inf  # the latest time an earlier request could end, plus a cold start
+    latest_end = -math.inf
     for index, job in enumerate(jobs):
-        if not stretches or job.arrival >= reach:
+        if not stretches or job.arrival >= latest_end + most_after[index]:
             stretches.append([])
         stretches[-1].append(index)
-        reach = max(reach, job.latest_end + cold_start_s)
+        latest_end = max(latest_end, job.latest_end)
     return stretches
 
 
-def chain_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, warm: int = 0) -> float:
-    """Cold starts plus service plus the least idle time any schedule of ``jobs`` pays; ``warm``
-    replicas running at time 0 each spare at most one cold start."""
+def chain_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, warm: int = 0,
+                      loads: LoadTimes | None = None) -> float:
+    """Cold starts plus service plus the least idle time any schedule of ``jobs`` pays, plus (with
+    ``loads``) the adapters each life's first request loads; ``warm`` replicas running at time 0
+    each spare at most one life's start."""
     jobs = sorted(jobs, key=lambda j: j.arrival)
+    heads = [cold_start_s + (loads.head_s(job) if loads else 0.0) for job in jobs]
     saved = 0.0
-    for stretch in _stretches(jobs, cold_start_s):
+    for stretch in _stretches(jobs, heads):
         if len(stretch) < 2:
             continue
-        group = [jobs[i] for i in stretch]
-        savings = np.array([[_saving(a, b, cold_start_s) if a is not b else 0.0 for b in group] for a in group])
+        savings = np.array([[_saving(jobs[i], jobs[k], heads[k]) if i != k else 0.0 for k in stretch] for i in stretch])
         rows, cols = linear_sum_assignment(savings, maximize=True)
         saved += float(savings[rows, cols].sum())
-    return max(busy_time(jobs), len(jobs) * cold_start_s + busy_time(jobs) - saved - warm * cold_start_s)
+    spared = sum(sorted(heads, reverse=True)[:warm]) if warm else 0.0
+    return max(busy_time(jobs), sum(heads) + busy_time(jobs) - saved - spared)
 
-
-@dataclass
-class _Life:
-    """One replica in the offline schedule: its alive spans and when it is next free."""
-
-    spans: list[list[float]]  # [start of cold start, stop], in time order
-    free_at: float
-
-
-def _alive_at(lives: list[_Life], t0: float, t1: float, exclude: _Life | None = None) -> int:
-    """How many other replicas are alive at some point of [t0, t1) — an upper estimate: overlaps.
-    Spans are in time order, so each life is read from its latest span back to the first that ends
-    before ``t0``."""
-    count = 0
-    for life in lives:
-        if life is exclude:
-            continue
-        for start, stop in reversed(life.spans):
-            if stop <= t0:
-                break
-            if start < t1:
-                count += 1
-                break
-    return count
-
-
-def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | None = None,
-                     delay: float = 0.0, warm: int = 0) -> OfflineSchedule:
-    """A schedule with hindsight: in arrival order, each request alone where it adds least to the
-    bill and starts earliest within its window — after a replica's current work (keeping it through
-    a gap shorter than a cold start, else stopping it and restarting it just in time) or on a new
-    replica started a cold start before it is needed — never more than ``gpus`` alive at once. A
-    request no replica can start in time goes late on the replica free first (``replicas`` reports
-    the most alive at once as the schedule came out). ``delay``: how far into its window a request
-    that starts a replica is put off. ``warm``: replicas running at time 0, paid from then."""
-    lives: list[_Life] = [_Life([[0.0, 0.0]], 0.0) for _ in range(warm)]
-    cost = 0.0
-    starts = late = 0
-    cap = gpus if gpus is not None else len(jobs) + 1
-    for job in sorted(jobs, key=lambda j: j.arrival):
-        best: tuple[float, float, int, bool] | None = None  # (added cost, start, replica or -1, restart)
-        for k, life in enumerate(lives):
-            start = max(job.arrival, life.free_at)
-            restart = start - life.free_at >= cold_start_s  # stopped in between, its GPU free meanwhile
-            if restart:
-                start += delay * (job.latest_start - start)
-            # the replica is alive again (restart) or longer (kept through the gap): under the cap?
-            since = start - cold_start_s if restart else life.free_at
-            if start > job.latest_start or (since < start and _alive_at(
-                    lives, since, start + job.service, exclude=life) >= cap):
-                continue
-            option = ((cold_start_s if restart else start - life.free_at) + job.service, start, k, restart)
-            if best is None or option[:2] < best[:2]:
-                best = option
-        fresh = job.arrival + delay * (job.latest_start - job.arrival)
-        if (best is None or best[0] > cold_start_s + job.service) and _alive_at(
-                lives, fresh - cold_start_s, fresh + job.service) < cap:
-            best = (cold_start_s + job.service, fresh, -1, True)
-        if best is None:
-            late += 1
-            k = min(range(len(lives)), key=lambda i: lives[i].free_at)
-            start = max(job.arrival, lives[k].free_at)
-            best = (start - lives[k].free_at + job.service, start, k, False)
-        added, start, k, restart = best
-        cost += added
-        starts += restart
-        end = start + job.service
-        if k < 0:
-            lives.append(_Life([[start - cold_start_s, end]], end))
-            continue
-        life = lives[k]
-        if restart:
-            life.spans.append([start - cold_start_s, end])
-        else:
-            life.spans[-1][1] = end
-        life.free_at = end
-    most = _most_alive([span for life in lives for span in life.spans])
-    return OfflineSchedule(cost, most, starts, late)
-
-
-#: How far into its window the request that starts a replica is put off (0: on arrival, 1: at its
-#: latest start): putting it off lets later arrivals share the replica's life.
-DELAYS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def best_offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | None = None,
-                          warm: int = 0) -> OfflineSchedule:
-    """The cheapest :func:`offline_schedule` over :data:`DELAYS` among those with fewest late."""
-    return min((offline_schedule(jobs, cold_start_s, gpus, d, warm) for d in DELAYS),
-               key=lambda o: (o.late, o.replica_seconds))
-
-
-def _most_alive(spans: list[list[float]]) -> int:
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    alive = most = 0
-    for _, step in edges:
-        alive += step
-        most = max(most, alive)
-    return most
 
