@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.sim_bounds import from_cold_start_misses, load_times
+from benchmarks.sim_bounds import from_cold_start_misses, keep_alive_reference, load_times
 from scheduler.autoscaling import AutoscalerConfig
 from scheduler.outcomes import Outcome
 from scheduler.simulation.bounds import (
@@ -249,3 +249,14 @@ def test_requests_that_miss_the_slo_on_a_replica_started_for_them_are_counted() 
     jobs = [dataclasses.replace(jobs[0]), dataclasses.replace(jobs[1], adapters=("x",)), jobs[2]]
     assert from_cold_start_misses(jobs, 20.0, LOADS) == 2
     assert from_cold_start_misses(jobs, 18.0, LOADS) == 0
+
+
+def test_the_keep_alive_reference_on_a_hand_computed_trace() -> None:
+    # cold start 10 s, SLO 30 s: a 2 s request at 0 s, then one at 50 s (a 20 s call with an adapter)
+    jobs = jobs_for([(0.0, 2.0), (50.0, 20.0)], 30.0)
+    jobs[1] = dataclasses.replace(jobs[1], adapters=("x",))
+    long, short = keep_alive_reference(jobs, 10.0, 30.0, LOADS, keep_alives_s=(60.0, 30.0))
+    # kept 60 s: alive 0 → 72 s (cold start, call, keep-alive), the second finds it: → 130 s
+    assert (long["replica_seconds"], long["cold_starts"], long["slo_attainment"]) == (130.0, 1, 1.0)
+    # kept 30 s: stopped at 42 s; the second starts another and ends at 50 + 10 + 3 + 20 = 83 s, late
+    assert (short["replica_seconds"], short["cold_starts"], short["slo_attainment"]) == (42.0 + 63.0, 2, 0.5)
