@@ -191,8 +191,8 @@ def main(args: argparse.Namespace) -> int:
             if done % max(1, len(jobs) // 20) == 0 or done == len(jobs):
                 print(f"[heldout] {done}/{len(jobs)} runs, {time.perf_counter() - started:.0f}s", flush=True)
     service = a10_service_model()
-    # a replica running when scoring begins spares at most one cold start: the bounds allow as many
-    # as any run had (so they hold for every point scored)
+    # a replica running when scoring begins spares at most one replica start: the bounds allow as
+    # many as any run had (so they hold for every point scored)
     bounds = {name: {**bounds_row(bases[SDSERVE].requests(a), service, bases[SDSERVE].spec, args.slo,
                                   max(p.alive_at_start for p in points if p.part == name)), "requests": len(a)}
               for name, a in parts.items()}

@@ -21,10 +21,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scheduler.simulation.bounds import BoundJob, LoadTimes
-
-#: Times are float sums; a start this close after a latest start counts as in time.
-TOLERANCE_S = 1e-9
+from scheduler.simulation.bounds import TOLERANCE_S, BoundJob, LoadTimes
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ def _loads(life: _Life | None, job: BoundJob, loads: LoadTimes | None) -> tuple[
         return 0, 0
     if life is None:
         return 0, len(job.adapters)
-    return (job.model not in life.models), sum((job.model, a) not in life.adapters for a in job.adapters)
+    return int(job.model not in life.models), sum((job.model, a) not in life.adapters for a in job.adapters)
 
 
 def _seconds(counts: tuple[int, int], loads: LoadTimes | None) -> float:
