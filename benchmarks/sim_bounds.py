@@ -1,6 +1,7 @@
 """The cost bounds beside a simulation's results (SIMULATION): busy time, the lower bound and the
 offline schedule for each config's mode, GPU cap, cold start and SLO, and every result's cost as a
-ratio to the lower bound (``scheduler/simulation/bounds.py`` says what each is)."""
+ratio to the lower bound (``scheduler/simulation/bounds.py`` and ``offline.py`` say what each is), and a
+keep-alive reference beside them."""
 
 from __future__ import annotations
 
