@@ -21,6 +21,7 @@ then frees when its request's load and call are expected to end, not after half 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs
@@ -59,6 +60,12 @@ class CallReport:
 
 #: Where a request's checkpoint comes from for its call (the dispatcher's and the replies' words).
 TIERS = ("none", "host", "disk")
+
+
+def tier_of(model: str, device: Collection[str], host: Collection[str]) -> str:
+    """Where ``model`` comes from for a call, given the checkpoints on the device(s) and in host
+    memory that could serve it: resident ("none"), host memory ("host"), else "disk"."""
+    return "none" if model in device else "host" if model in host else "disk"
 
 
 class ServiceRate:
@@ -190,14 +197,14 @@ class Collector:
         """The decider's inputs: outstanding requests (arrival order) over ``running`` replicas of
         ``config.capacity_per_replica`` slots each, and ``starting`` replicas on their way."""
         capacity = config.capacity_per_replica
-        jobs = list(self.jobs.values())
+        items = list(self.jobs.items())
+        jobs = [job for _, job in items]
         in_flight = min(len(jobs), running * capacity)
         load = self.load.value or 0.0
         base = self.rate.call_s or config.default_service_time_s
         slack, service = [], []
         objective = config.latency_objective_s
-        keys = list(self.jobs)
-        for key, job in zip(keys[in_flight:], jobs[in_flight:]):
+        for key, job in items[in_flight:]:
             own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + self.load_s(self.expected.get(key))
             due = job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
             slack.append(due - now - own)

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.collector import tier_of
 from scheduler.fair_queue import FairQueue, QueuedJob
 from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over, preload_choice
 
@@ -68,11 +69,6 @@ class WorkerPool:
     running: tuple[str, ...]  # replica ids (``ReplicaID.unique_id``)
     max_ongoing_requests: int
     max_queued_requests: int  # -1: unbounded
-
-
-def _tier(model: str, device: Iterable[str], host: Iterable[str]) -> str:
-    """A checkpoint's tier, as the replies and the scaling loop name them."""
-    return "none" if model in device else "host" if model in host else "disk"
 
 
 def tenant_of(api_key: str | None, address: str) -> str:
@@ -197,14 +193,14 @@ class Dispatcher:
         memory or the node's ("host"), else disk. A replica that has not said what it holds is taken
         to hold it."""
         device, host = self._holding.get(replica_id, (frozenset({model}), frozenset()))
-        return _tier(model, device, host | self.node_memory())
+        return tier_of(model, device, host | self.node_memory())
 
     def queued_tiers(self) -> dict[str, str]:
         """Where each queued request's checkpoint would come from now, by job id: some device that
         holds it or a starting replica told to preload it, some host memory or the node's, else disk."""
         device = self.checkpoints_on_devices()
         host = self.node_memory().union(*(host for _, host in self._holding.values()))
-        return {job.job_id: _tier(job.model, device, host) for job in self.queue}
+        return {job.job_id: tier_of(job.model, device, host) for job in self.queue}
 
     def release(self, job_id: str, after: Awaitable[None] | None = None) -> None:
         """The job's call ended (any outcome) or never started: its slot is free again — at once,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from scheduler.adaptive_batching import AdaptiveConfig
 from scheduler.admission import ReplicaRules
+from scheduler.collector import tier_of
 from scheduler.preload import preload_choice
 from scheduler.prewarm import PrewarmConfig, prewarm_plan
 from scheduler.simulation.events import Event
@@ -137,11 +138,7 @@ class ReplicaPool:
         everyone = self.active + self.pending
         on_device = {model for r in everyone for model in r.models.device}
         in_host = {model for r in everyone for model in r.models.host} | set(self.node_host)
-        tiers = {}
-        for i in waiting:
-            model = self.sim.requests[i].model
-            tiers[str(i)] = "none" if model in on_device else "host" if model in in_host else "disk"
-        return tiers
+        return {str(i): tier_of(self.sim.requests[i].model, on_device, in_host) for i in waiting}
 
     def release(self, replica: Replica) -> None:
         """``replica`` stopped: its GPU goes to the oldest pending replica, whose start begins now."""
