@@ -47,22 +47,21 @@ def _chain_loads(chain: tuple[BoundJob, ...], loads: LoadTimes | None) -> list[f
 
 def _chain_cost(chain: tuple[BoundJob, ...], cold_start_s: float, loads: LoadTimes | None = None) -> float:
     """The cheapest life of one replica that runs ``chain`` in this order (math.inf: infeasible).
-    Its cost, cold start + last end − first start, falls as the first start moves later, so the
-    first starts as late as every request still starts within its window (a request's loads come
-    before its call, which must start within its window)."""
+    Each request's loads come before its call, at any time after the one before (even before it
+    arrives: hindsight); each call starts within its window. The life costs its cold start plus the
+    time from its first load (or call) to its last call's end, which falls as that start moves later:
+    so it starts as late as every call still starts within its window."""
     extra = _chain_loads(chain, loads)
-    before = list(itertools.accumulate((j.service + x for j, x in zip(chain, extra)), initial=0.0))  # work ahead of each
-    first = min(j.latest_start - x - before[k] for k, (j, x) in enumerate(zip(chain, extra)))
-    if first < chain[0].arrival - 1e-9:
-        return math.inf
-    first = max(first, chain[0].arrival)
-    t = first
+    begin = math.inf  # working back from the last: the latest its loads may begin
+    for job, x in zip(reversed(chain), reversed(extra)):
+        begin = min(job.latest_start, begin - job.service) - x
+    t = begin
     for job, x in zip(chain, extra):
-        t = max(t, job.arrival) + x
+        t = max(t + x, job.arrival)
         if t > job.latest_start + 1e-9:
             return math.inf
         t += job.service
-    return cold_start_s + t - first
+    return cold_start_s + t - begin
 
 
 def _partitions(items: list[int]):
@@ -146,6 +145,35 @@ def test_each_life_s_first_request_pays_its_adapters() -> None:
     # least), where the bound lets it find its adapter: charged nothing more than its call
     close = [BoundJob(0.0, 4.0, 0.0, 4.0, 4.0, "a", ("x",)), BoundJob(5.0, 4.0, 31.0, 35.0, 9.0, "b", ("y",))]
     assert chain_lower_bound(close, 10.0, loads=LOADS) == pytest.approx(10 + 3 + 4 + 1 + 4)
+
+
+def test_each_life_has_a_first_request_that_pays_its_start() -> None:
+    # cold start 20 s, SLO 30 s: two 5 s requests at once share one replica (the second waits 5 s),
+    # which starts once; pairing them freely would let each follow the other and start none
+    together = jobs_for([(0.0, 5.0), (0.0, 5.0)], 30.0)
+    assert chain_lower_bound(together, 20.0) == pytest.approx(20 + 5 + 5) == pytest.approx(optimum(together, 20.0))
+
+
+def test_a_later_request_is_late_only_by_what_its_predecessor_carried() -> None:
+    # cold start 22.7 s, SLO 30 s: 5 s requests at 0, 50 and 100 s. The first may start at 25 s and
+    # end at 30 s, so the second (arriving at 50 s) follows it after 20 s idle, a saving; but the
+    # second starts on arrival and ends at 55 s, so the third would follow after 45 s idle, more than
+    # a cold start: two lives, 22.7 + 5 + 20 + 5 and 22.7 + 5
+    spaced = jobs_for([(0.0, 5.0), (50.0, 5.0), (100.0, 5.0)], 30.0)
+    assert chain_lower_bound(spaced, 22.7) == pytest.approx(52.7 + 27.7) == pytest.approx(optimum(spaced, 22.7))
+    # a burst carries a delay over: at 0 and 1 s, then at 40 s; the second ends by 31 s (the first
+    # at 21–26 s, the second after it), so the third follows after 9 s idle
+    burst = jobs_for([(0.0, 5.0), (1.0, 5.0), (40.0, 5.0)], 30.0)
+    assert chain_lower_bound(burst, 22.7) == pytest.approx(22.7 + 15 + 9) == pytest.approx(optimum(burst, 22.7))
+
+
+def test_a_request_served_before_an_earlier_arrival_may_start_its_life() -> None:
+    # the windows a policy kept (each request by its own start and end), one served out of arrival
+    # order: the one that arrived at 1 s ran at 2–7 s, the one that arrived at 0 s at 10–15 s. The
+    # swap to arrival order would end the first later than it ended: so the later arrival may be the
+    # first of a life here, and one life (cold start 20 s, calls 2–7 s and 7–12 s at best) serves both
+    kept = [BoundJob(0.0, 5.0, 10.0, 15.0, 5.0), BoundJob(1.0, 5.0, 2.0, 7.0, 6.0)]
+    assert chain_lower_bound(kept, 20.0) == pytest.approx(20 + 10) == pytest.approx(optimum(kept, 20.0))
 
 
 def test_the_offline_schedule_pays_what_its_replica_loads() -> None:

@@ -10,12 +10,16 @@ replica costs from the start of its cold start to its stop; at most ``gpus`` rep
   requests into chains, one per replica life; a life costs a cold start, its service, and the idle
   time between consecutive calls. Each gap is at least the next request's arrival minus the latest
   end of the one before, however the schedule moved them within their windows; a pair whose gap is a
-  cold start or more saves nothing over two lives. Choosing the chains to maximise the saving is an
-  assignment problem (each request followed by at most one, preceded by at most one;
-  ``scipy.optimize.linear_sum_assignment``), solved exactly per stretch of the trace whose requests
-  could share a replica at a saving. The GPU cap is left out, which only lowers the bound. It holds
-  for any schedule that serves the same requests within the same windows: :func:`jobs_for` builds
-  the windows every SLO-meeting schedule keeps, :func:`jobs_served` those a simulated policy kept.
+  cold start or more saves nothing over two lives. For calls of one request in the SLO's windows,
+  :mod:`scheduler.simulation.ordered_chains` takes each life in arrival order (no schedule needs
+  another) and lets only a life's first request use its window's full slack: a path cover, solved
+  as a linear program per stretch of the trace whose requests could share a replica at a saving.
+  Otherwise (batched calls) choosing the chains is an assignment problem (each request followed by
+  at most one, preceded by at most one; ``scipy.optimize.linear_sum_assignment``), which lets
+  requests follow each other in a loop: looser, still a bound. The GPU cap is left out, which only
+  lowers the bound. It holds for any schedule that serves the same requests within the same
+  windows: :func:`jobs_for` builds the windows every SLO-meeting schedule keeps,
+  :func:`jobs_served` those a simulated policy kept.
 - **Loads** (:class:`LoadTimes`, when the requests name checkpoints and LoRAs): the bound charges
   only what no schedule avoids. A new replica's cold start brings the checkpoint it preloads, but no
   adapter, so the first request of every life pays its LoRA loads; a later request may find
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from scheduler.simulation.ordered_chains import agreeable, least_head_loads, ordered_chain_cost
 from scheduler.simulation.records import RequestRecord
 from scheduler.simulation.workload import ServiceModel, SimRequest
 
@@ -150,17 +155,25 @@ def chain_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, warm: int =
                       loads: LoadTimes | None = None) -> float:
     """Cold starts plus service plus the least idle time any schedule of ``jobs`` pays, plus (with
     ``loads``) the adapters each life's first request loads; ``warm`` replicas running at time 0
-    each spare at most one life's start."""
-    jobs = sorted(jobs, key=lambda j: j.arrival)
-    heads = [cold_start_s + (loads.head_s(job) if loads else 0.0) for job in jobs]
-    saved = 0.0
-    for stretch in _stretches(jobs, heads):
-        if len(stretch) < 2:
-            continue
-        savings = np.array([[_saving(jobs[i], jobs[k], heads[k]) if i != k else 0.0 for k in stretch] for i in stretch])
-        rows, cols = linear_sum_assignment(savings, maximize=True)
-        saved += float(savings[rows, cols].sum())
+    each spare at most one life's start. Calls of one request each in agreeable windows take the
+    tighter bound of :mod:`scheduler.simulation.ordered_chains`; others pair requests freely."""
+    jobs = sorted(jobs, key=lambda j: (j.arrival, j.latest_end))
+    own = [loads.head_s(job) if loads else 0.0 for job in jobs]
+    if agreeable(jobs, TOLERANCE_S):
+        heads = [cold_start_s + s for s in least_head_loads(jobs, own, TOLERANCE_S)]
+        chains = sum(ordered_chain_cost(jobs, heads, stretch, TOLERANCE_S) for stretch in _stretches(jobs, heads))
+    else:
+        heads = [cold_start_s + s for s in own]
+        chains = sum(heads) - sum(_paired_saving(jobs, heads, stretch) for stretch in _stretches(jobs, heads))
     spared = sum(sorted(heads, reverse=True)[:warm]) if warm else 0.0
-    return max(busy_time(jobs), sum(heads) + busy_time(jobs) - saved - spared)
+    return max(busy_time(jobs), chains + busy_time(jobs) - spared)
 
 
+def _paired_saving(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: list[int]) -> float:
+    """The most pairing the requests of ``stretch`` freely (each followed by at most one, preceded by
+    at most one) saves against a life each."""
+    if len(stretch) < 2:
+        return 0.0
+    savings = np.array([[_saving(jobs[i], jobs[k], heads[k]) if i != k else 0.0 for k in stretch] for i in stretch])
+    rows, cols = linear_sum_assignment(savings, maximize=True)
+    return float(savings[rows, cols].sum())

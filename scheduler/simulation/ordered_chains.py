@@ -1,0 +1,135 @@
+"""The least a split of requests into replica lives costs, when each life may be taken to serve its
+requests in arrival order: the tighter half of :func:`scheduler.simulation.bounds.chain_lower_bound`.
+
+Two facts about any schedule of calls of one request each, whose windows are *agreeable* (a request
+that arrives later may also end later: the SLO windows of :func:`~scheduler.simulation.bounds.jobs_for`)
+make the bound tighter than pairing requests freely:
+
+- **Arrival order.** Swap two consecutive calls of one replica served against arrival order: the
+  earlier arrival takes the other's start, the later one follows, and the pair ends when it ended
+  before, within both windows. So every schedule has one as cheap whose replicas serve in arrival
+  order. Pairing freely lets two simultaneous requests each follow the other, a loop that pays no
+  cold start at all; in arrival order every life has a first request, which pays one.
+- **Slack is used once.** A life's first request may start as late as its window allows, and the
+  idle time before the next is the next's arrival minus that latest end. A later request starts when
+  its predecessor has made way or when it arrives, whichever is later: it is late only by what the
+  predecessor carried over, never by its own window's full slack. So the idle time after a request
+  that is not first is at least the next arrival minus its own end on arrival minus the most any
+  earlier request can have delayed it.
+
+A pair the swap cannot reorder (an earlier arrival with a later latest end: a call longer than the
+SLO) may follow either way. Which request is first changes what its link costs, so the split is a
+path cover whose links have two prices; it is solved as a linear program (``scipy.optimize.linprog``,
+HiGHS) per stretch, whose optimum is at most that of the path cover itself: a bound either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import csr_matrix
+
+if TYPE_CHECKING:
+    from scheduler.simulation.bounds import BoundJob
+
+
+def agreeable(jobs: Sequence[BoundJob], tolerance_s: float) -> bool:
+    """Whether ``jobs`` (sorted by arrival, then latest end) are calls of one request each, each
+    ending ``service`` after its latest start, so that the swap above holds for them."""
+    return all(abs(j.hand_over - j.arrival - j.service) <= tolerance_s
+               and abs(j.latest_end - j.service - j.latest_start) <= tolerance_s for j in jobs)
+
+
+def least_head_loads(jobs: Sequence[BoundJob], head_s: Sequence[float], tolerance_s: float) -> list[float]:
+    """What a life whose first request in arrival order is ``jobs[g]`` loads at least before its
+    first call: the life's first call may be any later arrival's that starts by ``jobs[g]``'s latest
+    start (the swap moves earlier arrivals forward), and that one's adapters load before it."""
+    least = list(head_s)
+    for g, job in enumerate(jobs):
+        k = g + 1
+        while k < len(jobs) and jobs[k].arrival <= job.latest_start + tolerance_s:
+            least[g] = min(least[g], head_s[k])
+            k += 1
+    return least
+
+
+def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: Sequence[int],
+                       tolerance_s: float) -> float:
+    """The least cost of starting lives (``heads``: each request's, were it first) and of the idle
+    time between calls, over the splits of ``stretch`` (indices of ``jobs``, sorted by arrival then
+    latest end) into lives in arrival order."""
+    m = len(stretch)
+    if m == 1:
+        return float(heads[stretch[0]])
+    sub = [jobs[i] for i in stretch]
+    head = np.array([heads[i] for i in stretch])
+    arrival = np.array([j.arrival for j in sub])
+    latest_end = np.array([j.latest_end for j in sub])
+    dearest = float(head.max())
+    slack = np.array([j.latest_start for j in sub]) - arrival
+    widest = float(slack.max())
+    links: list[tuple[int, int, float, int]] = []  # (before, after, idle, lane: 0 first, 1 later)
+
+    def follows(a: int, b: int) -> bool:
+        return sub[a].hand_over <= sub[b].latest_start + tolerance_s
+
+    def out_of_order(a: int, b: int) -> bool:
+        """``b`` arrived before ``a`` but may end later: the swap cannot put it first."""
+        return arrival[b] < arrival[a] and latest_end[b] > latest_end[a] and follows(a, b)
+
+    # the most a predecessor can have delayed each request: any earlier arrival's latest end (a
+    # superset of those that may precede it, which only lowers the bound), or an out-of-order one's
+    ends_before = np.maximum.accumulate(np.r_[-np.inf, latest_end[:-1]])
+    for a in range(m):
+        for b in range(a - 1, -1, -1):
+            if arrival[b] + widest < arrival[a]:
+                break
+            if out_of_order(a, b):
+                ends_before[b] = max(ends_before[b], latest_end[a])
+    carried = np.minimum(slack, np.maximum(0.0, ends_before - arrival))
+    for a in range(m):
+        for b in range(a + 1, m):
+            if arrival[b] - latest_end[a] >= dearest:
+                break
+            if follows(a, b):
+                _add_links(links, a, b, sub, head, carried)
+        for b in range(a - 1, -1, -1):
+            if arrival[b] + widest < arrival[a]:
+                break
+            if out_of_order(a, b):
+                _add_links(links, a, b, sub, head, carried)
+    if not links:
+        return float(head.sum())
+    count = len(links)
+    before, after, idle, lane = (np.array(column) for column in zip(*links))
+    before, after, lane = before.astype(int), after.astype(int), lane.astype(int)
+    link_columns = m + np.arange(count)
+    # each request is first of its life or follows exactly one other
+    covered = csr_matrix((np.ones(m + count), (np.r_[np.arange(m), after], np.r_[np.arange(m), link_columns])),
+                         shape=(m, m + count))
+    # a first request is followed by at most one at its first-request price, a later one at its own
+    rows = np.r_[np.arange(m), m + np.arange(m), before + m * lane]
+    columns = np.r_[np.arange(m), np.arange(m), link_columns]
+    values = np.r_[-np.ones(m), np.ones(m), np.ones(count)]
+    followed = csr_matrix((values, (rows, columns)), shape=(2 * m, m + count))
+    result = linprog(np.r_[head, idle], A_ub=followed, b_ub=np.r_[np.zeros(m), np.ones(m)], A_eq=covered,
+                     b_eq=np.ones(m), bounds=(0, 1), method="highs")
+    if result.status != 0:
+        raise RuntimeError(f"the path cover's linear program failed: {result.message}")
+    return float(result.fun)
+
+
+def _add_links(links: list[tuple[int, int, float, int]], a: int, b: int, sub: Sequence[BoundJob],
+               head: np.ndarray, carried: np.ndarray) -> None:
+    """``b`` after ``a`` on one replica, at each price that saves against a life of its own: after
+    ``a`` first of its life (it may have ended as late as its window allows), and after ``a`` later in
+    one (it ended its call after it arrived plus what was carried into it)."""
+    first = max(0.0, sub[b].arrival - sub[a].latest_end)
+    later = max(0.0, sub[b].arrival - sub[a].arrival - carried[a] - sub[a].service)
+    if first < head[b]:
+        links.append((a, b, first, 0))
+    if later < head[b]:
+        links.append((a, b, later, 1))
