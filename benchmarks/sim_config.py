@@ -101,6 +101,9 @@ class ModelReplay:
         models.add_argument("--checkpoint-gb", type=float, default=cls.checkpoint_gb, help="one checkpoint in host memory")
         models.add_argument("--node-host-models", type=int, default=0, help="host memory per node, in checkpoints, "
                             "shared by its replicas (0: model.host_memory_gb per replica)")
+        models.add_argument("--one-checkpoint", action="store_true",
+                            help="replay every request for one checkpoint without LoRAs (the trace's times, "
+                                 "sizes and steps; its checkpoint and LoRA columns ignored)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ModelReplay":
@@ -110,10 +113,11 @@ class ModelReplay:
         """``target`` replaying models when the arrivals name checkpoints: its config's
         ``model.resident_models`` (0, the whole catalog, is taken as 1), ``resident_loras`` (0:
         unbounded), ``host_memory_gb``, ``preload`` and ``queue.model_aware``; every replica starts
-        holding the trace's most used checkpoint."""
+        holding the trace's most used checkpoint. Arrivals that name none replay no models at all
+        (every request for the one checkpoint each replica holds)."""
         used = Counter(a.model for a in arrivals if a.model)
         if not used:
-            return target
+            return target.with_overrides(spec={"models_per_replica": 0})
         model = target.settings.model
         return target.with_overrides(spec={
             "models_per_replica": model.resident_models or 1,

@@ -8,6 +8,7 @@ profile, so days of production load replay in seconds. Every output says it is s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -128,6 +129,8 @@ def load_arrivals(args: argparse.Namespace) -> list[Arrival]:
     arrivals = read_trace(args.trace, args.window, args.time_scale)
     if not arrivals:
         raise SystemExit(f"no arrivals in {args.trace} window {args.window}")
+    if getattr(args, "one_checkpoint", False):
+        return [dataclasses.replace(a, model="", loras=()) for a in arrivals]
     return arrivals
 
 

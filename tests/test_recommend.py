@@ -208,3 +208,8 @@ def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path
     assert 0 < loads["per_request"] < 1 and loads["disk"] > 0 and loads["lora"] > 0
     markdown = (tmp_path / "m.md").read_text()
     assert "checkpoint loads / request" in markdown and "commit" in markdown
+    # the same trace as one checkpoint without LoRAs: nothing to load
+    args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], name="one",
+                 out_dir=tmp_path, cold_start_s=10, set=["model.resident_models=1"], no_bounds=True, one_checkpoint=True)
+    assert simulate_cli.main(args) == 0
+    assert "model_loads" not in json.loads((tmp_path / "one.json").read_text())["results"]["single"]["summary"]
