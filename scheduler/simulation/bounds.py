@@ -10,7 +10,7 @@ replica costs from the start of its cold start to its stop; at most ``gpus`` rep
   requests into chains, one per replica life; a life costs a cold start, its service, and the idle
   time between consecutive calls. Each gap is at least the next request's arrival minus the latest
   end of the one before, however the schedule moved them within their windows; a pair whose gap is a
-  cold start or more saves nothing over two lives. For calls of one request in the SLO's windows,
+  cold start or more saves nothing over two lives. For calls of one request,
   :mod:`scheduler.simulation.ordered_chains` takes each life in arrival order (no schedule needs
   another) and lets only a life's first request use its window's full slack: a path cover, solved
   as a linear program per stretch of the trace whose requests could share a replica at a saving.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from scheduler.simulation.ordered_chains import agreeable, least_head_loads, ordered_chain_cost
+from scheduler.simulation.ordered_chains import least_head_loads, one_request_calls, ordered_chain_cost
 from scheduler.simulation.records import RequestRecord
 from scheduler.simulation.workload import ServiceModel, SimRequest
 
@@ -155,11 +155,11 @@ def chain_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, warm: int =
                       loads: LoadTimes | None = None) -> float:
     """Cold starts plus service plus the least idle time any schedule of ``jobs`` pays, plus (with
     ``loads``) the adapters each life's first request loads; ``warm`` replicas running at time 0
-    each spare at most one life's start. Calls of one request each in agreeable windows take the
-    tighter bound of :mod:`scheduler.simulation.ordered_chains`; others pair requests freely."""
+    each spare at most one life's start. Calls of one request each take the tighter bound of
+    :mod:`scheduler.simulation.ordered_chains`; batched calls pair requests freely."""
     jobs = sorted(jobs, key=lambda j: (j.arrival, j.latest_end))
     own = [loads.head_s(job) if loads else 0.0 for job in jobs]
-    if agreeable(jobs, TOLERANCE_S):
+    if one_request_calls(jobs, TOLERANCE_S):
         heads = [cold_start_s + s for s in least_head_loads(jobs, own, TOLERANCE_S)]
         chains = sum(ordered_chain_cost(jobs, heads, stretch, TOLERANCE_S) for stretch in _stretches(jobs, heads))
     else:

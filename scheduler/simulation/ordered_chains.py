@@ -17,8 +17,9 @@ make the bound tighter than pairing requests freely:
   that is not first is at least the next arrival minus its own end on arrival minus the most any
   earlier request can have delayed it.
 
-A pair the swap cannot reorder (an earlier arrival with a later latest end: a call longer than the
-SLO) may follow either way. Which request is first changes what its link costs, so the split is a
+A pair the swap cannot reorder (an earlier arrival with a later latest end: in the windows a policy
+kept, :func:`~scheduler.simulation.bounds.jobs_served`, when it served out of order) may follow
+either way. Which request is first changes what its link costs, so the split is a
 path cover whose links have two prices; it is solved as a linear program (``scipy.optimize.linprog``,
 HiGHS) per stretch, whose optimum is at most that of the path cover itself: a bound either way.
 """
@@ -36,9 +37,10 @@ if TYPE_CHECKING:
     from scheduler.simulation.bounds import BoundJob
 
 
-def agreeable(jobs: Sequence[BoundJob], tolerance_s: float) -> bool:
-    """Whether ``jobs`` (sorted by arrival, then latest end) are calls of one request each, each
-    ending ``service`` after its latest start, so that the swap above holds for them."""
+def one_request_calls(jobs: Sequence[BoundJob], tolerance_s: float) -> bool:
+    """Whether ``jobs`` are calls of one request each (the next may start once this one's call is
+    done; each ends ``service`` after its latest start): what the swap and the carried delay above
+    take. Pairs the swap cannot reorder get links both ways (:func:`ordered_chain_cost`)."""
     return all(abs(j.hand_over - j.arrival - j.service) <= tolerance_s
                and abs(j.latest_end - j.service - j.latest_start) <= tolerance_s for j in jobs)
 
