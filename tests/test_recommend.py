@@ -12,7 +12,7 @@ import yaml
 
 from benchmarks import recommend as recommend_cli
 from benchmarks import simulate as simulate_cli
-from benchmarks.sim_config import load_target
+from benchmarks.sim_config import ModelReplay, load_target
 from scheduler.recommend import Candidate, Score, choose, grid, pareto_front
 from serve.settings import WORKER_DEPLOYMENT
 from tests.conftest import CONFIGS, ROOT
@@ -208,8 +208,12 @@ def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path
     assert 0 < loads["per_request"] < 1 and loads["disk"] > 0 and loads["lora"] > 0
     markdown = (tmp_path / "m.md").read_text()
     assert "checkpoint loads / request" in markdown and "commit" in markdown
-    # the same trace as one checkpoint without LoRAs: nothing to load
-    args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], name="one",
-                 out_dir=tmp_path, cold_start_s=10, set=["model.resident_models=1"], no_bounds=True, one_checkpoint=True)
-    assert simulate_cli.main(args) == 0
-    assert "model_loads" not in json.loads((tmp_path / "one.json").read_text())["results"]["single"]["summary"]
+    # the same trace as one checkpoint without LoRAs: no model named, none replayed
+    args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], one_checkpoint=True)
+    arrivals = simulate_cli.load_arrivals(args)
+    assert len(arrivals) == len(simulate_cli.load_arrivals(_args(simulate_cli.add_arguments, trace=trace)))
+    assert not any(a.model or a.loras for a in arrivals)
+    target = simulate_cli.config_target(str(CONFIGS / "single.yaml"), _args(simulate_cli.add_arguments, trace=trace,
+                                                                            set=["model.resident_models=1"]))
+    assert target.spec.models_per_replica == 1
+    assert ModelReplay.from_args(args).apply(target, arrivals).spec.models_per_replica == 0
