@@ -82,15 +82,18 @@ def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch
         """``b`` arrived before ``a`` but may end later: the swap cannot put it first."""
         return arrival[b] < arrival[a] and latest_end[b] > latest_end[a] and follows(a, b)
 
-    # the most a predecessor can have delayed each request: any earlier arrival's latest end (a
-    # superset of those that may precede it, which only lowers the bound), or an out-of-order one's
-    ends_before = np.maximum.accumulate(np.r_[-np.inf, latest_end[:-1]])
+    reversed_pairs: list[tuple[int, int]] = []  # ``a`` before an earlier arrival ``b``
     for a in range(m):
         for b in range(a - 1, -1, -1):
             if arrival[b] + widest < arrival[a]:
-                break
+                break  # arrived before ``a`` by more than any window: no later arrival precedes it
             if out_of_order(a, b):
-                ends_before[b] = max(ends_before[b], latest_end[a])
+                reversed_pairs.append((a, b))
+    # the most a predecessor can have delayed each request: any earlier arrival's latest end (a
+    # superset of those that may precede it, which only lowers the bound), or an out-of-order one's
+    ends_before = np.maximum.accumulate(np.r_[-np.inf, latest_end[:-1]])
+    for a, b in reversed_pairs:
+        ends_before[b] = max(ends_before[b], latest_end[a])
     carried = np.minimum(slack, np.maximum(0.0, ends_before - arrival))
     for a in range(m):
         for b in range(a + 1, m):
@@ -98,11 +101,8 @@ def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch
                 break
             if follows(a, b):
                 _add_links(links, a, b, sub, head, carried)
-        for b in range(a - 1, -1, -1):
-            if arrival[b] + widest < arrival[a]:
-                break
-            if out_of_order(a, b):
-                _add_links(links, a, b, sub, head, carried)
+    for a, b in reversed_pairs:
+        _add_links(links, a, b, sub, head, carried)
     if not links:
         return float(head.sum())
     count = len(links)
