@@ -14,6 +14,7 @@ from benchmarks import (
     heldout,
     memory_calibration,
     models_sim,
+    online_reference,
     recommend,
     results_index,
     simulate,
@@ -34,6 +35,7 @@ from benchmarks.workloads import burst, poisson
 MODULE_COMMANDS = (
     ("simulate", simulate, "replay a trace in the fleet simulator (SIMULATION)"),
     ("heldout", heldout, "each policy tuned on one part of a trace, scored on the other (SIMULATION)"),
+    ("online-reference", online_reference, "what not foreseeing arrivals costs: a shared replica's keep-alive per traffic class (SIMULATION)"),
     ("recommend", recommend, "cheapest config meeting an SLO target, by simulation"),
     ("flood", flood, "one tenant's flood against another's request: sdserve's dispatcher vs Ray's router (live)"),
     ("models", models_sim, "many checkpoints: sdserve's placement vs Ray's model multiplexing (SIMULATION)"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -129,23 +130,28 @@ def keep_alive_reference(jobs: list[BoundJob], cold_start_s: float, slo_s: float
     share it at once, which no replica does, so the cost and the misses are both optimistic (a
     reference, not a bound). Misses: the requests that find no replica and cannot meet the SLO from
     a cold start, and those whose call alone is longer than the SLO."""
-    reference = []
-    for keep_s in keep_alives_s:
-        alive = 0.0
-        starts = misses = 0
-        until = -math.inf  # when the replica stops
-        for job in sorted(jobs, key=lambda j: j.arrival):
-            if job.arrival >= until:  # none running: start one
-                starts += 1
-                done = job.arrival + cold_start_s + (loads.head_s(job) if loads else 0.0) + job.service
-                misses += done > job.arrival + max(slo_s, job.service) + 1e-9
-                until = job.arrival
-            else:
-                done = job.arrival + job.service
-                misses += job.service > slo_s
-            end = max(until, done + keep_s)
-            alive += end - until
-            until = end
-        reference.append({"keep_alive_s": keep_s, "replica_seconds": alive, "cold_starts": starts,
-                          "slo_attainment": 1 - misses / len(jobs) if jobs else None})
-    return reference
+    ordered = sorted(jobs, key=lambda j: j.arrival)
+    return [{"keep_alive_s": keep_s, **shared_replica_run(ordered, [keep_s] * len(ordered), cold_start_s, slo_s, loads)}
+            for keep_s in keep_alives_s]
+
+
+def shared_replica_run(jobs: Sequence[BoundJob], keep_s: Sequence[float], cold_start_s: float, slo_s: float,
+                       loads: LoadTimes | None) -> dict[str, Any]:
+    """The reference's one shared replica over ``jobs`` (in arrival order), kept alive ``keep_s[i]``
+    after the call of ``jobs[i]``: its replica-seconds, cold starts and SLO attainment."""
+    alive = 0.0
+    starts = misses = 0
+    until = -math.inf  # when the replica stops
+    for job, keep in zip(jobs, keep_s):
+        if job.arrival >= until:  # none running: start one
+            starts += 1
+            done = job.arrival + cold_start_s + (loads.head_s(job) if loads else 0.0) + job.service
+            misses += done > job.arrival + max(slo_s, job.service) + 1e-9
+            until = job.arrival
+        else:
+            done = job.arrival + job.service
+            misses += job.service > slo_s
+        end = max(until, done + keep)
+        alive += end - until
+        until = end
+    return {"replica_seconds": alive, "cold_starts": starts, "slo_attainment": 1 - misses / len(jobs) if jobs else None}

@@ -1,0 +1,192 @@
+"""``sdserve-bench online-reference``: what a policy that does not foresee arrivals would pay for an
+SLO, in the most forgiving model that still charges for not knowing (SIMULATION).
+
+The lower bound knows every arrival: it starts each replica one cold start before the request that
+needs it. A policy that does not know when the next request comes can meet the SLO for a request
+that would miss from a cold start only with a replica already up, which it pays for while it waits.
+This measures that price on its own, without anything else a fleet pays for:
+
+- **one shared replica** (``sim_bounds.shared_replica_run``): overlapping requests share it at once
+  for free, checkpoints load for free, and only a request that finds no replica running pays its
+  cold start (and its LoRA loads). Everything else a real fleet meets makes it dearer.
+- its keep-alive after each call, **chosen per traffic class**: the 3-hour slot of the day and the
+  requests in the last 10 minutes (1, 2, 3, 4, 5 or more), so quiet nights and busy afternoons keep
+  different replicas. For a price per missed request, coordinate descent over the classes (from the
+  best single keep-alive) chooses each class's keep-alive on one part of the trace; the other part
+  scores it. The same keep-alives as one fixed value for every class are the plain reference.
+
+Its cheapest held-out point at an SLO target, as a ratio to the lower bound, says how far above the
+bound a policy that does not foresee arrivals starts: a reference, not a bound (a predictor that
+knows more than these classes could do better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import provenance
+from benchmarks.sim_bounds import bounds_row, least_cold_start, load_times, shared_replica_run
+from benchmarks.sim_config import ModelReplay, a10_service_model, load_target
+from benchmarks.simulate import load_arrivals
+from benchmarks.traces import split_arrivals
+from scheduler.simulation.bounds import BoundJob, LoadTimes, request_jobs
+from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S
+
+#: Keep-alives a class may get, seconds (0: stop as soon as the call ends).
+KEEP_ALIVES_S = (0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 1200.0)
+#: Prices of a missed request in replica-seconds, one tuning each: from cheap to near-every-request.
+MISS_PRICES_S = (100.0, 200.0, 300.0, 500.0, 1000.0, 3000.0)
+SLOT_S = 3 * 3600.0  # the time-of-day part of a class
+RECENT_S = 600.0  # the load part: requests within this before a call's arrival (itself included)
+MOST_RECENT = 5  # ... counted up to this
+
+
+def traffic_classes(jobs: Sequence[BoundJob], day_s: float = 86400.0) -> list[tuple[int, int]]:
+    """Each job's class, known when its call ends: (slot of the day, requests in the last
+    ``RECENT_S`` up to its arrival, capped at ``MOST_RECENT``). ``jobs`` in arrival order."""
+    arrivals = [job.arrival for job in jobs]
+    return [(int((t % day_s) // SLOT_S), min(MOST_RECENT, i + 1 - bisect_left(arrivals, t - RECENT_S)))
+            for i, t in enumerate(arrivals)]
+
+
+def _objective(run: dict[str, Any], jobs: int, price_s: float) -> float:
+    return run["replica_seconds"] + price_s * (1 - run["slo_attainment"]) * jobs
+
+
+def tune_keep_alives(jobs: Sequence[BoundJob], classes: Sequence[tuple[int, int]], cold_start_s: float,
+                     slo_s: float, loads: LoadTimes | None, price_s: float, rounds: int = 2) -> dict[tuple[int, int], float]:
+    """Each class's keep-alive minimising replica-seconds + ``price_s`` per missed request on ``jobs``:
+    the best single keep-alive for all, then ``rounds`` passes of coordinate descent over the
+    classes. Never worse on ``jobs`` than the best single keep-alive (it starts there and only moves
+    to a lower objective)."""
+    def cost(choice: dict[tuple[int, int], float]) -> float:
+        run = shared_replica_run(jobs, [choice[c] for c in classes], cold_start_s, slo_s, loads)
+        return _objective(run, len(jobs), price_s)
+
+    kinds = sorted(set(classes))
+    best_k = min(KEEP_ALIVES_S, key=lambda k: cost(dict.fromkeys(kinds, k)))
+    choice = dict.fromkeys(kinds, best_k)
+    best = cost(choice)
+    for _ in range(rounds):
+        for kind in kinds:
+            for keep in KEEP_ALIVES_S:
+                trial = {**choice, kind: keep}
+                value = cost(trial)
+                if value < best - 1e-9:
+                    choice, best = trial, value
+    return choice
+
+
+def scored(jobs: Sequence[BoundJob], classes: Sequence[tuple[int, int]], choice: dict[tuple[int, int], float],
+           default_s: float, cold_start_s: float, slo_s: float, loads: LoadTimes | None) -> dict[str, Any]:
+    """``choice`` on ``jobs`` (a class it never saw keeps ``default_s``)."""
+    return shared_replica_run(jobs, [choice.get(c, default_s) for c in classes], cold_start_s, slo_s, loads)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--window", help="START..END of the trace to use; default: all")
+    parser.add_argument("--split-s", type=float, default=11 * 86400.0, help="where the first part ends (default: 11 days)")
+    parser.add_argument("--config", default="configs/single.yaml", help="the config whose model settings the bound uses")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ModelReplay.add_arguments(parser)
+    parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S)
+    parser.add_argument("--slo", type=float, default=30.0)
+    parser.add_argument("--target", type=float, default=0.98, help="the SLO attainment whose cheapest point is reported")
+    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--name", default="sim-online-reference")
+    parser.set_defaults(time_scale=1.0)
+
+
+def _part(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    meeting = [r for r in rows if r["held_out"]["slo_attainment"] >= target]
+    return min(meeting, key=lambda r: r["held_out"]["replica_seconds"]) if meeting else None
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    arrivals = load_arrivals(args)
+    parts = dict(zip(("first", "last"), split_arrivals(arrivals, args.split_s)))
+    target = ModelReplay.from_args(args).apply(load_target(args.config, args.cold_start_s, args.overrides), arrivals)
+    service, spec = a10_service_model(), target.spec
+    cold, loads = least_cold_start(spec), load_times(spec)
+    jobs = {name: sorted(request_jobs(target.requests(a), service, args.slo), key=lambda j: j.arrival)
+            for name, a in parts.items()}
+    classes = {name: traffic_classes(j) for name, j in jobs.items()}
+    bounds = {}
+    for name, part in parts.items():
+        row = bounds_row(target.requests(part), service, spec, args.slo, warm=0)
+        bounds[name] = {key: row[key] for key in ("lower_bound_replica_seconds", "offline_replica_seconds", "busy_seconds")}
+        print(f"[online-reference] {name} part: {len(part)} requests, lower bound "
+              f"{row['lower_bound_replica_seconds']:,.0f} replica-s", flush=True)
+    directions = []
+    for tune, score in (("first", "last"), ("last", "first")):
+        lower = bounds[score]["lower_bound_replica_seconds"]
+
+        def row(label: str, choice: dict[tuple[int, int], float], default_s: float) -> dict[str, Any]:
+            result = {"label": label,
+                      "tuned": scored(jobs[tune], classes[tune], choice, default_s, cold, args.slo, loads),
+                      "held_out": scored(jobs[score], classes[score], choice, default_s, cold, args.slo, loads)}
+            result["held_out"]["over_lower_bound"] = result["held_out"]["replica_seconds"] / lower
+            return result
+
+        fixed = [row(f"fixed {k:g}s", {}, k) for k in KEEP_ALIVES_S]
+        by_class = []
+        for price in MISS_PRICES_S:
+            choice = tune_keep_alives(jobs[tune], classes[tune], cold, args.slo, loads, price)
+            by_class.append({**row(f"per class, miss priced {price:g}s", choice, max(choice.values())),
+                             "keep_alives": {f"slot {s}, recent {r}": k for (s, r), k in sorted(choice.items())}})
+            print(f"[online-reference] tuned on {tune}, miss priced {price:g}s: held out "
+                  f"{100 * by_class[-1]['held_out']['slo_attainment']:.2f} % at "
+                  f"{by_class[-1]['held_out']['over_lower_bound']:.2f}× the bound "
+                  f"({time.perf_counter() - started:.0f}s)", flush=True)
+        directions.append({"tune": tune, "score": score, "fixed": fixed, "per_class": by_class,
+                           "cheapest_meeting_target": {"fixed": _part(fixed, args.target),
+                                                       "per_class": _part(by_class, args.target)}})
+    meta = {**provenance(), "simulated": True, "trace": args.trace, "window": args.window, "split_s": args.split_s,
+            "slo_s": args.slo, "target": args.target, "cold_start_s": cold, "loads": None if loads is None else vars(loads),
+            "wall_s": time.perf_counter() - started,
+            "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed or "
+                           "per traffic class, tuned on one part of the trace and scored on the other"}
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "bounds": bounds, "directions": directions}, indent=1))
+    (out / f"{args.name}.md").write_text(report(args.name, meta, bounds, directions))
+    print(f"[online-reference] wrote {out / args.name}.json and .md")
+    return 0
+
+
+def report(name: str, meta: dict[str, Any], bounds: dict[str, Any], directions: list[dict[str, Any]]) -> str:
+    head = (f"# {name} (SIMULATION)\n\nSIMULATION. One replica that every request shares at once, for free; "
+            f"checkpoint loads free; a request that finds it stopped waits for its cold start "
+            f"({meta['cold_start_s']:g} s) and its LoRA loads. Its keep-alive after each call: one value, or one "
+            f"per class (3-hour slot of the day × requests in the last 10 minutes), tuned on one part for a price "
+            f"per miss, scored on the other. A reference for what not foreseeing arrivals costs, not a bound. "
+            f"SLO {meta['slo_s']:g} s.\n\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n")
+    parts = []
+    for d in directions:
+        lower = bounds[d["score"]]["lower_bound_replica_seconds"]
+        offline = bounds[d["score"]]["offline_replica_seconds"]
+        lines = [f"\n## Tuned on the {d['tune']} part, scored on the {d['score']}\n",
+                 f"Held-out part: lower bound {lower:,.0f}, offline schedule {offline:,.0f} replica-seconds "
+                 f"({offline / lower:.2f}×).\n",
+                 "| keep-alive | tuned: SLO, replica-s | held out: SLO | replica-s | ÷ lower bound | cold starts |",
+                 "|---|---|---|---|---|---|"]
+        for r in d["fixed"] + d["per_class"]:
+            t, h = r["tuned"], r["held_out"]
+            lines.append(f"| {r['label']} | {100 * t['slo_attainment']:.2f} %, {t['replica_seconds']:,.0f} | "
+                         f"{100 * h['slo_attainment']:.2f} % | {h['replica_seconds']:,.0f} | "
+                         f"{h['over_lower_bound']:.2f} | {h['cold_starts']:,} |")
+        for family, best in d["cheapest_meeting_target"].items():
+            lines.append(f"\nCheapest held-out point at {100 * meta['target']:g} % or more, {family.replace('_', ' ')} "
+                         f"(chosen on the held-out part itself, which favours the reference): " + (
+                f"{best['label']}, {100 * best['held_out']['slo_attainment']:.2f} % at "
+                f"{best['held_out']['over_lower_bound']:.2f}× the lower bound." if best else "none."))
+        parts.append("\n".join(lines) + "\n")
+    return head + "".join(parts)

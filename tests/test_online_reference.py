@@ -1,0 +1,83 @@
+"""The online reference: traffic classes, the per-class keep-alive tuning, and the command on a
+small many-model trace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import online_reference
+from benchmarks.online_reference import scored, traffic_classes, tune_keep_alives
+from benchmarks.sim_bounds import shared_replica_run
+from scheduler.simulation.bounds import BoundJob
+from tests.conftest import ROOT
+
+SLO, COLD, SERVICE = 30.0, 22.7, 10.0
+
+
+def _job(arrival: float) -> BoundJob:
+    return BoundJob(arrival, SERVICE, arrival + SLO - SERVICE, arrival + SLO, arrival + SERVICE)
+
+
+@pytest.mark.parametrize("arrivals, expected", [
+    ([0.0, 100.0, 200.0, 700.0], [(0, 1), (0, 2), (0, 3), (0, 3)]),  # 0 left the 10 minutes before 700
+    ([10_799.0, 10_801.0], [(0, 1), (1, 2)]),  # 3 h in: the next slot, the load carried over
+    ([float(i) for i in range(7)], [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (0, 5), (0, 5)]),  # capped at 5
+    ([86_400.0 + 5.0], [(0, 1)]),  # the next day's first slot
+])
+def test_traffic_classes(arrivals: list[float], expected: list[tuple[int, int]]) -> None:
+    assert traffic_classes([_job(t) for t in arrivals]) == expected
+
+
+def _pairs(count: int) -> list[BoundJob]:
+    """Pairs 100 s apart, an hour between pairs: the second of a pair misses from a cold start."""
+    return [_job(3600.0 * k + offset) for k in range(count) for offset in (0.0, 100.0)]
+
+
+def test_tuning_keeps_a_replica_only_where_the_next_request_comes_soon() -> None:
+    jobs = _pairs(2)
+    classes = traffic_classes(jobs)
+    assert set(classes) == {(0, 1), (0, 2)}  # a pair's first, its second
+    choice = tune_keep_alives(jobs, classes, COLD, SLO, None, price_s=1000.0)
+    # the first's call ends 32.7 s in (its cold start, then 10 s): 67.3 s to keep for the second;
+    # after the second, an hour: cheaper to let it miss
+    assert choice == {(0, 1): 90.0, (0, 2): 0.0}
+    run = scored(jobs, classes, choice, 0.0, COLD, SLO, None)
+    assert run["slo_attainment"] == 0.5 and run["cold_starts"] == 2  # each pair's first misses
+    assert run["replica_seconds"] == pytest.approx(2 * (COLD + SERVICE + 90.0))  # the second ends inside the 90 s
+
+
+def test_tuning_is_never_worse_than_the_best_single_keep_alive_and_a_low_price_keeps_nothing() -> None:
+    jobs = _pairs(3)
+    classes = traffic_classes(jobs)
+    for price in (10.0, 1000.0, 100_000.0):
+        choice = tune_keep_alives(jobs, classes, COLD, SLO, None, price)
+        tuned = shared_replica_run(jobs, [choice[c] for c in classes], COLD, SLO, None)
+        for keep in online_reference.KEEP_ALIVES_S:
+            single = shared_replica_run(jobs, [keep] * len(jobs), COLD, SLO, None)
+            assert (tuned["replica_seconds"] + price * (1 - tuned["slo_attainment"]) * len(jobs)
+                    <= single["replica_seconds"] + price * (1 - single["slo_attainment"]) * len(jobs) + 1e-6)
+    assert set(tune_keep_alives(jobs, classes, COLD, SLO, None, price_s=10.0).values()) == {0.0}
+
+
+def test_the_command_on_a_many_model_trace(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    online_reference.add_arguments(parser)
+    args = parser.parse_args(["--trace", str(ROOT / "benchmarks" / "traces" / "synthetic-models.csv"),
+                              "--split-s", str(3 * 3600), "--cold-start-s", "10", "--out-dir", str(tmp_path),
+                              "--name", "r", "--set", "model.resident_models=1"])
+    assert online_reference.main(args) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["meta"]["commit"] and data["meta"]["loads"]["lora_s"] > 0
+    assert [(d["tune"], d["score"]) for d in data["directions"]] == [("first", "last"), ("last", "first")]
+    for d in data["directions"]:
+        assert len(d["fixed"]) == len(online_reference.KEEP_ALIVES_S)
+        assert len(d["per_class"]) == len(online_reference.MISS_PRICES_S)
+        lower = data["bounds"][d["score"]]["lower_bound_replica_seconds"]
+        for row in d["fixed"] + d["per_class"]:
+            assert row["held_out"]["cold_starts"] >= 1 and 0 < row["held_out"]["slo_attainment"] <= 1
+            assert row["held_out"]["over_lower_bound"] == pytest.approx(row["held_out"]["replica_seconds"] / lower)
+    assert "SIMULATION" in (tmp_path / "r.md").read_text()
