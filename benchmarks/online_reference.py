@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(time_scale=1.0)
 
 
-def _part(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+def _cheapest_at(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
     meeting = [r for r in rows if r["held_out"]["slo_attainment"] >= target]
     return min(meeting, key=lambda r: r["held_out"]["replica_seconds"]) if meeting else None
 
@@ -147,8 +147,8 @@ def main(args: argparse.Namespace) -> int:
                   f"{by_class[-1]['held_out']['over_lower_bound']:.2f}× the bound "
                   f"({time.perf_counter() - started:.0f}s)", flush=True)
         directions.append({"tune": tune, "score": score, "fixed": fixed, "per_class": by_class,
-                           "cheapest_meeting_target": {"fixed": _part(fixed, args.target),
-                                                       "per_class": _part(by_class, args.target)}})
+                           "cheapest_meeting_target": {"fixed": _cheapest_at(fixed, args.target),
+                                                       "per_class": _cheapest_at(by_class, args.target)}})
     meta = {**provenance(), "simulated": True, "trace": args.trace, "window": args.window, "split_s": args.split_s,
             "slo_s": args.slo, "target": args.target, "cold_start_s": cold, "loads": None if loads is None else vars(loads),
             "wall_s": time.perf_counter() - started,
