@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -231,6 +232,7 @@ class DiffusionWorker:
         memory = self.runner.rules.memory
         return {
             "replica_id": self.replica_id,
+            "pid": os.getpid(),
             "model": self.model.model_name,
             "device": self.model.device,
             "device_name": setup.device_name(self.model.device),

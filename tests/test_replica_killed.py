@@ -9,7 +9,6 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import pytest
 
 from scheduler.outcomes import Outcome
@@ -19,13 +18,26 @@ from tests.conftest import ONE_SIM_REPLICA, SIM_ARGS, Deployed
 URL = "/v1/images/generations"
 
 
-def _worker_pids(app_name: str) -> list[int]:
-    pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        line = " ".join(process.info["cmdline"] or [])
-        if WORKER_DEPLOYMENT in line and app_name in line:
-            pids.append(process.info["pid"])
-    return pids
+def _worker(app: Deployed, timeout_s: float) -> dict:
+    """The running worker replica's stats (Serve routes the call to a live replica, waiting for one)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(WORKER_DEPLOYMENT, app_name=app.app_name)
+    return handle.stats.remote().result(timeout_s=timeout_s)
+
+
+def _replacement(app: Deployed, killed: dict, timeout_s: float) -> dict:
+    """The stats of the replica Ray started in place of ``killed``, once it answers."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            stats = _worker(app, timeout_s=max(1.0, deadline - time.monotonic()))
+        except Exception:  # the dead replica, until the router drops it
+            stats = killed
+        if stats["replica_id"] != killed["replica_id"]:
+            return stats
+        time.sleep(0.5)
+    raise AssertionError("Ray did not replace the replica within a minute")
 
 
 @pytest.mark.ray
@@ -33,13 +45,13 @@ def _worker_pids(app_name: str) -> list[int]:
 def test_sigkill_of_a_busy_worker_is_answered_and_replaced(app: Deployed) -> None:
     app.wait_for_workers(1)
     before = app.outcome_counts()
-    [pid] = _worker_pids(app.app_name)
+    killed = _worker(app, timeout_s=30)
     body = {"prompt": "doomed", "size": "64x64", "num_inference_steps": 10, "timeout_s": 60}
     with ThreadPoolExecutor(1) as pool:
         sent = time.monotonic()
         future = pool.submit(app.client.post, URL, json=body)
         time.sleep(1.5)  # mid-run: 4 s of steps
-        os.kill(pid, signal.SIGKILL)
+        os.kill(killed["pid"], signal.SIGKILL)
         response = future.result(timeout=70)
     took = time.monotonic() - sent
     print(f"killed mid-request: answered {response.status_code} after {took:.1f}s: {response.text[:120]}")
@@ -48,10 +60,8 @@ def test_sigkill_of_a_busy_worker_is_answered_and_replaced(app: Deployed) -> Non
     if response.status_code != 200:
         error = response.json()["error"]
         assert error["code"] in ("replica_lost", "internal_error", Outcome.OVERLOADED) and error["message"], error
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not [p for p in _worker_pids(app.app_name) if p != pid]:
-        time.sleep(0.5)
-    assert [p for p in _worker_pids(app.app_name) if p != pid], "Ray did not replace the replica"
+    replacement = _replacement(app, killed, timeout_s=60)
+    assert replacement["pid"] != killed["pid"]
     for i in range(2):
         after = app.client.post(URL, json={**body, "num_inference_steps": 2, "seed": i})
         assert after.status_code == 200, after.text
