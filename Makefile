@@ -25,14 +25,22 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/sdserve --config $(CONFIG) $(if $(SET),$(foreach s,$(SET),--set $(s)))
 
-# pytest exits 5 when it collects no test: that is a failure here, never a silent pass.
+# Two runs: the tests without Ray (and the 3-node test, whose cluster is its own) on two xdist
+# workers, then the tests on the session's Ray cluster in one process, which their timing needs.
+# pytest exits 5 when it collects no test: a failure here, never a silent pass (with PYTEST_ARGS
+# selecting tests, one of the two runs may select none; both selecting none still fails).
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+	$(BIN)/python -m pytest -n 2 -m "not ray or own_cluster" $(PYTEST_ARGS); unit=$$?; \
+	$(BIN)/python -m pytest -m "ray and not own_cluster" $(PYTEST_ARGS); ray=$$?; \
+	for rc in $$unit $$ray; do \
+	  if [ $$rc -eq 5 ] && { [ $(if $(strip $(PYTEST_ARGS)),1,0) -eq 0 ] || [ $$unit -eq $$ray ]; }; then \
+	    echo "no tests were collected" >&2; exit 1; fi; \
+	  if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; \
+	done
 
 # The inner loop: everything that needs no Ray cluster (pure decisions, the simulator, parsing, models).
 test-fast: install
-	$(BIN)/python -m pytest -m "not ray" $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n 2 -m "not ray" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # deploy/kuberay/rayservice.yaml is generated from configs/single.yaml (a test checks it is current)

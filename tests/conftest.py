@@ -11,6 +11,7 @@ so each distinct one is deployed once per session.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -247,7 +248,8 @@ def _deployment_key(item: pytest.Item) -> tuple[str, tuple[str, ...]] | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests without Ray first; then Ray's, grouped by the application they deploy (each deployed
-    once), first-come order otherwise. Tests that use the cluster are marked ``ray``."""
+    once), first-come order otherwise. Tests that use the cluster are marked ``ray``. Under xdist
+    (``make test``'s first run) the 3-node test goes first."""
     first_seen: dict[Any, int] = {}
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
@@ -255,8 +257,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         key = _deployment_key(item)
         first_seen.setdefault(key, len(first_seen))
 
+    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
     def order(indexed: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
         index, item = indexed
+        if xdist and item.get_closest_marker("own_cluster"):  # first: it waits while the others run
+            return -1, 0, 0, index
         if item.get_closest_marker("ray") is None:
             return 0, 0, 0, index
         marker = item.get_closest_marker("app")
@@ -269,6 +275,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """When the 3-node test is among the tests that will run (after ``-m``/``-k`` selection), start its
     cluster now, in a subprocess: it runs beside the tests without Ray (one core each on a 2-core
-    machine) instead of after them; the test reads its result."""
+    machine) instead of after them; the test reads its result. Not in xdist's workers (each
+    collects every test): there the test starts it itself."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(item.nodeid.endswith(MULTINODE_TEST) for item in session.items) and not session.config.option.collectonly:
         session.config.stash[MULTINODE_CHILD] = start_multinode_child()

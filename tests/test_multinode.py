@@ -10,7 +10,7 @@ import pytest
 from scheduler.outcomes import Outcome
 from tests.conftest import MULTINODE_CHILD, start_multinode_child
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.own_cluster]
 
 
 def test_replicas_spread_over_nodes_and_survive_losing_one(request: pytest.FixtureRequest) -> None:
