@@ -27,6 +27,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MULTINODE_TEST = "test_multinode.py::test_replicas_spread_over_nodes_and_survive_losing_one"
 MULTINODE_CHILD = pytest.StashKey["MultinodeChild"]()
+#: In one of pytest-xdist's workers (``make test``'s first run): each collects every test.
+IN_XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
 
 
 class MultinodeChild:
@@ -257,11 +259,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         key = _deployment_key(item)
         first_seen.setdefault(key, len(first_seen))
 
-    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-
     def order(indexed: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
         index, item = indexed
-        if xdist and item.get_closest_marker("own_cluster"):  # first: it waits while the others run
+        if IN_XDIST_WORKER and item.get_closest_marker("own_cluster"):  # first: it waits while the others run
             return -1, 0, 0, index
         if item.get_closest_marker("ray") is None:
             return 0, 0, 0, index
@@ -277,7 +277,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     cluster now, in a subprocess: it runs beside the tests without Ray (one core each on a 2-core
     machine) instead of after them; the test reads its result. Not in xdist's workers (each
     collects every test): there the test starts it itself."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if IN_XDIST_WORKER:
         return
     if any(item.nodeid.endswith(MULTINODE_TEST) for item in session.items) and not session.config.option.collectonly:
         session.config.stash[MULTINODE_CHILD] = start_multinode_child()
