@@ -116,12 +116,12 @@ def main(args: argparse.Namespace) -> int:
     target = ModelReplay.from_args(args).apply(load_target(args.config, args.cold_start_s, args.overrides), arrivals)
     service, spec = a10_service_model(), target.spec
     cold, loads = least_cold_start(spec), load_times(spec)
-    jobs = {name: sorted(request_jobs(target.requests(a), service, args.slo), key=lambda j: j.arrival)
-            for name, a in parts.items()}
+    requests = {name: target.requests(a) for name, a in parts.items()}
+    jobs = {name: sorted(request_jobs(r, service, args.slo), key=lambda j: j.arrival) for name, r in requests.items()}
     classes = {name: traffic_classes(j) for name, j in jobs.items()}
     bounds = {}
-    for name, part in parts.items():
-        row = bounds_row(target.requests(part), service, spec, args.slo, warm=0)
+    for name, part in requests.items():
+        row = bounds_row(part, service, spec, args.slo, warm=0)
         bounds[name] = {key: row[key] for key in ("lower_bound_replica_seconds", "offline_replica_seconds", "busy_seconds")}
         print(f"[online-reference] {name} part: {len(part)} requests, lower bound "
               f"{row['lower_bound_replica_seconds']:,.0f} replica-s", flush=True)
