@@ -43,16 +43,16 @@ class Setting:
 def sdserve_settings(grid: str = "full") -> list[Setting]:
     """Keep-alive (learned with a cold-start penalty, or fixed) × stable window × latency objective."""
     keeps: list[tuple[str, dict[str, Any]]] = [
-        (f"learned {p:g}", {"keep_alive": "histogram", "cold_start_penalty_s": p}) for p in (50, 150, 300, 600, 2000)
+        (f"learned {p:g}", {"keep_alive": "histogram", "cold_start_penalty_s": p}) for p in (50, 150, 300, 600, 1000)
     ] + [(f"fixed {k:g}s", {"keep_alive": "fixed", "cold_start_penalty_s": None, "scale_to_zero_after_s": k})
          for k in (60, 300, 1200)]
     windows, objectives = (20, 120, 600), (15, 30)
     if grid == "small":
         keeps, windows, objectives = [keeps[1], keeps[5]], (20,), (30,)
     elif grid == "medium":  # 12, as Ray's: the window reaches Ray's longest downscale delay (600 s)
-        keeps, windows, objectives = [keeps[1], keeps[4], keeps[5], keeps[7]], (20, 120, 600), (30,)
+        keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 600), (30,)
     elif grid == "dense":  # 16, as Ray's: medium with the midpoint of its widest step (window 300 s)
-        keeps, windows, objectives = [keeps[1], keeps[4], keeps[5], keeps[7]], (20, 120, 300, 600), (30,)
+        keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 300, 600), (30,)
     return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o}s",
                     {**knobs, "stable_window_s": w, "latency_objective_s": o})
             for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]

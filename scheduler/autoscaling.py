@@ -24,7 +24,7 @@ requests exist at zero and track demand directly. The decision is separated from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from scheduler.deadline_scaling import Backlog, replicas_to_save_deadlines
@@ -87,9 +87,6 @@ class AutoscalerInputs:
     backlog: Backlog | None = None  # queued requests' slack and service (None: counts only)
     slot_free_in_s: tuple[float, ...] | None = None  # when each running/starting slot frees
     recent_arrivals: int | None = None  # requests in the last 10 minutes (the load regime)
-    #: The newest request's slack when it arrived: its deadline or objective after arrival, less its
-    #: expected load and service. Below a cold start it could not have met that from one (None: unknown).
-    arrival_slack_s: float | None = None
 
     @property
     def demand(self) -> int:
@@ -106,8 +103,6 @@ class AutoscalerState:
     need_history: tuple[tuple[float, int], ...] = field(default=())  # (time, replicas needed)
     #: Idle periods seen, one histogram per load regime (scheduler/keepalive.py).
     idle_histograms: tuple[tuple[int, ...], ...] = field(default=())
-    #: Of those, the ones whose next request could not meet its objective after a cold start.
-    missing_histograms: tuple[tuple[int, ...], ...] = field(default=())
     idle_regime: int = 0  # the load regime when the current idle period began
     #: The keep-alive chosen when the current idle period began: (keep-alive, pre-warm after, source).
     idle_plan: tuple[float, float | None, str] | None = None
@@ -194,43 +189,31 @@ def _deadline_target(inputs: AutoscalerInputs, config: AutoscalerConfig, provisi
                                  f"{extra} more ready in {cold:.0f}s leave {after}")
 
 
-def _keep_alive(histogram: tuple[int, ...], missing: tuple[int, ...], config: AutoscalerConfig,
-                cold_start_s: float) -> KeepAlivePlan:
+def _keep_alive(histogram: tuple[int, ...], config: AutoscalerConfig, cold_start_s: float) -> KeepAlivePlan:
     return keep_alive_plan(
         histogram, mode=config.keep_alive, fixed_s=config.scale_to_zero_after_s,
         keep_percentile=config.keep_alive_percentile, prewarm_percentile=config.prewarm_percentile,
         min_samples=config.keep_alive_min_samples, max_s=config.keep_alive_max_s,
-        cold_start_s=cold_start_s, penalty_s=config.cold_start_penalty_s, missing=missing,
+        cold_start_s=cold_start_s, penalty_s=config.cold_start_penalty_s,
     )
 
 
-def _recorded(histograms: tuple[tuple[int, ...], ...], regime: int, idle_s: float) -> tuple[tuple[int, ...], ...]:
-    per_regime = list(histograms) + [()] * (regime + 1 - len(histograms))
-    per_regime[regime] = record_idle(per_regime[regime], idle_s)
-    return tuple(per_regime)
-
-
 def _learn_idle(state: AutoscalerState, busy: bool, inputs: AutoscalerInputs, config: AutoscalerConfig,
-                cold_start_s: float) -> tuple[AutoscalerState, KeepAlivePlan | None]:
-    """The state's histograms and regime, and the keep-alive plan, after this call: an idle period
-    that just ended is recorded in its regime's histogram (and in its missing one when the request
-    that ended it could not meet its objective after a cold start, or nobody knows); one that just
-    began gets its regime and plan (computed once)."""
-    slack = inputs.arrival_slack_s
-    fits = None if slack is None else slack >= cold_start_s  # the newest request after a cold start
+                cold_start_s: float) -> tuple[tuple[tuple[int, ...], ...], int, KeepAlivePlan | None]:
+    """Histograms, regime and keep-alive plan after this call: an idle period that just ended is
+    recorded in its regime's histogram; one that just began gets its plan (computed once)."""
+    histograms, regime, plan = state.idle_histograms, state.idle_regime, state.idle_plan
     if busy:
-        if state.idle_since is None:
-            return state, None
-        idle_s, regime = inputs.now - state.idle_since, state.idle_regime
-        missing = state.missing_histograms if fits else _recorded(state.missing_histograms, regime, idle_s)
-        return replace(state, idle_histograms=_recorded(state.idle_histograms, regime, idle_s),
-                       missing_histograms=missing), None
-    if state.idle_since is None or state.idle_plan is None:  # idle from now on
-        regime = regime_of(inputs.recent_arrivals, fits)
-        histogram, missing = (h[regime] if regime < len(h) else () for h in (state.idle_histograms,
-                                                                            state.missing_histograms))
-        return replace(state, idle_regime=regime), _keep_alive(histogram, missing, config, cold_start_s)
-    return state, KeepAlivePlan(*state.idle_plan)
+        if state.idle_since is not None:
+            per_regime = list(histograms) + [()] * (regime + 1 - len(histograms))
+            per_regime[regime] = record_idle(per_regime[regime], inputs.now - state.idle_since)
+            histograms = tuple(per_regime)
+        return histograms, regime, None
+    if state.idle_since is None or plan is None:  # idle from now on
+        regime = regime_of(inputs.recent_arrivals)
+        histogram = histograms[regime] if regime < len(histograms) else ()
+        return histograms, regime, _keep_alive(histogram, config, cold_start_s)
+    return histograms, regime, KeepAlivePlan(*plan)
 
 
 def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerConfig) -> Decision:
@@ -239,7 +222,7 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     now = inputs.now
     busy = inputs.demand > 0
     cold = config.default_cold_start_s if inputs.cold_start_s is None else inputs.cold_start_s
-    learned, plan = _learn_idle(state, busy, inputs, config, cold)
+    histograms, regime, plan = _learn_idle(state, busy, inputs, config, cold)
     idle_since = None if busy else (state.idle_since if state.idle_since is not None else now)
     needed_now = _ceil_div(inputs.demand, capacity)  # replicas to run everything at once
     history = _remember_need(state.need_history, now, needed_now, max(config.stable_window_s, cold))
@@ -291,9 +274,8 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         idle_since=idle_since,
         last_scale_down_at=now if desired < current else state.last_scale_down_at,
         need_history=history,
-        idle_histograms=learned.idle_histograms,
-        missing_histograms=learned.missing_histograms,
-        idle_regime=learned.idle_regime,
+        idle_histograms=histograms,
+        idle_regime=regime,
         idle_plan=None if plan is None else (plan.keep_alive_s, plan.prewarm_after_s, plan.source),
     )
     review_at = now if inputs.queued else _review_at(new_state, config, plan, cold, now, window_s)

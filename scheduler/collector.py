@@ -153,9 +153,6 @@ class Collector:
         self.tier_load: dict[str, Ewma] = {tier: Ewma() for tier in TIERS}  # load seconds per call, by tier
         self.expected: dict[str, str] = {}  # queued request → the tier its checkpoint is expected from
         self.sent: dict[str, tuple[float, str]] = {}  # request on a replica → (sent at, expected tier)
-        #: The newest request's slack when it arrived (AutoscalerInputs.arrival_slack_s); it outlives
-        #: the request, since the keep-alive after it depends on it.
-        self.arrival_slack_s: float | None = None
 
     def accepted(self, key: str, job: PendingJob) -> None:
         self.jobs[key] = job
@@ -207,19 +204,11 @@ class Collector:
         base = self.rate.call_s or config.default_service_time_s
         slack, service = [], []
         objective = config.latency_objective_s
-
-        def own_and_due(job: PendingJob, tier: str | None) -> tuple[float, float]:
-            own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + self.load_s(tier)
-            return own, job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
-
         for key, job in items[in_flight:]:
-            own, due = own_and_due(job, self.expected.get(key))
+            own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + self.load_s(self.expected.get(key))
+            due = job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
             slack.append(due - now - own)
             service.append(own)
-        if items:  # the newest, wherever it is
-            key, job = items[-1]
-            own, due = own_and_due(job, self.expected.get(key) or self.sent.get(key, (0.0, None))[1])
-            self.arrival_slack_s = due - job.accepted_at - own
         self.starts.update(now, starting)
         cold = config.default_cold_start_s if self.cold_start_s is None else self.cold_start_s
         # a busy slot frees when its request's load and call are expected to end; without word of
@@ -233,5 +222,5 @@ class Collector:
             now=now, queued=len(jobs) - in_flight, in_flight=in_flight, running_replicas=running,
             starting_replicas=starting, service_time_s=self.rate.call_s, cold_start_s=self.cold_start_s,
             backlog=Backlog(tuple(slack), tuple(service)), slot_free_in_s=tuple(free),
-            recent_arrivals=self.arrivals.count(now), arrival_slack_s=self.arrival_slack_s,
+            recent_arrivals=self.arrivals.count(now),
         )

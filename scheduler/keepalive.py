@@ -10,16 +10,12 @@ Two refinements, both measured on the production trace (README, "Autoscaling"):
 
 - **Per load regime.** Idle times depend strongly on how busy the last 10 minutes were (after 30+
   requests, a gap over 60 s is rare; after one lone request, 30 % of gaps exceed 5 minutes), so
-  there is one histogram per regime of recent arrivals, chosen when the idle period starts. The
-  regime also says whether the last request could have met its objective after a cold start:
-  requests come in sessions of like requests, so after a short one the next is likely short too.
+  there is one histogram per regime of recent arrivals, chosen when the idle period starts.
 - **Cost-aware choice** (when ``cold_start_penalty_s`` is set): instead of a fixed percentile, the
-  keep-alive K minimises, over the regime's histogram, Σ min(gap, K) + Σ_{gap > K} cold start +
-  Σ_{gap > K, next request misses from a cold start} penalty: the replica-seconds kept idle plus
-  those of the cold starts it causes, and the penalty (what a request's objective is worth to you,
-  in replica-seconds) for each cold start that makes its request miss. A request whose slack
-  exceeds a cold start loses nothing but the start's replica-seconds when it finds no replica.
-  Penalty 0 is the classic ski-rental break-even; larger trades cost for fewer misses.
+  keep-alive K minimises, over the regime's histogram, Σ min(gap, K) + Σ_{gap > K} (cold start +
+  penalty): the replica-seconds kept idle plus those of the cold starts it causes, each cold start
+  also charged the penalty (what avoiding one is worth to you, in replica-seconds). Penalty 0 is
+  the classic ski-rental break-even; larger trades cost for fewer cold starts.
 
 Only what the fleet saw is used (no peeking at a trace): the histograms live in the decider's state.
 Bins are log-spaced from 1 s to 4 h, so both burst gaps and overnight idling are resolved.
@@ -37,17 +33,14 @@ BIN_EDGES_S: tuple[float, ...] = (1.0,) + tuple(1.0 * (14400.0 ** (k / 48)) for 
 #: Load regimes: arrivals in the last ``REGIME_WINDOW_S`` below 2, 4, 10, 30, and 30 or more.
 REGIME_EDGES: tuple[int, ...] = (2, 4, 10, 30)
 REGIME_WINDOW_S = 600.0
-#: Regimes per kind of last request: those after one that fits a cold start follow these.
-LOAD_REGIMES = len(REGIME_EDGES) + 1
 
 
-def regime_of(recent_arrivals: int | None, fits_cold_start: bool | None = None) -> int:
-    """The regime index for ``recent_arrivals`` (None, when unknown: the busiest regime's neighbour
-    is as good a guess as any, so one shared regime 0 is used), shifted by :data:`LOAD_REGIMES`
-    when the last request could have met its objective after a cold start (``fits_cold_start``;
-    None, unknown, counts as not)."""
-    load = 0 if recent_arrivals is None else sum(recent_arrivals >= edge for edge in REGIME_EDGES)
-    return load + (LOAD_REGIMES if fits_cold_start else 0)
+def regime_of(recent_arrivals: int | None) -> int:
+    """The load regime index for ``recent_arrivals`` (None, when unknown: the busiest regime's
+    neighbour is as good a guess as any, so one shared regime 0 is used)."""
+    if recent_arrivals is None:
+        return 0
+    return sum(recent_arrivals >= edge for edge in REGIME_EDGES)
 
 
 #: A representative idle time per bin (geometric middle; the overflow bin lasts for ever).
@@ -89,32 +82,24 @@ def idle_percentile(histogram: tuple[int, ...], q: float, upper: bool = True) ->
     return math.inf
 
 
-def _padded(histogram: tuple[int, ...]) -> list[int]:
-    return list(histogram) + [0] * (len(_BIN_MIDDLES_S) - len(histogram))
-
-
 def cost_optimal_keep_alive(histogram: tuple[int, ...], cold_start_s: float, penalty_s: float,
-                            max_s: float, missing: tuple[int, ...] | None = None) -> float:
-    """The K (0 or a bin edge, at most ``max_s``) minimising idle and cold-start replica-seconds
-    plus the penalty for each request a cold start makes miss; the smallest such K on a tie.
-    ``missing``: the histogram of the gaps whose next request could not meet its objective after a
-    cold start (a part of ``histogram``; None: all of them).
+                            max_s: float) -> float:
+    """The K (0 or a bin edge, at most ``max_s``) minimising idle plus cold-start replica-seconds;
+    the smallest such K on a tie.
 
     In one pass: at K = the edge of bin m, the gaps of bins 0..m end within the keep-alive and cost
-    their length; the longer ones cost K plus a cold start, and the penalty if they are missing. So
-    cost(K) = Σ_{b≤m} count·gap + (Σ_{b>m} count)·(K + cold start) + (Σ_{b>m} missing)·penalty."""
-    counts = _padded(histogram)
-    misses = counts if missing is None else _padded(missing)
-    longer, longer_missing = sum(counts), sum(misses)  # gaps longer than K (at K = 0: all)
+    their length; the longer ones cost K plus a cold start and the penalty. So
+    cost(K) = Σ_{b≤m} count·gap + (Σ_{b>m} count)·(K + cold start + penalty)."""
+    counts = list(histogram) + [0] * (len(_BIN_MIDDLES_S) - len(histogram))
+    longer = sum(counts)  # gaps longer than K (at K = 0: all)
     within = 0.0  # replica-seconds of the gaps within K
-    best_k, best = 0.0, longer * cold_start_s + longer_missing * penalty_s
+    best_k, best = 0.0, longer * (cold_start_s + penalty_s)
     for m, k in enumerate(BIN_EDGES_S):
         if k > max_s:
             break
         within += counts[m] * _BIN_MIDDLES_S[m]
         longer -= counts[m]
-        longer_missing -= misses[m]
-        cost = within + longer * (k + cold_start_s) + longer_missing * penalty_s
+        cost = within + longer * (k + cold_start_s + penalty_s)
         if cost < best - 1e-9 * max(1.0, best):
             best_k, best = k, cost
     return best_k
@@ -122,14 +107,13 @@ def cost_optimal_keep_alive(histogram: tuple[int, ...], cold_start_s: float, pen
 
 def keep_alive_plan(histogram: tuple[int, ...], *, mode: str, fixed_s: float, keep_percentile: float,
                     prewarm_percentile: float, min_samples: int, max_s: float,
-                    cold_start_s: float, penalty_s: float | None = None,
-                    missing: tuple[int, ...] | None = None) -> KeepAlivePlan:
-    """The keep-alive (and pre-warm) to use now (``missing``: see :func:`cost_optimal_keep_alive`)."""
+                    cold_start_s: float, penalty_s: float | None = None) -> KeepAlivePlan:
+    """The keep-alive (and pre-warm) to use now."""
     samples = sum(histogram)
     if mode != "histogram" or samples < min_samples:
         return KeepAlivePlan(fixed_s, None, "fixed")
     if penalty_s is not None:
-        return KeepAlivePlan(cost_optimal_keep_alive(histogram, cold_start_s, penalty_s, max_s, missing), None, "cost")
+        return KeepAlivePlan(cost_optimal_keep_alive(histogram, cold_start_s, penalty_s, max_s), None, "cost")
     beyond = histogram[-1] / samples if histogram else 0.0
     if beyond > 1 - keep_percentile:  # idle times beyond the histogram's range: not representative
         return KeepAlivePlan(fixed_s, None, "fixed")

@@ -150,19 +150,14 @@ class ScalingLoop:
         service, load (per tier) and cold-start times the replicas reported."""
         collector, state = self.driver.collector, self.driver.state
         return {"idle_histograms": [list(h) for h in state.idle_histograms],
-                "missing_histograms": [list(h) for h in state.missing_histograms],
-                "arrival_slack_s": collector.arrival_slack_s,
                 "per_image_step_s": collector.rate.per_image_step_s, "call_s": collector.rate.call_s,
                 "cold_start_s": collector.cold_start_s,
                 "load_s": {tier: mean.value for tier, mean in collector.tier_load.items() if mean.value is not None}}
 
     def restore(self, saved: dict[str, Any]) -> None:
         driver = self.driver
-        idle = tuple(tuple(h) for h in saved.get("idle_histograms", ()))
-        # a snapshot from before the missing histograms counted every idle period as one to pay for
-        missing = tuple(tuple(h) for h in saved["missing_histograms"]) if "missing_histograms" in saved else idle
-        driver.state = dataclasses.replace(driver.state, idle_histograms=idle, missing_histograms=missing)
-        driver.collector.arrival_slack_s = saved.get("arrival_slack_s")
+        driver.state = dataclasses.replace(
+            driver.state, idle_histograms=tuple(tuple(h) for h in saved.get("idle_histograms", ())))
         driver.collector.rate = ServiceRate.restored(saved.get("per_image_step_s"), saved.get("call_s"))
         driver.collector.cold_start_s = saved.get("cold_start_s")
         for tier, seconds in saved.get("load_s", {}).items():

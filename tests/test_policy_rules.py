@@ -116,26 +116,6 @@ def test_cost_optimal_keep_alive_table(idles, penalty, low, high) -> None:
     assert low <= cost_optimal_keep_alive(_histogram(idles), 20.0, penalty, 3600.0) <= high
 
 
-@pytest.mark.parametrize(
-    "missing, expected",
-    [
-        # 50 gaps of 100 s (counted as their bin's middle, 109 s; kept through: K = its edge, 120 s), a
-        # 20 s cold start, 500 s per miss: every next request misses from a cold start (None: all) → keep
-        (None, 120.0), ([100.0] * 50, 120.0),
-        # none would miss: a cold start costs only its 20 s → stop at once
-        ([], 0.0),
-        # 8 of 50 would miss: 50 × 20 + 8 × 500 = 5,000 s against 50 × 109 s idle → stop
-        ([100.0] * 8, 0.0),
-        # 20 of 50: 11,000 s against 5,431 s → keep
-        ([100.0] * 20, 120.0),
-    ],
-)
-def test_only_gaps_whose_request_misses_pay_the_penalty(missing, expected) -> None:
-    chosen = cost_optimal_keep_alive(_histogram([100.0] * 50), 20.0, 500.0, 3600.0,
-                                     None if missing is None else _histogram(missing))
-    assert chosen == pytest.approx(expected, abs=0.1)
-
-
 def test_plan_falls_back_to_fixed_until_enough_samples_and_prewarms_long_gaps() -> None:
     common = dict(mode="histogram", fixed_s=300.0, keep_percentile=0.99, prewarm_percentile=0.05,
                   min_samples=20, max_s=3600.0, cold_start_s=20.0)
@@ -150,27 +130,6 @@ def test_plan_falls_back_to_fixed_until_enough_samples_and_prewarms_long_gaps() 
 
 def test_regimes() -> None:
     assert [regime_of(n) for n in (None, 1, 2, 3, 4, 9, 10, 29, 30, 500)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    # after a request that fits a cold start, the same load regimes shifted by five
-    assert [regime_of(n, fits) for n, fits in ((1, None), (1, False), (1, True), (30, True), (None, True))] == [
-        0, 0, 5, 9, 5]
-
-
-def test_an_idle_period_pays_for_a_miss_only_when_its_request_would_miss_from_a_cold_start() -> None:
-    """Two requests end idle periods of 100 s: one with 5 s of slack (a 20 s cold start would make
-    it miss), one with 60 s (it would not). Both periods are learned; only the first as missing.
-    The idle period after the second request is in the regime of requests that fit a cold start."""
-    config = AutoscalerConfig(max_replicas=2, keep_alive="histogram", cold_start_penalty_s=500.0,
-                              default_cold_start_s=20.0)
-    state = decide(AutoscalerInputs(0.0, 0, 0, 1, 0, recent_arrivals=1), AutoscalerState(target=1), config).state
-    for t, slack in ((100.0, 5.0), (201.0, 60.0)):
-        busy = AutoscalerInputs(t, queued=0, in_flight=1, running_replicas=1, starting_replicas=0,
-                                recent_arrivals=1, arrival_slack_s=slack)
-        state = decide(busy, state, config).state
-        state = decide(AutoscalerInputs(t + 1, 0, 0, 1, 0, recent_arrivals=1, arrival_slack_s=slack),
-                       state, config).state
-    assert [sum(h) for h in state.idle_histograms] == [2]
-    assert [sum(h) for h in state.missing_histograms] == [1]
-    assert state.idle_regime == regime_of(1, fits_cold_start=True) == 5
 
 
 def test_idle_periods_are_learned_per_regime_and_state_survives_zero() -> None:
@@ -210,13 +169,8 @@ def test_collector_infers_queued_requests_and_their_slack() -> None:
     assert (inputs.queued, inputs.in_flight, inputs.recent_arrivals) == (2, 1, 3)
     assert inputs.backlog is not None and inputs.backlog.slack_s == pytest.approx((17.0, 17.0))  # 30 − 10 − 3
     assert inputs.slot_free_in_s == pytest.approx((5.0, 20.0))  # half a call; a replica asked for just now
-    # the newest request's slack when it arrived: 30 − 3; it outlives the request
-    assert inputs.arrival_slack_s == pytest.approx(27.0)
     collector.answered("a")
     assert collector.inputs(now=10.0, running=1, starting=1, config=config).queued == 1
-    for key in "bc":
-        collector.answered(key)
-    assert collector.inputs(now=50.0, running=1, starting=0, config=config).arrival_slack_s == pytest.approx(27.0)
     starts = StartTracker()
     starts.update(10.0, 1)
     starts.update(15.0, 1)
