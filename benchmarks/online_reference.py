@@ -9,11 +9,14 @@ This measures that price on its own, without anything else a fleet pays for:
 - **one shared replica** (``sim_bounds.shared_replica_run``): overlapping requests share it at once
   for free, checkpoints load for free, and only a request that finds no replica running pays its
   cold start (and its LoRA loads). Everything else a real fleet meets makes it dearer.
-- its keep-alive after each call, **chosen per traffic class**: the 3-hour slot of the day and the
-  requests in the last 10 minutes (1, 2, 3, 4, 5 or more), so quiet nights and busy afternoons keep
-  different replicas. For a price per missed request, coordinate descent over the classes (from the
-  best single keep-alive) chooses each class's keep-alive on one part of the trace; the other part
-  scores it. The same keep-alives as one fixed value for every class are the plain reference.
+- its keep-alive after each call, **chosen per class** of the call, known when it ends: the
+  requests in the last 10 minutes (1, 2, 3, 4, 5 or more), with either the 3-hour slot of the day
+  (*traffic class*: quiet nights and busy afternoons keep different replicas) or whether the call's
+  request could have met the SLO after a cold start (*kind*: requests come in sessions of like
+  requests, and a gap pays a miss only when the request that ends it needs a warm replica). For a
+  price per missed request, coordinate descent over the classes (from the best single keep-alive)
+  chooses each class's keep-alive on one part of the trace; the other part scores it. The same
+  keep-alives as one fixed value for every class are the plain reference.
 
 Its cheapest held-out point at an SLO target, as a ratio to the lower bound, says how far above the
 bound a policy that does not foresee arrivals starts: a reference, not a bound (a predictor that
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import provenance
-from benchmarks.sim_bounds import bounds_row, least_cold_start, load_times, shared_replica_run
+from benchmarks.sim_bounds import bounds_row, least_cold_start, load_times, misses_from_cold_start, shared_replica_run
 from benchmarks.sim_config import ModelReplay, a10_service_model, load_target
 from benchmarks.simulate import load_arrivals
 from benchmarks.traces import split_arrivals
@@ -47,12 +50,28 @@ RECENT_S = 600.0  # the load part: requests within this before a call's arrival 
 MOST_RECENT = 5  # ... counted up to this
 
 
-def traffic_classes(jobs: Sequence[BoundJob], day_s: float = 86400.0) -> list[tuple[int, int]]:
-    """Each job's class, known when its call ends: (slot of the day, requests in the last
-    ``RECENT_S`` up to its arrival, capped at ``MOST_RECENT``). ``jobs`` in arrival order."""
+def _recent(jobs: Sequence[BoundJob]) -> list[int]:
+    """Each job's requests in the last ``RECENT_S`` up to its arrival (itself included), capped at
+    ``MOST_RECENT``. ``jobs`` in arrival order."""
     arrivals = [job.arrival for job in jobs]
-    return [(int((t % day_s) // SLOT_S), min(MOST_RECENT, i + 1 - bisect_left(arrivals, t - RECENT_S)))
-            for i, t in enumerate(arrivals)]
+    return [min(MOST_RECENT, i + 1 - bisect_left(arrivals, t - RECENT_S)) for i, t in enumerate(arrivals)]
+
+
+def traffic_classes(jobs: Sequence[BoundJob], day_s: float = 86400.0) -> list[tuple[int, int]]:
+    """Each job's traffic class, known when its call ends: (slot of the day, recent requests)."""
+    return [(int((job.arrival % day_s) // SLOT_S), recent) for job, recent in zip(jobs, _recent(jobs))]
+
+
+def request_kinds(jobs: Sequence[BoundJob], cold_start_s: float, loads: LoadTimes | None) -> list[tuple[int, int]]:
+    """Each job's kind, known when it arrives: (1 if it could meet its window after a cold start
+    else 0, recent requests)."""
+    return [(int(not misses_from_cold_start(job, cold_start_s, loads)), recent)
+            for job, recent in zip(jobs, _recent(jobs))]
+
+
+#: The class families tuned: name in the results → (label, what a class's key says).
+FAMILIES = {"per_class": ("per class", "slot {0}, recent {1}"),
+            "per_kind": ("per kind", "fits a cold start {0}, recent {1}")}
 
 
 def _objective(run: dict[str, Any], jobs: int, price_s: float) -> float:
@@ -118,7 +137,8 @@ def main(args: argparse.Namespace) -> int:
     cold, loads = least_cold_start(spec), load_times(spec)
     requests = {name: target.requests(a) for name, a in parts.items()}
     jobs = {name: sorted(request_jobs(r, service, args.slo), key=lambda j: j.arrival) for name, r in requests.items()}
-    classes = {name: traffic_classes(j) for name, j in jobs.items()}
+    classes = {"per_class": {name: traffic_classes(j) for name, j in jobs.items()},
+               "per_kind": {name: request_kinds(j, cold, loads) for name, j in jobs.items()}}
     bounds = {}
     for name, part in requests.items():
         row = bounds_row(part, service, spec, args.slo, warm=0)
@@ -129,31 +149,36 @@ def main(args: argparse.Namespace) -> int:
     for tune, score in (("first", "last"), ("last", "first")):
         lower = bounds[score]["lower_bound_replica_seconds"]
 
-        def row(label: str, choice: dict[tuple[int, int], float], default_s: float) -> dict[str, Any]:
+        def row(label: str, of: dict[str, list[tuple[int, int]]], choice: dict[tuple[int, int], float],
+                default_s: float) -> dict[str, Any]:
             result = {"label": label,
-                      "tuned": scored(jobs[tune], classes[tune], choice, default_s, cold, args.slo, loads),
-                      "held_out": scored(jobs[score], classes[score], choice, default_s, cold, args.slo, loads)}
+                      "tuned": scored(jobs[tune], of[tune], choice, default_s, cold, args.slo, loads),
+                      "held_out": scored(jobs[score], of[score], choice, default_s, cold, args.slo, loads)}
             result["held_out"]["over_lower_bound"] = result["held_out"]["replica_seconds"] / lower
             return result
 
-        fixed = [row(f"fixed {k:g}s", {}, k) for k in KEEP_ALIVES_S]
-        by_class = []
-        for price in MISS_PRICES_S:
-            choice = tune_keep_alives(jobs[tune], classes[tune], cold, args.slo, loads, price)
-            by_class.append({**row(f"per class, miss priced {price:g}s", choice, max(choice.values())),
-                             "keep_alives": {f"slot {s}, recent {r}": k for (s, r), k in sorted(choice.items())}})
-            print(f"[online-reference] tuned on {tune}, miss priced {price:g}s: held out "
-                  f"{100 * by_class[-1]['held_out']['slo_attainment']:.2f} % at "
-                  f"{by_class[-1]['held_out']['over_lower_bound']:.2f}× the bound "
-                  f"({time.perf_counter() - started:.0f}s)", flush=True)
-        directions.append({"tune": tune, "score": score, "fixed": fixed, "per_class": by_class,
-                           "cheapest_meeting_target": {"fixed": _cheapest_at(fixed, args.target),
-                                                       "per_class": _cheapest_at(by_class, args.target)}})
+        direction: dict[str, Any] = {"tune": tune, "score": score,
+                                     "fixed": [row(f"fixed {k:g}s", classes["per_class"], {}, k) for k in KEEP_ALIVES_S]}
+        for family, (label, key) in FAMILIES.items():
+            direction[family] = []
+            for price in MISS_PRICES_S:
+                choice = tune_keep_alives(jobs[tune], classes[family][tune], cold, args.slo, loads, price)
+                direction[family].append({
+                    **row(f"{label}, miss priced {price:g}s", classes[family], choice, max(choice.values())),
+                    "keep_alives": {key.format(*c): k for c, k in sorted(choice.items())}})
+                held = direction[family][-1]["held_out"]
+                print(f"[online-reference] {label}, tuned on {tune}, miss priced {price:g}s: held out "
+                      f"{100 * held['slo_attainment']:.2f} % at {held['over_lower_bound']:.2f}× the bound "
+                      f"({time.perf_counter() - started:.0f}s)", flush=True)
+        direction["cheapest_meeting_target"] = {family: _cheapest_at(direction[family], args.target)
+                                                for family in ("fixed", *FAMILIES)}
+        directions.append(direction)
     meta = {**provenance(), "simulated": True, "trace": args.trace, "window": args.window, "split_s": args.split_s,
             "slo_s": args.slo, "target": args.target, "cold_start_s": cold, "loads": None if loads is None else vars(loads),
             "wall_s": time.perf_counter() - started,
-            "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed or "
-                           "per traffic class, tuned on one part of the trace and scored on the other"}
+            "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed, "
+                           "per traffic class or per kind of request, tuned on one part of the trace and scored on "
+                           "the other"}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "bounds": bounds, "directions": directions}, indent=1))
@@ -166,8 +191,9 @@ def report(name: str, meta: dict[str, Any], bounds: dict[str, Any], directions: 
     head = (f"# {name} (SIMULATION)\n\nSIMULATION. One replica that every request shares at once, for free; "
             f"checkpoint loads free; a request that finds it stopped waits for its cold start "
             f"({meta['cold_start_s']:g} s) and its LoRA loads. Its keep-alive after each call: one value, or one "
-            f"per class (3-hour slot of the day × requests in the last 10 minutes), tuned on one part for a price "
-            f"per miss, scored on the other. A reference for what not foreseeing arrivals costs, not a bound. "
+            f"per class of the call (requests in the last 10 minutes × the 3-hour slot of the day, or × whether "
+            f"its request could have met the SLO after a cold start), tuned on one part for a price per miss, "
+            f"scored on the other. A reference for what not foreseeing arrivals costs, not a bound. "
             f"SLO {meta['slo_s']:g} s.\n\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n")
     parts = []
     for d in directions:
@@ -178,7 +204,7 @@ def report(name: str, meta: dict[str, Any], bounds: dict[str, Any], directions: 
                  f"({offline / lower:.2f}×).\n",
                  "| keep-alive | tuned: SLO, replica-s | held out: SLO | replica-s | ÷ lower bound | cold starts |",
                  "|---|---|---|---|---|---|"]
-        for r in d["fixed"] + d["per_class"]:
+        for r in d["fixed"] + [r for family in FAMILIES for r in d[family]]:
             t, h = r["tuned"], r["held_out"]
             lines.append(f"| {r['label']} | {100 * t['slo_attainment']:.2f} %, {t['replica_seconds']:,.0f} | "
                          f"{100 * h['slo_attainment']:.2f} % | {h['replica_seconds']:,.0f} | "

@@ -65,11 +65,17 @@ def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpe
     return row
 
 
+def misses_from_cold_start(job: BoundJob, cold_start_s: float, loads: LoadTimes | None) -> bool:
+    """Whether ``job`` misses its window on a replica started when it arrives (its cold start
+    bringing its checkpoint, then its adapters and its call)."""
+    return job.arrival + cold_start_s + (loads.head_s(job) if loads else 0.0) > job.latest_start + 1e-9
+
+
 def from_cold_start_misses(jobs: list[BoundJob], cold_start_s: float, loads: LoadTimes) -> int:
-    """Requests that miss their window on a replica started when they arrive (its cold start bringing
-    their checkpoint, then their adapters and their call): to meet the SLO each needs a replica started
-    before it arrived, which only a policy that foresaw it, or kept one waiting, has."""
-    return sum(1 for job in jobs if job.arrival + cold_start_s + loads.head_s(job) > job.latest_start + 1e-9)
+    """Requests that miss their window on a replica started when they arrive: to meet the SLO each
+    needs a replica started before it arrived, which only a policy that foresaw it, or kept one
+    waiting, has."""
+    return sum(misses_from_cold_start(job, cold_start_s, loads) for job in jobs)
 
 
 def own_lower_bound(result: SimResult, spec: FleetSpec) -> float:

@@ -4,22 +4,23 @@ small many-model trace."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from benchmarks import online_reference
-from benchmarks.online_reference import scored, traffic_classes, tune_keep_alives
+from benchmarks.online_reference import request_kinds, scored, traffic_classes, tune_keep_alives
 from benchmarks.sim_bounds import shared_replica_run
-from scheduler.simulation.bounds import BoundJob
+from scheduler.simulation.bounds import BoundJob, LoadTimes
 from tests.conftest import ROOT
 
 SLO, COLD, SERVICE = 30.0, 22.7, 10.0
 
 
-def _job(arrival: float) -> BoundJob:
-    return BoundJob(arrival, SERVICE, arrival + SLO - SERVICE, arrival + SLO, arrival + SERVICE)
+def _job(arrival: float, service: float = SERVICE) -> BoundJob:
+    return BoundJob(arrival, service, arrival + SLO - service, arrival + SLO, arrival + service)
 
 
 @pytest.mark.parametrize("arrivals, expected", [
@@ -30,6 +31,31 @@ def _job(arrival: float) -> BoundJob:
 ])
 def test_traffic_classes(arrivals: list[float], expected: list[tuple[int, int]]) -> None:
     assert traffic_classes([_job(t) for t in arrivals]) == expected
+
+
+def test_request_kinds() -> None:
+    """A 10 s call cannot follow a 22.7 s cold start within 30 s; a 5 s one can, unless its LoRA
+    (4.4 s) comes first; the recent requests as in the traffic classes."""
+    loads = LoadTimes(2.8, 35.0, 4.4, 4, 8)
+    jobs = [_job(0.0), _job(100.0, 5.0), dataclasses.replace(_job(200.0, 5.0), adapters=("L1",))]
+    assert request_kinds(jobs, COLD, loads) == [(0, 1), (1, 2), (0, 3)]
+    assert request_kinds(jobs, COLD, None) == [(0, 1), (1, 2), (1, 3)]  # no loads charged
+
+
+def test_kinds_keep_a_replica_only_after_requests_whose_sessions_need_one() -> None:
+    """Sessions of two like requests 100 s apart, an hour between sessions: long calls (10 s, which
+    miss from a cold start) alternate with short ones (2 s, which do not). The kind tells them
+    apart; the traffic class (all in one slot, the same load) cannot."""
+    jobs = [_job(3600.0 * k + offset, SERVICE if k % 2 == 0 else 2.0) for k in range(4) for offset in (0.0, 100.0)]
+    kinds = request_kinds(jobs, COLD, None)
+    choice = tune_keep_alives(jobs, kinds, COLD, SLO, None, price_s=1000.0)
+    assert choice == {(0, 1): 90.0, (0, 2): 0.0, (1, 1): 0.0, (1, 2): 0.0}
+    run = scored(jobs, kinds, choice, 0.0, COLD, SLO, None)
+    assert run["slo_attainment"] == 0.75  # only each long session's first misses
+    classes = traffic_classes(jobs)
+    by_class = scored(jobs, classes, tune_keep_alives(jobs, classes, COLD, SLO, None, price_s=1000.0), 0.0,
+                      COLD, SLO, None)
+    assert by_class["slo_attainment"] == 0.75 and by_class["replica_seconds"] > run["replica_seconds"]
 
 
 def _pairs(count: int) -> list[BoundJob]:
@@ -75,9 +101,10 @@ def test_the_command_on_a_many_model_trace(tmp_path: Path) -> None:
     assert [(d["tune"], d["score"]) for d in data["directions"]] == [("first", "last"), ("last", "first")]
     for d in data["directions"]:
         assert len(d["fixed"]) == len(online_reference.KEEP_ALIVES_S)
-        assert len(d["per_class"]) == len(online_reference.MISS_PRICES_S)
+        assert len(d["per_class"]) == len(d["per_kind"]) == len(online_reference.MISS_PRICES_S)
         lower = data["bounds"][d["score"]]["lower_bound_replica_seconds"]
-        for row in d["fixed"] + d["per_class"]:
+        assert set(d["cheapest_meeting_target"]) == {"fixed", "per_class", "per_kind"}
+        for row in d["fixed"] + d["per_class"] + d["per_kind"]:
             assert row["held_out"]["cold_starts"] >= 1 and 0 < row["held_out"]["slo_attainment"] <= 1
             assert row["held_out"]["over_lower_bound"] == pytest.approx(row["held_out"]["replica_seconds"] / lower)
     assert "SIMULATION" in (tmp_path / "r.md").read_text()
