@@ -21,7 +21,7 @@ from benchmarks.stats import (
 from benchmarks.traces import Arrival, busiest_window, parse_window, read_trace, split_arrivals
 from benchmarks.workloads import burst, poisson
 from scheduler.outcomes import Outcome
-from tests.conftest import ROOT, Deployed
+from tests.conftest import CPU_PLAIN, ROOT, Deployed
 
 SYNTHETIC = ROOT / "benchmarks" / "traces" / "synthetic-20.csv"
 
@@ -137,11 +137,8 @@ def test_lost_request_breaks_the_accounting_identity() -> None:
         summarize([_record(0, outcome="vanished")], [], 1.0)
 
 
-TINY_SERVER = pytest.mark.app("cpu", "deadlines.shed_hopeless=false")
-
-
 @pytest.mark.ray
-@TINY_SERVER
+@CPU_PLAIN
 def test_smoke_trace_replay_against_a_real_server(app: Deployed, tmp_path: Path) -> None:
     arrivals = read_trace(SYNTHETIC)
     result = run_target(Target("tiny", url=app.url), Workload("open", arrivals),
@@ -163,7 +160,7 @@ def test_smoke_trace_replay_against_a_real_server(app: Deployed, tmp_path: Path)
 
 
 @pytest.mark.ray
-@TINY_SERVER
+@CPU_PLAIN
 def test_smoke_sweep_reports_levels(app: Deployed) -> None:
     result = run_target(Target("tiny", url=app.url), Workload("sweep", concurrency=[1, 2], requests_per_level=3),
                         RequestTemplate(size="64x64", steps=2), slo_s=10.0, warmup=0, tail_s=0.1)

@@ -12,17 +12,12 @@ import pytest
 
 from scheduler.outcomes import Outcome
 from serve.settings import WORKER_DEPLOYMENT
-from tests.conftest import ONE_SIM_REPLICA, SIM_ARGS, AppPool, Deployed
+from tests.conftest import CPU_PLAIN, ONE_SIM_REPLICA, SIM_ARGS, AppPool, Deployed
 
 pytestmark = pytest.mark.ray
 
 URL = "/v1/images/generations"
 LONG = {"prompt": "slow", "size": "128x128", "num_inference_steps": 100}  # ~6 s on the tiny model
-
-
-#: The CPU config with shedding off, so long requests always start.
-#: One address sends every request here: the per-client cap of cpu.yaml is off.
-CPU_PLAIN = pytest.mark.app("cpu", "deadlines.shed_hopeless=false", "queue.max_outstanding_per_client=null")
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:
