@@ -66,9 +66,11 @@ CONFIGS = ROOT / "configs"
 CPU_OVERRIDES = ["model.id=tiny", "model.torch_threads=1", "resources.num_cpus=0.25"]
 #: The simulated backend's load time in every simulated integration test (one deploy serves them all).
 SIM_ARGS = ["simulation.load_time_s=0.5"]
-#: The tiny CPU app with shedding off, so long requests always start, and no per-client cap, so one
-#: address may send everything: shared by the tests that need neither (one deploy serves them all).
-CPU_PLAIN = pytest.mark.app("cpu", "deadlines.shed_hopeless=false", "queue.max_outstanding_per_client=null")
+#: The tiny CPU app with shedding off, so long requests always start, no per-client cap, so one
+#: address may send everything, and an out-of-memory error for any request whose prompt says POISON:
+#: shared by the tests that need these (one deploy serves them all).
+CPU_PLAIN = pytest.mark.app("cpu", "deadlines.shed_hopeless=false", "queue.max_outstanding_per_client=null",
+                            "testing.inject_oom_marker=POISON")
 #: Live settings of simulated tests that watch one replica: fixed step times, one replica, no shedding.
 ONE_SIM_REPLICA = ["simulation.scale_with_pixels=false", "autoscaling.policy.min_replicas=1",
                    "autoscaling.policy.max_replicas=1", "deadlines.shed_hopeless=false"]

@@ -10,7 +10,7 @@ from scheduler.outcomes import Outcome
 from serve.deploy import DeployError
 from serve.fleet import state_name
 from serve.settings import WORKER_DEPLOYMENT
-from tests.conftest import AppPool, Deployed
+from tests.conftest import CPU_PLAIN, AppPool, Deployed
 
 pytestmark = pytest.mark.ray
 
@@ -18,7 +18,7 @@ URL = "/v1/images/generations"
 INJECT = "testing.inject_oom_marker=POISON"
 
 
-@pytest.mark.app("cpu", INJECT)
+@CPU_PLAIN
 def test_injected_oom_fails_only_its_request_and_the_replica_serves_on(app: Deployed) -> None:
     from ray import serve
 
