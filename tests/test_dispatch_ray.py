@@ -29,8 +29,13 @@ pytestmark = [
 ]
 
 
-def _body(prompt: str, timeout_s: float = 120) -> dict:
-    return {"prompt": prompt, "size": "64x64", "num_inference_steps": 10, "timeout_s": timeout_s}
+def _body(prompt: str, timeout_s: float = 120, steps: int = 10) -> dict:
+    return {"prompt": prompt, "size": "64x64", "num_inference_steps": steps, "timeout_s": timeout_s}
+
+
+#: 40 steps, 2 s on the replica: time to queue requests behind it before it ends, even when each
+#: HTTP round trip of the test's own polling is slow on a loaded 2-core machine.
+BUSY = _body("busy", steps=40)
 
 
 async def _post(client: httpx.AsyncClient, headers: dict, body: dict) -> tuple[int, float]:
@@ -84,13 +89,14 @@ def test_a_tight_deadline_overtakes_loose_ones_of_the_same_tenant(app: Deployed)
 
     async def scenario() -> tuple[tuple[int, float], list[tuple[int, float]]]:
         async with httpx.AsyncClient(base_url=app.url, timeout=120) as client:
-            busy = asyncio.create_task(_post(client, A, _body("busy")))
+            busy = asyncio.create_task(_post(client, A, BUSY))
             await _until_queued(client, 1)
             loose = []
             for i in range(3):
                 loose.append(asyncio.create_task(_post(client, A, _body(f"loose {i}"))))
                 await _until_queued(client, 2 + i)
-            tight = await _post(client, A, _body("tight", timeout_s=2.0))  # behind 3 × 0.5 s it would miss
+            # the earliest deadline (4 s against the loose ones' 120 s): it goes next, ahead of them
+            tight = await _post(client, A, _body("tight", timeout_s=4.0))
             await busy
             return tight, list(await asyncio.gather(*loose))
 
@@ -106,7 +112,7 @@ def test_a_request_cancelled_while_queued_never_reaches_a_replica(app: Deployed)
 
     async def scenario() -> list[int]:
         async with httpx.AsyncClient(base_url=app.url, timeout=120) as client:
-            busy = asyncio.create_task(_post(client, A, _body("busy")))
+            busy = asyncio.create_task(_post(client, A, BUSY))
             await _until_queued(client, 1)
             queued = asyncio.create_task(_post(client, B, _body("leaves")))
             await _until_queued(client, 2)
