@@ -9,12 +9,12 @@ import pytest
 
 from benchmarks.soak import run_soak
 from scheduler.outcomes import Outcome
-from tests.conftest import CPU_PLAIN, Deployed
+from tests.conftest import Deployed
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-@CPU_PLAIN  # one address drives it all
+@pytest.mark.app("cpu", "queue.max_outstanding_per_client=null")  # one address drives it all
 def test_half_a_minute_of_abuse_balances_the_books(app: Deployed) -> None:
     result = run_soak(app.url, app.app_name, duration_s=12, multiple=3.0, warmup_s=8)
     assert result["sent"] > 60, result
