@@ -103,8 +103,11 @@ def test_the_command_on_a_many_model_trace(tmp_path: Path) -> None:
         assert len(d["fixed"]) == len(online_reference.KEEP_ALIVES_S)
         assert len(d["per_class"]) == len(d["per_kind"]) == len(online_reference.MISS_PRICES_S)
         lower = data["bounds"][d["score"]]["lower_bound_replica_seconds"]
+        share = data["bounds"][d["score"]]["share_lower_bound"]  # serving 98 % of the part in time
+        assert 0 < share <= lower
         assert set(d["cheapest_meeting_target"]) == {"fixed", "per_class", "per_kind"}
         for row in d["fixed"] + d["per_class"] + d["per_kind"]:
             assert row["held_out"]["cold_starts"] >= 1 and 0 < row["held_out"]["slo_attainment"] <= 1
             assert row["held_out"]["over_lower_bound"] == pytest.approx(row["held_out"]["replica_seconds"] / lower)
+            assert row["held_out"]["over_share_bound"] >= row["held_out"]["over_lower_bound"]
     assert "SIMULATION" in (tmp_path / "r.md").read_text()

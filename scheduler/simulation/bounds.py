@@ -38,7 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from scheduler.simulation.ordered_chains import least_head_loads, one_request_calls, ordered_chain_cost
+from scheduler.simulation.ordered_chains import (
+    chain_links,
+    cover_cost,
+    least_head_loads,
+    one_request_calls,
+    ordered_chain_cost,
+)
 from scheduler.simulation.records import RequestRecord
 from scheduler.simulation.workload import ServiceModel, SimRequest
 
@@ -158,12 +164,11 @@ def chain_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, warm: int =
     each spare at most one life's start. Calls of one request each take the tighter bound of
     :mod:`scheduler.simulation.ordered_chains`; batched calls pair requests freely."""
     jobs = sorted(jobs, key=lambda j: (j.arrival, j.latest_end))
-    own = [loads.head_s(job) if loads else 0.0 for job in jobs]
     if one_request_calls(jobs, TOLERANCE_S):
-        heads = [cold_start_s + s for s in least_head_loads(jobs, own, TOLERANCE_S)]
+        heads = _ordered_heads(jobs, cold_start_s, loads)
         chains = sum(ordered_chain_cost(jobs, heads, stretch, TOLERANCE_S) for stretch in _stretches(jobs, heads))
     else:
-        heads = [cold_start_s + s for s in own]
+        heads = [cold_start_s + (loads.head_s(job) if loads else 0.0) for job in jobs]
         chains = sum(heads) - sum(_paired_saving(jobs, heads, stretch) for stretch in _stretches(jobs, heads))
     spared = sum(sorted(heads, reverse=True)[:warm]) if warm else 0.0
     return max(busy_time(jobs), chains + busy_time(jobs) - spared)
@@ -177,3 +182,56 @@ def _paired_saving(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: li
     savings = np.array([[_saving(jobs[i], jobs[k], heads[k]) if i != k else 0.0 for k in stretch] for i in stretch])
     rows, cols = linear_sum_assignment(savings, maximize=True)
     return float(savings[rows, cols].sum())
+
+
+def _ordered_heads(jobs: Sequence[BoundJob], cold_start_s: float, loads: LoadTimes | None) -> list[float]:
+    """What a life costs to start whose first request in arrival order is each of ``jobs`` (sorted):
+    its cold start and the least its first call loads."""
+    own = [loads.head_s(job) if loads else 0.0 for job in jobs]
+    return [cold_start_s + s for s in least_head_loads(jobs, own, TOLERANCE_S)]
+
+
+#: The bisection on the price per request stops when it is known this closely: a bound at any price.
+PRICE_TOLERANCE_S = 1e-3
+
+
+def share_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, share: float, warm: int = 0,
+                      loads: LoadTimes | None = None, rounds: int = 24) -> float:
+    """What any schedule pays that serves at least ``share`` of ``jobs`` (calls of one request each)
+    within their windows, the others shed or late at no cost: the bound a policy with that SLO
+    attainment cannot go under (:func:`chain_lower_bound` is for serving all of them).
+
+    Which requests to leave out couples every stretch of the trace, so the bound is Lagrangian:
+    at a price per covered request, each stretch's path cover may leave any request out (its
+    linear program with a coverage variable per request, :func:`~scheduler.simulation.ordered_chains.cover_cost`);
+    the sum over stretches plus the price times the requests that must be served is a lower bound
+    at *any* price (weak duality), and bisection on the price (covered against needed) finds the
+    best of those it tries. Every simplification leans low: each life's start and the delays carried
+    are those of all the requests, which only a subset's can exceed."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be within [0, 1], not {share}")
+    jobs = sorted(jobs, key=lambda j: (j.arrival, j.latest_end))
+    if not one_request_calls(jobs, TOLERANCE_S):
+        raise ValueError("the share bound covers calls of one request each, not batched calls")
+    needed = math.ceil(share * len(jobs) - 1e-9)
+    if needed == 0:
+        return 0.0
+    heads = _ordered_heads(jobs, cold_start_s, loads)
+    covers = [chain_links(jobs, heads, stretch, TOLERANCE_S) for stretch in _stretches(jobs, heads)]
+    spared = sum(sorted(heads, reverse=True)[:warm]) if warm else 0.0
+    least_busy = float(sum(sorted(job.service for job in jobs)[:needed]))
+
+    def dual(price: float) -> tuple[float, float]:
+        solved = [cover_cost(cover, price) for cover in covers]
+        return sum(cost for cost, _ in solved) + price * needed - spared, sum(n for _, n in solved)
+
+    low, high = 0.0, max(h + job.service for h, job in zip(heads, jobs)) + 1.0  # at ``high`` all are worth it
+    best, covered = dual(high)
+    for _ in range(rounds if covered >= needed else 0):
+        if high - low < PRICE_TOLERANCE_S:
+            break
+        price = (low + high) / 2
+        value, covered = dual(price)
+        best = max(best, value)
+        low, high = (price, high) if covered < needed else (low, price)
+    return max(least_busy, best)

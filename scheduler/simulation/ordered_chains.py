@@ -27,6 +27,7 @@ HiGHS) per stretch, whose optimum is at most that of the path cover itself: a bo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,22 +59,33 @@ def least_head_loads(jobs: Sequence[BoundJob], head_s: Sequence[float], toleranc
     return least
 
 
-def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: Sequence[int],
-                       tolerance_s: float) -> float:
-    """The least cost of starting lives (``heads``: each request's, were it first) and of the idle
-    time between calls, over the splits of ``stretch`` (indices of ``jobs``, sorted by arrival then
-    latest end) into lives in arrival order."""
+@dataclass(frozen=True)
+class ChainLinks:
+    """One stretch's path cover: what each request costs as the first of a life (``head``), its
+    ``service``, and the links (before, after, idle, lane: 0 after a life's first request, 1 after a
+    later one) that save against a life of its own."""
+
+    head: np.ndarray
+    service: np.ndarray
+    links: tuple[tuple[int, int, float, int], ...]
+
+
+def chain_links(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: Sequence[int],
+                tolerance_s: float) -> ChainLinks:
+    """The path cover of ``stretch`` (indices of ``jobs``, sorted by arrival then latest end), each
+    request priced ``heads`` were it first of its life."""
     m = len(stretch)
-    if m == 1:
-        return float(heads[stretch[0]])
     sub = [jobs[i] for i in stretch]
-    head = np.array([heads[i] for i in stretch])
+    head = np.array([heads[i] for i in stretch], dtype=float)
+    service = np.array([j.service for j in sub], dtype=float)
+    if m == 1:
+        return ChainLinks(head, service, ())
     arrival = np.array([j.arrival for j in sub])
     latest_end = np.array([j.latest_end for j in sub])
     dearest = float(head.max())
     slack = np.array([j.latest_start for j in sub]) - arrival
     widest = float(slack.max())
-    links: list[tuple[int, int, float, int]] = []  # (before, after, idle, lane: 0 first, 1 later)
+    links: list[tuple[int, int, float, int]] = []
 
     def follows(a: int, b: int) -> bool:
         return sub[a].hand_over <= sub[b].latest_start + tolerance_s
@@ -103,25 +115,51 @@ def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch
                 _add_links(links, a, b, sub, head, carried)
     for a, b in reversed_pairs:
         _add_links(links, a, b, sub, head, carried)
-    if not links:
-        return float(head.sum())
-    count = len(links)
-    before, after, idle, lane = (np.array(column) for column in zip(*links))
+    return ChainLinks(head, service, tuple(links))
+
+
+def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: Sequence[int],
+                       tolerance_s: float) -> float:
+    """The least cost of starting lives (``heads``: each request's, were it first) and of the idle
+    time between calls, over the splits of ``stretch`` (indices of ``jobs``, sorted by arrival then
+    latest end) into lives in arrival order."""
+    return cover_cost(chain_links(jobs, heads, stretch, tolerance_s))[0]
+
+
+def cover_cost(cover: ChainLinks, price: float | None = None) -> tuple[float, float]:
+    """The path cover's least cost and how many requests it covers. ``price`` None: every request
+    is covered, and the cost is the lives' starts and the idle time. With a ``price``, a request may
+    be left out (shed, or served late: its call then counts for nothing here), and a covered one
+    also costs its service less ``price``: the Lagrangian of serving a share of the requests
+    (:func:`scheduler.simulation.bounds.share_lower_bound`)."""
+    head, service, m = cover.head, cover.service, len(cover.head)
+    if not cover.links:
+        if price is None:
+            return float(head.sum()), float(m)
+        worth = head + service - price < 0  # a life of its own, worth its price
+        return float(np.where(worth, head + service - price, 0.0).sum()), float(worth.sum())
+    count = len(cover.links)
+    before, after, idle, lane = (np.array(column) for column in zip(*cover.links))
     before, after, lane = before.astype(int), after.astype(int), lane.astype(int)
-    link_columns = m + np.arange(count)
-    # each request is first of its life or follows exactly one other
-    covered = csr_matrix((np.ones(m + count), (np.r_[np.arange(m), after], np.r_[np.arange(m), link_columns])),
-                         shape=(m, m + count))
+    starts, links, covered = np.arange(m), m + np.arange(count), m + count + np.arange(m)
+    width = 2 * m + count
+    # each covered request is first of its life or follows exactly one other
+    joined = csr_matrix((np.r_[np.ones(m + count), -np.ones(m)], (np.r_[np.arange(m), after, np.arange(m)],
+                                                                   np.r_[starts, links, covered])), shape=(m, width))
     # a first request is followed by at most one at its first-request price, a later one at its own
-    rows = np.r_[np.arange(m), m + np.arange(m), before + m * lane]
-    columns = np.r_[np.arange(m), np.arange(m), link_columns]
-    values = np.r_[-np.ones(m), np.ones(m), np.ones(count)]
-    followed = csr_matrix((values, (rows, columns)), shape=(2 * m, m + count))
-    result = linprog(np.r_[head, idle], A_ub=followed, b_ub=np.r_[np.zeros(m), np.ones(m)], A_eq=covered,
-                     b_eq=np.ones(m), bounds=(0, 1), method="highs")
+    rows = np.r_[np.arange(m), m + np.arange(m), m + np.arange(m), before + m * lane]
+    columns = np.r_[starts, starts, covered, links]
+    values = np.r_[-np.ones(m), np.ones(m), -np.ones(m), np.ones(count)]
+    followed = csr_matrix((values, (rows, columns)), shape=(2 * m, width))
+    if price is None:
+        cost, bounds = np.r_[head, idle, np.zeros(m)], [(0, 1)] * (m + count) + [(1, 1)] * m
+    else:
+        cost, bounds = np.r_[head, idle, service - price], (0, 1)
+    result = linprog(cost, A_ub=followed, b_ub=np.zeros(2 * m), A_eq=joined, b_eq=np.zeros(m), bounds=bounds,
+                     method="highs")
     if result.status != 0:
         raise RuntimeError(f"the path cover's linear program failed: {result.message}")
-    return float(result.fun)
+    return float(result.fun), float(result.x[covered].sum())
 
 
 def _add_links(links: list[tuple[int, int, float, int]], a: int, b: int, sub: Sequence[BoundJob],
