@@ -42,6 +42,21 @@ def _matched_markdown(baseline: str, matched: list[dict[str, Any]], direction: d
     return lines
 
 
+def _cheapest_at_share_markdown(direction: dict[str, Any], held: dict[str, Any]) -> list[str]:
+    """Each policy's cheapest held-out point at the share's SLO attainment or more, against both bounds."""
+    if "share_lower_bound" not in held or not direction.get("cheapest_at_share"):
+        return []
+    share, lower, bound = held["share"], held["lower_bound_replica_seconds"], held["share_lower_bound"]
+    lines = ["", f"Cheapest held-out point at {100 * share:g} % or more (any setting, chosen on the held-out part "
+             f"itself for every policy alike):", ""]
+    for policy, point in direction["cheapest_at_share"].items():
+        lines.append(f"- {policy}: " + ("none." if point is None else
+                     f"{point['label']}, {_pct(point)} at {point['replica_seconds']:,.0f} replica-s: "
+                     f"{point['replica_seconds'] / lower:.2f}× the lower bound, {point['replica_seconds'] / bound:.2f}× "
+                     f"the bound for serving {100 * share:g} %."))
+    return lines
+
+
 def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, Any]], target: float) -> str:
     tune, score = direction["tune"], direction["score"]
     held = bounds[score]
@@ -60,6 +75,7 @@ def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, An
     for policy in policies:
         shipped = direction["shipped"][policy]
         lines.append(f"| {policy} | {shipped['label']} (not tuned here) | - | {_row(shipped, lower)} |")
+    lines += _cheapest_at_share_markdown(direction, held)
     for baseline, matched in direction["matched"].items():
         lines += _matched_markdown(baseline, matched, direction, tune, score)
     for policy in policies:

@@ -38,7 +38,7 @@ from benchmarks.sim_bounds import bounds_row, least_cold_start, load_times, miss
 from benchmarks.sim_config import ModelReplay, a10_service_model, load_target
 from benchmarks.simulate import load_arrivals
 from benchmarks.traces import split_arrivals
-from scheduler.simulation.bounds import BoundJob, LoadTimes, request_jobs, share_lower_bound
+from scheduler.simulation.bounds import BoundJob, LoadTimes, request_jobs
 from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S
 
 #: Keep-alives a class may get, seconds (0: stop as soon as the call ends).
@@ -141,13 +141,13 @@ def main(args: argparse.Namespace) -> int:
                "per_kind": {name: request_kinds(j, cold, loads) for name, j in jobs.items()}}
     bounds = {}
     for name, part in requests.items():
-        row = bounds_row(part, service, spec, args.slo, warm=0)
-        bounds[name] = {key: row[key] for key in ("lower_bound_replica_seconds", "offline_replica_seconds", "busy_seconds")}
-        print(f"[online-reference] {name} part: {len(part)} requests, lower bound "
-              f"{row['lower_bound_replica_seconds']:,.0f} replica-s; the bound for serving "
+        print(f"[online-reference] {name} part: {len(part)} requests; its bounds, with the bound for serving "
               f"{100 * args.target:g} % of them in time (a minute or two) ...", flush=True)
-        bounds[name]["share_lower_bound"] = share_lower_bound(jobs[name], cold, args.target, 0, loads)
-        print(f"[online-reference] {name} part: {bounds[name]['share_lower_bound']:,.0f} replica-s", flush=True)
+        row = bounds_row(part, service, spec, args.slo, warm=0, share=args.target)
+        bounds[name] = {key: row[key] for key in ("lower_bound_replica_seconds", "offline_replica_seconds", "busy_seconds",
+                                                  "share_lower_bound")}
+        print(f"[online-reference] {name} part: lower bound {row['lower_bound_replica_seconds']:,.0f} replica-s, "
+              f"{row['share_lower_bound']:,.0f} for {100 * args.target:g} %", flush=True)
     directions = []
     for tune, score in (("first", "last"), ("last", "first")):
         lower = bounds[score]["lower_bound_replica_seconds"]

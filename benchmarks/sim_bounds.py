@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from scheduler.simulation.bounds import BoundJob, LoadTimes, busy_time, chain_lower_bound, jobs_served, request_jobs
+from scheduler.simulation.bounds import (
+    BoundJob,
+    LoadTimes,
+    busy_time,
+    chain_lower_bound,
+    jobs_served,
+    request_jobs,
+    share_lower_bound,
+)
 from scheduler.simulation.offline import best_offline_schedule
 from scheduler.simulation.records import SimResult
 from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
@@ -37,12 +45,13 @@ def load_times(spec: FleetSpec) -> LoadTimes | None:
 
 
 def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpec, slo_s: float,
-               warm: int | None = None) -> dict[str, Any]:
+               warm: int | None = None, share: float | None = None) -> dict[str, Any]:
     """Busy time, the lower bound and the offline schedule for ``spec``'s mode, GPUs, cold start and
     replicas warm at time 0 (``warm``; default the spec's initial replicas; a part scored after a
     warm-up may find any number up to the GPUs running) (the offline schedule
     runs each request in a call of its own, which any mode may do: in the batched mode it is an upper
-    bound, not a batched schedule)."""
+    bound, not a batched schedule); with ``share`` (calls of one request), the bound for serving only
+    that share of the requests within the SLO (a minute or so on the whole trace)."""
     started = time.perf_counter()
     jobs = request_jobs(requests, service, slo_s, spec.max_batch_size)
     cold = least_cold_start(spec)
@@ -60,6 +69,8 @@ def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpe
                     "offline_loads": offline.loads, "offline_lora_loads": offline.lora_loads,
                     "offline_host_reads_peak": offline.host_reads_peak, "node_host_models": spec.host_models_per_node,
                     "cannot_meet_slo_from_a_cold_start": from_cold_start_misses(jobs, cold, loads)})
+    if share is not None and spec.max_batch_size == 1:
+        row.update({"share": share, "share_lower_bound": share_lower_bound(jobs, cold, share, warm, loads)})
     row["keep_alive_reference"] = keep_alive_reference(jobs, cold, slo_s, loads)
     row["seconds"] = time.perf_counter() - started
     return row
@@ -103,6 +114,11 @@ def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) 
     if row.get("offline_late"):
         text += f"; the offline schedule starts {row['offline_late']} requests after their windows (no replica could take them in time)"
     text += "."
+    if "share_lower_bound" in row:
+        share, bound = row["share"], row["share_lower_bound"]
+        text += (f" Serving only {100 * share:g} % of the requests within the SLO (the rest shed or late) costs at least "
+                 f"{bound:,.0f} ({100 * (1 - bound / row['lower_bound_replica_seconds']):.1f} % under the lower bound): "
+                 f"a policy at that SLO attainment may pay less than the lower bound, never less than this.")
     if "loads_charged" in row:
         misses = row["cannot_meet_slo_from_a_cold_start"]
         share = f" ({100 * misses / requests:.1f} %)" if requests else ""

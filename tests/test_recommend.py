@@ -173,7 +173,15 @@ def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each
     assert per_model and all(p["peak_replicas"] >= 1 for p in per_model)
     for direction in data["directions"]:
         assert set(direction["matched"]) == {heldout.RAY, heldout.PER_MODEL}
-    assert "per-model deployments: its front" in (tmp_path / "m.md").read_text()
+        bounds = data["bounds"][direction["score"]]
+        assert bounds["share"] == 0.98 and 0 < bounds["share_lower_bound"] <= bounds["lower_bound_replica_seconds"]
+        for policy, point in direction["cheapest_at_share"].items():  # the cheapest held-out point at 98 % or more
+            scored = [p for p in data["points"] if p["policy"] == policy and p["part"] == direction["score"]]
+            meeting = [p["replica_seconds"] for p in scored if p["slo_attainment"] >= 0.98]
+            assert (point is None and not meeting) or point["replica_seconds"] == min(meeting)
+    report = (tmp_path / "m.md").read_text()
+    assert "per-model deployments: its front" in report and "Serving only 98 % of the requests" in report
+    assert "Cheapest held-out point at 98 % or more" in report
 
 
 def test_heldout_with_a_warm_up_scores_the_later_part_after_the_earlier_one(tmp_path: Path) -> None:
