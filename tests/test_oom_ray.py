@@ -62,7 +62,11 @@ def test_request_that_never_fits_is_refused_before_the_pipeline(app: Deployed) -
     assert app.worker_stats()[0]["calls"] == calls + 1
 
 
-@pytest.mark.app("cpu", "model.id=nobody/no-such-model")
+#: One attempt at the constructor (Ray's default: 3 per replica), so the failure comes at once.
+ONE_ATTEMPT = {WORKER_DEPLOYMENT: ["max_constructor_retry_count=1"]}
+
+
+@pytest.mark.app("cpu", "model.id=nobody/no-such-model", deployments=ONE_ATTEMPT)
 def test_model_that_cannot_load_fails_the_deploy_with_a_clear_message(app_pool: AppPool) -> None:
     with pytest.raises(DeployError, match="cannot load model"):
-        app_pool.get("cpu", ["model.id=nobody/no-such-model"])
+        app_pool.get("cpu", ["model.id=nobody/no-such-model"], ONE_ATTEMPT)
