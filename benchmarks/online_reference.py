@@ -207,7 +207,7 @@ def report(name: str, meta: dict[str, Any], bounds: dict[str, Any], directions: 
         lines = [f"\n## Tuned on the {d['tune']} part, scored on the {d['score']}\n",
                  f"Held-out part: lower bound {lower:,.0f}, offline schedule {offline:,.0f} replica-seconds "
                  f"({offline / lower:.2f}×). Serving only {100 * meta['target']:g} % of it within the SLO (the rest "
-                 f"shed) costs at least {share:,.0f} ({100 * (1 - share / lower):.1f} % under the lower bound).\n",
+                 f"shed or late) costs at least {share:,.0f} ({100 * (1 - share / lower):.1f} % under the lower bound).\n",
                  "| keep-alive | tuned: SLO, replica-s | held out: SLO | replica-s | ÷ lower bound | cold starts |",
                  "|---|---|---|---|---|---|"]
         for r in d["fixed"] + [r for family in FAMILIES for r in d[family]]:
