@@ -88,6 +88,7 @@ class Point:
     replica_starts: int
     peak_replicas: int | None = None  # the per-model fleet: replicas at once over all its deployments
     alive_at_start: int = 0  # replicas holding a GPU when scoring began (after a warm-up: what it left)
+    breakdown: dict[str, Any] | None = None  # where its replica-seconds went, its misses by cause (sim_breakdown)
 
 
 def cheapest_meeting(points: list[Point], target: float) -> Point:
@@ -159,7 +160,8 @@ def _run(job: tuple[Setting, SimTarget, str, Part, float]) -> Point:
         _, summary = run_one(target, target.requests(part.arrivals), a10_service_model(), slo_s,
                              score_from_s=part.score_from_s)
     return Point(setting.policy, setting.label, name, summary["slo_attainment"], summary["replica_seconds"],
-                 summary["latency_s"]["p99"], summary["replica_starts"], summary.get("peak_replicas"), summary["alive_at_start"])
+                 summary["latency_s"]["p99"], summary["replica_starts"], summary.get("peak_replicas"), summary["alive_at_start"],
+                 summary.get("breakdown"))  # the per-model fleet's deployments run apart: none
 
 
 def main(args: argparse.Namespace) -> int:

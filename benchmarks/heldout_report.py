@@ -7,6 +7,7 @@ from typing import Any
 
 from benchmarks.heldout import SDSERVE, Point, strictly_beaten
 from benchmarks.sim_bounds import describe_bounds
+from benchmarks.sim_breakdown import describe
 from benchmarks.sim_report import plot_pareto
 
 
@@ -53,7 +54,8 @@ def _cheapest_at_share_markdown(direction: dict[str, Any], held: dict[str, Any])
         lines.append(f"- {policy}: " + ("none." if point is None else
                      f"{point['label']}, {_pct(point)} at {point['replica_seconds']:,.0f} replica-s: "
                      f"{point['replica_seconds'] / lower:.2f}× the lower bound, {point['replica_seconds'] / bound:.2f}× "
-                     f"the bound for serving {100 * share:g} %."))
+                     f"the bound for serving {100 * share:g} %." + (
+                         f" {describe(point['breakdown'])}." if point.get("breakdown") else "")))
     return lines
 
 

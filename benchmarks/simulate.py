@@ -19,6 +19,7 @@ from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
 from benchmarks.report import provenance, write_outputs
 from benchmarks.sim_bounds import attach, bounds_row, describe_bounds, mode_key, own_lower_bound
+from benchmarks.sim_breakdown import breakdown
 from benchmarks.sim_config import ModelReplay, SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import downsample, plot_pareto
 from benchmarks.stats import summarize
@@ -96,6 +97,7 @@ def summarize_result(result: SimResult, slo_s: float) -> dict[str, Any]:
         tiers = Counter(r.model_load for r in ran)
         summary["model_loads"] = {"per_request": (tiers["host"] + tiers["disk"]) / len(ran), "host": tiers["host"],
                                   "disk": tiers["disk"], "lora": sum(r.lora_loads for r in ran)}
+    summary["breakdown"] = breakdown(result, slo_s)
     return summary
 
 

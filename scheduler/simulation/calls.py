@@ -150,7 +150,7 @@ class CallRunner:
             record = sim.records[i]
             record.start_s, record.replica = t, replica.id
             record.call_s, record.call_images, record.model_load = end - t, images, tier
-            record.lora_loads = lora_loads
+            record.lora_loads, record.load_s = lora_loads, loaded_s
             if sim.deadline[i] < end or stopped:
                 record.outcome = Outcome.DEADLINE
                 sim.events.push(min(sim.deadline[i], end), Event.FINISH, i, 0)

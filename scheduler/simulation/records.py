@@ -59,6 +59,7 @@ class RequestRecord:
     call_images: int | None = None  # images in that call
     model_load: str | None = None  # where its checkpoint came from for its call: none, host, disk
     lora_loads: int = 0  # LoRA adapters its call loaded first
+    load_s: float = 0.0  # how long its call loaded its checkpoint and adapters before it ran
 
     @property
     def latency_s(self) -> float:
