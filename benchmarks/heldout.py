@@ -233,10 +233,10 @@ def main(args: argparse.Namespace) -> int:
 def evaluate(points: list[Point], tune: str, score: str, target: float, share: float | None = None) -> dict[str, Any]:
     """One direction: fronts and choices made on ``tune``, as they score on ``score``; with ``share``,
     each policy's cheapest setting at that SLO attainment or more on ``score`` (chosen there, with
-    hindsight, for every policy alike)."""
+    hindsight, for every policy alike), or its highest attainment there when none reaches it."""
     on = {(p.policy, p.label, p.part): p for p in points}
     result: dict[str, Any] = {"tune": tune, "score": score, "fronts": {}, "choices": {}, "shipped": {},
-                              "cheapest_at_share": {}}
+                              "cheapest_at_share": {}, "highest_below_share": {}}
     policies = [policy for policy in (SDSERVE, RAY, PER_MODEL) if any(p.policy == policy for p in points)]
     for policy in policies:
         tuned = [p for p in points if p.policy == policy and p.part == tune and not p.label.startswith("shipped")]
@@ -247,8 +247,11 @@ def evaluate(points: list[Point], tune: str, score: str, target: float, share: f
         result["shipped"][policy] = next(asdict(p) for p in points
                                          if p.policy == policy and p.part == score and p.label.startswith("shipped"))
         if share is not None:
-            meeting = [p for p in points if p.policy == policy and p.part == score and p.slo_attainment >= share]
+            scored = [p for p in points if p.policy == policy and p.part == score]
+            meeting = [p for p in scored if p.slo_attainment >= share]
             result["cheapest_at_share"][policy] = asdict(min(meeting, key=lambda p: p.replica_seconds)) if meeting else None
+            if not meeting:  # how near it came, and what stopped it
+                result["highest_below_share"][policy] = asdict(max(scored, key=lambda p: (p.slo_attainment, -p.replica_seconds)))
     ours = [Point(**f["held_out"]) for f in result["fronts"][SDSERVE]]
     result["matched"] = {}  # each baseline's front point, and sdserve's cheapest at least as good
     for baseline in policies[1:]:

@@ -51,11 +51,17 @@ def _cheapest_at_share_markdown(direction: dict[str, Any], held: dict[str, Any])
     lines = ["", f"Cheapest held-out point at {100 * share:g} % or more (any setting, chosen on the held-out part "
              f"itself for every policy alike):", ""]
     for policy, point in direction["cheapest_at_share"].items():
-        lines.append(f"- {policy}: " + ("none." if point is None else
-                     f"{point['label']}, {_pct(point)} at {point['replica_seconds']:,.0f} replica-s: "
-                     f"{point['replica_seconds'] / lower:.2f}× the lower bound, {point['replica_seconds'] / bound:.2f}× "
-                     f"the bound for serving {100 * share:g} %." + (
-                         f" {describe(point['breakdown'])}." if point.get("breakdown") else "")))
+        highest = direction.get("highest_below_share", {}).get(policy)
+        if point is not None:
+            said = (f"{point['label']}, {_pct(point)} at {point['replica_seconds']:,.0f} replica-s: "
+                    f"{point['replica_seconds'] / lower:.2f}× the lower bound, {point['replica_seconds'] / bound:.2f}× "
+                    f"the bound for serving {100 * share:g} %.")
+        elif highest is not None:
+            point, said = highest, (f"none; its highest, {highest['label']}, {_pct(highest)} at "
+                                    f"{highest['replica_seconds']:,.0f} replica-s.")
+        else:
+            said = "none."
+        lines.append(f"- {policy}: {said}" + (f" {describe(point['breakdown'])}." if point and point.get("breakdown") else ""))
     return lines
 
 

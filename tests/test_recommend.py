@@ -179,9 +179,20 @@ def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each
             scored = [p for p in data["points"] if p["policy"] == policy and p["part"] == direction["score"]]
             meeting = [p["replica_seconds"] for p in scored if p["slo_attainment"] >= 0.98]
             assert (point is None and not meeting) or point["replica_seconds"] == min(meeting)
+            highest = direction["highest_below_share"].get(policy)  # when none reaches it: the highest
+            assert (highest is None) == bool(meeting)
+            assert highest is None or highest["slo_attainment"] == max(p["slo_attainment"] for p in scored)
+    for p in data["points"]:  # one fleet's breakdown for sdserve's and Ray's runs; the per-model fleet has none
+        view = p["breakdown"]
+        assert (view is None) == (p["policy"] == heldout.PER_MODEL)
+        if view is not None:
+            assert sum(view["replica_seconds_by_fleet_size"].values()) == pytest.approx(p["replica_seconds"])
     report = (tmp_path / "m.md").read_text()
     assert "per-model deployments: its front" in report and "Serving only 98 % of the requests" in report
     assert "Cheapest held-out point at 98 % or more" in report
+    for direction in data["directions"]:
+        for policy, highest in direction["highest_below_share"].items():
+            assert f"- {policy}: none; its highest, {highest['label']}" in report
 
 
 def test_heldout_with_a_warm_up_scores_the_later_part_after_the_earlier_one(tmp_path: Path) -> None:
