@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.sim_breakdown import causes, fleet_shares  # noqa: E402
 from scheduler.outcomes import Outcome  # noqa: E402
 
 ROWS = [
@@ -38,6 +39,8 @@ ROWS = [
     ("offline schedule / lower bound (the optimum lies between)", lambda s: s.get("offline_over_lower_bound")),
     ("lower bound over the windows it kept", lambda s: s.get("own_lower_bound_replica_seconds")),
     ("checkpoint loads / request (from disk, from host); LoRA loads", lambda s: _loads(s.get("model_loads"))),
+    ("replica-seconds by replicas up (simulation)", lambda s: s.get("breakdown") and fleet_shares(s["breakdown"])),
+    ("misses by cause (simulation)", lambda s: s.get("breakdown") and causes(s["breakdown"])),
     ("s from first request to 1st, 2nd, ... replica running",
      lambda s: ", ".join(f"{t:.1f}" for t in s.get("seconds_to_running_replicas", [])) or "-"),
 ]

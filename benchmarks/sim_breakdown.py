@@ -76,12 +76,21 @@ def breakdown(result: SimResult, slo_s: float) -> dict[str, dict]:
             "misses_by_cause": miss_causes(result, slo_s)}
 
 
-def describe(view: dict[str, dict]) -> str:
-    """One sentence: the share paid with one replica up, with more, and the misses by cause."""
+def fleet_shares(view: dict[str, dict]) -> str:
+    """The shares of the replica-seconds paid with one replica up and with two or more."""
     paid = {int(n): s for n, s in view["replica_seconds_by_fleet_size"].items()}
     total = sum(paid.values()) or 1.0
     one = paid.get(1, 0.0)
-    misses = {cause: n for cause, n in view["misses_by_cause"].items() if n}
-    said = ", ".join(f"{n} {cause}" for cause, n in sorted(misses.items(), key=lambda kv: -kv[1])) or "none"
-    return (f"{100 * one / total:.0f} % of its replica-seconds with one replica up, {100 * (total - one) / total:.0f} % "
-            f"with two or more; its {sum(misses.values())} misses: {said}")
+    return (f"{100 * one / total:.0f} % of the replica-seconds with one replica up, "
+            f"{100 * (total - one) / total:.0f} % with two or more")
+
+
+def causes(view: dict[str, dict]) -> str:
+    """The misses' causes that occurred, commonest first ("none" when nothing missed)."""
+    misses = sorted(((n, cause) for cause, n in view["misses_by_cause"].items() if n), key=lambda m: -m[0])
+    return ", ".join(f"{n} {cause}" for n, cause in misses) or "none"
+
+
+def describe(view: dict[str, dict]) -> str:
+    """One sentence: the shares paid with one replica up and with more, and the misses by cause."""
+    return f"{fleet_shares(view)}; its {sum(view['misses_by_cause'].values())} misses: {causes(view)}"

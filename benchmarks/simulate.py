@@ -19,7 +19,7 @@ from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
 from benchmarks.report import provenance, write_outputs
 from benchmarks.sim_bounds import attach, bounds_row, describe_bounds, mode_key, own_lower_bound
-from benchmarks.sim_breakdown import breakdown
+from benchmarks.sim_breakdown import breakdown, describe
 from benchmarks.sim_config import ModelReplay, SimTarget, a10_service_model, load_target
 from benchmarks.sim_report import downsample, plot_pareto
 from benchmarks.stats import summarize
@@ -159,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"[simulate] {target.name}: {summary['simulator_seconds']:.1f}s, "
                   f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s" + (
                       f", {loads['per_request']:.3f} loads/request ({loads['disk']} from disk, {loads['host']} from "
-                      f"host, {loads['lora']} LoRA)" if loads else ""), flush=True)
+                      f"host, {loads['lora']} LoRA)" if loads else "") + f"; {describe(summary['breakdown'])}", flush=True)
             if len(requests) > MAX_RECORDS:
                 entry["records"] = []
             results[target.name] = entry

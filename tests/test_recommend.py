@@ -227,6 +227,7 @@ def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path
     assert 0 < loads["per_request"] < 1 and loads["disk"] > 0 and loads["lora"] > 0
     markdown = (tmp_path / "m.md").read_text()
     assert "checkpoint loads / request" in markdown and "commit" in markdown
+    assert "% of the replica-seconds with one replica up" in markdown and "misses by cause" in markdown
     # the same trace as one checkpoint without LoRAs: no model named, none replayed
     args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], one_checkpoint=True)
     arrivals = simulate_cli.load_arrivals(args)

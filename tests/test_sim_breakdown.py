@@ -13,6 +13,7 @@ from benchmarks.sim_breakdown import (
     QUEUED,
     STILL_STARTING,
     TOO_LONG,
+    causes,
     describe,
     miss_causes,
     replica_seconds_by_fleet_size,
@@ -74,8 +75,9 @@ def test_requests_in_time_are_no_misses() -> None:
 def test_describe_names_the_shares_and_causes() -> None:
     said = describe({"replica_seconds_by_fleet_size": {"1": 75.0, "2": 25.0},
                      "misses_by_cause": {FROM_DISK: 3, COLD_START: 1, QUEUED: 0}})
-    assert said == ("75 % of its replica-seconds with one replica up, 25 % with two or more; "
+    assert said == ("75 % of the replica-seconds with one replica up, 25 % with two or more; "
                     "its 4 misses: 3 checkpoint from disk, 1 cold start")
+    assert causes({"misses_by_cause": dict.fromkeys(CAUSES, 0)}) == "none"
 
 
 def test_a_simulation_breaks_down_to_its_totals() -> None:
