@@ -56,6 +56,10 @@ def _enter_prompt(browser: Any, url: str, text: str) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(f"{url}/")
+    deadline = time.monotonic() + 30  # the page has its handlers and the catalog (a loaded machine is slow)
+    while time.monotonic() < deadline and browser.execute_script("return document.body.dataset.ready") != "true":
+        time.sleep(0.05)
+    assert browser.execute_script("return document.body.dataset.ready") == "true", "the page never finished loading"
     prompt = browser.find_element(By.ID, "prompt")
     prompt.clear()
     prompt.send_keys(text)

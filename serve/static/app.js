@@ -194,17 +194,7 @@ function options(select, names) {
 }
 
 async function init() {
-  $("size").replaceChildren(...SIZES.map((s) => { const o = document.createElement("option"); o.textContent = s; return o; }));
-  $("size").value = "64x64";
-  $("key").value = localStorage.getItem("sdserve-key") || "";
-  const models = await fetch("/v1/models", { headers: headers() });
-  if (models.status === 401) $("key-row").hidden = false;
-  else if (models.ok) {
-    const data = (await models.json()).data;
-    $("model").textContent = data[0].id;
-    options($("model-select"), data.filter((m) => m.kind !== "lora").map((m) => m.id));
-    options($("lora"), data.filter((m) => m.kind === "lora").map((m) => m.id));
-  }
+  // the handlers first: a click before the catalog arrives must not submit the form natively
   $("form").addEventListener("submit", generate);
   $("mode").addEventListener("change", () => {
     const editing = $("mode").value === "edit";
@@ -212,6 +202,21 @@ async function init() {
     $("size-row").hidden = editing;
     $("go").textContent = editing ? "Edit" : "Generate";
   });
+  $("size").replaceChildren(...SIZES.map((s) => { const o = document.createElement("option"); o.textContent = s; return o; }));
+  $("size").value = "64x64";
+  $("key").value = localStorage.getItem("sdserve-key") || "";
+  try {
+    const models = await fetch("/v1/models", { headers: headers() });
+    if (models.status === 401) $("key-row").hidden = false;
+    else if (models.ok) {
+      const data = (await models.json()).data;
+      $("model").textContent = data[0].id;
+      options($("model-select"), data.filter((m) => m.kind !== "lora").map((m) => m.id));
+      options($("lora"), data.filter((m) => m.kind === "lora").map((m) => m.id));
+    }
+  } finally {
+    document.body.dataset.ready = "true";  // the catalog is in (or could not be read): tests wait for this
+  }
   refreshFleet();
   setInterval(refreshFleet, 2000);
 }
