@@ -310,6 +310,9 @@ def test_the_shipped_configs_decide_the_same_when_called_only_where_it_can_chang
 @settings(max_examples=30, deadline=None)
 @given(trace=sim_traces, up=st.sampled_from([0.0, 3.0]), down=st.sampled_from([5.0, 30.0]),
        look_back=st.sampled_from([2.0, 10.0]), interval=st.sampled_from([0.5, 2.0]), target=st.sampled_from([1.0, 2.0]))
+# the oldest point leaves the look-back window at 127.6 + 2.0, a float sum a hair past the 129.6 grid point
+@example(trace=[(60.0, 1, 10, 5.0), (60.0, 3, 10, 30.0), (2.0, 1, 10, 30.0), (2.0, 1, 10, 5.0), (15.0, 1, 10, 5.0)],
+         up=0.0, down=5.0, look_back=2.0, interval=0.5, target=1.0)
 def test_ray_default_decides_the_same_when_called_only_where_it_can_change(
         trace, up, down, look_back, interval, target) -> None:
     config = RayAutoscalingConfig(max_replicas=4, upscale_delay_s=up, downscale_delay_s=down,

@@ -263,7 +263,9 @@ class RayControlled(_CountsOnly):
 
         lo, hi = math.floor(now / grid + 1e-9), math.ceil(until / grid - 1e-9)
         if hi <= lo + 1 or wish(hi - 1) == wish(lo):
-            return until
+            # the grid point itself: ``until`` is one in exact arithmetic, and a float sum a hair
+            # past it (127.6 + 2.0) would put the call a whole interval late
+            return hi * grid
         now_wish = wish(lo)
         while hi - lo > 1:  # the first point whose wish differs lies in (lo, hi]
             middle = (lo + hi) // 2
