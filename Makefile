@@ -25,13 +25,18 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/sdserve --config $(CONFIG) $(if $(SET),$(foreach s,$(SET),--set $(s)))
 
-# Two runs: the tests without Ray (and the 3-node test, whose cluster is its own) on two xdist
-# workers, then the tests on the session's Ray cluster in one process, which their timing needs.
+# Two runs side by side: the tests on the session's Ray cluster in one process, which their timing
+# needs, and beside them (they mostly wait on Ray), at low CPU priority so as not to slow them, the
+# tests without Ray and the 3-node test (its cluster is its own) on one xdist worker, whose output
+# follows when both are done.
 # pytest exits 5 when it collects no test: a failure here, never a silent pass (with PYTEST_ARGS
 # selecting tests, one of the two runs may select none; both selecting none still fails).
 test: install
-	$(BIN)/python -m pytest -n 2 -m "not ray or own_cluster" $(PYTEST_ARGS); unit=$$?; \
+	log=$$(mktemp); trap 'kill $$pid 2>/dev/null; rm -f $$log' EXIT INT TERM; \
+	nice -n 15 $(BIN)/python -m pytest -n 1 -m "not ray or own_cluster" $(PYTEST_ARGS) >$$log 2>&1 & pid=$$!; \
 	$(BIN)/python -m pytest -m "ray and not own_cluster" $(PYTEST_ARGS); ray=$$?; \
+	wait $$pid; unit=$$?; \
+	echo "==== the tests without the session's Ray cluster, run beside the ones above ===="; cat $$log; \
 	for rc in $$unit $$ray; do \
 	  if [ $$rc -eq 5 ] && { [ $(if $(strip $(PYTEST_ARGS)),1,0) -eq 0 ] || [ $$unit -eq $$ray ]; }; then \
 	    echo "no tests were collected" >&2; exit 1; fi; \
