@@ -28,7 +28,7 @@ from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import RequestTemplate
 from benchmarks.report import environment, provenance, write_outputs
 from benchmarks.runner import Target, Workload, run_target
-from benchmarks.traces import read_trace, resolve_window
+from benchmarks.traces import TraceError, read_trace, resolve_window
 from benchmarks.workloads import burst, poisson
 
 #: Commands whose module brings its own ``add_arguments`` and ``main``.
@@ -107,9 +107,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_inputs(args: argparse.Namespace) -> list[str]:
+    """The ``--trace`` and ``--config`` files a command was given that do not exist (checked before
+    any work starts, so a long run does not fail at its first read)."""
+    configs = getattr(args, "config", None) or []
+    specs = [configs] if isinstance(configs, str) else configs
+    paths = [getattr(args, "trace", None)] + [parse_config_spec(spec).path for spec in specs]
+    return [path for path in paths if path and not Path(path).is_file()]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return args.func(args)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if missing := missing_inputs(args):
+        parser.exit(2, f"sdserve-bench {args.command}: error: no such file: {', '.join(missing)}\n")
+    try:
+        return args.func(args)
+    except TraceError as error:
+        parser.exit(2, f"sdserve-bench {args.command}: error: {error}\n")
 
 
 def _workload(args: argparse.Namespace) -> Workload:

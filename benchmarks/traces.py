@@ -49,12 +49,21 @@ def parse_loras(text: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (text or "").split(";") if part.strip())
 
 
+class TraceError(ValueError):
+    """A trace or window that cannot be read; the message names the file, line or text at fault."""
+
+
 def _parse_time(text: str) -> float:
+    """Seconds, or a date and time in ISO form (``2024-12-06 00:00:00``; seconds or the time may be left out)."""
     text = text.strip()
     try:
         return float(text)
     except ValueError:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise TraceError(f"{text!r} is neither seconds nor a date and time like 2024-12-06 00:00:00") from None
 
 
 def parse_window(window: str | None) -> tuple[float | None, float | None]:
@@ -63,8 +72,46 @@ def parse_window(window: str | None) -> tuple[float | None, float | None]:
         return None, None
     start, sep, end = window.partition("..")
     if not sep:
-        raise ValueError(f"window {window!r} must look like START..END")
+        raise TraceError(f"window {window!r} must look like START..END (either side may be empty)")
     return (_parse_time(start) if start else None, _parse_time(end) if end else None)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Where a trace's fields are, read from its header once."""
+
+    time: int = 0
+    n: int | None = None
+    steps: int | None = None
+    tenant: int | None = None
+    model: int | None = None
+    predict: int | None = None
+    loras: int | None = None
+
+    @classmethod
+    def of(cls, header: list[str], path: str | Path) -> _Columns:
+        def column(name: str) -> int | None:
+            return header.index(name) if name in header else None
+
+        loras = next((header.index(name) for name in ("lora_ids", "loras") if name in header), None)
+        if "gmt_create" in header:
+            return cls(header.index("gmt_create"), column("num_images_per_prompt"), column("num_inference_steps"),
+                       column("groupId"), column("checkpoint_model_version_id"), column("predict_type"), loras)
+        if not header or header[0] != "timestamp":
+            raise TraceError(f"{path}: expected a 'gmt_create' or 'timestamp' column, got {header}")
+        model = column("model")
+        named = (model, loras)  # plain CSVs: n, steps and tenant by position, unless a named column is there
+        return cls(0, *(i if i not in named else None for i in (1, 2, 3)), model, None, loras)
+
+    def arrival_fields(self, row: list[str]) -> tuple[float, int, int | None, str, str, str, tuple[str, ...]]:
+        """(time, images, steps, tenant, model, kind, loras) of one row."""
+        def cell(index: int | None) -> str:
+            return row[index].strip() if index is not None and index < len(row) else ""
+
+        n, steps = _number(cell(self.n)), _number(cell(self.steps))
+        kind = TRACE_KINDS.get(cell(self.predict), "text")
+        return (_parse_time(row[self.time]), int(n) if n else 1, int(steps) if steps else None, cell(self.tenant),
+                cell(self.model), kind, parse_loras(cell(self.loras)))
 
 
 def read_trace(path: str | Path, window: str | None = None, time_scale: float = 1.0) -> list[Arrival]:
@@ -75,37 +122,17 @@ def read_trace(path: str | Path, window: str | None = None, time_scale: float = 
     rows: list[tuple[float, int, int | None, str, str, str, tuple[str, ...]]] = []
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader)]
-        production = "gmt_create" in header
-        if production:
-            cols = {name: header.index(name) for name in ("gmt_create", "num_images_per_prompt", "num_inference_steps")}
-            group = header.index("groupId") if "groupId" in header else None
-            checkpoint = header.index("checkpoint_model_version_id") if "checkpoint_model_version_id" in header else None
-            predict = header.index("predict_type") if "predict_type" in header else None
-        elif header[0] != "timestamp":
-            raise ValueError(f"{path}: expected a 'gmt_create' or 'timestamp' column, got {header}")
-        else:
-            checkpoint = header.index("model") if "model" in header else None
-        lora_col = next((header.index(name) for name in ("lora_ids", "loras") if name in header), None)
+        columns = _Columns.of([h.strip() for h in next(reader, [])], path)
         for row in reader:
             if not row:
                 continue
-            if production:
-                t = _parse_time(row[cols["gmt_create"]])
-                n, steps = _number(row[cols["num_images_per_prompt"]]), _number(row[cols["num_inference_steps"]])
-                tenant = row[group].strip() if group is not None else ""
-                model = row[checkpoint].strip() if checkpoint is not None else ""
-                kind = TRACE_KINDS.get(row[predict].strip(), "text") if predict is not None else "text"
-            else:
-                t = _parse_time(row[0])
-                named = (checkpoint, lora_col)
-                n = _number(row[1]) if len(row) > 1 and 1 not in named else None
-                steps = _number(row[2]) if len(row) > 2 and 2 not in named else None
-                tenant = row[3].strip() if len(row) > 3 and 3 not in named else ""
-                model, kind = row[checkpoint].strip() if checkpoint is not None else "", "text"
-            loras = parse_loras(row[lora_col]) if lora_col is not None and lora_col < len(row) else ()
+            try:
+                fields = columns.arrival_fields(row)
+            except (ValueError, IndexError) as error:
+                raise TraceError(f"{path}, line {reader.line_num}: {error}") from None
+            t = fields[0]
             if (start is None or t >= start) and (end is None or t < end):
-                rows.append((t, int(n) if n else 1, int(steps) if steps else None, tenant, model, kind, loras))
+                rows.append(fields)
     rows.sort(key=lambda r: r[0])
     if not rows:
         return []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import cli
 from benchmarks.loadgen import Record, RequestTemplate, classify
 from benchmarks.report import write_outputs
 from benchmarks.runner import Target, Workload, run_target
@@ -18,7 +19,7 @@ from benchmarks.stats import (
     summarize,
     time_to_replicas,
 )
-from benchmarks.traces import Arrival, busiest_window, parse_window, read_trace, split_arrivals
+from benchmarks.traces import Arrival, TraceError, busiest_window, parse_window, read_trace, split_arrivals
 from benchmarks.workloads import burst, poisson
 from scheduler.outcomes import Outcome
 from tests.conftest import CPU_PLAIN, ROOT, Deployed
@@ -81,8 +82,36 @@ def test_plain_trace_and_window_parsing() -> None:
     halved = read_trace(SYNTHETIC, time_scale=2.0)
     assert halved[-1].at == pytest.approx(arrivals[-1].at / 2)
     assert parse_window("10..20") == (10.0, 20.0) and parse_window(None) == (None, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(TraceError, match="START..END"):
         parse_window("10-20")
+    day, next_day = parse_window("2024-12-06..2024-12-07 00:00")  # seconds and time may be left out
+    assert next_day - day == 86400
+    with pytest.raises(TraceError, match="'2024-13-01'"):
+        parse_window("2024-13-01..")
+
+
+def test_a_bad_trace_row_names_its_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("timestamp,n\n0,1\nsoon,2\n")
+    with pytest.raises(TraceError, match=r"bad.csv, line 3: 'soon'"):
+        read_trace(path)
+    path.write_text("when,n\n0,1\n")
+    with pytest.raises(TraceError, match="'gmt_create' or 'timestamp'"):
+        read_trace(path)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["simulate", "--trace", "no-such.csv", "--config", "configs/single.yaml"], "no such file: no-such.csv"),
+    (["heldout", "--trace", str(SYNTHETIC), "--config", "configs/nope.yaml"], "no such file: configs/nope.yaml"),
+    (["simulate", "--trace", str(SYNTHETIC), "--config", "configs/nope.yaml#x#a=1"], "no such file: configs/nope.yaml"),
+    (["simulate", "--trace", str(SYNTHETIC), "--config", "configs/single.yaml", "--window", "10-20"], "window '10-20' must look like START..END"),
+])
+def test_the_cli_refuses_bad_inputs_with_a_message_not_a_traceback(
+        argv: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert f"sdserve-bench {argv[0]}: error: {named}" in capsys.readouterr().err
 
 
 def test_workloads() -> None:
