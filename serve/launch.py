@@ -58,15 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     from serve.deploy import DeployError, deploy
     from serve.settings import OVERRIDES_ENV, load_config, parse_assignments
 
-    overrides = parse_assignments(os.environ.get(OVERRIDES_ENV, "")) + options.overrides
-    config = load_config(options.config, overrides)
-    http = config.setdefault("http_options", {})
-    if options.host:
-        http["host"] = options.host
-    if options.port:
-        http["port"] = options.port
     try:
+        overrides = parse_assignments(os.environ.get(OVERRIDES_ENV, "")) + options.overrides
+        config = load_config(options.config, overrides)
+        http = config.setdefault("http_options", {})
+        if options.host:
+            http["host"] = options.host
+        if options.port:
+            http["port"] = options.port
         check_config(config)
+    except OSError as exc:
+        _say(f"error: cannot read the config: {exc.filename or options.config}: {exc.strerror or exc}")
+        return 2
     except (ConfigError, ValueError) as exc:
         _say(f"error: {exc}")
         return 2

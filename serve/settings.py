@@ -383,7 +383,12 @@ def load_config(
     and, per deployment name, to its ``deployments:`` entry (e.g. autoscaling knobs)."""
     import yaml
 
-    config = yaml.safe_load(Path(path).read_text())
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a Serve config (a mapping with 'applications:')")
     for app in config.get("applications", []):
         app["args"] = apply_overrides(app.get("args") or {}, overrides or [])
         deployments = app.get("deployments", [])
