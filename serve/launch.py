@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -34,6 +35,19 @@ def _say_exposure(config: dict, host: str) -> None:
             _say(f"WARNING: bound to {host} with no API keys (auth.allow_open_on_network is set): "
                  "anyone who can reach it can use it")
         _say("API keys: " + ("required (Authorization: Bearer <key>)" if exposure["keys_required"] else "none set"))
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served on, or None if it can. Checked before a local Ray starts,
+    because Ray's proxy reports a taken port only as a traceback after Ray is up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy's server binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {exc}")
         return 2
     address = os.environ.get("RAY_ADDRESS")
+    host, port = http.get("host", "127.0.0.1"), http.get("port", 8000)
+    if not address and (problem := port_in_use(host, port)):
+        _say(f"error: cannot serve on {host}:{port}: {problem} (another server on it? stop it or pick "
+             "another with --port)")
+        return 2
     _say(f"config {options.config}" + (f" with {' '.join(overrides)}" if overrides else ""))
     _say(f"attaching to Ray cluster at {address}" if address else "starting a local Ray")
     started = time.monotonic()
@@ -83,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         deploy(config, timeout_s=options.timeout, progress=lambda line: _say(line))
-        host, port = http.get("host", "127.0.0.1"), http.get("port", 8000)
         _say(f"ready in {time.monotonic() - started:.1f}s")
         _say(f"send requests to http://{host}:{port}/v1/images/generations")
         _say(

@@ -54,23 +54,3 @@ def test_args_invariants_are_refused_naming_both_settings(assignment: str, named
         check_config(load_config(CONFIGS / "batched.yaml", [assignment]))
     assert all(name in str(error.value) for name in named), str(error.value)
 
-
-@pytest.mark.parametrize(
-    ("text", "args", "named"),
-    [
-        (None, [], "cannot read the config: {path}: No such file"),
-        ("applications: [\n", [], "{path} is not valid YAML"),
-        ("- a\n", [], "{path} is not a Serve config"),
-        ((CONFIGS / "cpu.yaml").read_text(), ["--set", "model.id"], "override 'model.id' is not KEY=VALUE"),
-    ],
-    ids=["missing", "broken-yaml", "not-a-mapping", "bad-override"],
-)
-def test_sdserve_refuses_a_config_it_cannot_use_before_starting_ray(
-        tmp_path: Path, text: str | None, args: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from serve import launch
-
-    path = tmp_path / "config.yaml"
-    if text is not None:
-        path.write_text(text)
-    assert launch.main(["--config", str(path), *args]) == 2
-    assert f"[sdserve] error: {named.format(path=path)}" in capsys.readouterr().out

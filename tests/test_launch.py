@@ -1,0 +1,53 @@
+"""``sdserve`` (``make run``) refuses what it cannot serve with one line and exit code 2, before Ray starts."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from serve import launch
+from tests.conftest import CONFIGS
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher that got past its checks would start Ray here: fail at once instead."""
+    import ray
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sdserve started Ray instead of refusing")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "named"),
+    [
+        (None, [], "cannot read the config: {path}: No such file"),
+        ("applications: [\n", [], "{path} is not valid YAML"),
+        ("- a\n", [], "{path} is not a Serve config"),
+        ((CONFIGS / "cpu.yaml").read_text(), ["--set", "model.id"], "override 'model.id' is not KEY=VALUE"),
+    ],
+    ids=["missing", "broken-yaml", "not-a-mapping", "bad-override"],
+)
+def test_sdserve_refuses_a_config_it_cannot_use_before_starting_ray(
+        tmp_path: Path, text: str | None, args: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert launch.main(["--config", str(path), *args]) == 2
+    assert f"[sdserve] error: {named.format(path=path)}" in capsys.readouterr().out
+
+
+def test_a_taken_port_is_named_before_ray_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert launch.port_in_use("127.0.0.1", port)
+        assert launch.main(["--port", str(port)]) == 2
+    out = capsys.readouterr().out
+    assert f"[sdserve] error: cannot serve on 127.0.0.1:{port}" in out and "starting a local Ray" not in out
+    assert launch.port_in_use("127.0.0.1", port) is None  # free again once the server closed
