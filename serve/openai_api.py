@@ -7,10 +7,11 @@ field in ``param`` so a client can tell what to fix.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -104,12 +105,19 @@ def validate_body(model: type[BodyT], data: dict[str, Any]) -> BodyT:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         if first["type"] == "extra_forbidden":
-            message = f"unsupported parameter '{field}'"
+            message = f"unsupported parameter '{field}'" + _did_you_mean(str(field), model.model_fields)
         elif first["type"] == "missing":
             message = f"'{field}' is required"
         else:
             message = f"invalid '{field}': {first['msg']}"
         raise ApiError(422, message, code="invalid_value", param=field) from None
+
+
+def _did_you_mean(name: str, fields: Iterable[str]) -> str:
+    """`` (did you mean 'num_inference_steps'?)`` for a near miss of a known field, else ""."""
+    fields = list(fields)
+    close = [f for f in fields if name.lower() in f] or difflib.get_close_matches(name.lower(), fields, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def parse_size(size: str, limits: LimitSettings) -> tuple[int, int]:

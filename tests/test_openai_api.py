@@ -54,6 +54,18 @@ def test_bad_input_is_a_4xx_naming_the_field(body: dict, status: int, param: str
     assert error.value.body()["error"]["message"]
 
 
+@pytest.mark.parametrize(("name", "hint"), [
+    ("steps", " (did you mean 'num_inference_steps'?)"),
+    ("guidance", " (did you mean 'guidance_scale'?)"),
+    ("sede", " (did you mean 'seed'?)"),
+    ("colour", ""),  # no near miss to offer
+])
+def test_an_unknown_field_is_named_with_the_field_it_likely_meant(name: str, hint: str) -> None:
+    with pytest.raises(ApiError) as error:
+        _validate({"prompt": "a", name: 3})
+    assert error.value.body()["error"]["message"] == f"unsupported parameter '{name}'{hint}"
+
+
 @pytest.mark.parametrize("raw", [b"{", b"[1, 2]", b"\xff\xfe", b""])
 def test_malformed_json_is_400(raw: bytes) -> None:
     with pytest.raises(ApiError) as error:
