@@ -113,7 +113,7 @@ def write_result(out_dir: str | Path, name: str, results: Any, table: str, with_
     out.mkdir(parents=True, exist_ok=True)
     meta = {**provenance(), **({"environment": environment()} if with_environment else {})}
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-    (out / f"{name}.md").write_text(f"# {name}\n\n`{meta['command']}`\n\n{table}\n")
+    (out / f"{name}.md").write_text(f"# {name}\n\n`{meta['command']}` at {meta['commit']}, {meta['when']}\n\n{table}\n")
     print(table)
 
 
