@@ -11,7 +11,7 @@ import difflib
 import json
 import re
 import secrets
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -105,7 +105,7 @@ def validate_body(model: type[BodyT], data: dict[str, Any]) -> BodyT:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         if first["type"] == "extra_forbidden":
-            message = f"unsupported parameter '{field}'" + _did_you_mean(str(field), model.model_fields)
+            message = f"unsupported parameter '{field}'" + _did_you_mean(str(field), list(model.model_fields))
         elif first["type"] == "missing":
             message = f"'{field}' is required"
         else:
@@ -113,10 +113,11 @@ def validate_body(model: type[BodyT], data: dict[str, Any]) -> BodyT:
         raise ApiError(422, message, code="invalid_value", param=field) from None
 
 
-def _did_you_mean(name: str, fields: Iterable[str]) -> str:
-    """`` (did you mean 'num_inference_steps'?)`` for a near miss of a known field, else ""."""
-    fields = list(fields)
-    close = [f for f in fields if name.lower() in f] or difflib.get_close_matches(name.lower(), fields, n=1)
+def _did_you_mean(name: str, fields: Sequence[str]) -> str:
+    """`` (did you mean 'num_inference_steps'?)`` for a near miss of a known field, else "" (a name
+    shorter than 4 letters is only matched by spelling: one letter is in too many field names)."""
+    name = name.lower()
+    close = [f for f in fields if len(name) >= 4 and name in f] or difflib.get_close_matches(name, fields, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

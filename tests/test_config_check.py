@@ -53,4 +53,3 @@ def test_args_invariants_are_refused_naming_both_settings(assignment: str, named
         load_config(CONFIGS / "batched.yaml", [assignment])["applications"][0]
         check_config(load_config(CONFIGS / "batched.yaml", [assignment]))
     assert all(name in str(error.value) for name in named), str(error.value)
-
