@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"config {options.config}" + (f" with {' '.join(overrides)}" if overrides else ""))
     _say(f"attaching to Ray cluster at {address}" if address else "starting a local Ray")
     started = time.monotonic()
-    ray.init(address=address or None, namespace="serve", logging_level=logging.WARNING)
+    # "local": without RAY_ADDRESS, a Ray of its own, never a `ray start` cluster it would then shut down
+    ray.init(address=address or "local", namespace="serve", logging_level=logging.WARNING)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

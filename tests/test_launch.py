@@ -51,3 +51,26 @@ def test_a_taken_port_is_named_before_ray_starts(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert f"[sdserve] error: cannot serve on 127.0.0.1:{port}" in out and "starting a local Ray" not in out
     assert launch.port_in_use("127.0.0.1", port) is None  # free again once the server closed
+
+
+def test_without_ray_address_it_starts_a_ray_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a `ray start` cluster found on the machine, whose Serve it would shut down on Ctrl-C."""
+    import ray
+
+    asked: dict[str, object] = {}
+
+    class Started(Exception):
+        pass
+
+    def record(**kwargs: object) -> None:
+        asked.update(kwargs)
+        raise Started
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", record)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(Started):
+        launch.main(["--port", str(port)])
+    assert asked["address"] == "local"
