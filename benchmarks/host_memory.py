@@ -37,6 +37,8 @@ def main(args: argparse.Namespace) -> int:
     if count_from == len(arrivals):
         raise SystemExit(f"--count-from-s {args.count_from_s:g} leaves no request to count")
     sizes = sorted({int(size) for size in args.sizes.split(",")})
+    if sizes[0] < 1:
+        raise SystemExit(f"--sizes {args.sizes}: a host memory holds at least one checkpoint")
     rows = [host_memory_misses(models, size, count_from) for size in sizes]
     counted = rows[0].requests
     lines = [

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import json
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.simulation.host_memory import HostMisses, fewest_misses, host_memory_misses, lru_misses
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(("models", "capacity", "count_from", "expected"), [
@@ -64,3 +67,17 @@ def test_fewest_never_above_lru_and_both_fall_as_memory_grows(models: list[str],
     assert 0 <= fewest <= lru <= len(models) - count_from
     assert lru_misses(models, capacity + 1, count_from) <= lru  # LRU is a stack algorithm
     assert fewest_misses(models, capacity + 1, count_from) <= fewest
+
+
+def test_the_command_writes_both_counts_per_size_with_its_provenance(tmp_path: Path) -> None:
+    from benchmarks import cli
+    from benchmarks.traces import read_trace
+
+    trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
+    assert cli.main(["host-memory", "--trace", str(trace), "--sizes", "4,2", "--out-dir", str(tmp_path),
+                     "--name", "sizing"]) == 0
+    written = json.loads((tmp_path / "sizing.json").read_text())
+    models = [a.model for a in read_trace(trace)]
+    assert written["results"]["rows"] == [host_memory_misses(models, size).__dict__ for size in (2, 4)]
+    assert {"command", "when", "commit"} <= set(written["meta"])
+    assert "fewest any eviction rule can" in (tmp_path / "sizing.md").read_text()
