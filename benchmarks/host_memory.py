@@ -3,7 +3,7 @@
 For each size (in checkpoints), the requests that would read their checkpoint from disk under LRU
 and the fewest any eviction rule can (``scheduler/simulation/host_memory.py``). A read from disk
 takes longer than a 30 s SLO, so this is a floor under the misses that no keep-alive lifts. A pure
-count over the trace's sequence of checkpoints: no GPUs, no timing; it takes well under a second.
+count over the trace's sequence of checkpoints: no GPUs, no timing (the counts take a fraction of a second; the command, with its imports, seconds).
 """
 
 from __future__ import annotations
