@@ -218,7 +218,9 @@ def ray_cluster(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=8, num_gpus=4, namespace="serve", include_dashboard=False)
+    # "local": a new cluster, never one that ray.init() would otherwise find on the machine (the
+    # 3-node test's, whose address Ray's Cluster writes to /tmp/ray while it runs)
+    ray.init(address="local", num_cpus=8, num_gpus=4, namespace="serve", include_dashboard=False)
     info = {"port": _free_port()}
     try:
         yield info
@@ -256,13 +258,20 @@ def _deployment_key(item: pytest.Item) -> tuple[str, tuple[str, ...]] | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests without Ray first; then Ray's, grouped by the application they deploy (each deployed
     once), first-come order otherwise. Tests that use the cluster are marked ``ray``. Under xdist
-    (``make test``'s first run) the 3-node test goes first."""
+    (``make test``'s first run) the 3-node test goes first. An application's tests are all marked
+    ``second_run`` or none are, else both of ``make test``'s runs would deploy it."""
     first_seen: dict[Any, int] = {}
+    second_run: dict[Any, set[bool]] = {}
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
             item.add_marker(pytest.mark.ray)
         key = _deployment_key(item)
         first_seen.setdefault(key, len(first_seen))
+        if key is not None:
+            second_run.setdefault(key, set()).add(item.get_closest_marker("second_run") is not None)
+    split = [key for key, runs in second_run.items() if len(runs) > 1]
+    if split:  # both of make test's runs would deploy it
+        raise pytest.UsageError(f"mark every test of an application second_run, or none: {split}")
 
     def order(indexed: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
         index, item = indexed

@@ -169,7 +169,7 @@ def test_lost_request_breaks_the_accounting_identity() -> None:
 @pytest.mark.ray
 @CPU_PLAIN
 def test_smoke_trace_replay_against_a_real_server(app: Deployed, tmp_path: Path) -> None:
-    arrivals = read_trace(SYNTHETIC)
+    arrivals = read_trace(SYNTHETIC, time_scale=2)  # its 14 s in 7
     result = run_target(Target("tiny", url=app.url), Workload("open", arrivals),
                         RequestTemplate(size="64x64", steps=4), slo_s=10.0, warmup=1, tail_s=0.2)
     summary = result["summary"]
