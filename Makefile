@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # pip compiles each package's bytecode on one core; compileall afterwards uses every core (a fresh
-# install is ~20 s shorter on two). Files that do not compile (other Pythons' syntax in some
+# install is ~17 s shorter on two). Files that do not compile (other Pythons' syntax in some
 # packages' own tests) are skipped, as pip skips them.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --no-compile $(TORCH_SPEC)
@@ -29,18 +29,19 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/sdserve --config $(CONFIG) $(if $(SET),$(foreach s,$(SET),--set $(s)))
 
-# Two runs side by side: the tests on the session's Ray cluster in one process, which their timing
-# needs, and beside them (they mostly wait on Ray), at low CPU priority so as not to slow them, on
-# one xdist worker whose output follows when both are done: the tests without Ray, the 3-node test
-# (its cluster is its own), then the Ray tests marked second_run on a Ray cluster of that run's own.
+# Two runs side by side. The main run: the tests on the session's Ray cluster, in one process, which
+# their timing needs. The side run, beside it (those tests mostly wait on Ray), at low CPU priority so
+# as not to slow them, on one xdist worker whose output follows when both are done: the tests without
+# Ray, the 3-node test (its cluster is its own), then the Ray tests marked side_run on a Ray cluster
+# of that run's own.
 # pytest exits 5 when it collects no test: a failure here, never a silent pass (with PYTEST_ARGS
 # selecting tests, one of the two runs may select none; both selecting none still fails).
 test: install
 	log=$$(mktemp); trap 'kill $$pid 2>/dev/null; rm -f $$log' EXIT INT TERM; \
-	nice -n 15 $(BIN)/python -m pytest -n 1 -m "not ray or own_cluster or second_run" $(PYTEST_ARGS) >$$log 2>&1 & pid=$$!; \
-	$(BIN)/python -m pytest -m "ray and not own_cluster and not second_run" $(PYTEST_ARGS); ray=$$?; \
+	nice -n 15 $(BIN)/python -m pytest -n 1 -m "not ray or own_cluster or side_run" $(PYTEST_ARGS) >$$log 2>&1 & pid=$$!; \
+	$(BIN)/python -m pytest -m "ray and not own_cluster and not side_run" $(PYTEST_ARGS); ray=$$?; \
 	wait $$pid; unit=$$?; \
-	echo "==== the tests without the session's Ray cluster, run beside the ones above ===="; cat $$log; \
+	echo "==== the side run (without Ray, the 3-node test, side_run), beside the one above ===="; cat $$log; \
 	for rc in $$unit $$ray; do \
 	  if [ $$rc -eq 5 ] && { [ $(if $(strip $(PYTEST_ARGS)),1,0) -eq 0 ] || [ $$unit -eq $$ray ]; }; then \
 	    echo "no tests were collected" >&2; exit 1; fi; \

@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MULTINODE_TEST = "test_multinode.py::test_replicas_spread_over_nodes_and_survive_losing_one"
 MULTINODE_CHILD = pytest.StashKey["MultinodeChild"]()
-#: In one of pytest-xdist's workers (``make test``'s first run): each collects every test.
+#: In one of pytest-xdist's workers (``make test``'s side run): each collects every test.
 IN_XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
 
 
@@ -258,20 +258,20 @@ def _deployment_key(item: pytest.Item) -> tuple[str, tuple[str, ...]] | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests without Ray first; then Ray's, grouped by the application they deploy (each deployed
     once), first-come order otherwise. Tests that use the cluster are marked ``ray``. Under xdist
-    (``make test``'s first run) the 3-node test goes first. An application's tests are all marked
-    ``second_run`` or none are, else both of ``make test``'s runs would deploy it."""
+    (``make test``'s side run) the 3-node test goes first. An application's tests are all marked
+    ``side_run`` or none are, else both of ``make test``'s runs would deploy it."""
     first_seen: dict[Any, int] = {}
-    second_run: dict[Any, set[bool]] = {}
+    side_run: dict[Any, set[bool]] = {}
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
             item.add_marker(pytest.mark.ray)
         key = _deployment_key(item)
         first_seen.setdefault(key, len(first_seen))
         if key is not None:
-            second_run.setdefault(key, set()).add(item.get_closest_marker("second_run") is not None)
-    split = [key for key, runs in second_run.items() if len(runs) > 1]
+            side_run.setdefault(key, set()).add(item.get_closest_marker("side_run") is not None)
+    split = [key for key, runs in side_run.items() if len(runs) > 1]
     if split:  # both of make test's runs would deploy it
-        raise pytest.UsageError(f"mark every test of an application second_run, or none: {split}")
+        raise pytest.UsageError(f"mark every test of an application side_run, or none: {split}")
 
     def order(indexed: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
         index, item = indexed

@@ -67,7 +67,7 @@ def test_a_lora_at_scale_0_is_the_base_image_at_scale_1_another_and_the_same_twi
 
 
 @pytest.mark.ray
-@pytest.mark.second_run
+@pytest.mark.side_run
 @pytest.mark.app("cpu", "model.resident_models=1", "model.host_memory_gb=0.5", "model.catalog.broken=/tmp",
                  deployments={"DiffusionWorker": ["num_replicas=2"]})
 def test_checkpoints_stay_where_they_are_and_come_back_from_host_memory_and_a_broken_one_fails_alone(

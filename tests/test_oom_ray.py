@@ -34,7 +34,7 @@ def test_injected_oom_fails_only_its_request_and_the_replica_serves_on(app: Depl
     assert app.worker_stats()[0]["oom_count"] == ooms + 1
 
 
-@pytest.mark.second_run
+@pytest.mark.side_run
 @pytest.mark.app("batched", INJECT, "batching.batch_wait_timeout_s=1.0")
 def test_batch_of_four_with_one_poisoned_gives_three_200_and_one_507(app: Deployed) -> None:
     before = app.worker_stats()[0]
@@ -67,7 +67,7 @@ def test_request_that_never_fits_is_refused_before_the_pipeline(app: Deployed) -
 ONE_ATTEMPT = {WORKER_DEPLOYMENT: ["max_constructor_retry_count=1"]}
 
 
-@pytest.mark.second_run
+@pytest.mark.side_run
 @pytest.mark.app("cpu", "model.id=nobody/no-such-model", deployments=ONE_ATTEMPT)
 def test_model_that_cannot_load_fails_the_deploy_with_a_clear_message(app_pool: AppPool) -> None:
     with pytest.raises(DeployError, match="cannot load model"):

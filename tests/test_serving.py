@@ -32,7 +32,7 @@ def _concurrent_posts(app: Deployed, bodies: list[dict[str, Any]]) -> list[httpx
         return list(pool.map(lambda b: app.client.post("/v1/images/generations", json=b), bodies))
 
 
-@pytest.mark.second_run
+@pytest.mark.side_run
 @pytest.mark.app("single")
 class TestSingleConfig:
     def test_png_of_requested_size(self, app: Deployed) -> None:
@@ -140,7 +140,7 @@ def test_a_slow_upload_gets_408_and_frees_the_ingress(app: Deployed) -> None:
     assert fine.status_code == 200
 
 
-@pytest.mark.second_run
+@pytest.mark.side_run
 @pytest.mark.app("batched")
 class TestBatchedConfig:
     def test_png_of_requested_size(self, app: Deployed) -> None:
