@@ -1,7 +1,8 @@
 """Run in a subprocess by test_multinode.py: a 3-node Ray cluster on loopback (head + two workers
 with 2 fake GPUs each) serving configs/sim-single.yaml with one GPU per replica.
 
-Checks placement (Ray's state API), serves a burst, then removes a worker node while requests are
+Checks placement (the replicas Serve's controller reports running on each node; no dashboard, which
+Ray's state API would need), serves a burst, then removes a worker node while requests are
 in flight and keeps sending. Prints one JSON line with what it saw.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import ray
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
+from ray.serve.context import _get_global_client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,18 +36,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker_nodes() -> dict[str, int]:
+def _worker_nodes(app_name: str) -> dict[str, int]:
+    """Running worker replicas per node, as Serve's controller reports them."""
+    details = _get_global_client().get_serve_details()
     counts: dict[str, int] = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if WORKER_DEPLOYMENT in (actor.class_name or ""):
-            counts[actor.node_id] = counts.get(actor.node_id, 0) + 1
+    for replica in details["applications"][app_name]["deployments"][WORKER_DEPLOYMENT]["replicas"]:
+        if replica["state"] == "RUNNING":
+            counts[replica["node_id"]] = counts.get(replica["node_id"], 0) + 1
     return counts
 
 
 def main() -> None:
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "num_gpus": 0, "resources": {"sdserve_head": 1}, "include_dashboard": True},
+        head_node_args={"num_cpus": 2, "num_gpus": 0, "resources": {"sdserve_head": 1}, "include_dashboard": False},
     )
     workers = [cluster.add_node(num_cpus=2, num_gpus=2) for _ in range(2)]
     ray.init(address=cluster.address, namespace="serve", logging_level="ERROR")
@@ -65,7 +68,7 @@ def main() -> None:
         config["http_options"]["port"] = port
         deploy(config, timeout_s=120)
         worker_ids = {node.node_id for node in workers}
-        placement = _worker_nodes()
+        placement = _worker_nodes(config["applications"][0]["name"])
         result["replicas_per_node"] = {("worker-%d" % sorted(worker_ids).index(n)) if n in worker_ids else "head": c
                                        for n, c in placement.items()}
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=90)
@@ -88,7 +91,7 @@ def main() -> None:
         }
         after = [client.post("/v1/images/generations", json=BODY) for _ in range(4)]
         result["after_loss_statuses"] = [r.status_code for r in after]
-        remaining = _worker_nodes()
+        remaining = _worker_nodes(config["applications"][0]["name"])
         result["replicas_after_loss"] = {("worker-%d" % sorted(worker_ids).index(n)) if n in worker_ids else "head": c
                                          for n, c in remaining.items()}
         result["lost_node"] = "worker-%d" % sorted(worker_ids).index(lost.node_id)
