@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from serve.deploy import deploy  # noqa: E402
+from serve.fleet import RUNNING_STATES, state_name  # noqa: E402
 from serve.settings import INGRESS_DEPLOYMENT, WORKER_DEPLOYMENT, load_config  # noqa: E402
 
 BODY = {"prompt": "cluster", "size": "64x64", "num_inference_steps": 10, "timeout_s": 60}
@@ -41,7 +42,7 @@ def _worker_nodes(app_name: str) -> dict[str, int]:
     details = _get_global_client().get_serve_details()
     counts: dict[str, int] = {}
     for replica in details["applications"][app_name]["deployments"][WORKER_DEPLOYMENT]["replicas"]:
-        if replica["state"] == "RUNNING":
+        if state_name(replica["state"]) in RUNNING_STATES:
             counts[replica["node_id"]] = counts.get(replica["node_id"], 0) + 1
     return counts
 
