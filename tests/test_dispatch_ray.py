@@ -36,6 +36,7 @@ def _body(prompt: str, timeout_s: float = 120, steps: int = 10) -> dict:
 #: 40 steps, 2 s on the replica: time to queue requests behind it before it ends, even when each
 #: HTTP round trip of the test's own polling is slow on a loaded 2-core machine.
 BUSY = _body("busy", steps=40)
+BUSY_S = 4 * SERVICE_S  # 40 steps of 0.05 s
 
 
 async def _post(client: httpx.AsyncClient, headers: dict, body: dict) -> tuple[int, float]:
@@ -62,13 +63,15 @@ async def _drain(tasks: list[asyncio.Task]) -> None:
 
 
 def test_a_flood_by_one_tenant_does_not_delay_another(app: Deployed) -> None:
-    """Tenant A floods 60 requests (48 accepted: its share; 12 × 429); tenant B's one request is
-    answered within 2 service times of arriving instead of after A's 48."""
+    """Tenant A floods 60 requests of 2 s each (48 accepted: its share; 12 × 429); tenant B's one
+    request is answered within the flood request running when it arrives plus its own service time,
+    instead of after A's 48. At 2 s each the replica finishes few of them while a loaded machine's
+    proxy takes the 60 in, so A's queue still reaches its share."""
     app.wait_for_workers(1)
 
     async def scenario() -> tuple[list[int], int, float]:
         async with httpx.AsyncClient(base_url=app.url, timeout=120) as client:
-            flood = [asyncio.create_task(_post(client, A, _body(f"flood {i}"))) for i in range(60)]
+            flood = [asyncio.create_task(_post(client, A, _body(f"flood {i}", steps=40))) for i in range(60)]
             await _until_queued(client, 48)
             await asyncio.sleep(1.0)  # the flood is queued and running
             refused = [t.result()[0] for t in flood if t.done()]
@@ -81,7 +84,7 @@ def test_a_flood_by_one_tenant_does_not_delay_another(app: Deployed) -> None:
     print(f"tenant B answered {status} in {latency:.2f}s behind a flood of 60 (refused: {len(refused)})")
     assert refused.count(429) == 12, refused
     assert status == 200
-    assert latency <= 2 * SERVICE_S + OVERHEAD_S, latency
+    assert latency <= BUSY_S + SERVICE_S + OVERHEAD_S, latency
 
 
 def test_a_tight_deadline_overtakes_loose_ones_of_the_same_tenant(app: Deployed) -> None:

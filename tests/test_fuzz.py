@@ -12,11 +12,17 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  (see below)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SIM_ARGS, Deployed
 
+# schemathesis imports most of itself lazily, on the first schema it loads, and pytest rewrites a
+# plugin's modules with ast.parse as they are imported. Once, under load, that import failed inside
+# the test with CPython 3.11's "AST constructor recursion depth mismatch" (a counter the AST
+# constructor keeps per interpreter, not per call: gh-106905), so the bulk of it is imported here,
+# at collection, before Ray's threads and the other tests' objects are around.
 KEY = "fuzz-key"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 KEYS_FILE = Path(tempfile.gettempdir()) / "sdserve-test-fuzz-keys.txt"
