@@ -20,9 +20,9 @@ from tests.conftest import SIM_ARGS, Deployed
 
 # schemathesis imports most of itself lazily, on the first schema it loads, and pytest rewrites a
 # plugin's modules with ast.parse as they are imported. Once, under load, that import failed inside
-# the test with CPython 3.11's "AST constructor recursion depth mismatch" (a counter the AST
-# constructor keeps per interpreter, not per call: gh-106905), so the bulk of it is imported here,
-# at collection, before Ray's threads and the other tests' objects are around.
+# the test with CPython 3.11's "AST constructor recursion depth mismatch" (reported from threaded
+# programs: python/cpython#106905, pytest-dev/pytest#10874), so the bulk of it is imported here, at
+# collection, before Ray's threads and the other tests' objects are around.
 KEY = "fuzz-key"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 KEYS_FILE = Path(tempfile.gettempdir()) / "sdserve-test-fuzz-keys.txt"
