@@ -255,22 +255,26 @@ def _deployment_key(item: pytest.Item) -> tuple[str, tuple[str, ...]] | None:
     return name, tuple(sorted(args))
 
 
+def split_applications(items: list[pytest.Item]) -> list[tuple[str, tuple[str, ...]]]:
+    """The applications some of whose tests are marked ``side_run`` and some not."""
+    side_run: dict[tuple[str, tuple[str, ...]], set[bool]] = {}
+    for item in items:
+        if (key := _deployment_key(item)) is not None:
+            side_run.setdefault(key, set()).add(item.get_closest_marker("side_run") is not None)
+    return [key for key, runs in side_run.items() if len(runs) > 1]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests without Ray first; then Ray's, grouped by the application they deploy (each deployed
     once), first-come order otherwise. Tests that use the cluster are marked ``ray``. Under xdist
     (``make test``'s side run) the 3-node test goes first. An application's tests are all marked
     ``side_run`` or none are, else both of ``make test``'s runs would deploy it."""
     first_seen: dict[Any, int] = {}
-    side_run: dict[Any, set[bool]] = {}
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
             item.add_marker(pytest.mark.ray)
-        key = _deployment_key(item)
-        first_seen.setdefault(key, len(first_seen))
-        if key is not None:
-            side_run.setdefault(key, set()).add(item.get_closest_marker("side_run") is not None)
-    split = [key for key, runs in side_run.items() if len(runs) > 1]
-    if split:  # both of make test's runs would deploy it
+        first_seen.setdefault(_deployment_key(item), len(first_seen))
+    if split := split_applications(items):  # both of make test's runs would deploy them
         raise pytest.UsageError(f"mark every test of an application side_run, or none: {split}")
 
     def order(indexed: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
