@@ -8,14 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.sim_breakdown import causes, fleet_shares  # noqa: E402
-from scheduler.outcomes import Outcome  # noqa: E402
+from benchmarks.sim_breakdown import causes, fleet_shares
+from benchmarks.sim_report import pyplot
+from scheduler.outcomes import Outcome
 
 ROWS = [
     ("sent", lambda s: s["sent"]),
@@ -130,11 +127,11 @@ def _finish(fig: Any, ax: Any, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def plot_latency_cdf(results: dict[str, dict[str, Any]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for name, result in results.items():
         lat = np.sort([r["latency_s"] for r in result["records"] if r["outcome"] == Outcome.OK])
         if len(lat):
@@ -148,7 +145,7 @@ def plot_latency_cdf(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def plot_fleet(results: dict[str, dict[str, Any]], path: Path) -> None:
-    fig, axes = plt.subplots(len(results), 1, figsize=(8, 2.6 * len(results)), sharex=True, squeeze=False)
+    fig, axes = pyplot().subplots(len(results), 1, figsize=(8, 2.6 * len(results)), sharex=True, squeeze=False)
     for ax, (name, result) in zip(axes[:, 0], results.items()):
         t = [s["t"] for s in result["samples"]]
         ax.step(t, [s["replicas"] for s in result["samples"]], where="post", label="replicas (incl. starting)")
@@ -160,11 +157,11 @@ def plot_fleet(results: dict[str, dict[str, Any]], path: Path) -> None:
     axes[-1, 0].set_xlabel("seconds since start")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def plot_sweep(results: dict[str, dict[str, Any]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for name, result in results.items():
         levels = result.get("levels") or []
         if levels:

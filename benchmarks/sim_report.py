@@ -6,10 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use: it takes about half
+    a second, which every ``sdserve-bench`` command (and ``--help``) would pay otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 #: Fleet samples kept per result in JSON and plots (a 23-day timeline has ~10⁵ change points).
 MAX_SAMPLES = 4000
@@ -36,6 +43,7 @@ def plot_pareto(curves: dict[str, list[dict[str, Any]]], path: Path, bounds: dic
                 slo_s: float) -> None:
     """One line (or point) per policy: SLO attainment against replica-seconds; each mode's lower
     bound (dashed) and offline schedule (dotted) as vertical lines."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, summaries in curves.items():
         points = sorted((s["replica_seconds"], 100 * s["slo_attainment"], s.get("label", "")) for s in summaries)

@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import linprog
-from scipy.sparse import csr_matrix
 
 if TYPE_CHECKING:
     from scheduler.simulation.bounds import BoundJob
@@ -132,6 +130,9 @@ def cover_cost(cover: ChainLinks, price: float | None = None) -> tuple[float, fl
     be left out (shed, or served late: its call then counts for nothing here), and a covered one
     also costs its service less ``price``: the Lagrangian of serving a share of the requests
     (:func:`scheduler.simulation.bounds.share_lower_bound`)."""
+    from scipy.optimize import linprog  # on first use: scipy.optimize takes ~0.3 s to import
+    from scipy.sparse import csr_matrix
+
     head, service, m = cover.head, cover.service, len(cover.head)
     if not cover.links:
         if price is None:
