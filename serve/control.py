@@ -37,7 +37,7 @@ from scheduler.autoscaling import AutoscalerConfig, AutoscalerInputs, Decision
 from scheduler.collector import ServiceRate
 from scheduler.driver import ScalingDriver
 from serve.cluster import GpuReplicaCap
-from serve.fleet import FleetStatus
+from serve.fleet import ControllerGone, FleetStatus
 from serve.settings import ControlLoopSettings
 
 log = logging.getLogger("ray.serve")
@@ -114,6 +114,11 @@ class ScalingLoop:
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except ControllerGone as error:  # Serve shut down (its scaler then ends) or restarting
+                failures += 1
+                if failures == 1:
+                    log.warning("scaling loop for %s: %s; retrying, backing off to %gs", self.decisions.deployment,
+                                error, MAX_BACKOFF_S)
             except Exception:  # a failed or hung read or scale call: try again, never stop
                 failures += 1
                 if failures == 1:

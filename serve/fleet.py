@@ -55,6 +55,12 @@ def replica_counts(states: Iterable[Any] | Mapping[Any, int]) -> ReplicaCounts:
     return ReplicaCounts(sum(counts.get(s, 0) for s in RUNNING_STATES), sum(counts.get(s, 0) for s in STARTING_STATES))
 
 
+class ControllerGone(RuntimeError):
+    """Serve's controller is dead or not registered: Serve was shut down, or is starting again after
+    its controller died. Expected after ``serve shutdown``, so the scaling loop says so in one line
+    rather than with a traceback."""
+
+
 class ServeFleet:
     """Reads a deployment's replica states and sets its target, through the Serve controller."""
 
@@ -77,12 +83,26 @@ class ServeFleet:
             self._handle = self._find()
         return self._handle
 
-    async def _details(self) -> dict[str, Any]:
+    async def _ask(self, method: str, *args: Any) -> Any:
+        """One controller call; after a failure the handle is looked up again at the next call."""
+        from ray.exceptions import ActorDiedError
+
+        gone = "the Serve controller is gone ({}): Serve is shut down or restarting"
         try:
-            return await self._controller.get_serve_instance_details.remote()
+            controller = self._controller
+        except ValueError as error:  # ray.get_actor: no live actor holds the controller's name
+            raise ControllerGone(gone.format("not registered")) from error
+        try:
+            return await getattr(controller, method).remote(*args)
+        except ActorDiedError as error:
+            self._handle = None
+            raise ControllerGone(gone.format("its actor died")) from error
         except Exception:
             self._handle = None
             raise
+
+    async def _details(self) -> dict[str, Any]:
+        return await self._ask("get_serve_instance_details")
 
     async def status(self) -> FleetStatus:
         details = await self._details()
@@ -109,4 +129,4 @@ class ServeFleet:
                           int(config.get("max_queued_requests", -1) or -1))
 
     async def scale(self, target: int) -> None:
-        await self._controller.update_deployment_replicas.remote(self._id, target)
+        await self._ask("update_deployment_replicas", self._id, target)

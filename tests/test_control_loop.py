@@ -1,5 +1,5 @@
 """The live scaling loop against a fake Serve controller: it adopts the target Serve holds, survives a
-hung controller call, and starts again from what it had learnt."""
+hung controller call, starts again from what it had learnt, and says a Serve shutdown in one line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scheduler.autoscaling import DecisionKind
 from scheduler.collector import CallReport, PendingJob
 from serve.control import ScalingLoop
-from serve.fleet import FleetStatus, ReplicaCounts
+from serve.fleet import ControllerGone, FleetStatus, ReplicaCounts, ServeFleet
 from serve.settings import ControlLoopSettings
 
 SETTINGS = ControlLoopSettings(enabled=True, fleet_poll_s=0.5, policy={
@@ -25,14 +25,17 @@ class FakeFleet:
     def __init__(self, running: int = 1) -> None:
         self.target = self.running = running
         self.hang = False
-        self.fail = False  # the controller gone: every read raises
+        self.fail = False  # the controller broken: every read raises
+        self.gone = False  # Serve shut down: every read raises ControllerGone
         self.reads = 0
         self.writes: list[int] = []
 
     async def status(self) -> FleetStatus:
         self.reads += 1
         if self.fail:
-            raise RuntimeError("the controller is dead")
+            raise RuntimeError("the controller is broken")
+        if self.gone:
+            raise ControllerGone("the Serve controller is gone (its actor died)")
         if self.hang:
             await asyncio.sleep(3600)
         return FleetStatus(ReplicaCounts(self.running, 0), 0, self.target)
@@ -51,6 +54,16 @@ def run(coroutine: object) -> object:
 def queued(loop: ScalingLoop, count: int, at: float) -> None:
     for i in range(count):
         loop.driver.collector.accepted(f"{at}-{i}", PendingJob(at, at + 600, 1, 25))
+
+
+def _for_a_second(fleet: FakeFleet) -> None:
+    async def loop_for_a_second() -> None:
+        loop = ScalingLoop(SETTINGS, fleet, "app/w")
+        loop.start()
+        await asyncio.sleep(1.0)
+        loop._task.cancel()
+
+    run(loop_for_a_second())
 
 
 def test_a_target_reset_underneath_is_adopted_at_the_next_read() -> None:
@@ -130,16 +143,63 @@ def test_the_scaler_ends_only_after_its_application_is_missing_a_while_without_a
 def test_a_failing_loop_backs_off_instead_of_asking_ten_times_a_second() -> None:
     fleet = FakeFleet()
     fleet.fail = True
-
-    async def for_a_second() -> None:
-        loop = ScalingLoop(SETTINGS, fleet, "app/w")
-        loop.start()
-        await asyncio.sleep(1.0)
-        loop._task.cancel()
-
-    run(for_a_second())
+    _for_a_second(fleet)
     # at 0.1 s between ticks it would have asked ~10 times; backing off (0.2, 0.4, 0.8 s): 3
     assert 2 <= fleet.reads <= 4
+
+
+@pytest.mark.parametrize(("failure", "level", "traceback"), [("gone", "WARNING", False), ("fail", "ERROR", True)])
+def test_serve_shut_down_is_said_in_one_line_an_unknown_failure_with_its_traceback(
+        failure: str, level: str, traceback: bool, caplog: pytest.LogCaptureFixture) -> None:
+    fleet = FakeFleet()
+    setattr(fleet, failure, True)
+    with caplog.at_level("INFO", logger="ray.serve"):
+        _for_a_second(fleet)
+    failed = [r for r in caplog.records if "backing off" in r.getMessage()]
+    assert [(r.levelname, r.exc_info is not None) for r in failed] == [(level, traceback)]
+    assert fleet.reads >= 2  # either way the loop goes on trying
+
+
+class FakeController:
+    """Serve's controller handle as Ray gives it: ``method.remote(...)`` awaited; this one raises."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getattr__(self, method: str) -> object:
+        error = self.error
+
+        class Method:
+            @staticmethod
+            async def remote(*args: object) -> None:
+                raise error
+
+        return Method
+
+
+def test_a_dead_or_missing_controller_is_controller_gone_other_errors_stay_what_they_are() -> None:
+    from ray.exceptions import ActorDiedError
+
+    def fleet_whose(controller: object) -> ServeFleet:
+        fleet = object.__new__(ServeFleet)
+        fleet.app_name, fleet.deployment, fleet._id = "app", "w", "w"
+
+        def find() -> object:
+            if controller is None:
+                raise ValueError("Failed to look up actor with name 'SERVE_CONTROLLER_ACTOR'")
+            return controller
+
+        fleet._find, fleet._handle = find, None
+        return fleet
+
+    with pytest.raises(ControllerGone, match="its actor died"):
+        run(fleet_whose(FakeController(ActorDiedError())).status())
+    with pytest.raises(ControllerGone, match="not registered"):
+        run(fleet_whose(None).scale(2))
+    broken = fleet_whose(FakeController(KeyError("no such deployment")))
+    with pytest.raises(KeyError):
+        run(broken.scale(2))
+    assert broken._handle is None  # looked up again at the next call
 
 
 def test_an_ingress_reports_what_its_dispatcher_sent_and_where_queued_checkpoints_are() -> None:
