@@ -42,6 +42,9 @@ class AutoscalerConfig:
     # at least while a replica is still starting: stopping it would waste the start already paid)
     scale_down_interval_s: float = 10.0  # at most one replica removed per interval
     scale_to_zero_after_s: float = 120.0  # keep-alive of the last replica with no requests
+    window_holds_last: bool = True  # False: the stable window holds only replicas beyond the first;
+    # with no requests, the keep-alive alone decides when the last one stops (Ray's downscale delay
+    # and downscale-to-zero delay are separate in the same way)
     default_service_time_s: float = 3.0  # per request, until replicas report a measurement
     default_cold_start_s: float = 25.0  # replica start → ready, until replicas report one
     deadline_aware: bool = True  # start replicas that save queued requests' deadlines (needs backlog)
@@ -229,6 +232,8 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     # while replicas start, one is stopped only if the need for it has been gone a cold start
     window_s = max(config.stable_window_s, cold) if inputs.starting_replicas else config.stable_window_s
     window_need = _max_need(history, now, window_s)
+    if not busy and window_need == 1 and not config.window_holds_last:
+        window_need = 0  # the last replica is the keep-alive's to stop
     provisioned = inputs.running_replicas + inputs.starting_replicas
     current = max(state.target, provisioned)
 

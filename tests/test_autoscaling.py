@@ -76,6 +76,30 @@ def test_decision_table(inputs: AutoscalerInputs, state: AutoscalerState, expect
     assert decision.reason
 
 
+# a stable window (60 s) longer than the keep-alive (30 s): the request ended at 100 s
+LONG_WINDOW = [
+    ("the window holds the last replica past the keep-alive", True,
+     _inputs(now=131.0, running=1), AutoscalerState(target=1, idle_since=100.0, need_history=((90.0, 1), (100.0, 0))), 1),
+    ("... unless the keep-alive alone is to stop it", False,
+     _inputs(now=131.0, running=1), AutoscalerState(target=1, idle_since=100.0, need_history=((90.0, 1), (100.0, 0))), 0),
+    ("inside the keep-alive it stays either way", False,
+     _inputs(now=129.0, running=1), AutoscalerState(target=1, idle_since=100.0, need_history=((90.0, 1), (100.0, 0))), 1),
+    ("the window still holds a second replica", False,
+     _inputs(now=131.0, running=2), AutoscalerState(target=2, idle_since=100.0, need_history=((90.0, 2), (100.0, 0))), 2),
+    ("... and steps down from it one at a time after the window", False,
+     _inputs(now=171.0, running=2), AutoscalerState(target=2, idle_since=100.0, need_history=((90.0, 2), (100.0, 0))), 1),
+]
+
+
+@pytest.mark.parametrize(("holds_last", "inputs", "state", "expected"), [row[1:] for row in LONG_WINDOW],
+                         ids=[row[0] for row in LONG_WINDOW])
+def test_the_window_holds_the_last_replica_only_when_configured_to(
+        holds_last: bool, inputs: AutoscalerInputs, state: AutoscalerState, expected: int) -> None:
+    config = AutoscalerConfig(**{**CONFIG.__dict__, "stable_window_s": 60.0, "window_holds_last": holds_last})
+    decision = decide(inputs, state, config)
+    assert decision.desired == expected, decision.reason
+
+
 def test_batched_capacity_divides_the_need() -> None:
     batched = AutoscalerConfig(max_replicas=4, capacity_per_replica=4, default_cold_start_s=2.0)
     assert decide(_inputs(queued=7, in_flight=1), AutoscalerState(), batched).desired == 2
@@ -130,6 +154,7 @@ configs = st.builds(
     scale_to_zero_after_s=st.floats(0, 300),
     default_service_time_s=st.floats(0.1, 60),
     default_cold_start_s=st.floats(0, 60),
+    window_holds_last=st.booleans(),
 )
 states = st.builds(
     AutoscalerState,
