@@ -114,14 +114,12 @@ class ScalingLoop:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except ControllerGone as error:  # Serve shut down (its scaler then ends) or restarting
+            except Exception as error:  # a failed or hung read or scale call: try again, never stop
                 failures += 1
-                if failures == 1:
+                if failures == 1 and isinstance(error, ControllerGone):  # Serve shut down, or restarting
                     log.warning("scaling loop for %s: %s; retrying, backing off to %gs", self.decisions.deployment,
                                 error, MAX_BACKOFF_S)
-            except Exception:  # a failed or hung read or scale call: try again, never stop
-                failures += 1
-                if failures == 1:
+                elif failures == 1:
                     log.exception("scaling loop tick failed; retrying, backing off to %gs", MAX_BACKOFF_S)
             # after failures, back off (doubling, at most MAX_BACKOFF_S): a controller that is gone
             # is not asked ten times a second
