@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from models.edits import composite, edit_arguments, edit_pipeline
 from models.host_tier import RESIDENT, HostWeights, restore, snapshot
 from models.loader import ModelSpec, load_pipeline
 from models.request import TEXT, GenerationRequest, GenerationResult, GenerationStopped
+
+# A pipeline holds several named adapters by design (up to ``resident_loras``); peft warns on every
+# adapter after the first that "multiple adapters" may be a mistake. Only that message is ignored.
+warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
 
 #: Called after every denoising step with the steps done so far; returns a reason to stop, or None.
 StopCheck = Callable[[int], "str | None"]
