@@ -13,7 +13,9 @@ This measures that price on its own, without anything else a fleet pays for:
   requests in the last 10 minutes (1, 2, 3, 4, 5 or more), with either the 3-hour slot of the day
   (*traffic class*: quiet nights and busy afternoons keep different replicas) or whether the call's
   request could have met the SLO after a cold start (*kind*: requests come in sessions of like
-  requests, and a gap pays a miss only when the request that ends it needs a warm replica). For a
+  requests, and a gap pays a miss only when the request that ends it needs a warm replica), or, in
+  place of the recent requests, the kind with how long before it the request before it came and its
+  tenant's request before it came (*session*: a short gap says a session is under way). For a
   price per missed request, coordinate descent over the classes (from the best single keep-alive)
   chooses each class's keep-alive on one part of the trace; the other part scores it. The same
   keep-alives as one fixed value for every class are the plain reference.
@@ -69,22 +71,49 @@ def request_kinds(jobs: Sequence[BoundJob], cold_start_s: float, loads: LoadTime
             for job, recent in zip(jobs, _recent(jobs))]
 
 
+#: The session class's gaps, seconds: each gap is put at the largest of these it reaches.
+SESSION_GAPS_S = (0, 60, 300, 900)  # since the request before it, any tenant's
+TENANT_GAPS_S = (0, 300, 3600)  # since its own tenant's request before it
+
+
+def _since(gap_s: float, edges: Sequence[int]) -> int:
+    return max(edge for edge in edges if gap_s >= edge)
+
+
+def session_classes(jobs: Sequence[BoundJob], tenants: Sequence[str], cold_start_s: float,
+                    loads: LoadTimes | None) -> list[tuple[int, ...]]:
+    """Each job's session class, known when it arrives: (its kind as in :func:`request_kinds`, the
+    gap since the request before it and since its tenant's request before it, each as the largest
+    edge of ``SESSION_GAPS_S`` / ``TENANT_GAPS_S`` it reaches; a first request's gaps are endless).
+    ``jobs`` in arrival order, ``tenants`` theirs."""
+    classes: list[tuple[int, ...]] = []
+    last_of: dict[str, float] = {}
+    for i, (job, tenant) in enumerate(zip(jobs, tenants)):
+        gap = job.arrival - jobs[i - 1].arrival if i else float("inf")
+        own = job.arrival - last_of.get(tenant, -float("inf"))
+        last_of[tenant] = job.arrival
+        classes.append((int(not misses_from_cold_start(job, cold_start_s, loads)),
+                        _since(gap, SESSION_GAPS_S), _since(own, TENANT_GAPS_S)))
+    return classes
+
+
 #: The class families tuned: name in the results → (label, what a class's key says).
 FAMILIES = {"per_class": ("per class", "slot {0}, recent {1}"),
-            "per_kind": ("per kind", "fits a cold start {0}, recent {1}")}
+            "per_kind": ("per kind", "fits a cold start {0}, recent {1}"),
+            "per_session": ("per session", "fits a cold start {0}, previous {1}+ s before, tenant's {2}+ s before")}
 
 
 def _objective(run: dict[str, Any], jobs: int, price_s: float) -> float:
     return run["replica_seconds"] + price_s * (1 - run["slo_attainment"]) * jobs
 
 
-def tune_keep_alives(jobs: Sequence[BoundJob], classes: Sequence[tuple[int, int]], cold_start_s: float,
-                     slo_s: float, loads: LoadTimes | None, price_s: float, rounds: int = 2) -> dict[tuple[int, int], float]:
+def tune_keep_alives(jobs: Sequence[BoundJob], classes: Sequence[tuple[int, ...]], cold_start_s: float, slo_s: float,
+                     loads: LoadTimes | None, price_s: float, rounds: int = 2) -> dict[tuple[int, ...], float]:
     """Each class's keep-alive minimising replica-seconds + ``price_s`` per missed request on ``jobs``:
     the best single keep-alive for all, then ``rounds`` passes of coordinate descent over the
     classes. Never worse on ``jobs`` than the best single keep-alive (it starts there and only moves
     to a lower objective)."""
-    def cost(choice: dict[tuple[int, int], float]) -> float:
+    def cost(choice: dict[tuple[int, ...], float]) -> float:
         run = shared_replica_run(jobs, [choice[c] for c in classes], cold_start_s, slo_s, loads)
         return _objective(run, len(jobs), price_s)
 
@@ -102,7 +131,7 @@ def tune_keep_alives(jobs: Sequence[BoundJob], classes: Sequence[tuple[int, int]
     return choice
 
 
-def scored(jobs: Sequence[BoundJob], classes: Sequence[tuple[int, int]], choice: dict[tuple[int, int], float],
+def scored(jobs: Sequence[BoundJob], classes: Sequence[tuple[int, ...]], choice: dict[tuple[int, ...], float],
            default_s: float, cold_start_s: float, slo_s: float, loads: LoadTimes | None) -> dict[str, Any]:
     """``choice`` on ``jobs`` (a class it never saw keeps ``default_s``)."""
     return shared_replica_run(jobs, [choice.get(c, default_s) for c in classes], cold_start_s, slo_s, loads)
@@ -135,10 +164,12 @@ def main(args: argparse.Namespace) -> int:
     target = ModelReplay.from_args(args).apply(load_target(args.config, args.cold_start_s, args.overrides), arrivals)
     service, spec = a10_service_model(), target.spec
     cold, loads = least_cold_start(spec), load_times(spec)
-    requests = {name: target.requests(a) for name, a in parts.items()}
+    requests = {name: sorted(target.requests(a), key=lambda r: r.arrival_s) for name, a in parts.items()}
     jobs = {name: sorted(request_jobs(r, service, args.slo), key=lambda j: j.arrival) for name, r in requests.items()}
     classes = {"per_class": {name: traffic_classes(j) for name, j in jobs.items()},
-               "per_kind": {name: request_kinds(j, cold, loads) for name, j in jobs.items()}}
+               "per_kind": {name: request_kinds(j, cold, loads) for name, j in jobs.items()},
+               "per_session": {name: session_classes(j, [r.tenant for r in requests[name]], cold, loads)
+                               for name, j in jobs.items()}}
     bounds = {}
     for name, part in requests.items():
         print(f"[online-reference] {name} part: {len(part)} requests; its bounds, with the bound for serving "
@@ -152,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     for tune, score in (("first", "last"), ("last", "first")):
         lower = bounds[score]["lower_bound_replica_seconds"]
 
-        def row(label: str, of: dict[str, list[tuple[int, int]]], choice: dict[tuple[int, int], float],
+        def row(label: str, of: dict[str, list[tuple[int, ...]]], choice: dict[tuple[int, ...], float],
                 default_s: float) -> dict[str, Any]:
             result = {"label": label,
                       "tuned": scored(jobs[tune], of[tune], choice, default_s, cold, args.slo, loads),
@@ -181,8 +212,8 @@ def main(args: argparse.Namespace) -> int:
             "slo_s": args.slo, "target": args.target, "cold_start_s": cold, "loads": None if loads is None else vars(loads),
             "wall_s": time.perf_counter() - started,
             "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed, "
-                           "per traffic class or per kind of request, tuned on one part of the trace and scored on "
-                           "the other"}
+                           "per traffic class, per kind of request or per session class, tuned on one part of the "
+                           "trace and scored on the other"}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "bounds": bounds, "directions": directions}, indent=1))
@@ -196,7 +227,8 @@ def report(name: str, meta: dict[str, Any], bounds: dict[str, Any], directions: 
             f"checkpoint loads free; a request that finds it stopped waits for its cold start "
             f"({meta['cold_start_s']:g} s) and its LoRA loads. Its keep-alive after each call: one value, or one "
             f"per class of the call (requests in the last 10 minutes × the 3-hour slot of the day, or × whether "
-            f"its request could have met the SLO after a cold start), tuned on one part for a price per miss, "
+            f"its request could have met the SLO after a cold start; or that × the gaps since the request before "
+            f"it and since its tenant's request before it), tuned on one part for a price per miss, "
             f"scored on the other. A reference for what not foreseeing arrivals costs, not a bound. "
             f"SLO {meta['slo_s']:g} s.\n\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n")
     parts = []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import online_reference
-from benchmarks.online_reference import request_kinds, scored, traffic_classes, tune_keep_alives
+from benchmarks.online_reference import request_kinds, scored, session_classes, traffic_classes, tune_keep_alives
 from benchmarks.sim_bounds import shared_replica_run
 from scheduler.simulation.bounds import BoundJob, LoadTimes
 from tests.conftest import ROOT
@@ -40,6 +40,19 @@ def test_request_kinds() -> None:
     jobs = [_job(0.0), _job(100.0, 5.0), dataclasses.replace(_job(200.0, 5.0), adapters=("L1",))]
     assert request_kinds(jobs, COLD, loads) == [(0, 1), (1, 2), (0, 3)]
     assert request_kinds(jobs, COLD, None) == [(0, 1), (1, 2), (1, 3)]  # no loads charged
+
+
+@pytest.mark.parametrize("requests, expected", [
+    ([(0.0, "A")], [(0, 900, 3600)]),  # the first request: both gaps endless
+    ([(0.0, "A"), (30.0, "B"), (100.0, "A"), (500.0, "A"), (2000.0, "B")],
+     [(0, 900, 3600), (0, 0, 3600), (1, 60, 0), (0, 300, 300), (0, 900, 300)]),
+    ([(0.0, "A"), (59.0, "A"), (60.0, "A"), (3660.0, "A")], [(0, 900, 3600), (0, 0, 0), (0, 0, 0), (0, 900, 3600)]),
+])
+def test_session_classes(requests: list[tuple[float, str]], expected: list[tuple[int, int, int]]) -> None:
+    """(kind, the gap since the request before, the gap since its tenant's before), each gap at the
+    largest edge it reaches; the request at 100 s is a 2 s call, which fits a cold start."""
+    jobs = [_job(t, 2.0 if t == 100.0 else SERVICE) for t, _ in requests]
+    assert session_classes(jobs, [tenant for _, tenant in requests], COLD, None) == expected
 
 
 def test_kinds_keep_a_replica_only_after_requests_whose_sessions_need_one() -> None:
@@ -101,12 +114,12 @@ def test_the_command_on_a_many_model_trace(tmp_path: Path) -> None:
     assert [(d["tune"], d["score"]) for d in data["directions"]] == [("first", "last"), ("last", "first")]
     for d in data["directions"]:
         assert len(d["fixed"]) == len(online_reference.KEEP_ALIVES_S)
-        assert len(d["per_class"]) == len(d["per_kind"]) == len(online_reference.MISS_PRICES_S)
+        assert len(d["per_class"]) == len(d["per_kind"]) == len(d["per_session"]) == len(online_reference.MISS_PRICES_S)
         lower = data["bounds"][d["score"]]["lower_bound_replica_seconds"]
         share = data["bounds"][d["score"]]["share_lower_bound"]  # serving 98 % of the part in time
         assert 0 < share <= lower
-        assert set(d["cheapest_meeting_target"]) == {"fixed", "per_class", "per_kind"}
-        for row in d["fixed"] + d["per_class"] + d["per_kind"]:
+        assert set(d["cheapest_meeting_target"]) == {"fixed", "per_class", "per_kind", "per_session"}
+        for row in d["fixed"] + d["per_class"] + d["per_kind"] + d["per_session"]:
             assert row["held_out"]["cold_starts"] >= 1 and 0 < row["held_out"]["slo_attainment"] <= 1
             assert row["held_out"]["over_lower_bound"] == pytest.approx(row["held_out"]["replica_seconds"] / lower)
             assert row["held_out"]["over_share_bound"] >= row["held_out"]["over_lower_bound"]
