@@ -21,10 +21,6 @@ from models.host_tier import RESIDENT, HostWeights, restore, snapshot
 from models.loader import ModelSpec, load_pipeline
 from models.request import TEXT, GenerationRequest, GenerationResult, GenerationStopped
 
-# A pipeline holds several named adapters by design (up to ``resident_loras``); peft warns on every
-# adapter after the first that "multiple adapters" may be a mistake. Only that message is ignored.
-warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
-
 #: Called after every denoising step with the steps done so far; returns a reason to stop, or None.
 StopCheck = Callable[[int], "str | None"]
 #: Called after every denoising step with the steps done and the call's latents (batch, 4, h, w);
@@ -145,6 +141,10 @@ class DiffusionGenerator(GroupedGenerator):
         self._edit_pipelines: dict[str, Any] = {}  # kind → pipeline sharing this one's components
         self.device = str(pipeline.device)
         self.counter = CallCounter()
+        # A pipeline holds several named adapters by design (up to ``resident_loras``); peft warns on
+        # every adapter after the first that "multiple adapters" may be a mistake. Only that message
+        # is ignored (set here, not at import, so that it holds where the generator is built).
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
 
     def _generate_group(
         self, group: list[GenerationRequest], should_stop: StopCheck | None, on_latents: LatentsHook | None = None

@@ -287,7 +287,8 @@ def test_a_worker_says_where_each_checkpoint_came_from_and_sheds_a_job_its_load_
     assert "x" not in started and run("after", "c", 2).outcome == Outcome.OK  # the replica serves on
 
 
-def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_exactly() -> None:
+def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_exactly(
+        recwarn: pytest.WarningsRecorder) -> None:
     from models.generator import load_generator
     from models.loader import ModelSpec
     from models.tiny_lora import resolve_lora
@@ -304,6 +305,7 @@ def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_e
     assert set(generator.pipeline.get_list_adapters()["unet"]) == {"l2"}
     assert image("l1", "l2") != first and list(generator._loras_loaded) == ["l1", "l2"]  # a call's own stay
     assert image("l1") == first and list(generator._loras_loaded) == ["l1"]  # l2 deleted; l1 as before
+    assert not [w for w in recwarn if "peft_config" in str(w.message)]  # several adapters are the design
 
 
 def test_a_simulated_catalog_loads_from_disk_then_host_memory_with_its_profiles_times() -> None:
