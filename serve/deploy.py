@@ -6,6 +6,7 @@ the shipped config files the same way ``serve run`` does.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -20,12 +21,18 @@ class DeployError(RuntimeError):
     """The application did not reach RUNNING; the message carries Ray's explanation."""
 
 
-def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = None, wait: bool = True) -> None:
+class DeployStopped(RuntimeError):
+    """Asked to stop (Ctrl-C) before the applications were running."""
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = None, wait: bool = True,
+           stop: threading.Event | None = None) -> None:
     """Start Serve with the config's HTTP options and deploy its applications; block until they
     run (``wait``). A redeploy that changes only deployments' ``user_config`` reconfigures the
     running replicas in place; a change of ``args`` restarts them.
 
-    ``progress`` (a callable taking a string) hears about status changes, for long cold starts.
+    ``progress`` (a callable taking a string) hears about status changes, for long cold starts;
+    ``stop``, once set, ends the wait with :class:`DeployStopped` (a model load may take minutes).
     """
     check_config(config)
     schema = ServeDeploySchema.model_validate(config)
@@ -35,25 +42,29 @@ def deploy(config: dict[str, Any], timeout_s: float = 300.0, progress: Any = Non
     )
     _get_global_client().deploy_apps(schema, _blocking=False)
     if wait:
-        wait_until_running([app.name for app in schema.applications], timeout_s, progress)
+        wait_until_running([app.name for app in schema.applications], timeout_s, progress, stop)
 
 
-def wait_until_running(names: list[str], timeout_s: float, progress: Any = None) -> None:
+def wait_until_running(names: list[str], timeout_s: float, progress: Any = None,
+                       stop: threading.Event | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     last = ""
+    stop = stop or threading.Event()
     while time.monotonic() < deadline:
+        if stop.is_set():
+            raise DeployStopped(f"stopped before the applications were running ({last or 'not yet deployed'})")
         apps = serve.status().applications
         states = {name: apps[name].status if name in apps else "NOT_STARTED" for name in names}
         line = ", ".join(f"{n}: {s}" for n, s in states.items())
         if progress is not None and line != last:
             progress(line)
-            last = line
+        last = line
         failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
             raise DeployError(_failure_message(failed[0], apps[failed[0]]))
         if all(s == "RUNNING" for s in states.values()):
             return
-        time.sleep(0.25)
+        stop.wait(0.25)
     raise DeployError(f"applications {names} not running after {timeout_s:.0f}s ({last})")
 
 

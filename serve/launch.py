@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from serve.config_check import ConfigError, check_config
-    from serve.deploy import DeployError, deploy
+    from serve.deploy import DeployError, DeployStopped, deploy
     from serve.settings import OVERRIDES_ENV, load_config, parse_assignments
 
     try:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        deploy(config, timeout_s=options.timeout, progress=lambda line: _say(line))
+        deploy(config, timeout_s=options.timeout, progress=lambda line: _say(line), stop=stop)
         _say(f"ready in {time.monotonic() - started:.1f}s")
         _say(f"send requests to http://{host}:{port}/v1/images/generations")
         _say(
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(1.0):
             pass
         _say("stopping")
+        return 0
+    except DeployStopped as exc:
+        _say(str(exc))
         return 0
     except DeployError as exc:
         _say(f"error: {exc}")

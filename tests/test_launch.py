@@ -74,3 +74,56 @@ def test_without_ray_address_it_starts_a_ray_of_its_own(monkeypatch: pytest.Monk
     with pytest.raises(Started):
         launch.main(["--port", str(port)])
     assert asked["address"] == "local"
+
+
+class _Deploying:
+    """``serve.status()`` of an application that never leaves DEPLOYING (a model that loads for minutes)."""
+
+    applications = {"sdserve": type("App", (), {"status": "DEPLOYING"})()}
+
+
+def test_a_stop_ends_the_wait_for_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from serve import deploy
+
+    monkeypatch.setattr(deploy.serve, "status", lambda: _Deploying)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    with pytest.raises(deploy.DeployStopped, match="DEPLOYING"):
+        deploy.wait_until_running(["sdserve"], 30, stop=stop)  # not DeployError, 30 s later
+
+
+def test_ctrl_c_while_the_application_deploys_stops_sdserve(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Not only once it runs: the first Ctrl-C during a long deploy shuts Serve and Ray down."""
+    import os
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    from serve import deploy
+
+    shut: list[str] = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: shut.append("ray"))
+    monkeypatch.setattr(serve, "shutdown", lambda: shut.append("serve"))
+    monkeypatch.setattr(deploy.serve, "status", lambda: _Deploying)
+    monkeypatch.setattr(deploy, "deploy", lambda config, timeout_s, progress, stop: deploy.wait_until_running(
+        ["sdserve"], timeout_s, progress, stop))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        assert launch.main(["--port", str(port), "--timeout", "30"]) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    out = capsys.readouterr().out
+    assert "[sdserve] stopped before the applications were running (sdserve: DEPLOYING)" in out
+    assert shut == ["serve", "ray"] and "[sdserve] Ray shut down" in out
