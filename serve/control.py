@@ -20,6 +20,7 @@ zero. With the application's ``external_scaler_enabled: true`` Ray leaves the re
 The loop cannot drift from Serve: every poll adopts the target Serve holds (a redeploy resets it to
 ``num_replicas``; another writer may change it), every controller call has a timeout (a hung call
 costs a tick, never the loop), and what the loop learnt can be saved and restored (``snapshot``).
+A replica Serve is stopping that no node ever ran is ended at once (:func:`serve.fleet.unplaced_stopping`).
 Each decision is kept in :class:`DecisionLog` (``GET /v1/scheduler`` and the metrics read it).
 """
 
@@ -48,6 +49,8 @@ class Fleet(Protocol):
     async def status(self) -> FleetStatus: ...
 
     async def scale(self, target: int) -> None: ...
+
+    async def cancel(self, actor_names: tuple[str, ...]) -> int: ...
 
 
 class DecisionLog:
@@ -140,6 +143,13 @@ class ScalingLoop:
                             "writer): adopting it", self.decisions.deployment, status.target, driver.target)
             driver.fleet_seen(now, status.counts.running, status.counts.starting, status.target)
             self.running = status.counts.running
+            if status.unplaced_stopping:
+                cancelled = await self._call(lambda: self.fleet.cancel(status.unplaced_stopping),
+                                             "a cancel of replicas never placed")
+                if cancelled:
+                    log.info("autoscaler %s: ended %d replica(s) Serve was stopping that no node had run; Ray "
+                             "would hold them for graceful_shutdown_timeout_s (ray-project/ray#50426)",
+                             self.decisions.deployment, cancelled)
         decision = driver.step(now, self.gpu_cap(now) if self.gpu_cap is not None else None)
         if decision.desired != driver.target:
             await self._call(lambda: self.fleet.scale(decision.desired), f"a scale to {decision.desired}")

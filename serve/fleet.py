@@ -35,6 +35,7 @@ class FleetStatus:
     counts: ReplicaCounts
     minimum: int | None = None  # None: Serve does not know the deployment (yet)
     target: int | None = None
+    unplaced_stopping: tuple[str, ...] = ()  # see :func:`unplaced_stopping`
 
 
 def state_name(state: Any) -> str:
@@ -53,6 +54,17 @@ def replica_counts(states: Iterable[Any] | Mapping[Any, int]) -> ReplicaCounts:
         for state in states:
             counts[state_name(state)] = counts.get(state_name(state), 0) + 1
     return ReplicaCounts(sum(counts.get(s, 0) for s in RUNNING_STATES), sum(counts.get(s, 0) for s in STARTING_STATES))
+
+
+def unplaced_stopping(replicas: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The actor names of the replicas Serve is stopping that no node ever ran (no ``node_id``): a
+    scale-down while the cluster had no room for them. Ray 2.60 asks such a replica to shut down
+    gracefully, which it can only do once placed, so Serve keeps it STOPPING for the deployment's
+    ``graceful_shutdown_timeout_s`` (ray-project/ray#50426): the deployment stays UPDATING, and
+    should room free up meanwhile, the replica starts, loads its model and stops. Nothing runs on it,
+    so killing it loses nothing."""
+    return tuple(r["actor_name"] for r in replicas
+                 if state_name(r.get("state", "")) == "STOPPING" and not r.get("node_id") and r.get("actor_name"))
 
 
 class ControllerGone(RuntimeError):
@@ -110,12 +122,14 @@ class ServeFleet:
         deployment = (app.get("deployments") or {}).get(self.deployment)
         if not deployment:
             return FleetStatus(ReplicaCounts(0, 0))
-        counts = replica_counts(r.get("state", "") for r in deployment.get("replicas") or [])
+        replicas = deployment.get("replicas") or []
+        counts = replica_counts(r.get("state", "") for r in replicas)
         config = deployment.get("deployment_config") or {}
         scaling = config.get("autoscaling_config") or {}
         minimum = scaling.get("min_replicas") if scaling else config.get("num_replicas")
         target = deployment.get("target_num_replicas")
-        return FleetStatus(counts, int(minimum or 0), None if target is None else int(target))
+        return FleetStatus(counts, int(minimum or 0), None if target is None else int(target),
+                           unplaced_stopping(replicas))
 
     async def pool(self) -> WorkerPool:
         """The running replicas' ids and the deployment's request limits, for the dispatcher."""
@@ -130,3 +144,18 @@ class ServeFleet:
 
     async def scale(self, target: int) -> None:
         await self._ask("update_deployment_replicas", self._id, target)
+
+    async def cancel(self, actor_names: Iterable[str]) -> int:
+        """Kill replicas that :func:`unplaced_stopping` found; Serve then counts each as stopped at
+        its next check. How many were still there to kill."""
+        import ray
+        from ray.serve._private.constants import SERVE_NAMESPACE
+
+        killed = 0
+        for name in actor_names:
+            try:
+                ray.kill(ray.get_actor(name, namespace=SERVE_NAMESPACE), no_restart=True)
+                killed += 1
+            except ValueError:  # ray.get_actor: gone already
+                pass
+        return killed

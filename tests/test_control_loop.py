@@ -10,7 +10,7 @@ import pytest
 from scheduler.autoscaling import DecisionKind
 from scheduler.collector import CallReport, PendingJob
 from serve.control import ScalingLoop
-from serve.fleet import ControllerGone, FleetStatus, ReplicaCounts, ServeFleet
+from serve.fleet import ControllerGone, FleetStatus, ReplicaCounts, ServeFleet, unplaced_stopping
 from serve.settings import ControlLoopSettings
 
 SETTINGS = ControlLoopSettings(enabled=True, fleet_poll_s=0.5, policy={
@@ -29,6 +29,8 @@ class FakeFleet:
         self.gone = False  # Serve shut down: every read raises ControllerGone
         self.reads = 0
         self.writes: list[int] = []
+        self.unplaced: tuple[str, ...] = ()  # replicas Serve is stopping that no node ran
+        self.cancelled: list[tuple[str, ...]] = []
 
     async def status(self) -> FleetStatus:
         self.reads += 1
@@ -38,7 +40,12 @@ class FakeFleet:
             raise ControllerGone("the Serve controller is gone (its actor died)")
         if self.hang:
             await asyncio.sleep(3600)
-        return FleetStatus(ReplicaCounts(self.running, 0), 0, self.target)
+        return FleetStatus(ReplicaCounts(self.running, 0), 0, self.target, self.unplaced)
+
+    async def cancel(self, actor_names: tuple[str, ...]) -> int:
+        self.cancelled.append(actor_names)
+        ended, self.unplaced = len(self.unplaced), ()
+        return ended
 
     async def scale(self, target: int) -> None:
         if self.hang:
@@ -158,6 +165,35 @@ def test_serve_shut_down_is_said_in_one_line_an_unknown_failure_with_its_traceba
     failed = [r for r in caplog.records if "backing off" in r.getMessage()]
     assert [(r.levelname, r.exc_info is not None) for r in failed] == [(level, traceback)]
     assert fleet.reads >= 2  # either way the loop goes on trying
+
+
+@pytest.mark.parametrize("replicas, expected", [
+    ([{"actor_name": "R#a", "state": "STOPPING"}], ("R#a",)),  # never placed: no node_id
+    ([{"actor_name": "R#a", "state": "ReplicaState.STOPPING", "node_id": None}], ("R#a",)),
+    ([{"actor_name": "R#b", "state": "STOPPING", "node_id": "n1", "pid": 7}], ()),  # placed: it may be draining
+    ([{"actor_name": "R#c", "state": "STARTING"}, {"actor_name": "R#d", "state": "RUNNING", "node_id": "n1"}], ()),
+    ([{"state": "STOPPING"}], ()),  # no name to kill by
+    ([{"actor_name": "R#e", "state": "STOPPING"}, {"actor_name": "R#f", "state": "STOPPING", "node_id": "n1"},
+      {"actor_name": "R#g", "state": "STOPPING", "node_id": ""}], ("R#e", "R#g")),
+])
+def test_unplaced_stopping(replicas: list[dict], expected: tuple[str, ...]) -> None:
+    assert unplaced_stopping(replicas) == expected
+
+
+def test_a_replica_serve_stops_before_any_node_ran_it_is_ended_at_the_next_read(caplog) -> None:
+    fleet = FakeFleet(running=1)
+    loop = ScalingLoop(SETTINGS, fleet, "app/w")
+    fleet.unplaced = ("SERVE_REPLICA::app#w#x",)
+
+    async def scenario() -> None:
+        await loop.tick(0.0)
+        await loop.tick(0.6)  # the next read: nothing left to end
+    with caplog.at_level("INFO", logger="ray.serve"):
+        run(scenario())
+    assert fleet.cancelled == [("SERVE_REPLICA::app#w#x",)]
+    assert [r.getMessage() for r in caplog.records if "no node had run" in r.getMessage()] == [
+        "autoscaler app/w: ended 1 replica(s) Serve was stopping that no node had run; Ray would hold them for "
+        "graceful_shutdown_timeout_s (ray-project/ray#50426)"]
 
 
 class FakeController:
