@@ -76,7 +76,8 @@ ONE_SIM_REPLICA = ["simulation.scale_with_pixels=false", "autoscaling.policy.min
                    "autoscaling.policy.max_replicas=1", "deadlines.shed_hopeless=false"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port no one listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -221,7 +222,7 @@ def ray_cluster(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     # "local": a new cluster, never one that ray.init() would otherwise find on the machine (the
     # 3-node test's, whose address Ray's Cluster writes to /tmp/ray while it runs)
     ray.init(address="local", num_cpus=8, num_gpus=4, namespace="serve", include_dashboard=False)
-    info = {"port": _free_port()}
+    info = {"port": free_port()}
     try:
         yield info
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serve import launch
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -68,11 +68,8 @@ def test_without_ray_address_it_starts_a_ray_of_its_own(monkeypatch: pytest.Monk
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "init", record)
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     with pytest.raises(Started):
-        launch.main(["--port", str(port)])
+        launch.main(["--port", str(free_port())])
     assert asked["address"] == "local"
 
 
@@ -115,13 +112,12 @@ def test_ctrl_c_while_the_application_deploys_stops_sdserve(monkeypatch: pytest.
         ["sdserve"], timeout_s, progress, stop))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    ctrl_c.start()
     try:
-        assert launch.main(["--port", str(port), "--timeout", "30"]) == 0
+        assert launch.main(["--port", str(free_port()), "--timeout", "30"]) == 0
     finally:
+        ctrl_c.cancel()  # a launcher that returned early must not leave a Ctrl-C for pytest
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     out = capsys.readouterr().out
