@@ -19,8 +19,9 @@ Placement, when ``FleetSpec.models_per_replica`` is set:
   (``RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S`` = 1, drawn anew from [T, 2T) at every
   check), the replicas with the fewest models; then once more those, then any. Each attempt then
   draws two of the candidates (power of two choices);
-- **sdserve's dispatcher**: among the replicas with a free slot, one that holds the model, else one
-  that has it in host memory, else the one with the fewest models.
+- **sdserve's dispatcher**: among the replicas with a free slot, by ``scheduler/placement.py``'s
+  rule, as live: where the model is, else where it is in host memory; then the fewest of the
+  request's LoRAs to load, the fewest calls running, and so on.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from scheduler.placement import FreeReplica, choose_replica
 
 if TYPE_CHECKING:
     from scheduler.simulation.records import Replica
@@ -157,18 +160,9 @@ class RayMultiplexing:
 
 def dispatcher_choice(free: list[Replica], model: str, loras: tuple[str, ...] = (),
                       last_sent: Mapping[str, float] | None = None) -> Replica:
-    """sdserve's placement among replicas with a free slot, as ``serve/dispatcher.py``: where the
-    model is, else where it is in host memory, else anywhere; then the fewest of the request's LoRAs
-    to load, the least loaded, and (where it loads the checkpoint, from host memory or disk) the
-    replica whose checkpoints were wanted longest ago (``last_sent``: the load evicts the coldest);
-    then the fewest models, the fewest adapters loaded (leaving the others free for their adapters'
-    requests)."""
-    wanted = last_sent or {}
-
-    def rank(r: Replica) -> tuple[float, ...]:
-        tier = 0 if r.models.holds(model) else 1 if model in r.models.host else 2
-        coldest = max((wanted.get(m, 0.0) for m in r.models.device), default=0.0) if tier else 0.0
-        return (tier, r.models.missing_loras(model, loras), r.ongoing, coldest, len(r.models.device),
-                len(r.models.loras), r.id)
-
-    return min(free, key=rank)
+    """sdserve's placement among replicas with a free slot: ``scheduler/placement.py``'s rule, the
+    one ``serve/dispatcher.py`` follows live."""
+    views = {r.id: r for r in free}
+    chosen = choose_replica([FreeReplica(r.id, r.ongoing, r.models.device, r.models.host, r.models.loras)
+                             for r in free], model, loras, last_sent)
+    return views[chosen.replica_id]
