@@ -112,6 +112,11 @@ class CatalogGenerator(GroupedGenerator):
         gc.collect()  # the evicted pipeline's weights go now, before the load needs the room
         return self._load(name), DISK
 
+    def adapters(self) -> dict[str, tuple[str, ...]]:
+        """Each resident checkpoint's adapters (they leave with it)."""
+        return {name: loaded for name, generator in self.loaded.items() if (loaded := generator.adapters().get(
+            generator.model_name, ()))}
+
     def where(self, name: str) -> str:
         """The tier ``name`` would come from if a call needed it now."""
         if name in self.loaded:

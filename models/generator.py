@@ -114,6 +114,10 @@ class GroupedGenerator:
     ) -> list[GenerationResult]:
         raise NotImplementedError
 
+    def adapters(self) -> dict[str, tuple[str, ...]]:
+        """The LoRA adapters loaded now, by checkpoint (none here; a pipeline that loads them says)."""
+        return {}
+
     def prepare(self, request: GenerationRequest) -> tuple[str, float]:
         """Load what a call of ``request`` needs before it starts (its checkpoint, its adapters), so
         the caller can say where it came from before the first step; (tier, seconds). Nothing by
@@ -224,6 +228,9 @@ class DiffusionGenerator(GroupedGenerator):
         self._unload_loras()
         restore(self.pipeline, weights)
         self.model_name = model_name
+
+    def adapters(self) -> dict[str, tuple[str, ...]]:
+        return {self.model_name: tuple(self._loras_loaded)} if self._loras_loaded else {}
 
     def _unload_loras(self) -> None:
         if self._loras_loaded:

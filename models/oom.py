@@ -70,3 +70,6 @@ class InjectedOOM(GroupedGenerator):
 
     def expected_load_s(self, request: GenerationRequest) -> float:
         return self.inner.expected_load_s(request)
+
+    def adapters(self) -> dict[str, tuple[str, ...]]:
+        return self.inner.adapters()

@@ -33,6 +33,7 @@ class QueuedJob:
     deadline: float  # absolute, seconds
     shape: Hashable = ()  # what can share a pipeline call with it (size, steps): for batches
     model: str = ""  # its checkpoint ("": the default): where the dispatcher prefers to send it
+    adapters: tuple[str, ...] = ()  # its LoRA adapters' ids: the dispatcher prefers where they are loaded
 
 
 @dataclass

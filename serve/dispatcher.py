@@ -39,6 +39,7 @@ from typing import Any
 
 from scheduler.collector import tier_of
 from scheduler.fair_queue import FairQueue, QueuedJob
+from scheduler.placement import FreeReplica, choose_replica
 from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over, preload_choice
 
 log = logging.getLogger("ray.serve")
@@ -93,6 +94,7 @@ class Dispatcher:
         self._lost: set[str] = set()  # replicas a call found dead, until Serve stops listing them
         # replica → checkpoints it said it holds on its device, and in its host memory
         self._holding: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        self._adapters: dict[str, frozenset[tuple[str, str]]] = {}  # replica → (checkpoint, LoRA) loaded
         self._releasing: set[asyncio.Task[None]] = set()
         self._preloading: dict[str, tuple[str, float]] = {}  # starting replica → (checkpoint, when told)
         self.model_aware = True  # queue.model_aware: placement by checkpoint; False: any free replica
@@ -128,6 +130,7 @@ class Dispatcher:
             if rid not in running:
                 del self._free[rid]
                 self._holding.pop(rid, None)
+                self._adapters.pop(rid, None)
         for rid in running - self._free.keys():
             busy = sum(1 for r in self._held.values() if r == rid)
             self._free[rid] = max(0, self.slots_per_replica - busy)
@@ -154,7 +157,8 @@ class Dispatcher:
 
     # ---- requests ------------------------------------------------------------------------------
 
-    async def acquire(self, job_id: str, tenant: str, deadline: float, shape: Hashable = (), model: str = "") -> str:
+    async def acquire(self, job_id: str, tenant: str, deadline: float, shape: Hashable = (), model: str = "",
+                      adapters: tuple[str, ...] = ()) -> str:
         """Wait in fair order for a free slot; return the replica to send the job to. Raises
         :class:`QueueFull` at once when the queue is at its bound, :class:`Expired` if the deadline
         passes first (at dequeue); a cancelled wait leaves the queue at once."""
@@ -164,7 +168,7 @@ class Dispatcher:
         granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = granted
         model = model or self.default_model  # placed, preloaded and prefetched by its real name
-        self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model))
+        self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model, adapters))
         if self.on_queued is not None:
             self.on_queued(model)
         if self.on_unheld is not None and self.model_aware and model not in self.checkpoints_on_devices():
@@ -249,7 +253,7 @@ class Dispatcher:
             job = self._next(None)
             if job is None:
                 return
-            rid = self._place(job.model)
+            rid = self._place(job.model, job.adapters)
             self._grant(job, rid)
             while self._free[rid] and (same := self._next(job.shape)) is not None:
                 self._grant(same, rid)
@@ -274,29 +278,28 @@ class Dispatcher:
             self._grant(job, rid)
         return passed
 
-    def _place(self, model: str) -> str:
-        """A replica with a free slot: one that holds the request's checkpoint on its device if any
-        (a load from disk costs like a cold start), else one with it in host memory (a copy), else
-        the one whose checkpoints were wanted longest ago (the load evicts the coldest); the most free
-        slots first. Only free replicas are candidates, so a hot checkpoint whose holders are all busy
-        spreads to another replica instead of queueing behind them."""
+    def _place(self, model: str, adapters: tuple[str, ...] = ()) -> str:
+        """A replica with a free slot, by ``scheduler/placement.py``'s rule (the simulator's too):
+        where the checkpoint is on the device, else in host memory (a copy; a load from disk costs
+        like a cold start); then the fewest of the request's LoRAs to load, the most free slots, and
+        where a load must evict, the coldest checkpoints. Only free replicas are candidates, so a hot
+        checkpoint whose holders are all busy spreads to another replica instead of queueing behind
+        them. A replica that has not said what it holds is taken to hold the request's checkpoint."""
         free = [rid for rid, slots in self._free.items() if slots]
         if not self.model_aware:
             return max(free, key=self._free.__getitem__)
-        unknown = (frozenset({model}), frozenset())  # a replica that has not said: as if it held all
-        resident = [rid for rid in free if model in self._holding.get(rid, unknown)[0]]
-        host = [rid for rid in free if model in self._holding.get(rid, unknown)[1]]
-        if resident or host:
-            return max(resident or host, key=self._free.__getitem__)
+        unknown = (frozenset({model}), frozenset())
+        # host: the replica's own host memory only. The node's page cache is every replica's alike
+        # (the simulator's shared host tier): it changes no replica's rank against another.
+        views = [FreeReplica(rid, self.slots_per_replica - self._free[rid], *self._holding.get(rid, unknown),
+                             self._adapters.get(rid, frozenset())) for rid in free]
+        return str(choose_replica(views, model, adapters, self._last_sent).replica_id)
 
-        def last_wanted(rid: str) -> float:  # its checkpoints' latest request: a load there evicts the coldest
-            return max((self._last_sent.get(m, 0.0) for m in self._holding.get(rid, (frozenset(),))[0]), default=0.0)
-
-        return max(free, key=lambda rid: (self._free[rid], -last_wanted(rid)))
-
-    def holds(self, replica_id: str, models: Iterable[str] | None, host: Iterable[str] = ()) -> None:
-        """What a replica's reply said it holds on its device (None: every checkpoint it serves) and
-        in host memory."""
+    def holds(self, replica_id: str, models: Iterable[str] | None, host: Iterable[str] = (),
+              adapters: Iterable[tuple[str, str]] = ()) -> None:
+        """What a replica's reply said it holds on its device (None: every checkpoint it serves), in
+        host memory, and which LoRA adapters it has loaded into which checkpoint."""
+        self._adapters[replica_id] = frozenset(adapters)
         if models is None:
             self._holding.pop(replica_id, None)
         else:
@@ -310,11 +313,12 @@ class Dispatcher:
         return choice
 
     def residency(self) -> dict[str, dict[str, Any]]:
-        """Each running replica's free slots and the checkpoints it holds, as its latest reply said
-        (None before it said)."""
+        """Each running replica's free slots, the checkpoints it holds (None before it said) and the
+        adapters loaded into them (``checkpoint/adapter``), as its latest reply said."""
         return {rid: {"free_slots": free,
                       "resident": sorted(self._holding[rid][0]) if rid in self._holding else None,
-                      "host": sorted(self._holding[rid][1]) if rid in self._holding else None}
+                      "host": sorted(self._holding[rid][1]) if rid in self._holding else None,
+                      "adapters": [f"{model}/{adapter}" for model, adapter in sorted(self._adapters.get(rid, ()))]}
                 for rid, free in self._free.items()}
 
     def _next(self, shape: Hashable | None) -> QueuedJob | None:

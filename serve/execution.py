@@ -144,5 +144,7 @@ class JobRunner:
             self.replica, oom_total=self.oom.count, memory=dataclasses.asdict(memory) if memory else None,
             capacity=self.rules.effective_capacity(r.width * r.height, r.effective_steps, budgets),
             models=tuple(loaded) if loaded is not None else None,
-            host_models=tuple(host.entries) if host is not None else ())
+            host_models=tuple(host.entries) if host is not None else (),
+            adapters=tuple((model, adapter) for model, names in self.calls.backend.adapters().items()
+                           for adapter in names))
         return dataclasses.replace(reply, replica=replica)

@@ -119,7 +119,7 @@ class RequestLifecycle:
             if self.dispatcher is not None:
                 try:
                     replica = await self.dispatcher.acquire(job.job_id, client, job.deadline, job.request.batch_key,
-                                                            job.request.model)
+                                                            job.request.model, tuple(n for n, _ in job.request.loras))
                 except Expired:
                     return progress.late_reply(time.time() - job.accepted_at)
                 job = dataclasses.replace(job, replica_id=replica)
@@ -129,7 +129,8 @@ class RequestLifecycle:
                 reply = await follow(response, progress, on_event)
                 answered = True
                 if self.dispatcher is not None and reply.replica is not None:
-                    self.dispatcher.holds(reply.replica.replica_id, reply.replica.models, reply.replica.host_models)
+                    self.dispatcher.holds(reply.replica.replica_id, reply.replica.models, reply.replica.host_models,
+                                          reply.replica.adapters)
                 self.learner.learn(job, reply)
                 return reply
             except RayActorError as lost:

@@ -99,6 +99,7 @@ class ReplicaFacts:
     capacity: int | None = None  # requests per call it would take now (adaptive setting)
     models: tuple[str, ...] | None = None  # checkpoints it holds loaded now (a catalog); None: all it serves
     host_models: tuple[str, ...] = ()  # checkpoints it keeps in host memory (a catalog with a host tier)
+    adapters: tuple[tuple[str, str], ...] = ()  # (checkpoint, LoRA adapter) pairs loaded now
 
 
 @dataclass

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from models.catalog import DISK, HOST, RESIDENT, CatalogGenerator, ModelUnavailable, UnknownModel
+from models.generator import GroupedGenerator
 from models.host_tier import HostTier, HostWeights, restore, snapshot
 from models.request import GenerationRequest, GenerationResult
 from tests.conftest import Deployed
@@ -64,6 +65,10 @@ def test_a_lora_at_scale_0_is_the_base_image_at_scale_1_another_and_the_same_twi
     assert image([{"id": "tiny-lora-3"}], model="tiny-2") != image(None, model="tiny-2")
     unknown = app.client.post("/v1/images/generations", json={"prompt": "a", "loras": [{"id": "nope"}]})
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "loras"
+    # the replica's replies said which adapters it keeps loaded where: the dispatcher places by them
+    replicas = app.client.get("/v1/scheduler").json()["replicas"]
+    loaded = {adapter for replica in replicas.values() for adapter in replica["adapters"]}
+    assert {"tiny/tiny-lora-1", "tiny/tiny-lora-2", "tiny-2/tiny-lora-3"} <= loaded, replicas
 
 
 @pytest.mark.ray
@@ -124,7 +129,7 @@ def test_checkpoints_stay_where_they_are_and_come_back_from_host_memory_and_a_br
     assert {"tiny-1", "tiny-2", "tiny-3"} <= read_ahead, read_ahead
 
 
-class _Fake:
+class _Fake(GroupedGenerator):
     """A checkpoint's generator that answers with its name; its "weights" are its name."""
 
     built: list[str] = []
@@ -159,6 +164,15 @@ def _catalog(resident: int = 0, host_bytes: int = 0, broken: str = "") -> Catalo
 
 def _request(prompt: str, model: str = "") -> GenerationRequest:
     return GenerationRequest(prompt, 64, 64, 2, 1.0, 0, model=model)
+
+
+def test_a_catalog_says_each_resident_checkpoints_adapters_and_forgets_an_evicted_ones() -> None:
+    catalog = _catalog(resident=2)
+    catalog.generate([_request("p", "b")])  # "a" (the start) and "b" resident
+    catalog.loaded["a"].adapters = lambda: {"a": ("L1", "L2")}  # as a pipeline that loaded them says
+    assert catalog.adapters() == {"a": ("L1", "L2")}  # "b", resident without adapters, is left out
+    catalog.generate([_request("p", "c")])  # evicts "a", the least recently used
+    assert "a" not in catalog.loaded and catalog.adapters() == {}
 
 
 def test_a_catalog_sends_each_group_to_its_checkpoint_and_refuses_an_unknown_one() -> None:
@@ -305,6 +319,7 @@ def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_e
     assert set(generator.pipeline.get_list_adapters()["unet"]) == {"l2"}
     assert image("l1", "l2") != first and list(generator._loras_loaded) == ["l1", "l2"]  # a call's own stay
     assert image("l1") == first and list(generator._loras_loaded) == ["l1"]  # l2 deleted; l1 as before
+    assert generator.adapters() == {"tiny": ("l1",)}  # what its replica's replies say
     assert not [w for w in recwarn if "peft_config" in str(w.message)]  # several adapters are the design
 
 

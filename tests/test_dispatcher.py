@@ -185,8 +185,25 @@ def test_without_a_resident_copy_a_request_goes_where_its_checkpoint_is_in_host_
 
     chosen, residency = asyncio.run(scenario())
     assert sorted(chosen[:2]) == ["r2", "r3"] and chosen[2] == "r1"
-    assert residency == {"r1": {"free_slots": 0, "resident": ["sd15"], "host": []},
-                         "r2": {"free_slots": 0, "resident": ["sd15"], "host": ["anime"]}}
+    assert residency == {"r1": {"free_slots": 0, "resident": ["sd15"], "host": [], "adapters": []},
+                         "r2": {"free_slots": 0, "resident": ["sd15"], "host": ["anime"], "adapters": []}}
+
+
+def test_a_request_goes_where_its_lora_is_loaded_and_one_without_keeps_that_replica_free() -> None:
+    async def scenario() -> list[str]:
+        d = Dispatcher()
+        d.set_pool(_pool("r1", "r2", "r3", slots=2))
+        d.holds("r1", ["sd15"], adapters=[("anime", "ink")])  # loaded into another checkpoint: no help
+        d.holds("r2", ["sd15"], adapters=[("sd15", "ink")])
+        d.holds("r3", ["sd15"])
+        far = time.time() + 600
+        chosen = [await d.acquire("j0", "A", far, shape="other", model="sd15", adapters=("ink",))]
+        chosen.append(await d.acquire("j1", "A", far, shape="ink", model="sd15", adapters=("ink",)))  # a call runs there
+        chosen.append(await d.acquire("j2", "A", far, shape="plain", model="sd15"))
+        assert d.residency()["r2"]["adapters"] == ["sd15/ink"]
+        return chosen
+
+    assert asyncio.run(scenario()) == ["r2", "r2", "r3"]  # of the idle two, the one with no adapter loaded
 
 
 def test_tenants_are_api_key_digests_else_addresses() -> None:
