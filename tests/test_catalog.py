@@ -86,12 +86,17 @@ def test_checkpoints_stay_where_they_are_and_come_back_from_host_memory_and_a_br
             time.sleep(0.05)
         raise AssertionError(f"replicas never both free: {replicas}")
 
-    def post(model: str) -> tuple[str, str, str]:
+    def post(model: str, loras: list[dict] | None = None) -> tuple[str, str, str]:
         idle()
         response = app.client.post("/v1/images/generations", json={
-            "prompt": "a lighthouse", "model": model, "size": "64x64", "seed": 3, "num_inference_steps": 2})
+            "prompt": "a lighthouse", "model": model, "size": "64x64", "seed": 3, "num_inference_steps": 2,
+            **({"loras": loras} if loras else {})})
         assert response.status_code == 200, response.text
         return response.headers["x-model-load"], response.headers["x-replica-id"], response.json()["data"][0]["b64_json"]
+
+    # both replicas start on the default: a LoRA's requests go where it is loaded, the others elsewhere
+    lora = [post("tiny", loras=[{"id": "tiny-lora-1"}])[1], post("tiny")[1], post("tiny", loras=[{"id": "tiny-lora-1"}])[1]]
+    assert lora[0] == lora[2] != lora[1], lora
 
     # two checkpoints alternate over two replicas that hold one each: each loads once, then stays
     served = [post(model) for model in ("tiny-1", "tiny-2") * 4]
