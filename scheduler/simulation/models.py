@@ -52,10 +52,6 @@ class Residency:
     def holds(self, model: str) -> bool:
         return model in self.device
 
-    def missing_loras(self, model: str, loras: tuple[str, ...]) -> int:
-        """How many of ``loras`` (``id:scale``) a call on ``model`` would have to load here."""
-        return sum(1 for lora in {name.partition(":")[0] for name in loras} if (model, lora) not in self.loras)
-
     def load_loras(self, model: str, loras: tuple[str, ...], spec: FleetSpec) -> tuple[int, float]:
         """Make a call's adapters resident on ``model`` (resident already): how many loaded, how long.
         The scale is per call; the adapter is loaded once. Least recently used out beyond the budget."""
