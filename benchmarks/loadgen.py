@@ -71,6 +71,8 @@ class RequestTemplate:
     #: Send each arrival's checkpoint as ``model``, prefixed (a simulated backend serves
     #: ``simulated:NAME``); None: no ``model``, the server's default.
     model_prefix: str | None = None
+    #: Send each arrival's LoRA adapters (``id:scale`` each) as ``loras``.
+    loras: bool = False
 
     def body(self, arrival: Arrival, index: int) -> dict[str, Any]:
         body: dict[str, Any] = {"prompt": self.prompt, "size": self.size, "n": arrival.n, "seed": index, **self.extra}
@@ -81,6 +83,9 @@ class RequestTemplate:
             body["timeout_s"] = self.timeout_s
         if self.model_prefix is not None and getattr(arrival, "model", ""):
             body["model"] = self.model_prefix + arrival.model
+        if self.loras and getattr(arrival, "loras", ()):
+            body["loras"] = [{"id": name, "scale": float(scale or 1)}
+                             for name, _, scale in (lora.partition(":") for lora in arrival.loras)]
         return body
 
 

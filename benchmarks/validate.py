@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="sim-vs-live")
     parser.add_argument("--models", action="store_true",
                         help="replay each request's checkpoint: a simulated catalog of the window's checkpoints "
-                             "live (the most used the default), the same in the simulator; LoRAs are not sent")
+                             "live (the most used the default), the same in the simulator")
+    parser.add_argument("--loras", action="store_true",
+                        help="with --models: send each request's LoRAs too; live, the window's adapters are "
+                             "declared and each load takes --lora-load-s")
     parser.add_argument("--resident-models", type=int, default=1, help="with --models: checkpoints on a replica's GPU")
     parser.add_argument("--host-memory-gb", type=float, default=8.4, help="with --models: per replica")
     parser.add_argument("--page-cache-models", type=int, default=0,
@@ -61,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cache, filled by reads and the ingress's prefetch; simulated: the node's host pool)")
     parser.add_argument("--host-load-s", type=float, default=2.8, help="with --models: trace seconds")
     parser.add_argument("--disk-load-s", type=float, default=35.0, help="with --models: trace seconds")
+    parser.add_argument("--lora-load-s", type=float, default=4.4, help="with --loras: trace seconds")
     parser.add_argument("--resimulate", metavar="RESULT_JSON",
                         help="reuse the live side of an earlier validate result (its runs, measurements and "
                              "overrides) and recompute only the simulation: for a changed simulator")
@@ -100,10 +104,13 @@ def model_overrides(arrivals: list[Any], args: argparse.Namespace) -> list[str]:
     the per-tier load times in trace seconds (``simulation.time_scale`` compresses them live)."""
     used = Counter(a.model for a in arrivals if a.model)
     default, *others = [name for name, _ in used.most_common()]
+    adapters = sorted({name.partition(":")[0] for a in arrivals for name in a.loras})
     return [f"model.id={default}", *(f"model.catalog.{name}=simulated" for name in others),
             f"model.resident_models={args.resident_models}", f"model.host_memory_gb={args.host_memory_gb}",
             f"simulation.load_time_s={args.disk_load_s}", f"simulation.host_load_time_s={args.host_load_s}",
-            f"simulation.page_cache_checkpoints={args.page_cache_models}"]
+            f"simulation.page_cache_checkpoints={args.page_cache_models}",
+            *(f"model.loras.{name}=simulated" for name in adapters),
+            *([f"simulation.lora_load_time_s={args.lora_load_s}"] if adapters else [])]
 
 
 def loads_per_request(records: list[dict[str, Any]]) -> float | None:
@@ -153,7 +160,8 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     name = Path(config).stem
     live = run_target(Target(name, config=config, overrides=arg_overrides,
                              deployment_overrides={WORKER_DEPLOYMENT: deployment}),
-                      Workload("open", arrivals), RequestTemplate(model_prefix="simulated:" if args.models else None),
+                      Workload("open", arrivals), RequestTemplate(model_prefix="simulated:" if args.models else None,
+                                                                  loras=getattr(args, "loras", False)),
                       args.slo / k, warmup=1)
     live["summary"]["loads_per_request"] = loads_per_request(live["records"])
     measured = {"cold_start_s": live_cold_start_s(live["samples"], live["summary"]["replica_starts"]),
@@ -176,8 +184,8 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
                                          "reported_cold_start_s": measured["reported_cold_start_s"]})
     if getattr(args, "models", False):  # the live catalog's tiers, compressed as live
         settings = target.settings.simulation
-        target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, 0.0, settings.checkpoint_gb,
-                             settings.page_cache_checkpoints).apply(target, arrivals)
+        target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, settings.lora_load_time_s / k,
+                             settings.checkpoint_gb, settings.page_cache_checkpoints).apply(target, arrivals)
     result, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
     sim["loads_per_request"] = loads_per_request([r.to_dict() for r in records_of(result)])
     return {**earlier, "simulated": sim, "agreement": agreement(earlier["live"], sim),
@@ -198,9 +206,11 @@ def resimulate(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dic
 
 
 def _arrivals(args: argparse.Namespace) -> list[Any]:
-    """The window's arrivals, compressed; without ``--models`` none names a checkpoint, and LoRAs
-    are never replayed here (the live simulated catalog has none)."""
-    return [dataclasses.replace(a, loras=(), model=a.model if args.models else "") for a in load_arrivals(args)]
+    """The window's arrivals, compressed; without ``--models`` none names a checkpoint, without
+    ``--loras`` none names an adapter."""
+    loras = args.models and getattr(args, "loras", False)
+    return [dataclasses.replace(a, loras=a.loras if loras else (), model=a.model if args.models else "")
+            for a in load_arrivals(args)]
 
 
 def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:

@@ -14,9 +14,10 @@ def load_backend(
     loras: Mapping[str, str] | None = None, resident_loras: int = 0,
 ) -> GroupedGenerator:
     """``diffusers`` loads ``spec`` (with ``loras``: adapter name → weights, loaded on first use);
-    ``simulated`` fakes it with ``profile`` (always labelled; adapters change nothing there)."""
+    ``simulated`` fakes it with ``profile`` (always labelled; an adapter's load takes the profile's
+    ``lora_load_time_s``)."""
     if backend == "diffusers":
         return load_generator(spec, name=name, loras=loras, resident_loras=resident_loras)
     if backend == "simulated":
-        return SimulatedGenerator(profile or SimulationProfile(), name=name)
+        return SimulatedGenerator(profile or SimulationProfile(), name=name, resident_loras=resident_loras)
     raise ValueError(f"unknown backend {backend!r}: use 'diffusers' or 'simulated'")

@@ -83,6 +83,25 @@ class CallCounter:
             }
 
 
+def keep_adapters(loaded: OrderedDict[str, None], loras: Sequence[tuple[str, float]], resident: int,
+                  load: Callable[[str], object]) -> list[str]:
+    """A pipeline's adapters, least recently used first: ``load`` each of ``loras`` not in ``loaded``,
+    mark them all used now, and take out the least recently used beyond ``resident`` (0: no bound;
+    never one ``loras`` needs). Returns those taken out, for the caller to delete."""
+    for name, _ in loras:
+        if name not in loaded:
+            load(name)
+        loaded[name] = None
+        loaded.move_to_end(name)
+    if not resident:
+        return []
+    needed = {name for name, _ in loras}
+    dropped = [name for name in loaded if name not in needed][:max(0, len(loaded) - resident)]
+    for name in dropped:
+        del loaded[name]
+    return dropped
+
+
 class GroupedGenerator:
     """Base of the backends: splits a request list into batch-key groups, one call per group.
 
@@ -248,18 +267,11 @@ class DiffusionGenerator(GroupedGenerator):
         import time
 
         started = time.monotonic()
-        for name, _ in loras:
-            if name not in self._loras_loaded:
-                self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)
-            self._loras_loaded[name] = None
-            self._loras_loaded.move_to_end(name)
+        dropped = keep_adapters(self._loras_loaded, loras, self.resident_loras, lambda name: (
+            self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)))
         loaded_s = time.monotonic() - started
-        if self.resident_loras:
-            needed = {name for name, _ in loras}
-            spare = [name for name in self._loras_loaded if name not in needed]
-            for name in spare[:max(0, len(self._loras_loaded) - self.resident_loras)]:
-                self.pipeline.delete_adapters(name)
-                del self._loras_loaded[name]
+        for name in dropped:
+            self.pipeline.delete_adapters(name)
         return loaded_s
 
     def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> float:

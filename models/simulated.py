@@ -23,13 +23,14 @@ import io
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
-from models.host_tier import HostWeights
+from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck, keep_adapters
+from models.host_tier import RESIDENT, HostWeights
 from models.page_cache import SimulatedPageCache
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
 from scheduler.collector import (
@@ -48,6 +49,7 @@ class SimulationProfile:
     step_time_s: tuple[tuple[int, float], ...] = tuple(sorted(A10_SD15_STEP_TIME_S.items()))
     load_time_s: float = 2.0  # simulated model load at replica start (a checkpoint from disk)
     host_load_time_s: float = 2.8  # a checkpoint copied in from host memory (models/host_tier.py)
+    lora_load_time_s: float = 0.0  # a LoRA adapter loaded into the pipeline (0: adapters cost nothing)
     checkpoint_bytes: int = int(2.1 * 2**30)  # what one checkpoint takes in host memory
     #: the node's page cache (models/page_cache.py), shared by the node's replicas and the ingress's
     #: prefetch: a checkpoint whose files are there loads in ``host_load_time_s`` (0 checkpoints: none)
@@ -89,11 +91,15 @@ def _flat_png(width: int, height: int, seed: int) -> bytes:
 class SimulatedGenerator(GroupedGenerator):
     """Same interface as :class:`models.generator.DiffusionGenerator`; sleeps instead of computing."""
 
-    def __init__(self, profile: SimulationProfile, name: str = "sd15-a10") -> None:
+    def __init__(self, profile: SimulationProfile, name: str = "sd15-a10", resident_loras: int = 0) -> None:
         self.profile = profile
         self.model_name = name if name.startswith("simulated:") else f"simulated:{name}"
         self.device = f"simulated {profile.gpu_name}"
         self.counter = CallCounter()
+        #: adapters loaded, least recently used first; at most ``resident_loras`` kept (0: all), as
+        #: the diffusers pipeline keeps them
+        self.resident_loras = resident_loras
+        self._loras_loaded: OrderedDict[str, None] = OrderedDict()
         log.warning("SIMULATED backend %s: no model runs, timings follow a profile", self.model_name)
         time.sleep(self._load_s())
 
@@ -114,14 +120,31 @@ class SimulatedGenerator(GroupedGenerator):
         return HostWeights({}, self.profile.checkpoint_bytes)
 
     def swap_in(self, weights: HostWeights, model_name: str) -> None:
-        """Become ``model_name`` as a copy from host memory would: after ``host_load_time_s``."""
+        """Become ``model_name`` as a copy from host memory would: after ``host_load_time_s``
+        (adapters taken out first, as the pipeline's are)."""
         time.sleep(self.profile.host_load_time_s)
         self.model_name = model_name
+        self._loras_loaded.clear()
+
+    def adapters(self) -> dict[str, tuple[str, ...]]:
+        return {self.model_name: tuple(self._loras_loaded)} if self._loras_loaded else {}
+
+    def prepare(self, request: GenerationRequest) -> tuple[str, float]:
+        return RESIDENT, self._load_loras(request.loras)
+
+    def _load_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
+        """Load the adapters not yet here, ``lora_load_time_s`` each, keeping at most
+        ``resident_loras`` as the pipeline does; seconds spent."""
+        started = time.monotonic()
+        keep_adapters(self._loras_loaded, loras, self.resident_loras,
+                      lambda _: time.sleep(self.profile.lora_load_time_s))
+        return time.monotonic() - started if loras else 0.0
 
     def _generate_group(
         self, group: list[GenerationRequest], should_stop: StopCheck | None, on_latents: LatentsHook | None = None
     ) -> list[GenerationResult]:
         first = group[0]
+        loaded_s = self._load_loras(first.loras)  # a call holds one adapter set
         images = sum(r.n for r in group)
         step_s = self.profile.seconds_per_step(images, first.width * first.height)
         wake = threading.Event()
@@ -143,6 +166,7 @@ class SimulatedGenerator(GroupedGenerator):
                 steps_done=steps_done,
                 steps_requested=r.effective_steps,
                 batch_images=images,
+                model_load_s=loaded_s,
             )
             for r in group
         ]

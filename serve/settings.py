@@ -98,6 +98,8 @@ class SimulationSettings(_Section):
     host_load_time_s: float = Field(2.8, ge=0, description="with a catalog: a checkpoint's load from host memory "
                                     "(model.host_memory_gb; the production trace's fast mode)")
     checkpoint_gb: float = Field(2.1, gt=0, description="with a catalog: what one checkpoint takes in host memory")
+    lora_load_time_s: float = Field(0.0, ge=0, description="a LoRA adapter's load into a checkpoint not holding it "
+                                    "(model.loras name the adapters; production p50 4.4 s); 0: adapters cost nothing")
     page_cache_checkpoints: int = Field(
         0, ge=0, description="with a catalog: checkpoints the node's page cache holds, shared by the node's replicas "
         "(a load of one whose files are there takes host_load_time_s; least recently used out); 0: none")

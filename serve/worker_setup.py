@@ -46,7 +46,7 @@ def load_models(settings: AppSettings, first: str | None = None, app_name: str =
     model = settings.model
     cache = Path(model.cache_dir) if model.cache_dir else None
     loras = {name: resolve_lora(source, cache) for name, source in model.loras.items()} \
-        if model.backend == "diffusers" else {}
+        if model.backend == "diffusers" else dict(model.loras)  # a simulation needs only their names
     simulated = model.backend == "simulated"
     if not model.catalog or (simulated and not model.resident_models):  # a simulation serves every name alike
         return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras,
@@ -79,6 +79,7 @@ def simulation_profile(settings: AppSettings, page_cache_dir: str = "") -> Simul
         step_time_s=tuple(sorted((n, t / k) for n, t in (sim.step_time_s or A10_SD15_STEP_TIME_S).items())),
         load_time_s=sim.load_time_s / k,
         host_load_time_s=sim.host_load_time_s / k,
+        lora_load_time_s=sim.lora_load_time_s / k,
         checkpoint_bytes=int(sim.checkpoint_gb * 2**30),
         scale_with_pixels=sim.scale_with_pixels,
         page_cache_dir=page_cache_dir,
