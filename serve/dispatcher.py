@@ -49,6 +49,9 @@ POLL_S = 0.5
 RELEASE_WAIT_S = 5.0
 #: A replica told what to preload that is not running after this long is forgotten (it failed).
 PRELOAD_FORGET_S = 600.0
+#: ... or sooner, once Serve no longer lists it as starting this long after it asked (a read of the
+#: pool older than its question may not list it yet).
+PRELOAD_SEEN_S = 4 * POLL_S
 
 
 class QueueFull(Exception):
@@ -70,6 +73,7 @@ class WorkerPool:
     running: tuple[str, ...]  # replica ids (``ReplicaID.unique_id``)
     max_ongoing_requests: int
     max_queued_requests: int  # -1: unbounded
+    starting: tuple[str, ...] | None = None  # replicas on their way to running (None: not read)
 
 
 def tenant_of(api_key: str | None, address: str) -> str:
@@ -138,8 +142,13 @@ class Dispatcher:
             if preloaded is not None and rid not in self._holding:  # until its first reply says more
                 self._holding[rid] = (frozenset({preloaded[0]}), frozenset())
         now = time.time()
+        starting = set(pool.starting) if pool.starting is not None else None
         for rid, (_, told) in list(self._preloading.items()):
             if now - told > PRELOAD_FORGET_S:  # never came up
+                del self._preloading[rid]
+            elif starting is not None and rid not in starting and now - told > PRELOAD_SEEN_S:
+                # stopped before it ran (a scale-down takes starting replicas first): what it was to
+                # bring is not coming, so the head of the queue must not wait for it
                 del self._preloading[rid]
         self._dispatch()
 

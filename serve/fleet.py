@@ -137,10 +137,11 @@ class ServeFleet:
         app = (details.get("applications") or {}).get(self.app_name) or {}
         deployment = (app.get("deployments") or {}).get(self.deployment) or {}
         config = deployment.get("deployment_config") or {}
-        running = tuple(r["replica_id"] for r in deployment.get("replicas") or []
-                        if state_name(r.get("state", "")) in RUNNING_STATES)
+        replicas = deployment.get("replicas") or []
+        running = tuple(r["replica_id"] for r in replicas if state_name(r.get("state", "")) in RUNNING_STATES)
+        starting = tuple(r["replica_id"] for r in replicas if state_name(r.get("state", "")) in STARTING_STATES)
         return WorkerPool(running, int(config.get("max_ongoing_requests") or 1),
-                          int(config.get("max_queued_requests", -1) or -1))
+                          int(config.get("max_queued_requests", -1) or -1), starting)
 
     async def scale(self, target: int) -> None:
         await self._ask("update_deployment_replicas", self._id, target)

@@ -344,6 +344,32 @@ def test_the_head_waits_for_a_starting_holder_unless_its_checkpoint_is_in_the_no
     assert asyncio.run(scenario()) is in_node_memory
 
 
+def test_a_starting_holder_serve_stopped_before_it_ran_is_waited_for_no_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rb, starting, was told to bring a; the head (a request for a) waits for it while Serve lists
+    it as starting, and goes to ra once Serve lists it no more (a scale-down stopped it)."""
+    import serve.dispatcher as dispatcher
+
+    monkeypatch.setattr(dispatcher, "PRELOAD_SEEN_S", 0.0)
+
+    async def scenario() -> list[bool]:
+        d = Dispatcher()
+        d.preload_for("rb", "a")
+        d.set_pool(WorkerPool(("ra",), 1, -1, ("rb",)))
+        d.holds("ra", ["b"])
+        wait = asyncio.ensure_future(d.acquire("a0", "A", time.time() + 600, model="a"))
+        await _settle()
+        seen = [wait.done()]
+        d.set_pool(WorkerPool(("ra",), 1, -1, ("rb",)))  # still starting: still waited for
+        await _settle()
+        seen.append(wait.done())
+        d.set_pool(WorkerPool(("ra",), 1, -1, ()))  # gone
+        await _settle()
+        seen.append(wait.done() and wait.result() == "ra")
+        return seen
+
+    assert asyncio.run(scenario()) == [False, False, True]
+
+
 def test_the_dispatcher_says_where_each_requests_checkpoint_comes_from() -> None:
     """Queued: on some device (or preloading), in some host memory or the node's, else disk. Sent:
     what the chosen replica holds, told to the scaling loop as the request goes."""
