@@ -46,7 +46,7 @@ def load_models(settings: AppSettings, first: str | None = None, app_name: str =
     model = settings.model
     cache = Path(model.cache_dir) if model.cache_dir else None
     loras = {name: resolve_lora(source, cache) for name, source in model.loras.items()} \
-        if model.backend == "diffusers" else dict(model.loras)  # a simulation needs only their names
+        if model.backend == "diffusers" else {}  # the simulation loads any adapter the ingress let through
     simulated = model.backend == "simulated"
     if not model.catalog or (simulated and not model.resident_models):  # a simulation serves every name alike
         return load_backend(model.backend, model_spec(settings), model.name, simulation_profile(settings), loras,
