@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from tqdm import tqdm
 
 from benchmarks.loadgen import Record, RequestTemplate, Tracker, closed_loop, open_loop
@@ -92,6 +93,15 @@ def _worker_info(app_name: str | None) -> dict[str, Any]:
     return {k: stats.get(k) for k in keys}
 
 
+def _replica_cold_starts(url: str) -> list[dict[str, Any]]:
+    """Each worker replica's own cold start, in the order they first replied (``GET /v1/scheduler``)."""
+    try:
+        return list(httpx.get(f"{url}/v1/scheduler", timeout=30).raise_for_status().json().get("cold_starts", []))
+    except httpx.HTTPError as exc:  # a server without the route or behind a key: the run stands without them
+        print(f"[bench] no per-replica cold starts: {exc}", flush=True)
+        return []
+
+
 def run_target(target: Target, workload: Workload, template: RequestTemplate, slo_s: float,
                warmup: int, tail_s: float = 2.0) -> dict[str, Any]:
     url, app_name = _start(target)
@@ -130,7 +140,8 @@ def run_target(target: Target, workload: Workload, template: RequestTemplate, sl
         first = min((r.sent_s for r in records), default=0.0)
         summary["seconds_to_running_replicas"] = time_to_replicas(samples, first)
         info = _worker_info(app_name)  # after the load: asking earlier could wake a scaled-to-zero fleet
-        return {"target": target.__dict__, "worker": info, "summary": summary, "levels": levels,
+        return {"target": target.__dict__, "worker": info, "cold_starts": _replica_cold_starts(url),
+                "summary": summary, "levels": levels,
                 "records": [r.to_dict() for r in records], "samples": samples}
     finally:
         _stop(app_name)

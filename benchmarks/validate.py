@@ -166,8 +166,9 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     live["summary"]["loads_per_request"] = loads_per_request(live["records"])
     measured = {"cold_start_s": live_cold_start_s(live["samples"], live["summary"]["replica_starts"]),
                 "request_overhead_s": live_overhead_s(live["records"]),
-                # what a replica itself measured
-                "reported_cold_start_s": (live.get("worker") or {}).get("cold_start_s")}
+                # what a replica itself measured: the one asked last, and each in the order they replied
+                "reported_cold_start_s": (live.get("worker") or {}).get("cold_start_s"),
+                "reported_cold_starts_s": [c["cold_start_s"] for c in live.get("cold_starts", [])]}
     earlier = {"config": config, "overrides": arg_overrides, "deployment_overrides": deployment,
                "measured": measured, "live": live["summary"], "live_samples": live["samples"],
                "live_records": live["records"]}
@@ -181,7 +182,9 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
     target = load_target(earlier["config"], measured["cold_start_s"] or 0.0, earlier["overrides"],
                          {WORKER_DEPLOYMENT: deployment})
     target = target.with_overrides(spec={"request_overhead_s": measured["request_overhead_s"],
-                                         "reported_cold_start_s": measured["reported_cold_start_s"]})
+                                         "reported_cold_start_s": measured["reported_cold_start_s"],
+                                         # absent from results measured before replicas were listed
+                                         "reported_cold_starts_s": tuple(measured.get("reported_cold_starts_s", ()))})
     if getattr(args, "models", False):  # the live catalog's tiers, compressed as live
         settings = target.settings.simulation
         target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, settings.lora_load_time_s / k,
@@ -242,13 +245,21 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
                          f"{mark('loads_rel')} | | | |")
         m = r["measured"]
         lines.append(f"| | measured live, given to the simulator | cold start {m['cold_start_s'] or 0:.2f}s "
-                     f"(replicas report {m['reported_cold_start_s'] or 0:.2f}s) | "
+                     f"(replicas report {_reported(m)}) | "
                      f"per-request overhead {1000 * m['request_overhead_s']:.0f} ms | | |")
     lines.append("")
     lines.append(f"Tolerance: SLO ±{TOLERANCE['slo_points']:g} pp, replica-seconds ±{100 * TOLERANCE['replica_seconds_rel']:g}%, "
                  f"p50 ±{100 * TOLERANCE['p50_rel']:g}%, starts ±{TOLERANCE['starts_abs']}, checkpoint loads "
                  f"±{100 * TOLERANCE['loads_rel']:g}% (when replayed).")
     return "\n".join(lines)
+
+
+def _reported(measured: dict[str, Any]) -> str:
+    """What the replicas reported as their cold starts: each, in order, when they were listed."""
+    each = measured.get("reported_cold_starts_s") or []
+    if each:
+        return f"{len(each)}, in order: " + ", ".join(f"{s:.2f}" for s in each) + " s"
+    return f"{measured['reported_cold_start_s'] or 0:.2f}s"
 
 
 def resimulated_note(meta: dict[str, Any]) -> str:

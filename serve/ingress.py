@@ -276,12 +276,14 @@ class Ingress:
 
     @api.get("/v1/scheduler")
     async def scheduler(self, request: Request) -> dict[str, Any]:
-        """The autoscaler's latest decisions and their reasons, and which replica holds which
-        checkpoints (on its device, in host memory) as the dispatcher knows them."""
+        """The autoscaler's latest decisions and their reasons, which replica holds which
+        checkpoints (on its device, in host memory) as the dispatcher knows them, and the recent
+        replicas' own cold starts in the order they first replied."""
         self.auth.key_of(request)
         body = await self.scaling.decisions() if self.scaling else {"latest": {}, "recent": []}
         dispatcher = self.lifecycle.dispatcher
-        return {**body, "replicas": dispatcher.residency() if dispatcher is not None else {}}
+        return {**body, "replicas": dispatcher.residency() if dispatcher is not None else {},
+                "cold_starts": self.learner.recent_cold_starts()}
 
     @api.get("/metrics")
     async def prometheus_metrics(self, request: Request) -> Response:

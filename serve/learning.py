@@ -2,15 +2,17 @@
 
 Every reply carries what the worker measured: its service time, its replica's cold start and memory
 model. From them the ingress keeps the drain rate (completions per second), the mean service time,
-the last cold start and the latest memory model, and uses them where a client needs a number that
-is not a guess: ``Retry-After`` on 503 and 429, the expected wait in ``/readyz`` and the stream's
-``sdserve.queued`` event, and a 422 before queueing for what can never fit a replica's memory. The
-same replies feed the metrics and the scaling loop's collector, once each, here.
+the last cold start (and each recent replica's, for ``GET /v1/scheduler``) and the latest memory
+model, and uses them where a client needs a number that is not a guess: ``Retry-After`` on 503 and
+429, the expected wait in ``/readyz`` and the stream's ``sdserve.queued`` event, and a 422 before
+queueing for what can never fit a replica's memory. The same replies feed the metrics and the
+scaling loop's collector, once each, here.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 from models.request import GenerationRequest
 from scheduler.collector import CallReport
@@ -23,6 +25,9 @@ from serve.openai_api import ApiError
 from serve.protocol import WorkerJob, WorkerReply
 from serve.scaler import ScalingClient
 
+#: How many replicas' cold starts ``GET /v1/scheduler`` lists: those that first replied last.
+RECENT_REPLICAS = 100
+
 
 class ReplyLearner:
     def __init__(self, recorder: MetricsRecorder, drain_window_s: float) -> None:
@@ -30,6 +35,8 @@ class ReplyLearner:
         self.drain = DrainRate(drain_window_s)
         self.service = Ewma()  # seconds of a successful request's call
         self.cold_start_s: float | None = None  # the last cold start a worker replica reported
+        #: each replica's own cold start, in the order of their first replies (the latest RECENT_REPLICAS)
+        self.cold_starts: OrderedDict[str, float] = OrderedDict()
         self.memory: MemoryModel | None = None  # the latest replica's memory model
         self.scaling: ScalingClient | None = None  # told of every successful reply, when it runs
         self.outstanding = 0  # requests forwarded and not answered yet
@@ -50,6 +57,7 @@ class ReplyLearner:
                 self.memory = MemoryModel(**replica.memory)
             if replica.cold_start_s is not None:
                 self.cold_start_s = replica.cold_start_s
+                self._replica_started(replica.replica_id, replica.cold_start_s)
         self.recorder.reply(reply)
         if reply.outcome != Outcome.OK:
             return
@@ -61,6 +69,16 @@ class ReplyLearner:
                 max(0.0, reply.service_time_s - load_s), reply.batch_images, reply.steps_done, r.width * r.height,
                 replica.cold_start_s if replica else None, replica.capacity if replica else None, load_s,
                 reply.call.model_load if reply.call is not None else ""))
+
+    def _replica_started(self, replica_id: str, cold_start_s: float) -> None:
+        if replica_id not in self.cold_starts:
+            self.cold_starts[replica_id] = cold_start_s
+            while len(self.cold_starts) > RECENT_REPLICAS:
+                self.cold_starts.popitem(last=False)
+
+    def recent_cold_starts(self) -> list[dict[str, float | str]]:
+        """The recent replicas' own cold starts (process start → ready), oldest first."""
+        return [{"replica": rid, "cold_start_s": round(s, 4)} for rid, s in self.cold_starts.items()]
 
     def retry_after_s(self, queued: int) -> int:
         """Seconds until ``queued`` requests ahead have drained, by the measured rate."""

@@ -69,6 +69,8 @@ def test_a_lora_at_scale_0_is_the_base_image_at_scale_1_another_and_the_same_twi
     replicas = app.client.get("/v1/scheduler").json()["replicas"]
     loaded = {adapter for replica in replicas.values() for adapter in replica["adapters"]}
     assert {"tiny/tiny-lora-1", "tiny/tiny-lora-2", "tiny-2/tiny-lora-3"} <= loaded, replicas
+    cold_starts = app.client.get("/v1/scheduler").json()["cold_starts"]  # each replica's own, as it replied
+    assert {c["replica"] for c in cold_starts} == set(replicas) and all(c["cold_start_s"] > 0 for c in cold_starts)
 
 
 @pytest.mark.ray

@@ -17,9 +17,10 @@ from serve.protocol import CallFacts, ReplicaFacts, WorkerJob, WorkerReply
 REQUEST = GenerationRequest("x", 64, 64, 10, 7.5, seed=1)
 
 
-def reply(outcome: Outcome = Outcome.OK, seconds: float = 2.0, **replica: object) -> WorkerReply:
+def reply(outcome: Outcome = Outcome.OK, seconds: float = 2.0, replica_id: str = "r1",
+          **replica: object) -> WorkerReply:
     return WorkerReply(outcome, service_time_s=seconds, steps_done=10, call=CallFacts("c", 1),
-                       replica=ReplicaFacts("r1", **replica))  # type: ignore[arg-type]
+                       replica=ReplicaFacts(replica_id, **replica))  # type: ignore[arg-type]
 
 
 def test_replies_teach_the_wait_a_client_is_told() -> None:
@@ -34,6 +35,18 @@ def test_replies_teach_the_wait_a_client_is_told() -> None:
     assert error.status == 503 and int(error.headers["Retry-After"]) >= 1
     learner.forget_speed()
     assert learner.expected_wait_s(running=1) is None
+
+
+def test_each_replica_s_own_cold_start_is_kept_in_the_order_replicas_first_replied(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("serve.learning.RECENT_REPLICAS", 3)
+    learner = ReplyLearner(MetricsRecorder("test-learning"), drain_window_s=30.0)
+    for rid, seconds in [("a", 2.0), ("b", 3.0), ("a", 9.0), ("c", 4.0), ("d", 5.0)]:
+        learner.learn(WorkerJob(REQUEST, "j", 0.0), reply(replica_id=rid, cold_start_s=seconds))
+    learner.learn(WorkerJob(REQUEST, "j", 0.0), reply(replica_id="e"))  # reported none: not listed
+    assert learner.recent_cold_starts() == [{"replica": "b", "cold_start_s": 3.0}, {"replica": "c", "cold_start_s": 4.0},
+                                            {"replica": "d", "cold_start_s": 5.0}]  # a: the oldest, gone
+    assert learner.cold_start_s == 5.0  # the loop's: the last reported
 
 
 def test_a_failed_reply_teaches_no_service_time() -> None:

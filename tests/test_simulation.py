@@ -365,3 +365,31 @@ def test_a_run_scored_after_a_warm_up_counts_only_what_came_from_then() -> None:
     assert [r.arrival_s for r in scored.records] == [110.0, 150.0]
     assert scored.samples == [(100.0, 1, 1, 0), (120.0, 2, 1, 1)]
     assert result.replica_seconds() == 50.0 + 280.0 + 80.0  # the whole run, untouched
+
+
+@dataclasses.dataclass
+class ReportsHeard(FixedFleet):
+    """A fixed fleet that keeps the cold start each reply reported, as the control loop hears them."""
+
+    heard: list[float] = dataclasses.field(default_factory=list)
+
+    def replied(self, call) -> None:
+        self.heard.append(call.cold_start_s)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    (FleetSpec(cold_start_s=2.0, initial_replicas=3), [2.0, 2.0, 2.0]),  # the cold start itself
+    (FleetSpec(cold_start_s=2.0, initial_replicas=3, reported_cold_start_s=1.5), [1.5, 1.5, 1.5]),
+    (FleetSpec(cold_start_s=2.0, initial_replicas=3, reported_cold_starts_s=(1.0, 3.0)), [1.0, 3.0, 1.0]),  # cycling
+    (FleetSpec(cold_start_s=2.0, initial_replicas=3, reported_cold_start_s=1.5, reported_cold_starts_s=(4.0,)),
+     [4.0, 4.0, 4.0]),  # replica by replica over one for all
+])
+def test_each_replica_reports_its_own_cold_start_in_the_order_replicas_are_made(
+        spec: FleetSpec, expected: list[float]) -> None:
+    # one to each of the three replicas, answered in the order of their sizes (1, 2, 3 images)
+    requests = [SimRequest(0.0, n=n, timeout_s=60) for n in (1, 2, 3)]
+    policy = ReportsHeard(3)
+    result = simulate(requests, spec, flat(1.0), policy)
+    assert len({r.replica for r in result.records}) == 3
+    heard_from = [r.replica for r in sorted(result.records, key=lambda r: r.call_s)]
+    assert [heard for _, heard in sorted(zip(heard_from, policy.heard))] == expected

@@ -163,8 +163,10 @@ class CallRunner:
         return end
 
     def _reported_cold_start(self, replica: Replica) -> float:
-        said = self.sim.spec.reported_cold_start_s
-        return replica.cold_start_s if said is None else said
+        spec = self.sim.spec
+        if spec.reported_cold_starts_s:
+            return spec.reported_cold_starts_s[replica.id % len(spec.reported_cold_starts_s)]
+        return replica.cold_start_s if spec.reported_cold_start_s is None else spec.reported_cold_start_s
 
     def _capacity(self, replica: Replica, call: list[int], pixels: int, steps: int) -> int | None:
         """What the replica reports with each reply as its batch capacity (adaptive): for work like

@@ -54,6 +54,10 @@ class FleetSpec:
     #: What replicas report as their cold start (the worker measures process start → ready, not
     #: Ray's scheduling before the process exists). None: the cold start itself.
     reported_cold_start_s: float | None = None
+    #: Replica by replica, in the order they are made (cycling): what each reports, e.g. a live
+    #: run's replicas' own reports in the order they first replied (sdserve-bench validate), since
+    #: the loop learns from the latest. Empty: ``reported_cold_start_s`` for all.
+    reported_cold_starts_s: tuple[float, ...] = ()
     initial_replicas: int = 0  # replicas running (warm) at t = 0
     #: GPUs for replicas: a replica beyond them waits (PENDING, unpaid) until a stopping one frees
     #: its GPU, as Ray's scheduler holds it. None: unlimited.
