@@ -30,6 +30,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 
+from models.adapters import LoadTiming
 from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
 from models.host_tier import DISK, HOST, RESIDENT, HostTier
 from models.request import GenerationRequest, GenerationResult
@@ -62,6 +63,7 @@ class CatalogGenerator(GroupedGenerator):
         self.loaded: OrderedDict[str, GroupedGenerator] = OrderedDict()
         self.loads: Counter[str] = Counter()  # checkpoints brought in after the start, by tier
         self.load_seconds: Counter[str] = Counter()  # and the seconds they took
+        self.adapter_timing = LoadTiming()  # every checkpoint's adapter loads, one mean for them all
         start = first if first in loaders and self.resident < len(loaders) else default
         if start != default:
             try:
@@ -84,6 +86,8 @@ class CatalogGenerator(GroupedGenerator):
         except Exception as exc:  # noqa: BLE001 - any loader failure is this checkpoint's, not the replica's
             raise ModelUnavailable(f"checkpoint {name!r} could not be loaded: {exc}") from exc
         generator.counter = self.counter
+        if generator.loaded_adapters is not None:
+            generator.loaded_adapters.timing = self.adapter_timing
         self.loaded[name] = generator
         return generator
 
@@ -124,10 +128,16 @@ class CatalogGenerator(GroupedGenerator):
         return HOST if name in self.host and len(self.loaded) >= self.resident else DISK
 
     def expected_load_s(self, request: GenerationRequest) -> float:
-        """The mean of this replica's own loads from the tier the checkpoint would come from (0 until
-        one was measured: no request is shed on a guess). Adapter loads are not counted."""
-        tier = self.where(request.model or self.default)
-        return self.load_seconds[tier] / self.loads[tier] if self.loads[tier] else 0.0
+        """The mean of this replica's own loads from the tier the checkpoint would come from, plus
+        its adapters not loaded into that checkpoint (all of them when it is not loaded) by the mean
+        adapter load here; each 0 until one was measured: no request is shed on a guess."""
+        name = request.model or self.default
+        tier = self.where(name)
+        checkpoint_s = self.load_seconds[tier] / self.loads[tier] if self.loads[tier] else 0.0
+        generator = self.loaded.get(name)
+        if generator is not None:
+            return checkpoint_s + generator.expected_load_s(request)
+        return checkpoint_s + self.adapter_timing.expected_s(len({lora for lora, _ in request.loras}))
 
     def _checkpoint(self, name: str) -> tuple[GroupedGenerator, str, float]:
         """The loaded checkpoint ``name``, brought in if it is not: (generator, tier, seconds)."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.adapters import LoadedAdapters
 from models.edits import composite, edit_arguments, edit_pipeline
 from models.host_tier import RESIDENT, HostWeights, restore, snapshot
 from models.loader import ModelSpec, load_pipeline
@@ -83,25 +84,6 @@ class CallCounter:
             }
 
 
-def keep_adapters(loaded: OrderedDict[str, None], loras: Sequence[tuple[str, float]], resident: int,
-                  load: Callable[[str], object]) -> list[str]:
-    """A pipeline's adapters, least recently used first: ``load`` each of ``loras`` not in ``loaded``,
-    mark them all used now, and take out the least recently used beyond ``resident`` (0: no bound;
-    never one ``loras`` needs). Returns those taken out, for the caller to delete."""
-    for name, _ in loras:
-        if name not in loaded:
-            load(name)
-        loaded[name] = None
-        loaded.move_to_end(name)
-    if not resident:
-        return []
-    needed = {name for name, _ in loras}
-    dropped = [name for name in loaded if name not in needed][:max(0, len(loaded) - resident)]
-    for name in dropped:
-        del loaded[name]
-    return dropped
-
-
 class GroupedGenerator:
     """Base of the backends: splits a request list into batch-key groups, one call per group.
 
@@ -111,6 +93,8 @@ class GroupedGenerator:
     model_name: str
     device: str
     counter: CallCounter
+    #: the LoRA adapters loaded into this pipeline (None: a backend that loads none)
+    loaded_adapters: LoadedAdapters | None = None
 
     def generate(
         self, requests: Sequence[GenerationRequest], should_stop: StopCheck | None = None,
@@ -134,8 +118,8 @@ class GroupedGenerator:
         raise NotImplementedError
 
     def adapters(self) -> dict[str, tuple[str, ...]]:
-        """The LoRA adapters loaded now, by checkpoint (none here; a pipeline that loads them says)."""
-        return {}
+        """The LoRA adapters loaded now, by checkpoint."""
+        return {self.model_name: tuple(self.loaded_adapters)} if self.loaded_adapters else {}
 
     def prepare(self, request: GenerationRequest) -> tuple[str, float]:
         """Load what a call of ``request`` needs before it starts (its checkpoint, its adapters), so
@@ -145,8 +129,9 @@ class GroupedGenerator:
 
     def expected_load_s(self, request: GenerationRequest) -> float:
         """Seconds a call of ``request`` would spend loading before its first step (for the deadline
-        rules); 0 when everything it needs is loaded or nothing was measured yet."""
-        return 0.0
+        rules): its adapters not loaded yet, by this replica's measured mean; 0 when everything it
+        needs is loaded or nothing was measured yet."""
+        return self.loaded_adapters.expected_load_s(request.loras) if self.loaded_adapters is not None else 0.0
 
 
 class DiffusionGenerator(GroupedGenerator):
@@ -157,9 +142,8 @@ class DiffusionGenerator(GroupedGenerator):
         self.pipeline = pipeline
         self.model_name = model_name
         self.lora_paths = dict(loras or {})  # adapter name → its weights, loaded into this pipeline on first use
-        #: adapters kept loaded at most (0: every one used stays); the least recently used is deleted
-        self.resident_loras = resident_loras
-        self._loras_loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        #: adapters kept loaded, at most ``resident_loras`` (0: every one used stays)
+        self.loaded_adapters = LoadedAdapters(resident_loras)
         self._loras_on = False
         self._edit_pipelines: dict[str, Any] = {}  # kind → pipeline sharing this one's components
         self.device = str(pipeline.device)
@@ -248,13 +232,10 @@ class DiffusionGenerator(GroupedGenerator):
         restore(self.pipeline, weights)
         self.model_name = model_name
 
-    def adapters(self) -> dict[str, tuple[str, ...]]:
-        return {self.model_name: tuple(self._loras_loaded)} if self._loras_loaded else {}
-
     def _unload_loras(self) -> None:
-        if self._loras_loaded:
+        if self.loaded_adapters:
             self.pipeline.unload_lora_weights()
-            self._loras_loaded.clear()
+            self.loaded_adapters.clear()
             self._loras_on = False
 
     def prepare(self, request: GenerationRequest) -> tuple[str, float]:
@@ -264,15 +245,9 @@ class DiffusionGenerator(GroupedGenerator):
     def _load_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
         """Load the adapters not yet in this pipeline, then delete the least recently used ones
         beyond ``resident_loras`` (never one this call needs); seconds spent loading."""
-        import time
-
-        started = time.monotonic()
-        dropped = keep_adapters(self._loras_loaded, loras, self.resident_loras, lambda name: (
-            self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)))
-        loaded_s = time.monotonic() - started
-        for name in dropped:
-            self.pipeline.delete_adapters(name)
-        return loaded_s
+        return self.loaded_adapters.load(
+            loras, lambda name: self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name),
+            self.pipeline.delete_adapters)
 
     def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
         """Set the call's adapters (loading any not yet in this pipeline); seconds spent loading."""

@@ -23,13 +23,13 @@ import io
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck, keep_adapters
+from models.adapters import LoadedAdapters
+from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
 from models.host_tier import RESIDENT, HostWeights
 from models.page_cache import SimulatedPageCache
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
@@ -96,10 +96,8 @@ class SimulatedGenerator(GroupedGenerator):
         self.model_name = name if name.startswith("simulated:") else f"simulated:{name}"
         self.device = f"simulated {profile.gpu_name}"
         self.counter = CallCounter()
-        #: adapters loaded, least recently used first; at most ``resident_loras`` kept (0: all), as
-        #: the diffusers pipeline keeps them
-        self.resident_loras = resident_loras
-        self._loras_loaded: OrderedDict[str, None] = OrderedDict()
+        #: adapters loaded, at most ``resident_loras`` kept (0: all), as the diffusers pipeline keeps them
+        self.loaded_adapters = LoadedAdapters(resident_loras)
         log.warning("SIMULATED backend %s: no model runs, timings follow a profile", self.model_name)
         time.sleep(self._load_s())
 
@@ -124,10 +122,7 @@ class SimulatedGenerator(GroupedGenerator):
         (adapters taken out first, as the pipeline's are)."""
         time.sleep(self.profile.host_load_time_s)
         self.model_name = model_name
-        self._loras_loaded.clear()
-
-    def adapters(self) -> dict[str, tuple[str, ...]]:
-        return {self.model_name: tuple(self._loras_loaded)} if self._loras_loaded else {}
+        self.loaded_adapters.clear()
 
     def prepare(self, request: GenerationRequest) -> tuple[str, float]:
         return RESIDENT, self._load_loras(request.loras)
@@ -135,10 +130,7 @@ class SimulatedGenerator(GroupedGenerator):
     def _load_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
         """Load the adapters not yet here, ``lora_load_time_s`` each, keeping at most
         ``resident_loras`` as the pipeline does; seconds spent."""
-        started = time.monotonic()
-        keep_adapters(self._loras_loaded, loras, self.resident_loras,
-                      lambda _: time.sleep(self.profile.lora_load_time_s))
-        return time.monotonic() - started if loras else 0.0
+        return self.loaded_adapters.load(loras, lambda _: time.sleep(self.profile.lora_load_time_s))
 
     def _generate_group(
         self, group: list[GenerationRequest], should_stop: StopCheck | None, on_latents: LatentsHook | None = None

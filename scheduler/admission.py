@@ -46,7 +46,7 @@ class JobView:
     images: int
     pixels: int  # per image (width × height)
     steps: int
-    load_s: float = 0.0  # expected seconds loading its checkpoint before the call starts (0: resident)
+    load_s: float = 0.0  # expected seconds loading its checkpoint and adapters before the call starts (0: loaded)
 
     @property
     def call_pixels(self) -> int:

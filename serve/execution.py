@@ -96,7 +96,7 @@ class JobRunner:
         now = self.clock()
         if cancelled(job):
             return WorkerReply.for_job(job, Outcome.CANCELLED, now, now, phase=Phase.QUEUED, message="client went away")
-        # a checkpoint this replica would have to load first counts in the time the job needs
+        # a checkpoint and adapters this replica would have to load first count in the time the job needs
         verdict = self.rules.admit(view(job, self.calls.backend.expected_load_s(job.request)), now, call_pixels)
         r = job.request
         if verdict.admission is Admission.TOO_BIG:
@@ -110,7 +110,7 @@ class JobRunner:
             assert job.deadline is not None and verdict.predicted_s is not None
             return WorkerReply.for_job(job, Outcome.SHED, now, now, phase=Phase.QUEUED, message=(
                 f"cannot finish in time: a call of {r.n} x {r.width}x{r.height} and {r.effective_steps} steps "
-                f"(with loading its checkpoint if not resident) takes ~{verdict.predicted_s:.2f}s here, {job.deadline - now:.2f}s left before the deadline"))
+                f"(with loading its checkpoint and LoRA adapters where not loaded) takes ~{verdict.predicted_s:.2f}s here, {job.deadline - now:.2f}s left before the deadline"))
         return None
 
     def _run_adaptively(self, group: list[WorkerJob], cancelled: Cancelled) -> dict[str, WorkerReply]:

@@ -322,10 +322,10 @@ def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_e
         return generator.generate([request])[0].images[0]
 
     first = image("l1")
-    assert image("l2") != first and list(generator._loras_loaded) == ["l2"]  # l1 deleted for l2
+    assert image("l2") != first and list(generator.loaded_adapters) == ["l2"]  # l1 deleted for l2
     assert set(generator.pipeline.get_list_adapters()["unet"]) == {"l2"}
-    assert image("l1", "l2") != first and list(generator._loras_loaded) == ["l1", "l2"]  # a call's own stay
-    assert image("l1") == first and list(generator._loras_loaded) == ["l1"]  # l2 deleted; l1 as before
+    assert image("l1", "l2") != first and list(generator.loaded_adapters) == ["l1", "l2"]  # a call's own stay
+    assert image("l1") == first and list(generator.loaded_adapters) == ["l1"]  # l2 deleted; l1 as before
     assert generator.adapters() == {"tiny": ("l1",)}  # what its replica's replies say
     assert not [w for w in recwarn if "peft_config" in str(w.message)]  # several adapters are the design
 

@@ -1,11 +1,13 @@
 """What the simulator shows is what runs: one short trace through the fleet simulator and through the
 worker's own job runner gives the same admission, shedding and deadline decisions — both call
-:class:`scheduler.admission.ReplicaRules`, and both learn the replica's speed from the calls it ran."""
+:class:`scheduler.admission.ReplicaRules`, both learn the replica's speed from the calls it ran, and
+both count the checkpoint and adapter loads a call would need first by the loads the replica timed."""
 
 from __future__ import annotations
 
 import pytest
 
+from models.catalog import CatalogGenerator
 from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
 from models.request import GenerationRequest, GenerationResult, GenerationStopped
 from scheduler.admission import ReplicaRules
@@ -82,3 +84,50 @@ def test_the_simulator_and_the_worker_decide_alike_on_one_trace() -> None:
         assert reply.outcome == record.outcome, (record.index, reply.message)
         if reply.outcome == Outcome.OK:
             assert clock.now == pytest.approx(record.done_s)  # and it ends when the simulator said
+
+
+#: (arrival, checkpoint, LoRAs, steps, timeout) on a replica holding one checkpoint ("a" from its
+#: start), a load from disk 5 s, an adapter load 3 s.
+MODEL_TRACE = [
+    (0.0, "a", (), 10, 100.0),  # runs 0–2 s
+    (0.5, "a", (), 20, 100.0),  # runs 2–6 s: two step counts known
+    (1.0, "b", (), 10, 100.0),  # loads b from disk (5 s), runs 6–13 s: a disk load measured
+    (1.5, "a", (), 10, 14.0),  # 2.5 s left at 13 s: the call fits, not a's load from disk first: shed
+    (2.0, "b", ("x:1",), 10, 100.0),  # loads adapter x (3 s), runs 13–18 s: an adapter load measured
+    (2.5, "b", ("y:1",), 10, 18.0),  # 2.5 s left at 18 s: the call fits, not y's load first: shed
+    (3.0, "b", ("x:1",), 10, 18.0),  # x loaded: runs 18–20 s, in time
+]
+MODEL_EXPECTED = [Outcome.OK, Outcome.OK, Outcome.OK, Outcome.SHED, Outcome.OK, Outcome.SHED, Outcome.OK]
+
+
+def test_the_simulator_and_the_worker_count_checkpoint_and_adapter_loads_alike() -> None:
+    from tests.test_adapters import LORA_S, AdapterStepping
+
+    disk_s = 5.0
+    requests = [SimRequest(at, steps=steps, pixels=SIDE * SIDE, timeout_s=timeout, model=model, loras=loras)
+                for at, model, loras, steps, timeout in MODEL_TRACE]
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, router_initial_backoff_s=0, max_queued_requests=-1,
+                     models_per_replica=1, default_model="a", model_load_disk_s=disk_s, loras_per_replica=10,
+                     lora_load_s=LORA_S)
+    simulated = simulate(requests, spec, lambda images, pixels, steps: STEP_S * images * steps, FixedFleet(1))
+    assert [r.outcome for r in simulated.records] == MODEL_EXPECTED
+
+    clock = Clock()
+
+    def loader() -> AdapterStepping:
+        clock.now += disk_s
+        return AdapterStepping(clock)
+
+    catalog = CatalogGenerator({"a": loader, "b": loader}, "a", resident=1, clock=lambda: clock.now)
+    runner = JobRunner(catalog, "r", ReplicaRules(shed_hopeless=True), clock=clock)
+    handed_at = {r.index: r.done_s if r.start_s is None else r.start_s - r.load_s for r in simulated.records}
+    for record in sorted(simulated.records, key=lambda r: handed_at[r.index]):  # the pipeline starts after the loads
+        at, model, loras, steps, timeout = MODEL_TRACE[record.index]
+        clock.now = handed_at[record.index]
+        request = GenerationRequest(f"r{record.index}", SIDE, SIDE, steps, 7.5, seed=1, model=model,
+                                    loras=tuple((lora.partition(":")[0], 1.0) for lora in loras))
+        job = WorkerJob(request, str(record.index), accepted_at=at, deadline=at + timeout)
+        [reply] = runner.run([job], lambda job: False)
+        assert reply.outcome == record.outcome, (record.index, reply.message)
+        if reply.outcome == Outcome.OK:
+            assert clock.now == pytest.approx(record.done_s)

@@ -38,9 +38,11 @@ class CallRunner:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
-    def view(self, i: int) -> JobView:
-        r = self.sim.requests[i]
-        return JobView(self.sim.deadline[i], r.n, r.pixels, r.steps)
+    def view(self, i: int, replica: Replica | None = None) -> JobView:
+        """What the deadline rules know of request ``i``; on ``replica``: what it expects to load first."""
+        r, spec = self.sim.requests[i], self.sim.spec
+        load_s = replica.models.expected_load_s(r.model, r.loras, spec) if replica and spec.models_per_replica else 0.0
+        return JobView(self.sim.deadline[i], r.n, r.pixels, r.steps, load_s)
 
     def assigned(self, replica: Replica) -> None:
         """A request joined ``replica``'s waiting list: start a call, or the batch-wait timer."""
@@ -97,7 +99,7 @@ class CallRunner:
         same = [i for i in ordered if _call_shape(sim.requests[i]) == _call_shape(head)]
         admitted, refused = [], []
         for i in same:
-            verdict = replica.rules.admit(self.view(i), sim.now)
+            verdict = replica.rules.admit(self.view(i, replica), sim.now)
             if verdict.admission is Admission.RUN:
                 admitted.append(i)
             else:
@@ -116,7 +118,7 @@ class CallRunner:
         call_pixels = sum(sim.requests[i].n for i in members) * pixels
         admitted = []
         for i in members:
-            verdict = replica.rules.admit(self.view(i), t, call_pixels) if not spec.adaptive else None
+            verdict = replica.rules.admit(self.view(i, replica), t, call_pixels) if not spec.adaptive else None
             if verdict is not None and verdict.admission is not Admission.RUN:
                 self._refuse(i, verdict.admission, t)  # an expired one: the ingress answered already
             else:
@@ -126,6 +128,7 @@ class CallRunner:
         tier, lora_loads, loaded_s = None, 0, 0.0
         if spec.models_per_replica:  # its checkpoint first, if the replica does not hold it
             tier, loaded_s = replica.models.load(first.model, spec, t)
+            replica.models.timed_load(tier, loaded_s, spec)
             for i in admitted if spec.tells_loads else ():  # where they went, and what the replica holds
                 sim.policy.started(str(i), t, tier)
             if spec.loras_per_replica and first.loras:  # then its adapters

@@ -1,0 +1,82 @@
+"""The LoRA adapters one pipeline keeps loaded, and what loading one takes here.
+
+Both backends (the diffusers pipeline and the simulated one) keep adapters the same way: a request's
+adapters are loaded into its checkpoint's pipeline on first use, kept while they are used, and the
+least recently used one beyond ``resident`` is deleted (never one the call needs). A load takes
+seconds (production: p50 4.4 s), so the deadline rules count it before a call starts: the adapters
+a request would load × the mean of the loads measured on this replica (0 until one was: no request
+is refused on a guess). A catalog shares one :class:`LoadTiming` among its checkpoints' pipelines,
+so a checkpoint not loaded yet is priced by what the others measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["LoadTiming", "LoadedAdapters"]
+
+
+@dataclass
+class LoadTiming:
+    """Adapter loads measured so far: how many, and the seconds they took."""
+
+    loads: int = 0
+    seconds: float = 0.0
+
+    def add(self, loads: int, seconds: float) -> None:
+        self.loads += loads
+        self.seconds += seconds
+
+    def expected_s(self, loads: int) -> float:
+        """Seconds ``loads`` more would take by the mean so far (0 before any was measured)."""
+        return loads * self.seconds / self.loads if self.loads else 0.0
+
+
+class LoadedAdapters:
+    """One pipeline's adapters, least recently used first, at most ``resident`` kept (0: all)."""
+
+    def __init__(self, resident: int = 0, timing: LoadTiming | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.resident = resident
+        self.timing = timing or LoadTiming()  # a catalog gives its pipelines one to share
+        self.names: OrderedDict[str, None] = OrderedDict()
+        self.clock = clock
+
+    def missing(self, loras: Iterable[tuple[str, float]]) -> int:
+        """How many of ``loras`` a call would load first."""
+        return len({name for name, _ in loras} - self.names.keys())
+
+    def expected_load_s(self, loras: Iterable[tuple[str, float]]) -> float:
+        return self.timing.expected_s(self.missing(loras))
+
+    def load(self, loras: Sequence[tuple[str, float]], load_one: Callable[[str], object],
+             delete_one: Callable[[str], object] = lambda name: None) -> float:
+        """Load those of ``loras`` not here (``load_one`` each) and mark them all used now, then
+        delete the least recently used beyond ``resident`` (never one ``loras`` needs); the seconds
+        spent loading (also added to the timing)."""
+        missing, started = self.missing(loras), self.clock()
+        for name, _ in loras:
+            if name not in self.names:
+                load_one(name)
+            self.names[name] = None
+            self.names.move_to_end(name)
+        seconds = self.clock() - started if missing else 0.0
+        self.timing.add(missing, seconds)
+        needed = {name for name, _ in loras}
+        beyond = len(self.names) - max(self.resident, len(needed)) if self.resident else 0
+        for name in [name for name in self.names if name not in needed][:max(0, beyond)]:
+            del self.names[name]
+            delete_one(name)
+        return seconds
+
+    def clear(self) -> None:
+        self.names.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.names)
