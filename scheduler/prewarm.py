@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DAY_S = 86400.0
 
@@ -41,6 +41,11 @@ class PrewarmConfig:
     period_s: float = 600.0  # how often the plan is made
     max_reads: int = 4  # reads from disk per plan, at most
     day_s: float = DAY_S  # the demand's cycle (compressed replays divide it)
+
+    def compressed(self, k: float) -> "PrewarmConfig":
+        """For a replay compressed k× (the simulated backend's ``simulation.time_scale``): its day,
+        window and period k× shorter, as its arrivals."""
+        return replace(self, horizon_s=self.horizon_s / k, period_s=self.period_s / k, day_s=self.day_s / k)
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,11 @@ def prewarm_plan(uses: Mapping[str, Sequence[float]], now: float, in_memory: Ite
     recent = {model for model, times in uses.items() if times and now - times[-1] < config.horizon_s}
     cached = list(dict.fromkeys(in_memory))
     wanted = {model for model, days in score.items() if days >= config.min_days}
+    # least wanted first; among equals, least recently used first, so that marking them used keeps
+    # their recency order (the LRU then evicts by use, not by the order this plan happens to touch)
+    last = {model: times[-1] for model, times in uses.items() if times}
     keep = sorted((model for model in cached if model in wanted or model in recent),
-                  key=lambda model: (score.get(model, 0), model))
+                  key=lambda model: (score.get(model, 0), last.get(model, float("-inf")), model))
     spare = capacity - len(keep)
     held = set(on_device)
     read = sorted((model for model in wanted if model not in cached and model not in held),

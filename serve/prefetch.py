@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 from models.page_cache import SimulatedPageCache, checkpoint_directory, warm
@@ -56,8 +55,7 @@ def prewarm_config(settings: AppSettings) -> PrewarmConfig:
     """The pre-warm's config; a compressed simulated replay (``simulation.time_scale`` k) runs its
     day, window and period k× faster, as its arrivals."""
     k = settings.simulation.time_scale if settings.model.backend == "simulated" else 1.0
-    base = PrewarmConfig(days=settings.model.prewarm_days)
-    return replace(base, horizon_s=base.horizon_s / k, period_s=base.period_s / k, day_s=base.day_s / k)
+    return PrewarmConfig(days=settings.model.prewarm_days).compressed(k)
 
 
 def history_file(settings: AppSettings, app_name: str) -> Path | None:

@@ -35,7 +35,7 @@ DAILY = [at(day, 0.5) for day in range(3, 10)]  # used every day around 00:30
 TWICE = [at(8, 0.5), at(9, 0.5)]
 ONCE = [at(9, 0.5)]
 NIGHT = [at(day, 12) for day in range(3, 10)]  # every day, twelve hours off
-RECENT = [NOW - 60.0]
+RECENT = [NOW - 60.0]  # "anew": 30 s after it
 
 
 @pytest.mark.parametrize(("cached", "capacity", "on_device", "keep", "read"), [
@@ -45,10 +45,11 @@ RECENT = [NOW - 60.0]
     (["recent", "daily"], 2, [], ["recent", "daily"], []),  # nothing evictable: no read
     ([], 4, ["daily"], [], ["twice"]),  # a replica holds it on its GPU: not read
     (["twice", "daily"], 4, [], ["twice", "daily"], []),  # kept, least wanted first (so LRU keeps daily longest)
+    (["anew", "recent"], 4, [], ["recent", "anew"], ["daily", "twice"]),  # equals: least recently used first
 ])
 def test_the_plan_keeps_the_predicted_and_recent_and_reads_into_the_others_slots(
         cached: list[str], capacity: int, on_device: list[str], keep: list[str], read: list[str]) -> None:
-    uses = {"daily": DAILY, "twice": TWICE, "once": ONCE, "night": NIGHT, "recent": RECENT}
+    uses = {"daily": DAILY, "twice": TWICE, "once": ONCE, "night": NIGHT, "recent": RECENT, "anew": [NOW - 30.0]}
     plan = prewarm_plan(uses, NOW, cached, capacity, on_device, CONFIG)
     assert (plan.keep, plan.read) == (keep, read)
 
@@ -71,8 +72,13 @@ def test_a_plan_never_evicts_what_it_keeps_nor_reads_beyond_its_limit(uses: dict
     assert len(plan.read) <= PrewarmConfig().max_reads
 
 
-@pytest.mark.parametrize("prewarm_days", [0, 7])
-def test_the_simulator_reads_a_daily_checkpoint_before_its_request(prewarm_days: int) -> None:
+@pytest.mark.parametrize(("prewarm_days", "k", "prewarm_k", "load"), [
+    (0, 1, 1, "disk"), (7, 1, 1, "host"),
+    (7, 15, 15, "host"),  # the whole day compressed 15×, the pre-warm's day too (validate's live runs)
+    (7, 15, 1, "disk"),  # compressed arrivals, a pre-warm that still waits whole days: too late
+])
+def test_the_simulator_reads_a_daily_checkpoint_before_its_request(prewarm_days: int, k: float, prewarm_k: float,
+                                                                   load: str) -> None:
     """SIMULATION. A is asked for at 00:30 on three days, while B and C are asked for from 06:00 to
     20:00; the node's memory holds two checkpoints, the GPU one. With the pre-warm, the fourth day's request
     for A finds it in memory (a host load); without, B and C pushed it out: a disk load."""
@@ -82,10 +88,11 @@ def test_the_simulator_reads_a_daily_checkpoint_before_its_request(prewarm_days:
 
     spec = FleetSpec(initial_replicas=1, gpu_slots=1, max_queued_requests=-1, dispatch=True, shed_hopeless=False,
                      models_per_replica=1, host_models_per_node=2, default_model="B", model_preload=True,
-                     host_prefetch=True, prewarm_days=prewarm_days, model_load_host_s=3, model_load_disk_s=30)
-    requests = [SimRequest(at(day, 0.5), timeout_s=600, model="A") for day in range(4)]
-    requests += [SimRequest(at(day, hour), timeout_s=600, model=model)
+                     host_prefetch=True, prewarm_days=prewarm_days, model_load_host_s=3 / k, model_load_disk_s=30 / k,
+                     prewarm_time_scale=prewarm_k)
+    requests = [SimRequest(at(day, 0.5) / k, timeout_s=600 / k, model="A") for day in range(4)]
+    requests += [SimRequest(at(day, hour) / k, timeout_s=600 / k, model=model)
                  for day in range(4) for hour in range(6, 21, 2) for model in "BC"]
-    result = simulate(requests, spec, lambda images, pixels, steps: 1.0, FixedFleet(1))
-    last_a = next(r for r in result.records if r.arrival_s == at(3, 0.5))
-    assert last_a.model_load == ("host" if prewarm_days else "disk")
+    result = simulate(requests, spec, lambda images, pixels, steps: 1.0 / k, FixedFleet(1))
+    last_a = next(r for r in result.records if r.arrival_s == at(3, 0.5) / k)
+    assert last_a.model_load == load

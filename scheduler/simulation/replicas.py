@@ -107,7 +107,7 @@ class ReplicaPool:
         """The pre-warm's config, if it runs: it reads into the node's memory, as the prefetch."""
         spec = self.sim.spec
         if spec.prewarm_days and spec.host_prefetch and spec.host_models_per_node:
-            return PrewarmConfig(days=spec.prewarm_days)
+            return PrewarmConfig(days=spec.prewarm_days).compressed(spec.prewarm_time_scale)
         return None
 
     def prewarm(self, _: int = 0) -> None:

@@ -92,6 +92,9 @@ class FleetSpec:
     #: ... and reads the checkpoints it predicts from the past days' uses at this time of day into
     #: it (scheduler/prewarm.py: the days looked back; 0: off)
     prewarm_days: int = 0
+    #: ... the pre-warm's day, window and period compressed this many times, as live on the
+    #: simulated backend compressed by ``simulation.time_scale`` (sdserve-bench validate)
+    prewarm_time_scale: float = 1.0
     #: LoRA adapters a replica keeps loaded (model.resident_loras; 0: LoRAs are not simulated), each
     #: loaded onto one checkpoint and gone when that checkpoint leaves the GPU; a load takes
     loras_per_replica: int = 0
