@@ -210,9 +210,11 @@ def resimulate(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dic
 
 def _arrivals(args: argparse.Namespace) -> list[Any]:
     """The window's arrivals, compressed; without ``--models`` none names a checkpoint, without
-    ``--loras`` none names an adapter."""
+    ``--loras`` none names an adapter. None names its tenant: live, every request comes from the
+    load generator's one address without a key, so the dispatcher's fair queue sees one tenant, and
+    the simulator must too."""
     loras = args.models and getattr(args, "loras", False)
-    return [dataclasses.replace(a, loras=a.loras if loras else (), model=a.model if args.models else "")
+    return [dataclasses.replace(a, loras=a.loras if loras else (), model=a.model if args.models else "", tenant="")
             for a in load_arrivals(args)]
 
 

@@ -109,8 +109,9 @@ class Residency:
         else:
             tier, seconds = DISK, spec.model_load_disk_s
         shared = spec.host_models_per_node > 0  # the node's pool: a copy stays for the other replicas
-        if shared:  # as the node's page cache keeps the files a load read from disk
-            self.host[model] = min(self.host.get(model, now), now)
+        if shared:  # as the node's page cache keeps the files a load read from disk, once it has read them
+            if model not in self.host:
+                self.host[model] = now + seconds
             self.host.move_to_end(model)
         else:
             self.host.pop(model, None)
