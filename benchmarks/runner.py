@@ -141,6 +141,7 @@ def run_target(target: Target, workload: Workload, template: RequestTemplate, sl
         summary["seconds_to_running_replicas"] = time_to_replicas(samples, first)
         info = _worker_info(app_name)  # after the load: asking earlier could wake a scaled-to-zero fleet
         return {"target": target.__dict__, "worker": info, "cold_starts": _replica_cold_starts(url),
+                "replica_starts_s": monitor.starts.durations(),
                 "summary": summary, "levels": levels,
                 "records": [r.to_dict() for r in records], "samples": samples}
     finally:

@@ -165,6 +165,8 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
                       args.slo / k, warmup=1)
     live["summary"]["loads_per_request"] = loads_per_request(live["records"])
     measured = {"cold_start_s": live_cold_start_s(live["samples"], live["summary"]["replica_starts"]),
+                # each replica's, asked for → running, in the order they were asked for
+                "cold_starts_s": live.get("replica_starts_s", []),
                 "request_overhead_s": live_overhead_s(live["records"]),
                 # what a replica itself measured: the one asked last, and each in the order they replied
                 "reported_cold_start_s": (live.get("worker") or {}).get("cold_start_s"),
@@ -184,7 +186,8 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
     target = target.with_overrides(spec={"request_overhead_s": measured["request_overhead_s"],
                                          "reported_cold_start_s": measured["reported_cold_start_s"],
                                          # absent from results measured before replicas were listed
-                                         "reported_cold_starts_s": tuple(measured.get("reported_cold_starts_s", ()))})
+                                         "reported_cold_starts_s": tuple(measured.get("reported_cold_starts_s", ())),
+                                         "cold_starts_s": tuple(measured.get("cold_starts_s", ()))})
     if getattr(args, "models", False):  # the live catalog's tiers, compressed as live
         settings = target.settings.simulation
         target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, settings.lora_load_time_s / k,
@@ -246,7 +249,7 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
                          f"{sim['loads_per_request'] or 0:.3f} | {'-' if loads is None else f'{100 * loads:+.1f}%'} "
                          f"{mark('loads_rel')} | | | |")
         m = r["measured"]
-        lines.append(f"| | measured live, given to the simulator | cold start {m['cold_start_s'] or 0:.2f}s "
+        lines.append(f"| | measured live, given to the simulator | cold start {_each(m.get('cold_starts_s'), m['cold_start_s'])} "
                      f"(replicas report {_reported(m)}) | "
                      f"per-request overhead {1000 * m['request_overhead_s']:.0f} ms | | |")
     lines.append("")
@@ -258,10 +261,14 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
 
 def _reported(measured: dict[str, Any]) -> str:
     """What the replicas reported as their cold starts: each, in order, when they were listed."""
-    each = measured.get("reported_cold_starts_s") or []
-    if each:
-        return f"{len(each)}, in order: " + ", ".join(f"{s:.2f}" for s in each) + " s"
-    return f"{measured['reported_cold_start_s'] or 0:.2f}s"
+    return _each(measured.get("reported_cold_starts_s"), measured["reported_cold_start_s"])
+
+
+def _each(values: list[float] | None, mean: float | None) -> str:
+    """Per-replica values in order when measured, else the one value."""
+    if values:
+        return f"{len(values)}, in order: " + ", ".join(f"{v:.2f}" for v in values) + " s"
+    return f"{mean or 0:.2f}s"
 
 
 def resimulated_note(meta: dict[str, Any]) -> str:

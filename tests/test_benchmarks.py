@@ -195,6 +195,11 @@ def test_smoke_sweep_reports_levels(app: Deployed) -> None:
                         RequestTemplate(size="64x64", steps=2), slo_s=10.0, warmup=0, tail_s=0.1)
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 2]
     assert result["summary"]["sent"] == 6
+    assert result["cold_starts"] and all(c["cold_start_s"] > 0 for c in result["cold_starts"])  # each replica's own
+    from benchmarks.monitor import FleetMonitor
+
+    states = FleetMonitor(app.app_name, lambda: 0)._replica_states()  # as the monitor polls them
+    assert states and {state for _, state in states} == {"RUNNING"}
 
 
 def test_the_results_index_lists_every_committed_result() -> None:
@@ -232,3 +237,23 @@ def test_the_gpu_check_runs_its_whole_sequence_as_a_dry_run_on_cpu() -> None:
     assert deadline["outcome"] == "deadline_exceeded" and deadline["steps_done"] < deadline["steps"]
     assert result["switch"]["host_to_device_s"] > 0 and result["start"]["weights_disk_cold_s"] > 0
     assert "DRY RUN" in _markdown(result)
+
+
+@pytest.mark.parametrize(("polls", "expected"), [
+    ([(0.0, [("a", "RUNNING")]), (1.0, [("a", "RUNNING")])], []),  # up before the polls: no start seen
+    ([(0.0, [("a", "STARTING")]), (0.5, [("a", "STARTING")]), (2.5, [("a", "RUNNING")])], [2.5]),
+    ([(0.0, [("a", "STARTING")]), (1.0, [("a", "STARTING"), ("b", "STARTING")]),
+      (2.0, [("a", "STARTING"), ("b", "RUNNING")]), (4.0, [("a", "RUNNING"), ("b", "RUNNING")])],
+     [4.0, 1.0]),  # in the order asked for, not the order they came up
+    ([(0.0, [("a", "STARTING")]), (1.0, [("a", "STOPPING")])], []),  # stopped before it ran
+    ([(0.0, [("a", "STARTING")]), (3.0, [("a", "RUNNING")]), (9.0, [("a", "STARTING")]),
+      (9.5, [("a", "RUNNING")])], [3.0]),  # one start per replica (a later update is not one)
+])
+def test_replica_starts_are_timed_from_first_seen_starting_to_first_seen_running(
+        polls: list[tuple[float, list[tuple[str, str]]]], expected: list[float]) -> None:
+    from benchmarks.monitor import StartTimes
+
+    starts = StartTimes()
+    for t, replicas in polls:
+        starts.observe(t, replicas)
+    assert starts.durations() == expected

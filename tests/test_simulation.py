@@ -393,3 +393,13 @@ def test_each_replica_reports_its_own_cold_start_in_the_order_replicas_are_made(
     assert len({r.replica for r in result.records}) == 3
     heard_from = [r.replica for r in sorted(result.records, key=lambda r: r.call_s)]
     assert [heard for _, heard in sorted(zip(heard_from, policy.heard))] == expected
+
+
+def test_each_cold_start_is_the_measured_one_in_the_order_replicas_are_asked_for() -> None:
+    requests = [SimRequest(0.0, n=n, timeout_s=60) for n in (1, 2, 3)]
+    spec = FleetSpec(cold_start_s=2.0, initial_replicas=1, cold_starts_s=(5.0, 1.0))
+    result = simulate(requests, spec, flat(1.0), FixedFleet(3))
+    starts = [r.ready_s - r.started_s for r in sorted(result.replicas, key=lambda r: r.id)]
+    assert starts == [0.0, 5.0, 1.0]  # the warm one has none; the two asked for take 5 s and 1 s
+    again = simulate(requests, dataclasses.replace(spec, initial_replicas=0), flat(1.0), FixedFleet(3))
+    assert [r.ready_s - r.started_s for r in sorted(again.replicas, key=lambda r: r.id)] == [5.0, 1.0, 5.0]  # cycling

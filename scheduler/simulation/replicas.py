@@ -34,6 +34,7 @@ class ReplicaPool:
         self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
         self.node_host: OrderedDict[str, float] = OrderedDict()  # the node's host memory (host_models_per_node)
         self.uses: dict[str, list[float]] = {}  # checkpoint → its requests' arrival times (the pre-warm's history)
+        self.cold_asked = 0  # replicas asked for that start cold (the index into spec.cold_starts_s)
         self._views: list[tuple[float, int, int]] = [(0.0, 0, 0)]  # (time, running, starting) as Serve shows them
 
     def viewed(self) -> None:
@@ -72,8 +73,12 @@ class ReplicaPool:
     def new(self, now: float, cold: bool = True) -> Replica:
         """A replica asked for at ``now``: it starts (or waits for a GPU); ``cold`` False: already warm."""
         spec, sim = self.sim.spec, self.sim
-        jitter = sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
-        cold_s = max(0.0, spec.cold_start_s + jitter)
+        if cold and spec.cold_starts_s:  # as measured, replica by replica
+            cold_s = spec.cold_starts_s[self.cold_asked % len(spec.cold_starts_s)]
+        else:
+            jitter = sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
+            cold_s = max(0.0, spec.cold_start_s + jitter)
+        self.cold_asked += cold
         replica = Replica(len(self.all), now, now + (cold_s if cold else 0.0), cold_s, rules=self._rules())
         if spec.host_models_per_node:
             replica.models.host = self.node_host  # the node's host memory: shared, outlives replicas

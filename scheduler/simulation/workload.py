@@ -51,6 +51,9 @@ class FleetSpec:
     max_queued_requests: int = 64  # the deployment's max_queued_requests (-1: unbounded) → 503
     cold_start_s: float = TRACE_MEDIAN_COLD_START_S  # replica start → ready
     cold_start_jitter_s: float = 0.0  # uniform ± jitter on each cold start
+    #: Replica by replica, in the order they are asked for (cycling): each cold start, e.g. a live
+    #: run's measured ones (sdserve-bench validate). Empty: ``cold_start_s`` ± jitter for all.
+    cold_starts_s: tuple[float, ...] = ()
     #: What replicas report as their cold start (the worker measures process start → ready, not
     #: Ray's scheduling before the process exists). None: the cold start itself.
     reported_cold_start_s: float | None = None
