@@ -12,6 +12,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from serve.fleet import RUNNING_STATES, STARTING_STATES, replica_counts, state_name
+from serve.settings import WORKER_DEPLOYMENT
+
 
 class StartTimes:
     """Each replica's start, from polled states: first seen starting → first seen running. One
@@ -25,8 +28,6 @@ class StartTimes:
 
     def observe(self, t: float, replicas: Iterable[tuple[str, str]]) -> None:
         """``replicas``: (id, state name) at poll time ``t``."""
-        from serve.fleet import RUNNING_STATES, STARTING_STATES
-
         for rid, state in replicas:
             first = rid not in self._seen
             self._seen.add(rid)
@@ -58,9 +59,6 @@ class FleetMonitor:
         import ray
         from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
-        from serve.fleet import state_name
-        from serve.settings import WORKER_DEPLOYMENT
-
         if self._controller is None:
             self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         details = ray.get(self._controller.get_serve_instance_details.remote(), timeout=10)
@@ -69,8 +67,6 @@ class FleetMonitor:
         return [(r["replica_id"], state_name(r.get("state", ""))) for r in deployment.get("replicas") or []]
 
     def _loop(self) -> None:
-        from serve.fleet import replica_counts
-
         while not self._stop.is_set():
             t = time.monotonic() - self.t0
             states = self._replica_states()

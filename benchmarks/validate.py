@@ -250,18 +250,13 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
                          f"{mark('loads_rel')} | | | |")
         m = r["measured"]
         lines.append(f"| | measured live, given to the simulator | cold start {_each(m.get('cold_starts_s'), m['cold_start_s'])} "
-                     f"(replicas report {_reported(m)}) | "
+                     f"(replicas report {_each(m.get('reported_cold_starts_s'), m['reported_cold_start_s'])}) | "
                      f"per-request overhead {1000 * m['request_overhead_s']:.0f} ms | | |")
     lines.append("")
     lines.append(f"Tolerance: SLO ±{TOLERANCE['slo_points']:g} pp, replica-seconds ±{100 * TOLERANCE['replica_seconds_rel']:g}%, "
                  f"p50 ±{100 * TOLERANCE['p50_rel']:g}%, starts ±{TOLERANCE['starts_abs']}, checkpoint loads "
                  f"±{100 * TOLERANCE['loads_rel']:g}% (when replayed).")
     return "\n".join(lines)
-
-
-def _reported(measured: dict[str, Any]) -> str:
-    """What the replicas reported as their cold starts: each, in order, when they were listed."""
-    return _each(measured.get("reported_cold_starts_s"), measured["reported_cold_start_s"])
 
 
 def _each(values: list[float] | None, mean: float | None) -> str:

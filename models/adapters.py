@@ -13,26 +13,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
-__all__ = ["LoadTiming", "LoadedAdapters"]
+from scheduler.load_timing import LoadTiming
 
-
-@dataclass
-class LoadTiming:
-    """Adapter loads measured so far: how many, and the seconds they took."""
-
-    loads: int = 0
-    seconds: float = 0.0
-
-    def add(self, loads: int, seconds: float) -> None:
-        self.loads += loads
-        self.seconds += seconds
-
-    def expected_s(self, loads: int) -> float:
-        """Seconds ``loads`` more would take by the mean so far (0 before any was measured)."""
-        return loads * self.seconds / self.loads if self.loads else 0.0
+__all__ = ["LoadedAdapters"]
 
 
 class LoadedAdapters:
@@ -78,5 +63,5 @@ class LoadedAdapters:
     def __bool__(self) -> bool:
         return bool(self.names)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self.names)

@@ -30,10 +30,10 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 
-from models.adapters import LoadTiming
 from models.generator import CallCounter, GroupedGenerator, LatentsHook, StopCheck
 from models.host_tier import DISK, HOST, RESIDENT, HostTier
 from models.request import GenerationRequest, GenerationResult
+from scheduler.load_timing import LoadTiming
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ import functools
 
 import pytest
 
-from models.adapters import LoadedAdapters, LoadTiming
+from models.adapters import LoadedAdapters
 from models.catalog import CatalogGenerator
 from models.request import GenerationRequest
 from scheduler.admission import ReplicaRules
+from scheduler.load_timing import LoadTiming
 from scheduler.outcomes import Outcome
 from serve.execution import JobRunner
 from serve.protocol import WorkerJob

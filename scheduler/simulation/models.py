@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from scheduler.load_timing import LoadTiming
 from scheduler.placement import FreeReplica, choose_replica
 
 if TYPE_CHECKING:
@@ -49,8 +50,8 @@ class Residency:
     device: OrderedDict[str, None] = field(default_factory=OrderedDict)
     host: OrderedDict[str, float] = field(default_factory=OrderedDict)  # checkpoint -> when its copy is whole
     loras: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)  # (checkpoint, adapter id)
-    #: loads since the start as the live catalog times them, by where it saw them come from: [count, seconds]
-    timed: dict[str, list[float]] = field(default_factory=dict)
+    #: loads since the start as the live catalog times them, by where it saw them come from
+    timed: dict[str, LoadTiming] = field(default_factory=dict)
 
     def holds(self, model: str) -> bool:
         return model in self.device
@@ -59,16 +60,10 @@ class Residency:
         """A checkpoint load for a call, timed as live: the catalog knows only its own host memory,
         so a read the node's page cache made quick counts as a (fast) load from disk."""
         if tier != NONE:
-            self._time(HOST if tier == HOST and not spec.host_models_per_node else DISK, 1, seconds)
+            self._timing(HOST if tier == HOST and not spec.host_models_per_node else DISK).add(1, seconds)
 
-    def _time(self, kind: str, loads: int, seconds: float) -> None:
-        timed = self.timed.setdefault(kind, [0, 0.0])
-        timed[0] += loads
-        timed[1] += seconds
-
-    def _mean_s(self, kind: str, loads: int = 1) -> float:
-        count, seconds = self.timed.get(kind, (0, 0.0))
-        return loads * seconds / count if count else 0.0
+    def _timing(self, kind: str) -> LoadTiming:
+        return self.timed.setdefault(kind, LoadTiming())
 
     def expected_load_s(self, model: str, loras: tuple[str, ...], spec: FleetSpec) -> float:
         """What the replica's deadline rules expect a call of ``model`` with ``loras`` to spend
@@ -76,9 +71,9 @@ class Residency:
         from, plus the adapters not loaded into it by its mean adapter load (0 until measured)."""
         adapters = {name.partition(":")[0] for name in loras}
         if model in self.device:
-            return self._mean_s(LORA, len({lora for lora in adapters if (model, lora) not in self.loras}))
+            return self._timing(LORA).expected_s(len({lora for lora in adapters if (model, lora) not in self.loras}))
         own_host = not spec.host_models_per_node and model in self.host
-        return self._mean_s(HOST if own_host else DISK) + self._mean_s(LORA, len(adapters))
+        return self._timing(HOST if own_host else DISK).expected_s() + self._timing(LORA).expected_s(len(adapters))
 
     def load_loras(self, model: str, loras: tuple[str, ...], spec: FleetSpec) -> tuple[int, float]:
         """Make a call's adapters resident on ``model`` (resident already): how many loaded, how long.
@@ -94,7 +89,7 @@ class Residency:
         while len(self.loras) > max(spec.loras_per_replica, len(set(loras))):
             self.loras.popitem(last=False)
         if loaded:
-            self._time(LORA, loaded, loaded * spec.lora_load_s)
+            self._timing(LORA).add(loaded, loaded * spec.lora_load_s)
         return loaded, loaded * spec.lora_load_s
 
     def load(self, model: str, spec: FleetSpec, now: float = 0.0) -> tuple[str, float]:
