@@ -1,7 +1,9 @@
 """``sdserve-bench host-memory``: how much host memory a node needs for a trace's checkpoints.
 
 For each size (in checkpoints), the requests that would read their checkpoint from disk under LRU
-and the fewest any eviction rule can (``scheduler/simulation/host_memory.py``). A read from disk
+and the fewest any eviction rule can (``scheduler/simulation/host_memory.py``); between them, what
+other online rules read (LRU-K, fewest uses in a recent window), and how many of LRU's reads were
+for a checkpoint the same tenant had asked for before. A read from disk
 takes longer than a 30 s SLO, so this is a floor under the misses that no keep-alive lifts. A pure
 count over the trace's sequence of checkpoints: no GPUs, no timing (the counts take a fraction of a second; the command, with its imports, seconds).
 """
@@ -12,7 +14,7 @@ import argparse
 
 from benchmarks.report import write_result
 from benchmarks.simulate import load_arrivals
-from scheduler.simulation.host_memory import host_memory_misses
+from scheduler.simulation.host_memory import ONLINE_RULES, host_memory_misses, rule_misses, tenant_returns
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,11 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--sizes {args.sizes}: a host memory holds at least one checkpoint")
     rows = [host_memory_misses(models, size, count_from) for size in sizes]
     counted = rows[0].requests
+    requests = [(a.at, a.model) for a in arrivals]
+    online = {size: {rule: rule_misses(requests, size, score, count_from) for rule, score in ONLINE_RULES.items()}
+              for size in sizes}
+    tenants = [a.tenant for a in arrivals]
+    returns = {size: tenant_returns(models, tenants, size, count_from) for size in sizes} if any(tenants) else {}
     lines = [
         f"{counted:,} requests counted ({count_from:,} earlier ones only fill the memory) over "
         f"{len(set(models)):,} checkpoints; {rows[0].first_uses} of them ask for a checkpoint for the first time.",
@@ -49,6 +56,17 @@ def main(args: argparse.Namespace) -> int:
         "|---|---|---|---|---|---|",
     ] + [f"| {r.capacity} | {r.capacity * args.checkpoint_gb:.0f} | {r.lru:,} | {100 * r.lru / counted:.2f} | "
          f"{r.fewest:,} | {100 * r.fewest / counted:.2f} |" for r in rows]
-    write_result(args.out_dir, args.name, {"counted_from_request": count_from, "rows": [r.__dict__ for r in rows]},
+    lines += ["", "Requests read from disk by other online eviction rules (each reads a checkpoint only when "
+              "a request asks for it), beside LRU and the fewest possible:", "",
+              "| host memory, checkpoints | LRU | " + " | ".join(ONLINE_RULES) + " | fewest possible |",
+              "|---" * (len(ONLINE_RULES) + 3) + "|"]
+    lines += [f"| {r.capacity} | {r.lru:,} | " + " | ".join(f"{online[r.capacity][rule]:,}" for rule in ONLINE_RULES)
+              + f" | {r.fewest:,} |" for r in rows]
+    if returns:
+        lines += ["", "Of LRU's reads from disk, those for a checkpoint the same tenant had asked for before "
+                  "(the most a read ahead on each tenant's own history could save): "
+                  + ", ".join(f"{returns[r.capacity]:,} of {r.lru:,} with room for {r.capacity}" for r in rows) + "."]
+    write_result(args.out_dir, args.name, {"counted_from_request": count_from, "rows": [r.__dict__ for r in rows],
+                                           "online_rules": online, "tenant_returns": returns},
                  "\n".join(lines), with_environment=False)
     return 0

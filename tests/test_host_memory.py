@@ -11,7 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.simulation.host_memory import HostMisses, fewest_misses, host_memory_misses, lru_misses
+from scheduler.simulation.host_memory import (
+    ONLINE_RULES,
+    HostMisses,
+    fewest_misses,
+    host_memory_misses,
+    lru_k,
+    lru_misses,
+    rule_misses,
+    tenant_returns,
+    uses_within,
+)
 from tests.conftest import ROOT
 
 
@@ -69,6 +79,44 @@ def test_fewest_never_above_lru_and_both_fall_as_memory_grows(models: list[str],
     assert fewest_misses(models, capacity + 1, count_from) <= fewest
 
 
+def _timed(models: str) -> list[tuple[float, str]]:
+    return [(float(at), model) for at, model in enumerate(models)]
+
+
+@pytest.mark.parametrize(("models", "capacity", "rule", "expected"), [
+    # B was used twice before C comes: LRU evicts it (its last use is oldest), LRU-2 evicts A (used once).
+    ("BBACB", 2, lru_k(1), 4),
+    ("BBACB", 2, lru_k(2), 3),
+    # the same choice by uses in a window long enough to see both of B's uses, and LRU's in one too short
+    ("BBACB", 2, uses_within(10.0), 3),
+    ("BBACB", 2, uses_within(0.5), 4),
+    # LRU-3 has seen no checkpoint three times: it falls back to LRU
+    ("BBACB", 2, lru_k(3), 4),
+])
+def test_online_rules_table(models: str, capacity: int, rule, expected: int) -> None:
+    assert rule_misses(_timed(models), capacity, rule) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(sequences, st.integers(1, 4), st.integers(0, 9))
+def test_lru_1_is_lru_and_no_online_rule_reads_less_than_the_fewest(models: list[str], capacity: int,
+                                                                     count_from: int) -> None:
+    count_from = min(count_from, len(models))
+    assert rule_misses(_timed(models), capacity, lru_k(1), count_from) == lru_misses(models, capacity, count_from)
+    for score in ONLINE_RULES.values():
+        assert fewest_misses(models, capacity, count_from) <= rule_misses(_timed(models), capacity, score, count_from)
+
+
+@pytest.mark.parametrize(("models", "tenants", "capacity", "count_from", "expected"), [
+    ("ABA", "xyx", 1, 0, 1),  # x reads A again after y's B evicted it: x had asked for A
+    ("ABA", "xyz", 1, 0, 0),  # z never asked for A
+    ("ABA", "xyx", 2, 0, 0),  # A stayed: no read from disk
+    ("ABA", "xyx", 1, 3, 0),  # nothing counted
+])
+def test_tenant_returns_table(models: str, tenants: str, capacity: int, count_from: int, expected: int) -> None:
+    assert tenant_returns(list(models), list(tenants), capacity, count_from) == expected
+
+
 def test_the_command_writes_both_counts_per_size_with_its_provenance(tmp_path: Path) -> None:
     from benchmarks import cli
     from benchmarks.traces import read_trace
@@ -81,3 +129,5 @@ def test_the_command_writes_both_counts_per_size_with_its_provenance(tmp_path: P
     assert written["results"]["rows"] == [host_memory_misses(models, size).__dict__ for size in (2, 4)]
     assert {"command", "when", "commit"} <= set(written["meta"])
     assert "fewest any eviction rule can" in (tmp_path / "sizing.md").read_text()
+    timed = [(a.at, a.model) for a in read_trace(trace)]
+    assert written["results"]["online_rules"]["2"]["LRU-3"] == rule_misses(timed, 2, ONLINE_RULES["LRU-3"])

@@ -15,12 +15,20 @@ keep-alive can lift. Two counts per size, over the sequence of requested checkpo
 ``count_from`` replays the earlier requests to fill LRU's memory without counting them (score one
 part of a trace after the part before it). The *first uses* are the counted requests for a
 checkpoint not asked for before.
+
+Between the two lie the rules an online cache could use instead of LRU (:data:`ONLINE_RULES`,
+:func:`rule_misses`): LRU-K (O'Neil et al., SIGMOD 1993: evict the checkpoint whose K-th most recent
+use is oldest; the Linux page cache's two lists are close to LRU-2) and frequency over a recent
+window. They need the requests' times, so they take (time, checkpoint) pairs. And
+:func:`tenant_returns` asks whether a tenant's own history could read ahead what LRU reads from
+disk: how many of those reads were for a checkpoint the same tenant had asked for before.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -80,3 +88,64 @@ def host_memory_misses(models: Sequence[str], capacity: int, count_from: int = 0
         earlier.add(model)
     return HostMisses(capacity, len(models) - min(count_from, len(models)), lru_misses(models, capacity, count_from),
                       fewest_misses(models, capacity, count_from), first_uses)
+
+
+#: An eviction rule's score of one held checkpoint, from its request times so far (ascending) and
+#: the time now: the lowest score is evicted.
+Score = Callable[[list[float], float], tuple[float, ...]]
+
+
+def lru_k(k: int) -> Score:
+    """LRU-K: the time of the K-th most recent use (a checkpoint used fewer than K times goes first,
+    least recently used first among those). LRU-1 is LRU."""
+    return lambda times, now: (1.0, times[-k]) if len(times) >= k else (0.0, times[-1])
+
+
+def uses_within(window_s: float) -> Score:
+    """The fewest uses in the last ``window_s`` go first; among equals, the least recently used."""
+    return lambda times, now: (float(len(times) - bisect_left(times, now - window_s)), times[-1])
+
+
+#: The online rules ``sdserve-bench host-memory`` compares with LRU and the fewest possible.
+ONLINE_RULES: dict[str, Score] = {
+    "LRU-2": lru_k(2),
+    "LRU-3": lru_k(3),
+    "fewest uses in 6 h": uses_within(6 * 3600.0),
+    "fewest uses in 1 day": uses_within(86400.0),
+    "fewest uses in 3 days": uses_within(3 * 86400.0),
+}
+
+
+def rule_misses(requests: Sequence[tuple[float, str]], capacity: int, score: Score, count_from: int = 0) -> int:
+    """Requests from ``count_from`` on (``requests``: (time, checkpoint), in time order) whose
+    checkpoint a memory of ``capacity`` that evicts by ``score`` does not hold."""
+    uses: dict[str, list[float]] = {}
+    held: set[str] = set()
+    misses = 0
+    for index, (now, model) in enumerate(requests):
+        if model not in held:
+            misses += index >= count_from
+            if len(held) >= capacity:
+                held.remove(min(held, key=lambda other: (score(uses[other], now), other)))
+            held.add(model)
+        uses.setdefault(model, []).append(now)
+    return misses
+
+
+def tenant_returns(models: Sequence[str], tenants: Sequence[str], capacity: int, count_from: int = 0) -> int:
+    """Of the requests from ``count_from`` on that an LRU of ``capacity`` reads from disk, those for
+    a checkpoint their tenant had asked for before: the most a read ahead on a tenant's own history
+    could save."""
+    held: OrderedDict[str, None] = OrderedDict()
+    asked: set[tuple[str, str]] = set()
+    returns = 0
+    for index, (model, tenant) in enumerate(zip(models, tenants)):
+        if model in held:
+            held.move_to_end(model)
+        else:
+            returns += index >= count_from and (tenant, model) in asked
+            held[model] = None
+            if len(held) > capacity:
+                held.popitem(last=False)
+        asked.add((tenant, model))
+    return returns
