@@ -85,16 +85,24 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str:
-    """The commit the code ran at, ``-dirty`` if it had uncommitted changes (``unknown`` outside git)."""
+#: Committed measurements: a run that rewrote one (an earlier run of a series) ran the same code.
+RESULTS_PATHSPEC = ":(exclude)benchmarks/results"
+
+
+def git_commit(where: Path | None = None) -> str:
+    """The commit the code (this checkout, or the one at ``where``) ran at, ``-dirty`` if it had
+    uncommitted changes outside the committed results (``unknown`` outside git)."""
     import subprocess
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where or Path(__file__).parent,
                               check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        root = git("rev-parse", "--show-toplevel")
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_PATHSPEC],
+                                 capture_output=True, text=True, cwd=root, check=True).stdout.strip()
+        return git("rev-parse", "HEAD") + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -257,3 +257,26 @@ def test_replica_starts_are_timed_from_first_seen_starting_to_first_seen_running
     for t, replicas in polls:
         starts.observe(t, replicas)
     assert starts.durations() == expected
+
+
+def test_a_result_is_dirty_only_when_code_changed_not_when_an_earlier_result_was_rewritten(tmp_path: Path) -> None:
+    import subprocess
+
+    from benchmarks.report import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "start")
+    head = git("rev-parse", "HEAD")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text('{"again": true}')  # a series' earlier run
+    assert git_commit(tmp_path / "benchmarks") == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "-dirty"
