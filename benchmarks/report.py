@@ -94,14 +94,12 @@ def git_commit(where: Path | None = None) -> str:
     uncommitted changes outside the committed results (``unknown`` outside git)."""
     import subprocess
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where or Path(__file__).parent,
-                              check=True).stdout.strip()
+    def git(*args: str, cwd: Path | str = where or Path(__file__).parent) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd, check=True).stdout.strip()
 
     try:
-        root = git("rev-parse", "--show-toplevel")
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_PATHSPEC],
-                                 capture_output=True, text=True, cwd=root, check=True).stdout.strip()
+        root = git("rev-parse", "--show-toplevel")  # the pathspecs below are the whole checkout's
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_PATHSPEC, cwd=root)
         return git("rev-parse", "HEAD") + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
