@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -41,19 +41,22 @@ class HostMisses:
     first_uses: int  # of them, for a checkpoint never asked for before
 
 
-def lru_misses(models: Sequence[str], capacity: int, count_from: int = 0) -> int:
-    """Requests from ``count_from`` on whose checkpoint an LRU of ``capacity`` does not hold."""
+def lru_reads(models: Sequence[str], capacity: int) -> Iterator[int]:
+    """The indices of the requests whose checkpoint an LRU of ``capacity`` reads from disk."""
     held: OrderedDict[str, None] = OrderedDict()
-    misses = 0
     for index, model in enumerate(models):
         if model in held:
             held.move_to_end(model)
             continue
-        misses += index >= count_from
+        yield index
         held[model] = None
         if len(held) > capacity:
             held.popitem(last=False)
-    return misses
+
+
+def lru_misses(models: Sequence[str], capacity: int, count_from: int = 0) -> int:
+    """Requests from ``count_from`` on whose checkpoint an LRU of ``capacity`` does not hold."""
+    return sum(index >= count_from for index in lru_reads(models, capacity))
 
 
 def fewest_misses(models: Sequence[str], capacity: int, count_from: int = 0) -> int:
@@ -136,16 +139,8 @@ def tenant_returns(models: Sequence[str], tenants: Sequence[str], capacity: int,
     """Of the requests from ``count_from`` on that an LRU of ``capacity`` reads from disk, those for
     a checkpoint their tenant had asked for before: the most a read ahead on a tenant's own history
     could save."""
-    held: OrderedDict[str, None] = OrderedDict()
-    asked: set[tuple[str, str]] = set()
-    returns = 0
-    for index, (model, tenant) in enumerate(zip(models, tenants)):
-        if model in held:
-            held.move_to_end(model)
-        else:
-            returns += index >= count_from and (tenant, model) in asked
-            held[model] = None
-            if len(held) > capacity:
-                held.popitem(last=False)
-        asked.add((tenant, model))
-    return returns
+    first_asked: dict[tuple[str, str], int] = {}
+    for index, pair in enumerate(zip(tenants, models)):
+        first_asked.setdefault(pair, index)
+    return sum(index >= count_from and first_asked[(tenants[index], models[index])] < index
+               for index in lru_reads(models, capacity))
