@@ -184,6 +184,7 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         # tell a new replica what to load, nor read a checkpoint ahead
         model_preload=settings.model.preload and settings.queue.model_aware and settings.queue.dispatch,
         host_prefetch=settings.model.prefetch and settings.queue.model_aware and settings.queue.dispatch,
+        wait_for_reads=settings.queue.wait_for_reads,
         prewarm_days=settings.model.prewarm_days,
         prewarm_time_scale=settings.simulation.time_scale if settings.model.backend == "simulated" else 1.0,
         model_blind=not settings.queue.model_aware,

@@ -4,9 +4,9 @@ A checkpoint load from disk takes as long as a cold start (production: ~35 s), o
 in the node's memory already (host RAM or the page cache) ~2.8 s. A request for a checkpoint that no
 replica holds usually waits for a replica first — a start, or a busy one — so the ingress starts
 reading its files when the request arrives (``model.prefetch``, ``scheduler/preload.py``'s caller in
-``serve/dispatcher.py``); the replica's load then finds them in memory. The read is a hint to the
-kernel (``posix_fadvise(POSIX_FADV_WILLNEED)``): it runs in the background, costs no GPU time, and
-the kernel's own page cache decides what stays. It warms the node the ingress runs on — every
+``serve/dispatcher.py``); the replica's load then finds them in memory. The files are read through once on an ingress
+thread: it costs no GPU time, its end is known (the dispatcher holds the request until then, so it
+does not hold a replica idle meanwhile), and the kernel's own page cache decides what stays. It warms the node the ingress runs on — every
 replica's node on one machine; on a multi-node cluster only the ingress's.
 
 The simulated backend has no files: :class:`SimulatedPageCache` stands in for the node's page cache
@@ -48,25 +48,24 @@ def checkpoint_directory(spec: ModelSpec) -> Path | None:
         return None
 
 
-def warm(directory: Path) -> int:
-    """Ask the kernel to read every file under ``directory`` into the page cache; returns the bytes
-    asked for. Returns at once: the kernel reads in the background."""
-    asked = 0
-    for path in directory.rglob("*"):
+def warm(directory: Path, chunk_bytes: int = 16 << 20) -> int:
+    """Read every file under ``directory`` once, so its pages are in the node's page cache; returns
+    the bytes read. It blocks until they are read (run it off the event loop): its end is when a
+    request waiting for this checkpoint's read may go to a replica (``scheduler/preload.py``)."""
+    read = 0
+    view = memoryview(bytearray(chunk_bytes))
+    for path in sorted(directory.rglob("*")):
         if not path.is_file():
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
+            with path.open("rb", buffering=0) as stream:
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                while count := stream.readinto(view):
+                    read += count
         except OSError:
             continue
-        try:
-            size = os.fstat(fd).st_size
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-            asked += size
-        finally:
-            os.close(fd)
-    return asked
+    return read
 
 
 class SimulatedPageCache:
@@ -82,12 +81,14 @@ class SimulatedPageCache:
     def _marker(self, name: str) -> Path:
         return self.root / name.replace("/", "_").replace(":", "_")
 
-    def ready_at(self, name: str) -> float | None:
-        """When ``name``'s files are (or will be) in memory; None: not cached. Counts as a use."""
+    def ready_at(self, name: str, use: bool = True) -> float | None:
+        """When ``name``'s files are (or will be) in memory; None: not cached. Counts as a use
+        unless ``use`` is false."""
         marker = self._marker(name)
         try:
             ready = float(marker.read_text() or 0.0)
-            self._used(marker)
+            if use:
+                self._used(marker)
         except (OSError, ValueError):
             return None
         return ready

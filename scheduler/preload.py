@@ -1,5 +1,6 @@
 """Which checkpoint a new replica loads during its cold start, and when a free replica passes over
-the queue's head for a request whose checkpoint it holds (pure decisions, no I/O).
+the queue's head: for a request whose checkpoint it holds, or while the head's checkpoint is still
+being read from disk (pure decisions, no I/O).
 
 With many checkpoints a replica that starts holding only the fleet's default makes the requests that
 called for it pay a second load — as long as the cold start itself (production: p50 22.7 s) — when
@@ -7,12 +8,19 @@ they are for another checkpoint. A new replica is asked for because requests que
 what they need: the checkpoint with the most queued requests per replica already holding it (or
 loading it), counting the new one. Ties go to the checkpoint queued first; an empty queue gives the
 default.
+
+A request for a checkpoint held nowhere starts the read of its files from disk into the node's
+memory when it arrives (the prefetch). Sent to a replica before that read ends, it would hold the
+replica idle until then, and start no sooner than it does when it goes once the read is done: the
+copy from the node's memory is the same either way. So it waits in the queue for its read, and the
+free replicas take the requests behind it that can start now (:func:`pass_over_reads`) — as an
+operating system runs another process while one waits for its disk.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
 K, J = TypeVar("K"), TypeVar("J")  # a replica's key, a queued request
@@ -76,6 +84,25 @@ def pass_over(head_model: str, free: Sequence[tuple[K, Iterable[str], Iterable[s
         if job is not None:
             return TOOK, key, job
     return (IDLE if waits_for_start(head_model, free_hold, starting_hold, free_host) else ""), None, None
+
+
+def waits_for_read(model: str, reading: Collection[str], free_device: Iterable[Iterable[str]]) -> bool:
+    """Whether a request for ``model`` waits in the queue for its checkpoint's read from disk: the
+    read is under way (``reading``) and no free replica holds the checkpoint on its device."""
+    return bool(model) and model in reading and not any(model in set(device) for device in free_device)
+
+
+def pass_over_reads(head_model: str, reading: Collection[str], free_device: Sequence[Iterable[str]],
+                    take: Callable[[Callable[[str], bool]], J | None]) -> tuple[str, J | None]:
+    """While the queue's head waits for its checkpoint's read (:func:`waits_for_read`): (TOOK, the
+    first request within the look-ahead that does not, out of the queue; the caller places it), or
+    (IDLE, None): every one waits for a read, nothing goes until one ends. ("", None) when the head
+    does not wait: dispatch as the other rules say."""
+    devices = [set(device) for device in free_device]
+    if not waits_for_read(head_model, reading, devices):
+        return "", None
+    job = take(lambda model: not waits_for_read(model, reading, devices))
+    return (TOOK, job) if job is not None else (IDLE, None)
 
 
 def preload_choice(queued: Sequence[str], held: Iterable[Iterable[str]], default: str) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 from scheduler.collector import tier_of
 from scheduler.fair_queue import FairQueue, QueuedJob
 from scheduler.placement import FreeReplica, choose_replica
-from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over, preload_choice
+from scheduler.preload import HOLDER_LOOK_AHEAD, IDLE, TOOK, pass_over, pass_over_reads, preload_choice
 
 log = logging.getLogger("ray.serve")
 #: How often the replica list and the deployment's limits are read from Serve.
@@ -112,16 +112,22 @@ class Dispatcher:
         #: the checkpoints in the node's memory (page cache) or being read into it, as if in every
         #: replica's host memory: the prefetcher's (serve/prefetch.py)
         self.node_memory: Callable[[], frozenset[str]] = frozenset
+        #: the checkpoints being read from disk into the node's memory now (the prefetcher's): with
+        #: ``wait_for_reads`` a request for one waits for its read in the queue
+        self.reading: Callable[[], frozenset[str]] = frozenset
+        self.wait_for_reads = True  # queue.wait_for_reads
         #: called (must not block) with each request sent to a replica and the tier its checkpoint is
         #: expected from there (none, host, disk): the scaling loop counts its load (scheduler/collector.py)
         self.on_sent: Callable[[str, str], None] | None = None
 
-    def configure(self, weights: dict[str, float], model_aware: bool = True, default_model: str = "") -> None:
+    def configure(self, weights: dict[str, float], model_aware: bool = True, default_model: str = "",
+                  wait_for_reads: bool = True) -> None:
         """``default_model``: the served name a request without a ``model`` (empty) gets, as the
         replicas name it when they say what they hold."""
         self.queue.weights = dict(weights)
         self.model_aware = model_aware
         self.default_model = default_model
+        self.wait_for_reads = wait_for_reads
 
     # ---- the worker pool -----------------------------------------------------------------------
 
@@ -242,6 +248,10 @@ class Dispatcher:
         self._lost.add(replica_id)
         self._free.pop(replica_id, None)
 
+    def read_ended(self) -> None:
+        """A checkpoint's read into the node's memory ended: a request waiting for it may go now."""
+        self._dispatch_soon()
+
     def _dispatch_soon(self) -> None:
         """Dispatch once the replies ready now are all in: a batch's replies free its slots
         together, and the freed batch is then filled with requests that batch with each other."""
@@ -254,7 +264,7 @@ class Dispatcher:
         next request in fair order, the next ones of the same shape (they batch together)."""
         self._dispatch_due = False
         while self.queue and any(self._free.values()):
-            passed = self._pass_over_head()
+            passed = self._pass_over_reads() or self._pass_over_head()
             if passed == TOOK:
                 continue
             if passed == IDLE:
@@ -266,6 +276,23 @@ class Dispatcher:
             self._grant(job, rid)
             while self._free[rid] and (same := self._next(job.shape)) is not None:
                 self._grant(same, rid)
+
+    def _pass_over_reads(self) -> str:
+        """The rule of ``scheduler/preload.py: pass_over_reads`` (the simulator's too): while the head's
+        checkpoint is being read, TOOK (a request behind it went) or IDLE (nothing goes until
+        :meth:`read_ended`); "" otherwise, or while a free replica has not said what it holds."""
+        head = self.queue.peek() if self.model_aware and self.wait_for_reads else None
+        free = [rid for rid, slots in self._free.items() if slots]
+        reading = self.reading() if head is not None else frozenset()
+        if not reading or any(rid not in self._holding for rid in free):
+            return ""
+        passed, job = pass_over_reads(head.model, reading, [self._holding[rid][0] for rid in free],
+                                      lambda test: self.queue.take(lambda q: test(q.model), HOLDER_LOOK_AHEAD))
+        if job is not None and job.deadline <= time.time():
+            self._expire(job)
+        elif job is not None:
+            self._grant(job, self._place(job.model, job.adapters))
+        return passed
 
     def _pass_over_head(self) -> str:
         """The rules of ``scheduler/preload.py: pass_over`` for the free replicas whose

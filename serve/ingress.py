@@ -170,6 +170,7 @@ class Ingress:
             dispatcher = self.lifecycle.dispatcher
             dispatcher.on_unheld, dispatcher.on_queued = self.prefetcher, self.prefetcher.arrived
             dispatcher.node_memory, self.prefetcher.on_device = self.prefetcher.in_memory, dispatcher.checkpoints_on_devices
+            dispatcher.reading, self.prefetcher.on_read_ended = self.prefetcher.reading, dispatcher.read_ended
         self._apply(initial, app_name)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -68,7 +68,8 @@ class RequestLifecycle:
         self.learner.drain.window_s = settings.queue.drain_window_s
         self.recorder.weighted_tenants = tuple(settings.queue.tenant_weights)
         if self.dispatcher is not None:
-            self.dispatcher.configure(settings.queue.tenant_weights, settings.queue.model_aware, settings.model.name)
+            queue = settings.queue
+            self.dispatcher.configure(queue.tenant_weights, queue.model_aware, settings.model.name, queue.wait_for_reads)
 
     def job(self, request: GenerationRequest, body_timeout: float | None, header_timeout: str | None,
             request_id: str, tenant: str = "") -> WorkerJob:

@@ -108,6 +108,10 @@ class Prefetcher:
         #: the checkpoints replicas hold on their devices (the dispatcher's view): not read ahead
         self.on_device: Callable[[], Iterable[str]] = tuple
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._reading: set[str] = set()  # checkpoints whose read was asked for and has not ended
+        #: called on the event loop when a read ends (the dispatcher looks at its queue again)
+        self.on_read_ended: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.simulated: SimulatedPageCache | None = None
         if settings.model.backend == "simulated":
             root = page_cache_root(app_name)
@@ -121,7 +125,31 @@ class Prefetcher:
             return
         self._asked[name] = now
         PREFETCHES.labels(self.app_name, name).inc()
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # called off the loop (tests): the read's end reaches no dispatcher
+            self._loop = None
+        self._reading.add(name)  # before the dispatcher's next look, which follows this call
         self._pool.submit(self._read, name)
+
+    def reading(self) -> frozenset[str]:
+        """The checkpoints being read into the node's memory now: a request for one waits for it in
+        the queue (``queue.wait_for_reads``)."""
+        return frozenset(self._reading)
+
+    def _ended(self, name: str) -> None:
+        """On the event loop: ``name``'s read is over (done or failed)."""
+        self._reading.discard(name)
+        if self.on_read_ended is not None:
+            self.on_read_ended()
+
+    def _end_in(self, name: str, seconds: float) -> None:
+        """From the read's thread: ``name``'s read ends ``seconds`` from now."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._reading.discard(name)
+        else:
+            loop.call_soon_threadsafe(lambda: loop.call_later(max(0.0, seconds), self._ended, name))
 
     def arrived(self, name: str) -> None:
         """A request for ``name`` queued: the pre-warm's history (the days it looks back, no more)."""
@@ -179,10 +207,12 @@ class Prefetcher:
         return frozenset(name for name, warmed in list(self._warmed.items()) if now - warmed < KEPT_S)
 
     def _read(self, name: str) -> None:
+        ends_in = 0.0  # the simulated page cache's read ends at a time it keeps; a real one here
         try:
             if self.simulated is not None:
                 if self.simulated.read(name):
                     log.info("prefetch: %s into the simulated page cache", name)
+                ends_in = (self.simulated.ready_at(name, use=False) or 0.0) - self.simulated.clock()
                 return
             directory = checkpoint_directory(model_spec(self.settings, self.settings.model.served[name]))
             if directory is None:
@@ -192,3 +222,5 @@ class Prefetcher:
             self._warmed[name] = time.monotonic()
         except Exception as error:  # noqa: BLE001 - a failed prefetch costs its speed-up only
             log.warning("prefetch of %s failed: %s", name, error)
+        finally:
+            self._end_in(name, ends_in)

@@ -174,6 +174,10 @@ class QueueSettings(_Section):
         True, description="with dispatch: place a request where its checkpoint is (device, then host memory), "
         "let a free replica take a request for a checkpoint it holds when the head's holder is busy or "
         "starting, and tell starting replicas what to preload (model.preload); false: any free replica")
+    wait_for_reads: bool = Field(
+        True, description="with model_aware and model.prefetch: a request whose checkpoint is still being read "
+        "from disk waits in the queue until the read ends, and free replicas take the requests behind it; "
+        "false: it goes to a free replica, which waits for the read (scheduler/preload.py)")
     tenant_weights: dict[str, float] = Field(
         default_factory=dict, description="share of dispatches per tenant (as request logs name it: "
         "'key-<digest>' for an API key, else the client address); others weigh 1")

@@ -393,3 +393,34 @@ def test_the_dispatcher_says_where_each_requests_checkpoint_comes_from() -> None
     tiers, first = asyncio.run(scenario())
     assert first == ["r2", "r1"] and sent == [("j0", "none"), ("j1", "host")]
     assert tiers == {"q0": "none", "q1": "host", "q2": "none", "q3": "host", "q4": "disk"}
+
+
+@pytest.mark.parametrize("wait_for_reads", [True, False])
+def test_a_request_waits_for_its_checkpoints_read_and_the_one_behind_it_goes_first(wait_for_reads: bool) -> None:
+    """r1 holds b and is free; a's files are being read. The request for a waits in the queue for
+    the read, and the request for b behind it takes r1 at once; once the read ends and r1 is free,
+    a goes. With ``wait_for_reads`` off, a takes r1 at once (which then waits for the read)."""
+    async def scenario() -> list[str]:
+        d = Dispatcher()
+        d.configure({}, wait_for_reads=wait_for_reads)
+        reading = {"a"}
+        d.reading = lambda: frozenset(reading)
+        d.set_pool(_pool("r1"))
+        d.holds("r1", ["b"])
+        far = time.time() + 600
+        order: list[str] = []
+        waits = {job: asyncio.ensure_future(d.acquire(job, "A", far, model=model)) for job, model in
+                 (("a0", "a"), ("b1", "b"))}
+        await _settle()
+        order += [job for job, w in waits.items() if w.done()]
+        d.release(order[0])
+        await _settle()
+        if wait_for_reads:
+            assert not waits["a0"].done()  # r1 is free, but a's read is not over
+            reading.clear()
+            d.read_ended()
+            await _settle()
+        order += [job for job, w in waits.items() if w.done() and job not in order]
+        return order
+
+    assert asyncio.run(scenario()) == (["b1", "a0"] if wait_for_reads else ["a0", "b1"])

@@ -188,3 +188,22 @@ def test_a_request_behind_a_load_from_disk_gets_a_replica_of_its_own(told: bool)
     assert policy.driver.collector.tier_load[DISK].value == pytest.approx(30.0)
     latency = result.records[2].latency_s
     assert (latency < 15 and result.replica_starts() == 1) if told else (latency > 30 and result.replica_starts() == 0)
+
+
+@pytest.mark.parametrize("wait_for_reads", [True, False])
+def test_a_request_behind_one_whose_checkpoint_is_read_does_not_wait_for_the_read(wait_for_reads: bool) -> None:
+    """One replica holding D, never stopped; a request for X arrives (read from disk: 27 s, then a
+    3 s copy), then one for D a second later. Waiting in the queue for its read, X leaves the replica
+    to D, which is done at 2 s, and goes once its read ends (27 + 3 + 1 s: no later than it would
+    have); sent at once, X holds the replica through its read, D waits behind it and then copies D
+    back (X took its place): done at 35 s. Either way X's checkpoint was read from disk for it."""
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, max_queued_requests=-1, dispatch=True, shed_hopeless=False,
+                     models_per_replica=1, host_models_per_node=4, model_load_host_s=3, model_load_disk_s=30,
+                     default_model="D", host_prefetch=True, wait_for_reads=wait_for_reads)
+    requests = [SimRequest(0.0, timeout_s=600, model="X"), SimRequest(1.0, timeout_s=600, model="D")]
+    result = simulate(requests, spec, lambda images, pixels, steps: 1.0, FixedFleet(1))
+    x, d = result.records
+    assert x.model_load == DISK and d.model_load == (NONE if wait_for_reads else HOST)
+    assert x.done_s == pytest.approx(31.0, abs=0.1)
+    assert d.done_s == pytest.approx(2.0 if wait_for_reads else 35.0, abs=0.1)
+    assert x.waited_for_read is wait_for_reads

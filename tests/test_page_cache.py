@@ -3,8 +3,8 @@ a load then costs, and when the ingress prefetches at all. No Ray."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import time
 from pathlib import Path
 
@@ -15,15 +15,15 @@ from models.page_cache import SimulatedPageCache, checkpoint_directory, warm
 from serve.settings import AppSettings
 
 
-def test_warm_asks_the_kernel_to_read_every_file_of_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
+def test_warm_reads_every_file_of_a_checkpoint_through(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "weights.safetensors").write_bytes(b"x" * 3000)
     (tmp_path / "model_index.json").write_bytes(b"{}")
-    hinted: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: hinted.append((offset, size, advice)),
-                        raising=False)
-    assert warm(tmp_path) == 3002
-    assert sorted(hinted) == [(0, 2, os.POSIX_FADV_WILLNEED), (0, 3000, os.POSIX_FADV_WILLNEED)]
+    opened: list[str] = []
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: opened.append(self.name) or real_open(self, *a, **k))
+    assert warm(tmp_path, chunk_bytes=1024) == 3002  # in chunks smaller than the file: every byte once
+    assert sorted(opened) == ["model_index.json", "weights.safetensors"]
 
 
 def test_a_checkpoints_files_are_found_only_where_they_already_are(tmp_path: Path) -> None:
@@ -215,3 +215,48 @@ def test_where_the_prewarm_history_is_kept(backend: str, where: str, expected: s
     settings = AppSettings.model_validate({"model": {"id": "a", "backend": backend, "prewarm_history": where}})
     path = history_file(settings, "app")
     assert path == (None if expected is None else Path(expected).expanduser())
+
+
+def test_a_checkpoint_counts_as_being_read_until_its_read_ends(tmp_path: Path, monkeypatch) -> None:
+    """The dispatcher holds a request whose checkpoint is in ``reading()``: from the prefetch's call
+    (before its thread runs) until the read ends, when ``on_read_ended`` tells it to look again.
+    SIMULATION: the simulated page cache's read takes load_time_s - host_load_time_s (0.4 s here)."""
+    from serve import prefetch
+
+    monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
+    prefetcher = prefetch.Prefetcher(_simulated(tmp_path, page_cache_checkpoints=4), "app")
+
+    async def scenario() -> tuple[frozenset[str], float]:
+        ended = asyncio.Event()
+        prefetcher.on_read_ended = ended.set
+        started = time.monotonic()
+        prefetcher("simulated:b")
+        asked = prefetcher.reading()
+        await asyncio.wait_for(ended.wait(), 5)
+        return asked, time.monotonic() - started
+
+    asked, took = asyncio.run(scenario())
+    assert asked == {"simulated:b"} and prefetcher.reading() == frozenset()
+    assert 0.3 <= took < 2.0  # it ended when the read did, not at once
+
+
+def test_a_failed_read_ends_too(tmp_path: Path, monkeypatch) -> None:
+    """A real checkpoint whose read fails is no longer being read: nothing waits for it forever."""
+    from serve import prefetch
+
+    def fail(directory: Path) -> int:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(prefetch, "checkpoint_directory", lambda spec: tmp_path)
+    monkeypatch.setattr(prefetch, "warm", fail)
+    settings = AppSettings.model_validate({"model": {"id": "tiny", "catalog": {"b": "tiny:1"}, "resident_models": 1}})
+    prefetcher = prefetch.Prefetcher(settings, "app")
+
+    async def scenario() -> None:
+        ended = asyncio.Event()
+        prefetcher.on_read_ended = ended.set
+        prefetcher("b")
+        await asyncio.wait_for(ended.wait(), 5)
+
+    asyncio.run(scenario())
+    assert prefetcher.reading() == frozenset() and prefetcher.in_memory() == frozenset()

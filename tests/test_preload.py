@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.preload import held_elsewhere, pass_over_head, preload_choice, waits_for_start
+from scheduler.preload import (
+    IDLE,
+    TOOK,
+    held_elsewhere,
+    pass_over_head,
+    pass_over_reads,
+    preload_choice,
+    waits_for_read,
+    waits_for_start,
+)
 
 D = "default"
 
@@ -81,3 +92,38 @@ def test_the_head_does_not_wait_for_a_start_when_a_free_replica_has_its_checkpoi
     # the free replica takes its own checkpoint's requests first, else the head goes (and is copied in)
     tests = pass_over_head("a", [["b"]], [], [["a"]], ["b"], free_host=[["a"]])
     assert tests is not None and [t("b") for t in tests] == [True] and [t("c") for t in tests] == [False]
+
+
+def _past_reads(head: str, reading: set[str], free: list[list[str]], queued: list[str]) -> tuple[str, str | None]:
+    """What pass_over_reads does with ``queued`` behind the head (within the look-ahead, in order)."""
+    def take(test: Callable[[str], bool]) -> str | None:
+        return next((model for model in queued if test(model)), None)
+    return pass_over_reads(head, reading, free, take)
+
+
+@pytest.mark.parametrize(("head", "reading", "free", "queued", "expected"), [
+    ("a", set(), [["b"]], ["b"], ("", None)),  # a's read is done (or never began): a goes first
+    ("a", {"a"}, [["a"]], ["b"], ("", None)),  # a free replica holds a: it goes there at once
+    ("a", {"a"}, [["b"]], ["b", "c"], (TOOK, "b")),  # a waits for its read: b goes first
+    ("a", {"a"}, [["b"]], ["c"], (TOOK, "c")),  # ... or any that can start now (c loads from disk)
+    ("a", {"a", "c"}, [["b"]], ["a", "c", "b"], (TOOK, "b")),  # the first that waits for no read
+    ("a", {"a", "c"}, [["b"]], ["a", "c"], (IDLE, None)),  # all wait for reads: nothing goes
+    ("", {"a"}, [["b"]], ["b"], ("", None)),  # a request naming no checkpoint never waits
+])
+def test_a_free_replica_takes_a_request_past_a_head_whose_checkpoint_is_still_being_read(
+        head: str, reading: set[str], free: list[list[str]], queued: list[str],
+        expected: tuple[str, str | None]) -> None:
+    assert _past_reads(head, reading, free, queued) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(MODELS, st.sets(MODELS.filter(bool)), st.lists(st.lists(MODELS.filter(bool), max_size=2), min_size=1, max_size=3),
+       st.lists(MODELS, max_size=8))
+def test_what_goes_past_a_reading_head_never_waits_for_a_read_itself(head: str, reading: set[str],
+                                                                    free: list[list[str]], queued: list[str]) -> None:
+    passed, job = _past_reads(head, reading, free, queued)
+    assert (passed == "") == (not waits_for_read(head, reading, free))
+    if passed == TOOK:
+        assert job is not None and not waits_for_read(job, reading, free)
+    if passed == IDLE:
+        assert all(waits_for_read(model, reading, free) for model in queued)

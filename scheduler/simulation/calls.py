@@ -19,6 +19,7 @@ from scheduler.admission import Admission, JobView, earliest_deadline_first
 from scheduler.collector import CallReport
 from scheduler.outcomes import Outcome
 from scheduler.simulation.events import Event
+from scheduler.simulation.models import DISK, HOST
 from scheduler.simulation.records import CallLearning, Replica
 from scheduler.simulation.workload import SimRequest
 
@@ -152,7 +153,8 @@ class CallRunner:
         for i in admitted:
             record = sim.records[i]
             record.start_s, record.replica = t, replica.id
-            record.call_s, record.call_images, record.model_load = end - t, images, tier
+            record.call_s, record.call_images = end - t, images
+            record.model_load = DISK if record.waited_for_read and tier == HOST else tier
             record.lora_loads, record.load_s = lora_loads, loaded_s
             if sim.deadline[i] < end or stopped:
                 record.outcome = Outcome.DEADLINE

@@ -58,6 +58,9 @@ class RequestRecord:
     call_s: float | None = None  # how long the call it ran in held the replica (cut short or not)
     call_images: int | None = None  # images in that call
     model_load: str | None = None  # where its checkpoint came from for its call: none, host, disk
+    #: it waited in the queue for its checkpoint's read from disk into the node's memory (its
+    #: call then copies it from there; ``model_load`` says disk: it was read from disk for it)
+    waited_for_read: bool = False
     lora_loads: int = 0  # LoRA adapters its call loaded first
     load_s: float = 0.0  # how long its call loaded its checkpoint and adapters before it ran
 

@@ -33,6 +33,7 @@ class ReplicaPool:
         self.active: list[Replica] = []  # holding a GPU: starting, running, draining
         self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
         self.node_host: OrderedDict[str, float] = OrderedDict()  # the node's host memory (host_models_per_node)
+        self.reads: dict[str, float] = {}  # checkpoints the prefetch is reading into it → when each read ends
         self.uses: dict[str, list[float]] = {}  # checkpoint → its requests' arrival times (the pre-warm's history)
         self.cold_asked = 0  # replicas asked for that start cold (the index into spec.cold_starts_s)
         self._views: list[tuple[float, int, int]] = [(0.0, 0, 0)]  # (time, running, starting) as Serve shows them
@@ -106,7 +107,18 @@ class ReplicaPool:
             self.uses.setdefault(model, []).append(self.sim.now)
         if spec.host_prefetch and spec.host_models_per_node and model and \
                 not any(r.models.holds(model) for r in self.active + self.pending):
-            prefetch(self.node_host, model, self.sim.now, spec)
+            self._prefetch(model)
+
+    def _prefetch(self, model: str) -> None:
+        if prefetch(self.node_host, model, self.sim.now, self.sim.spec):
+            self.reads[model] = self.node_host[model]
+
+    def reading(self) -> dict[str, float]:
+        """The prefetch's and the pre-warm's reads under way: checkpoint → when it ends."""
+        now = self.sim.now
+        for model in [m for m, ends in self.reads.items() if ends <= now or self.node_host.get(m) != ends]:
+            del self.reads[model]  # done, or evicted before it was read
+        return self.reads
 
     def prewarms(self) -> PrewarmConfig | None:
         """The pre-warm's config, if it runs: it reads into the node's memory, as the prefetch."""
@@ -127,7 +139,7 @@ class ReplicaPool:
         for model in plan.keep:
             self.node_host.move_to_end(model)
         for model in plan.read:
-            prefetch(self.node_host, model, now, spec)
+            self._prefetch(model)
         self.sim.events.push(now + config.period_s, Event.PREWARM)
 
     def _preload(self) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from scheduler.fair_queue import FairQueue, QueuedJob
-from scheduler.preload import HOLDER_LOOK_AHEAD, TOOK, pass_over
+from scheduler.preload import HOLDER_LOOK_AHEAD, TOOK, pass_over, pass_over_reads
 from scheduler.simulation.events import Event
 from scheduler.simulation.models import RayMultiplexing, dispatcher_choice
 
@@ -78,6 +78,7 @@ class Router:
         self.rng = random.Random(sim.spec.seed + 1)  # the routers' own draws
         self.fair = FairQueue() if sim.spec.dispatch else None  # sdserve's dispatcher's queue
         self._fill_due = False
+        self._wakes: set[float] = set()  # when the dispatcher is due to look again (a read ends)
         # Ray's model multiplexing, when checkpoints are simulated and Ray's router routes
         self.last_sent: dict[str, float] = {}  # checkpoint → when a request for it was last sent
         self.mux = RayMultiplexing(random.Random(sim.spec.seed + 2)) if sim.spec.models_per_replica else None
@@ -212,6 +213,30 @@ class Router:
             self._send(int(job.job_id), replica)
         return passed
 
+    def _pass_over_reads(self, free: list[Replica]) -> str:
+        """As the live dispatcher (``scheduler/preload.py: pass_over_reads``): while the head's
+        checkpoint is still being read into the node's memory, TOOK (a request behind it went) or
+        IDLE (dispatch again when the first read ends); "" otherwise."""
+        head, sim = self.fair.peek(), self.sim
+        if head is None or not sim.spec.wait_for_reads:
+            return ""
+        reads = sim.pool.reading()
+        if not reads:
+            return ""
+        requests, first = sim.requests, int(head.job_id)
+        passed, job = pass_over_reads(
+            requests[first].model, reads, [r.models.device for r in free],
+            lambda test: self.fair.take(lambda q: test(requests[int(q.job_id)].model), HOLDER_LOOK_AHEAD))
+        if passed:
+            sim.records[first].waited_for_read = True
+        if job is not None:
+            r = requests[int(job.job_id)]
+            self._send(int(job.job_id), dispatcher_choice(free, r.model, r.loras, self.last_sent))
+        elif passed and (wake := min(reads.values())) not in self._wakes:
+            self._wakes.add(wake)
+            sim.events.push(wake, Event.ROUTE, DISPATCHER)
+        return passed
+
     def _fill_at_once(self) -> bool:
         """Polling off: the oldest queued request to the least-loaded running replica with a free slot."""
         free = self.sim.pool.free(self.sim.spec.max_ongoing_requests)
@@ -231,7 +256,7 @@ class Router:
         if not free or self.fair is None:
             return False
         if self.sim.spec.models_per_replica and not self.sim.spec.model_blind:
-            passed = self._pass_over_head(free)
+            passed = self._pass_over_reads(free) or self._pass_over_head(free)
             if passed:
                 return passed == TOOK
         job = self.fair.pop()

@@ -92,6 +92,9 @@ class FleetSpec:
     #: sdserve's dispatcher starts reading a request's checkpoint from disk into the node's host
     #: memory when the request arrives, if no replica holds it (the read overlaps the queue wait)
     host_prefetch: bool = False
+    #: ... and a request whose checkpoint is still being read waits for it in the queue, the free
+    #: replicas taking the requests behind it (scheduler/preload.py: pass_over_reads)
+    wait_for_reads: bool = False
     #: ... and reads the checkpoints it predicts from the past days' uses at this time of day into
     #: it (scheduler/prewarm.py: the days looked back; 0: off)
     prewarm_days: int = 0
