@@ -30,10 +30,11 @@ __all__ = ["checkpoint_directory", "warm", "SimulatedPageCache"]
 
 def checkpoint_directory(spec: ModelSpec) -> Path | None:
     """Where ``spec``'s files are on this node, or None when they are not here yet (never builds
-    or downloads anything: a replica's own load does that)."""
+    or downloads anything: a replica's own load does that). A local directory counts only as a
+    diffusers checkpoint (its ``model_index.json``): the prefetch reads nothing else through."""
     path = Path(spec.model).expanduser()
     if path.is_dir():
-        return path
+        return path if (path / "model_index.json").is_file() else None
     cache = Path(spec.cache_dir) if spec.cache_dir else None
     for seed_of, directory_of in ((tiny_seed, tiny_model_dir), (sd15_shaped_seed, sd15_shaped_dir)):
         seed = seed_of(spec.model)

@@ -27,8 +27,10 @@ def test_warm_reads_every_file_of_a_checkpoint_through(tmp_path: Path, monkeypat
 
 
 def test_a_checkpoints_files_are_found_only_where_they_already_are(tmp_path: Path) -> None:
-    """A local directory is itself; a built tiny model is its cache directory once built, and
+    """A local directory with a diffusers checkpoint in it is itself; a built tiny model is its cache directory once built, and
     nothing before (the prefetch never builds or downloads); an id not cached here is nothing."""
+    assert checkpoint_directory(ModelSpec(model=str(tmp_path))) is None  # no model_index.json: not a checkpoint
+    (tmp_path / "model_index.json").write_text("{}")
     assert checkpoint_directory(ModelSpec(model=str(tmp_path))) == tmp_path
     spec = ModelSpec(model="tiny:7", cache_dir=str(tmp_path / "cache"))
     assert checkpoint_directory(spec) is None
