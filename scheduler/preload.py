@@ -86,22 +86,23 @@ def pass_over(head_model: str, free: Sequence[tuple[K, Iterable[str], Iterable[s
     return (IDLE if waits_for_start(head_model, free_hold, starting_hold, free_host) else ""), None, None
 
 
-def waits_for_read(model: str, reading: Collection[str], free_device: Iterable[Iterable[str]]) -> bool:
+def waits_for_read(model: str, reading: Collection[str], free_hold: Iterable[Iterable[str]]) -> bool:
     """Whether a request for ``model`` waits in the queue for its checkpoint's read from disk: the
-    read is under way (``reading``) and no free replica holds the checkpoint on its device."""
-    return bool(model) and model in reading and not any(model in set(device) for device in free_device)
+    read is under way (``reading``) and no free replica holds the checkpoint (``free_hold``: each
+    free replica's checkpoints on its device and in its own host memory, a copy away)."""
+    return bool(model) and model in reading and not any(model in set(held) for held in free_hold)
 
 
-def pass_over_reads(head_model: str, reading: Collection[str], free_device: Sequence[Iterable[str]],
+def pass_over_reads(head_model: str, reading: Collection[str], free_hold: Sequence[Iterable[str]],
                     take: Callable[[Callable[[str], bool]], J | None]) -> tuple[str, J | None]:
     """While the queue's head waits for its checkpoint's read (:func:`waits_for_read`): (TOOK, the
     first request within the look-ahead that does not, out of the queue; the caller places it), or
     (IDLE, None): every one waits for a read, nothing goes until one ends. ("", None) when the head
     does not wait: dispatch as the other rules say."""
-    devices = [set(device) for device in free_device]
-    if not waits_for_read(head_model, reading, devices):
+    holds = [set(held) for held in free_hold]
+    if not waits_for_read(head_model, reading, holds):
         return "", None
-    job = take(lambda model: not waits_for_read(model, reading, devices))
+    job = take(lambda model: not waits_for_read(model, reading, holds))
     return (TOOK, job) if job is not None else (IDLE, None)
 
 

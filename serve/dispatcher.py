@@ -286,7 +286,8 @@ class Dispatcher:
         reading = self.reading() if head is not None else frozenset()
         if not reading or any(rid not in self._holding for rid in free):
             return ""
-        passed, job = pass_over_reads(head.model, reading, [self._holding[rid][0] for rid in free],
+        held = [device | host for device, host in (self._holding[rid] for rid in free)]  # the replica's own host
+        passed, job = pass_over_reads(head.model, reading, held,
                                       lambda test: self.queue.take(lambda q: test(q.model), HOLDER_LOOK_AHEAD))
         if job is not None and job.deadline <= time.time():
             self._expire(job)

@@ -395,6 +395,17 @@ def test_the_dispatcher_says_where_each_requests_checkpoint_comes_from() -> None
     assert tiers == {"q0": "none", "q1": "host", "q2": "none", "q3": "host", "q4": "disk"}
 
 
+def test_a_request_does_not_wait_for_a_read_when_a_free_replica_keeps_its_checkpoint_in_host_memory() -> None:
+    async def scenario() -> str:
+        d = Dispatcher()
+        d.reading = lambda: frozenset({"a"})
+        d.set_pool(_pool("r1"))
+        d.holds("r1", ["b"], host=["a"])  # a copy from its own host memory away
+        return await asyncio.wait_for(d.acquire("a0", "A", time.time() + 600, model="a"), 2)
+
+    assert asyncio.run(scenario()) == "r1"
+
+
 @pytest.mark.parametrize("wait_for_reads", [True, False])
 def test_a_request_waits_for_its_checkpoints_read_and_the_one_behind_it_goes_first(wait_for_reads: bool) -> None:
     """r1 holds b and is free; a's files are being read. The request for a waits in the queue for

@@ -103,7 +103,7 @@ def _past_reads(head: str, reading: set[str], free: list[list[str]], queued: lis
 
 @pytest.mark.parametrize(("head", "reading", "free", "queued", "expected"), [
     ("a", set(), [["b"]], ["b"], ("", None)),  # a's read is done (or never began): a goes first
-    ("a", {"a"}, [["a"]], ["b"], ("", None)),  # a free replica holds a: it goes there at once
+    ("a", {"a"}, [["a"]], ["b"], ("", None)),  # a free replica holds a (device or own host memory): it goes there
     ("a", {"a"}, [["b"]], ["b", "c"], (TOOK, "b")),  # a waits for its read: b goes first
     ("a", {"a"}, [["b"]], ["c"], (TOOK, "c")),  # ... or any that can start now (c loads from disk)
     ("a", {"a", "c"}, [["b"]], ["a", "c", "b"], (TOOK, "b")),  # the first that waits for no read

@@ -225,6 +225,7 @@ class Router:
             return ""
         requests, first = sim.requests, int(head.job_id)
         passed, job = pass_over_reads(
+            # (with the node's memory shared, a replica's host memory is the node's: being read)
             requests[first].model, reads, [r.models.device for r in free],
             lambda test: self.fair.take(lambda q: test(requests[int(q.job_id)].model), HOLDER_LOOK_AHEAD))
         if passed:
