@@ -78,7 +78,7 @@ class Router:
         self.rng = random.Random(sim.spec.seed + 1)  # the routers' own draws
         self.fair = FairQueue() if sim.spec.dispatch else None  # sdserve's dispatcher's queue
         self._fill_due = False
-        self._wakes: set[float] = set()  # when the dispatcher is due to look again (a read ends)
+        self._wake_at = 0.0  # when the dispatcher looks again for a request held for its read
         # Ray's model multiplexing, when checkpoints are simulated and Ray's router routes
         self.last_sent: dict[str, float] = {}  # checkpoint → when a request for it was last sent
         self.mux = RayMultiplexing(random.Random(sim.spec.seed + 2)) if sim.spec.models_per_replica else None
@@ -233,8 +233,8 @@ class Router:
         if job is not None:
             r = requests[int(job.job_id)]
             self._send(int(job.job_id), dispatcher_choice(free, r.model, r.loras, self.last_sent))
-        elif passed and (wake := min(reads.values())) not in self._wakes:
-            self._wakes.add(wake)
+        elif passed and (wake := min(reads.values())) > self._wake_at:  # reads all take as long: ends only grow
+            self._wake_at = wake
             sim.events.push(wake, Event.ROUTE, DISPATCHER)
         return passed
 
