@@ -86,11 +86,11 @@ def pass_over(head_model: str, free: Sequence[tuple[K, Iterable[str], Iterable[s
     return (IDLE if waits_for_start(head_model, free_hold, starting_hold, free_host) else ""), None, None
 
 
-def waits_for_read(model: str, reading: Collection[str], free_hold: Iterable[Iterable[str]]) -> bool:
+def waits_for_read(model: str, reading: Collection[str], free_hold: Iterable[Collection[str]]) -> bool:
     """Whether a request for ``model`` waits in the queue for its checkpoint's read from disk: the
     read is under way (``reading``) and no free replica holds the checkpoint (``free_hold``: each
     free replica's checkpoints on its device and in its own host memory, a copy away)."""
-    return bool(model) and model in reading and not any(model in set(held) for held in free_hold)
+    return bool(model) and model in reading and not any(model in held for held in free_hold)
 
 
 def pass_over_reads(head_model: str, reading: Collection[str], free_hold: Sequence[Iterable[str]],
