@@ -6,8 +6,10 @@ this ingress has seen and the history saved before it).
 
 The dispatcher says when (:attr:`serve.dispatcher.Dispatcher.on_unheld`); this module does the read,
 on one background thread so the event loop never waits for a disk: real checkpoints through
-:func:`models.page_cache.warm` (a kernel hint), the simulated backend through its simulated page
-cache. A checkpoint asked for again within ``REPEAT_S`` is not read again. The pre-warm's history
+:func:`models.page_cache.warm` (read through once), the simulated backend through its simulated page
+cache. A checkpoint being read, or in the node's memory already, is not read again: the simulated
+cache says what it holds (as the simulator's node pool does); a real checkpoint whose read was asked
+for within ``REPEAT_S`` is taken to be there. The pre-warm's history
 outlives the ingress in a file (``model.prewarm_history``): a restart does not lose the week it learns
 from.
 """
@@ -32,7 +34,8 @@ from serve.settings import AppSettings
 from serve.worker_setup import model_spec, page_cache_root, simulation_profile
 
 log = logging.getLogger("ray.serve")
-#: A checkpoint prefetched this recently is not prefetched again.
+#: A real checkpoint whose read was asked for this recently is not read again (the simulated page
+#: cache is asked instead: in a compressed replay checkpoints come and go far faster than this).
 REPEAT_S = 30.0
 #: How long a real checkpoint's prefetch is taken to stay in the page cache (the kernel keeps no
 #: promise: under memory pressure it may drop it sooner, and a load then reads from disk as without
@@ -98,7 +101,7 @@ def save_history(path: Path, history: dict[str, list[float]]) -> None:
 class Prefetcher:
     def __init__(self, settings: AppSettings, app_name: str) -> None:
         self.settings, self.app_name = settings, app_name
-        self._asked: dict[str, float] = {}  # checkpoint → when last prefetched
+        self._asked: dict[str, float] = {}  # real checkpoint → when its read was last asked for
         self._warmed: dict[str, float] = {}  # real checkpoint → when its files were last read ahead
         self.prewarm = prewarm_config(settings)
         self._history_file = history_file(settings, app_name)
@@ -119,11 +122,11 @@ class Prefetcher:
             self.simulated = simulation_profile(settings, str(root)).page_cache()
 
     def __call__(self, name: str) -> None:
-        """Prefetch the served checkpoint ``name`` in the background."""
-        now = time.monotonic()
-        if now - self._asked.get(name, -REPEAT_S) < REPEAT_S or name not in self.settings.model.served:
+        """Prefetch the served checkpoint ``name`` in the background, unless it is being read or in
+        the node's memory already."""
+        if name not in self.settings.model.served or name in self._reading or self._in_memory_already(name):
             return
-        self._asked[name] = now
+        self._asked[name] = time.monotonic()
         PREFETCHES.labels(self.app_name, name).inc()
         try:
             self._loop = asyncio.get_running_loop()
@@ -131,6 +134,14 @@ class Prefetcher:
             self._loop = None
         self._reading.add(name)  # before the dispatcher's next look, which follows this call
         self._pool.submit(self._read, name)
+
+    def _in_memory_already(self, name: str) -> bool:
+        """The simulated page cache holds ``name`` (read, or being read by a replica's load; asking
+        counts as no use, as in the simulator); a real checkpoint's read was asked for within
+        ``REPEAT_S`` (the kernel cannot be asked)."""
+        if self.simulated is not None:
+            return bool(self.simulated.cached((name,)))
+        return time.monotonic() - self._asked.get(name, -REPEAT_S) < REPEAT_S
 
     def reading(self) -> frozenset[str]:
         """The checkpoints being read into the node's memory now: a request for one waits for it in
@@ -189,7 +200,7 @@ class Prefetcher:
         if plan.keep and self.simulated is not None:
             self._pool.submit(lambda: [self.simulated.ready_at(name) for name in plan.keep])
         for name in plan.read:
-            self._asked.pop(name, None)  # read now, even if prefetched moments ago and dropped since
+            self._asked.pop(name, None)  # read now, even if asked for moments ago and dropped since
             self(name)
         if plan.read:
             log.info("pre-warm: %s predicted for the coming %.0f s", ", ".join(plan.read), self.prewarm.horizon_s)

@@ -131,6 +131,51 @@ def test_the_prefetcher_reads_a_checkpoint_once_and_only_one_it_serves(tmp_path:
     assert prefetcher.in_memory() == {"simulated:a", "simulated:b"}  # what the dispatcher counts as in memory
 
 
+def test_a_simulated_checkpoint_is_read_again_as_soon_as_the_page_cache_drops_it(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """SIMULATION: the simulated page cache, not a timer, says whether a read is needed (as the
+    simulator's node pool does): a checkpoint it holds starts no read (and the request for it is not
+    held for one); one it dropped moments ago is read again at once."""
+    from serve import prefetch
+
+    monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
+    prefetcher = prefetch.Prefetcher(_simulated(tmp_path, page_cache_checkpoints=1, load_time_s=0.02,
+                                                host_load_time_s=0.01), "app")
+    prefetcher("simulated:b")
+    prefetcher._pool.submit(lambda: None).result()
+    prefetcher._reading.clear()  # no event loop here to end the read: it is over
+    prefetcher("simulated:b")
+    assert prefetcher.reading() == frozenset()  # in the cache: nothing to read, nothing to wait for
+    prefetcher("simulated:a")  # the cache holds one checkpoint: b goes
+    prefetcher._pool.submit(lambda: None).result()
+    prefetcher._reading.clear()
+    assert prefetcher.in_memory() == {"simulated:a"}
+    prefetcher("simulated:b")
+    assert prefetcher.reading() == {"simulated:b"}
+    prefetcher._pool.submit(lambda: None).result()
+    assert prefetcher.in_memory() == {"simulated:b"}
+
+
+def test_a_real_checkpoint_is_read_ahead_once_within_the_repeat_time(tmp_path: Path, monkeypatch) -> None:
+    """Real checkpoints: the kernel's page cache cannot be asked what it holds, so a checkpoint
+    asked for again within ``REPEAT_S`` is not read again; after it, it is."""
+    from serve import prefetch
+
+    warmed: list[Path] = []
+    monkeypatch.setattr(prefetch, "checkpoint_directory", lambda spec: tmp_path)
+    monkeypatch.setattr(prefetch, "warm", lambda directory: warmed.append(directory) or 0)
+    settings = AppSettings.model_validate({"model": {"id": "tiny", "catalog": {"b": "tiny:1"}, "resident_models": 1}})
+    prefetcher = prefetch.Prefetcher(settings, "app")
+    now = [1000.0]
+    monkeypatch.setattr(prefetch.time, "monotonic", lambda: now[0])
+    for at in (1000.0, 1001.0, 1000.0 + prefetch.REPEAT_S + 1):
+        now[0] = at
+        prefetcher("b")
+        prefetcher._pool.submit(lambda: None).result()
+        prefetcher._reading.clear()
+    assert len(warmed) == 2
+
+
 def test_the_ingress_prewarms_what_the_past_days_predict(tmp_path: Path, monkeypatch) -> None:
     """SIMULATION, a day compressed to 24 s (time_scale 3600). b was asked for at this time of day
     on the two days before, a only half a day off: the pre-warm reads b into the node's page cache,
