@@ -60,16 +60,22 @@ def test_replicas_started_for_a_burst_preload_the_checkpoint_it_queues_for(prelo
     assert set(first_calls.values()) == ({NONE} if preload else {DISK})
 
 
-def test_a_nodes_host_memory_is_shared_by_its_replicas_and_keeps_a_copy() -> None:
-    spec = FleetSpec(models_per_replica=1, host_models_per_node=2, model_load_host_s=3, model_load_disk_s=30)
+@pytest.mark.parametrize("own_host_memory, recency", [
+    (0, ["B", "C"]),  # the node's page cache only: B's files were last used when B was read, before C
+    (1, ["C", "B"]),  # replicas keep what leaves their GPU in host memory: B, evicted last, is newest
+])
+def test_a_nodes_host_memory_is_shared_by_its_replicas_and_keeps_a_copy(own_host_memory: int,
+                                                                        recency: list[str]) -> None:
+    spec = FleetSpec(models_per_replica=1, host_models_per_node=2, model_load_host_s=3, model_load_disk_s=30,
+                     host_models_per_replica=own_host_memory)
     first, second, third = Residency(), Residency(), Residency()
     second.host = third.host = first.host  # one node
     assert first.load("A", spec) == (DISK, 30) and list(first.host) == ["A"]  # the node keeps what it read
     assert second.load("A", spec, now=10) == (DISK, pytest.approx(20 + 3))  # while it is read: waits for the read
     assert third.load("A", spec, now=30) == (HOST, 3)  # once read, another replica copies it from there
     assert first.load("B", spec, now=40) == (DISK, 30)
-    assert first.load("C", spec, now=80) == (DISK, 30)  # the two most recently used stay: C (read), B (left the GPU)
-    assert list(first.host) == ["C", "B"] and second.load("B", spec, now=120) == (HOST, 3)
+    assert first.load("C", spec, now=80) == (DISK, 30)  # the two most recently used stay: B and C
+    assert list(first.host) == recency and second.load("B", spec, now=120) == (HOST, 3)
 
 
 def test_a_checkpoint_in_the_nodes_memory_loads_where_the_coldest_checkpoints_are() -> None:

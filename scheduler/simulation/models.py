@@ -10,6 +10,9 @@ resident first loads it, from host memory if it is there, else from disk. A repl
 default checkpoint resident (its cold start loaded it). With ``host_models_per_node`` the host tier
 is the node's instead (its page cache): one LRU shared by its replicas, which outlives a replica that
 stops and keeps what any of them read from disk (all replicas on one node: the trace's 4-GPU fleet).
+A checkpoint leaving a GPU becomes its most recently used only where replicas keep what leaves
+their GPU in host memory (``host_models_per_replica``); in a page cache alone its files stay where
+their last read left them, as live.
 
 Placement, when ``FleetSpec.models_per_replica`` is set:
 
@@ -115,7 +118,7 @@ class Residency:
             evicted, _ = self.device.popitem(last=False)
             for key in [key for key in self.loras if key[0] == evicted]:  # its adapters leave with it
                 del self.loras[key]
-            if spec.host_models_per_replica or shared:
+            if spec.host_models_per_replica:  # the replica keeps it in host memory (its own, or the node's)
                 self.host[evicted] = 0.0
                 self.host.move_to_end(evicted)
         while len(self.host) > (spec.host_models_per_node if shared else spec.host_models_per_replica):
