@@ -111,7 +111,10 @@ class Prefetcher:
         #: the checkpoints replicas hold on their devices (the dispatcher's view): not read ahead
         self.on_device: Callable[[], Iterable[str]] = tuple
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self._reading: set[str] = set()  # checkpoints whose read was asked for and has not ended
+        #: checkpoints whose read was asked for and has not ended → that read's number (an end
+        #: meant for an earlier read of the same checkpoint does not end a later one)
+        self._reading: dict[str, int] = {}
+        self._reads = 0
         #: called on the event loop when a read ends (the dispatcher looks at its queue again)
         self.on_read_ended: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,8 +135,9 @@ class Prefetcher:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # called off the loop (tests): the read's end reaches no dispatcher
             self._loop = None
-        self._reading.add(name)  # before the dispatcher's next look, which follows this call
-        self._pool.submit(self._read, name)
+        self._reads += 1
+        self._reading[name] = self._reads  # before the dispatcher's next look, which follows this call
+        self._pool.submit(self._read, name, self._reads)
 
     def _in_memory_already(self, name: str) -> bool:
         """The simulated page cache holds ``name`` (read, or being read by a replica's load; asking
@@ -148,19 +152,29 @@ class Prefetcher:
         the queue (``queue.wait_for_reads``)."""
         return frozenset(self._reading)
 
-    def _ended(self, name: str) -> None:
-        """On the event loop: ``name``'s read is over (done or failed)."""
-        self._reading.discard(name)
+    def _ended(self, name: str, number: int) -> None:
+        """On the event loop: read ``number`` of ``name`` is over (done, failed or dropped)."""
+        if self._reading.get(name) == number:
+            del self._reading[name]
         if self.on_read_ended is not None:
             self.on_read_ended()
 
-    def _end_in(self, name: str, seconds: float) -> None:
-        """From the read's thread: ``name``'s read ends ``seconds`` from now."""
+    def _end_in(self, name: str, seconds: float, number: int) -> None:
+        """From the read's thread: read ``number`` of ``name`` ends ``seconds`` from now."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            self._reading.discard(name)
+            if self._reading.get(name) == number:
+                self._reading.pop(name, None)
         else:
-            loop.call_soon_threadsafe(lambda: loop.call_later(max(0.0, seconds), self._ended, name))
+            loop.call_soon_threadsafe(lambda: loop.call_later(max(0.0, seconds), self._ended, name, number))
+
+    def _end_dropped_reads(self) -> None:
+        """From the read's thread, after a simulated read: the reads whose checkpoint the page cache
+        dropped before they ended (their slot went to a newer read) end now, so that the requests
+        waiting for them go to a replica and load from disk at once, as in the simulator."""
+        for name, number in dict(self._reading).items():
+            if self.simulated is not None and not self.simulated.cached((name,)):
+                self._end_in(name, 0.0, number)
 
     def arrived(self, name: str) -> None:
         """A request for ``name`` queued: the pre-warm's history (the days it looks back, no more)."""
@@ -217,12 +231,13 @@ class Prefetcher:
         now = time.monotonic()
         return frozenset(name for name, warmed in list(self._warmed.items()) if now - warmed < KEPT_S)
 
-    def _read(self, name: str) -> None:
+    def _read(self, name: str, number: int) -> None:
         ends_in = 0.0  # the simulated page cache's read ends at a time it keeps; a real one here
         try:
             if self.simulated is not None:
                 if self.simulated.read(name):
                     log.info("prefetch: %s into the simulated page cache", name)
+                    self._end_dropped_reads()
                 ends_in = (self.simulated.ready_at(name, use=False) or 0.0) - self.simulated.clock()
                 return
             directory = checkpoint_directory(model_spec(self.settings, self.settings.model.served[name]))
@@ -234,4 +249,4 @@ class Prefetcher:
         except Exception as error:  # noqa: BLE001 - a failed prefetch costs its speed-up only
             log.warning("prefetch of %s failed: %s", name, error)
         finally:
-            self._end_in(name, ends_in)
+            self._end_in(name, ends_in, number)

@@ -289,6 +289,41 @@ def test_a_checkpoint_counts_as_being_read_until_its_read_ends(tmp_path: Path, m
     assert took >= 0.35  # it ended when the read did, not when its thread did
 
 
+def test_a_read_whose_checkpoint_the_page_cache_dropped_ends_at_once(tmp_path: Path, monkeypatch) -> None:
+    """SIMULATION, a page cache of one checkpoint, reads of 0.4 s: b's read ends as soon as a's read
+    takes its slot (its requests go to a replica, which reads b from disk, as in the simulator), not
+    0.4 s later; and that early end of the first read of b does not end the second."""
+    from serve import prefetch
+
+    monkeypatch.setattr(prefetch, "page_cache_root", lambda app: tmp_path / app)
+    prefetcher = prefetch.Prefetcher(_simulated(tmp_path, page_cache_checkpoints=1), "app")
+
+    async def scenario() -> tuple[float, frozenset[str], frozenset[str]]:
+        ended = asyncio.Event()
+        prefetcher.on_read_ended = ended.set
+
+        async def until_read_ends(name: str) -> None:
+            while name in prefetcher.reading():
+                ended.clear()
+                await asyncio.wait_for(ended.wait(), 5)
+
+        started = time.monotonic()
+        prefetcher("simulated:b")
+        prefetcher("simulated:a")  # a takes b's slot while b is read
+        await until_read_ends("simulated:b")
+        dropped_after = time.monotonic() - started
+        await asyncio.sleep(0.2)
+        prefetcher("simulated:b")  # b again: a second read (to end at 0.6 s), which drops a
+        await asyncio.sleep(max(0.0, 0.45 - (time.monotonic() - started)))  # past the first read's end
+        past_first_end = prefetcher.reading()
+        await until_read_ends("simulated:b")
+        return dropped_after, past_first_end, prefetcher.reading()
+
+    dropped_after, past_first_end, at_last = asyncio.run(scenario())
+    assert dropped_after < 0.3
+    assert past_first_end == {"simulated:b"} and at_last == frozenset()
+
+
 def test_a_failed_read_ends_too(tmp_path: Path, monkeypatch) -> None:
     """A real checkpoint whose read fails is no longer being read: nothing waits for it forever."""
     from serve import prefetch
