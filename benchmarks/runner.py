@@ -116,7 +116,7 @@ def run_target(target: Target, workload: Workload, template: RequestTemplate, sl
             workload.requests_per_level * len(workload.concurrency))
         bar = tqdm(total=total, desc=target.name, unit="req")
         tracker = Tracker(on_done=lambda record: bar.update(1))
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         monitor = FleetMonitor(app_name, lambda: tracker.outstanding).start(t0)
         levels, windows = [], []
         if workload.kind == "open":
@@ -141,7 +141,7 @@ def run_target(target: Target, workload: Workload, template: RequestTemplate, sl
         summary["seconds_to_running_replicas"] = time_to_replicas(samples, first)
         info = _worker_info(app_name)  # after the load: asking earlier could wake a scaled-to-zero fleet
         return {"target": target.__dict__, "worker": info, "cold_starts": _replica_cold_starts(url),
-                "replica_starts_s": monitor.starts.durations(),
+                "replica_starts_s": monitor.starts.durations(), "t0_wall": t0_wall,
                 "summary": summary, "levels": levels,
                 "records": [r.to_dict() for r in records], "samples": samples}
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +29,7 @@ from benchmarks.runner import Target, Workload, run_target
 from benchmarks.sim_config import ModelReplay, a10_service_model, load_target
 from benchmarks.simulate import load_arrivals, records_of, run_one, samples_of
 from scheduler.outcomes import Outcome
+from scheduler.simulation.journal import first_difference
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from serve.settings import WORKER_DEPLOYMENT, load_config
 
@@ -158,7 +160,9 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.models:
         arg_overrides += model_overrides(arrivals, args)
     name = Path(config).stem
-    live = run_target(Target(name, config=config, overrides=arg_overrides,
+    journal = Path(tempfile.mkdtemp(prefix="sdserve-validate-")) / "page-cache.journal"
+    live_only = [f"simulation.page_cache_journal={journal}"] if args.models else []
+    live = run_target(Target(name, config=config, overrides=arg_overrides + live_only,
                              deployment_overrides={WORKER_DEPLOYMENT: deployment}),
                       Workload("open", arrivals), RequestTemplate(model_prefix="simulated:" if args.models else None,
                                                                   loras=getattr(args, "loras", False)),
@@ -173,8 +177,20 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
                 "reported_cold_starts_s": [c["cold_start_s"] for c in live.get("cold_starts", [])]}
     earlier = {"config": config, "overrides": arg_overrides, "deployment_overrides": deployment,
                "measured": measured, "live": live["summary"], "live_samples": live["samples"],
-               "live_records": live["records"]}
+               "live_records": live["records"], "live_page_cache": read_journal(journal, live["t0_wall"])}
     return simulate_side(earlier, arrivals, args)
+
+
+def read_journal(path: Path, t0_wall: float) -> list[list[Any]]:
+    """The live simulated page cache's journal, in seconds since the replay began, checkpoints by
+    their served names' markers with the simulated prefix dropped (as the simulator names them)."""
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        wall, event, marker = line.split(maxsplit=2)
+        events.append([round(float(wall) - t0_wall, 4), event, marker.removeprefix("simulated_")])
+    return events
 
 
 def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namespace) -> dict[str, Any]:
@@ -187,14 +203,19 @@ def simulate_side(earlier: dict[str, Any], arrivals: list, args: argparse.Namesp
                                          "reported_cold_start_s": measured["reported_cold_start_s"],
                                          # absent from results measured before replicas were listed
                                          "reported_cold_starts_s": tuple(measured.get("reported_cold_starts_s", ())),
-                                         "cold_starts_s": tuple(measured.get("cold_starts_s", ()))})
+                                         "cold_starts_s": tuple(measured.get("cold_starts_s", ())),
+                                         "journal_node_memory": True})
     if getattr(args, "models", False):  # the live catalog's tiers, compressed as live
         settings = target.settings.simulation
         target = ModelReplay(settings.host_load_time_s / k, settings.load_time_s / k, settings.lora_load_time_s / k,
                              settings.checkpoint_gb, settings.page_cache_checkpoints).apply(target, arrivals)
     result, sim = run_one(target, target.requests(arrivals), a10_service_model(k), slo)
     sim["loads_per_request"] = loads_per_request([r.to_dict() for r in records_of(result)])
+    node_memory = [[round(t, 4), event, model] for t, event, model in result.node_memory_events]
+    live_memory = earlier.get("live_page_cache") or []
     return {**earlier, "simulated": sim, "agreement": agreement(earlier["live"], sim),
+            "simulated_page_cache": node_memory,
+            "page_cache_first_difference": first_difference(live_memory, node_memory) if live_memory else None,
             "simulated_samples": samples_of(result), "simulated_records": [r.to_dict() for r in records_of(result)]}
 
 
@@ -248,6 +269,8 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
             lines.append(f"| | checkpoint loads per request: live {live['loads_per_request']:.3f}, simulated "
                          f"{sim['loads_per_request'] or 0:.3f} | {'-' if loads is None else f'{100 * loads:+.1f}%'} "
                          f"{mark('loads_rel')} | | | |")
+        if r.get("live_page_cache"):
+            lines.append(f"| | node page cache, reads and evictions in order: {_memory_agreement(r)} | | | | |")
         m = r["measured"]
         lines.append(f"| | measured live, given to the simulator | cold start {_each(m.get('cold_starts_s'), m['cold_start_s'])} "
                      f"(replicas report {_each(m.get('reported_cold_starts_s'), m['reported_cold_start_s'])}) | "
@@ -257,6 +280,18 @@ def markdown(results: dict[str, dict[str, Any]], k: float, slo: float) -> str:
                  f"p50 ±{100 * TOLERANCE['p50_rel']:g}%, starts ±{TOLERANCE['starts_abs']}, checkpoint loads "
                  f"±{100 * TOLERANCE['loads_rel']:g}% (when replayed).")
     return "\n".join(lines)
+
+
+def _memory_agreement(result: dict[str, Any]) -> str:
+    """Where the live page cache's journal and the simulator's node memory first part, if they do."""
+    first = result.get("page_cache_first_difference")
+    if first is None:
+        moves = [sum(event != "use" for _, event, _ in result[side])
+                 for side in ("live_page_cache", "simulated_page_cache")]
+        return f"the same through {min(moves)} (live {moves[0]}, simulated {moves[1]})"
+    (lt, le, lm), (st, se, sm) = first["live"], first["simulated"]
+    return (f"the same for {first['index']}, then live `{le} {lm}` at {lt:.1f} s, "
+            f"simulated `{se} {sm}` at {st:.1f} s")
 
 
 def _each(values: list[float] | None, mean: float | None) -> str:

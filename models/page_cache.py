@@ -11,7 +11,10 @@ replica's node on one machine; on a multi-node cluster only the ingress's.
 
 The simulated backend has no files: :class:`SimulatedPageCache` stands in for the node's page cache
 with one marker file per checkpoint (when its read completes), least recently used out beyond a
-number of checkpoints, shared by the processes of one node as the real cache is.
+number of checkpoints, shared by the processes of one node as the real cache is. Given a journal
+file, it appends each checkpoint's arrival (``in``: a read begun, by the prefetch or a load from
+disk), use and eviction (``out``) to it, one line each, so that a live replay's cache can be lined up
+against the simulator's node memory (``benchmarks/validate.py``).
 """
 
 from __future__ import annotations
@@ -74,10 +77,18 @@ class SimulatedPageCache:
     when. One marker file per checkpoint in ``root`` holds the time its read completes; its mtime
     is its last use. Beyond ``capacity`` checkpoints the least recently used marker goes."""
 
-    def __init__(self, root: Path, capacity: int, read_s: float, clock: Callable[[], float] | None = None) -> None:
-        self.root, self.capacity, self.read_s = root, capacity, read_s
+    def __init__(self, root: Path, capacity: int, read_s: float, clock: Callable[[], float] | None = None,
+                 journal: Path | None = None) -> None:
+        self.root, self.capacity, self.read_s, self.journal = root, capacity, read_s, journal
         self.clock = clock or (lambda: time.time())  # wall clock: the node's processes share it
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def _note(self, event: str, marker: Path) -> None:
+        """One line of the journal, naming the checkpoint by its marker (one short append: the node's
+        processes do not interleave it)."""
+        if self.journal is not None:
+            with self.journal.open("a") as journal:
+                journal.write(f"{self.clock():.6f} {event} {marker.name}\n")
 
     def _marker(self, name: str) -> Path:
         return self.root / name.replace("/", "_").replace(":", "_")
@@ -90,6 +101,7 @@ class SimulatedPageCache:
             ready = float(marker.read_text() or 0.0)
             if use:
                 self._used(marker)
+                self._note("use", marker)
         except (OSError, ValueError):
             return None
         return ready
@@ -107,6 +119,7 @@ class SimulatedPageCache:
             return False
         marker.write_text(repr(self.clock() + (self.read_s if from_now_s is None else from_now_s)))
         self._used(marker)
+        self._note("in", marker)
         self._evict()
         return True
 
@@ -118,3 +131,4 @@ class SimulatedPageCache:
         markers = sorted(self.root.iterdir(), key=lambda p: (p.stat().st_mtime, p.name))
         for marker in markers[:max(0, len(markers) - self.capacity)]:
             marker.unlink(missing_ok=True)
+            self._note("out", marker)

@@ -55,6 +55,7 @@ class SimulationProfile:
     #: prefetch: a checkpoint whose files are there loads in ``host_load_time_s`` (0 checkpoints: none)
     page_cache_dir: str = ""
     page_cache_checkpoints: int = 0
+    page_cache_journal: str = ""  # a file its events are appended to (models/page_cache.py); empty: none
     scale_with_pixels: bool = True
     gpu_name: str = "A10 (simulated)"
 
@@ -64,7 +65,8 @@ class SimulationProfile:
         if not (self.page_cache_dir and self.page_cache_checkpoints):
             return None
         return SimulatedPageCache(Path(self.page_cache_dir), self.page_cache_checkpoints,
-                                  max(0.0, self.load_time_s - self.host_load_time_s))
+                                  max(0.0, self.load_time_s - self.host_load_time_s),
+                                  journal=Path(self.page_cache_journal) if self.page_cache_journal else None)
 
     def seconds_per_step(self, images: int, pixels_per_image: int = REFERENCE_PIXELS) -> float:
         sizes, times = zip(*self.step_time_s)

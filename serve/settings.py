@@ -103,6 +103,10 @@ class SimulationSettings(_Section):
     page_cache_checkpoints: int = Field(
         0, ge=0, description="with a catalog: checkpoints the node's page cache holds, shared by the node's replicas "
         "(a load of one whose files are there takes host_load_time_s; least recently used out); 0: none")
+    page_cache_journal: str = Field(
+        "", description="a file the simulated page cache appends each checkpoint's arrival, use and eviction to "
+        "(wall-clock time, event, checkpoint): `sdserve-bench validate` sets it to line a live replay up against "
+        "the simulator's node memory; empty: none")
     scale_with_pixels: bool = Field(True, description="scale step time with pixels vs 512x512")
     time_scale: float = Field(
         1.0, gt=0, description="run k× faster: step times and load time divided by k (compressed replays)"

@@ -84,6 +84,7 @@ def simulation_profile(settings: AppSettings, page_cache_dir: str = "") -> Simul
         scale_with_pixels=sim.scale_with_pixels,
         page_cache_dir=page_cache_dir,
         page_cache_checkpoints=sim.page_cache_checkpoints if page_cache_dir else 0,
+        page_cache_journal=sim.page_cache_journal,
     )
 
 

@@ -63,7 +63,9 @@ class Simulator:
                 handlers[kind](a)
             self._sample()
         end = max((r.done_s for r in self.records), default=0.0)
-        return SimResult(self.policy.name, self.records, self.pool.all, self.samples, end, self.control.calls)
+        events = getattr(self.pool.node_host, "events", [])  # a journal, when the spec asked for one
+        return SimResult(self.policy.name, self.records, self.pool.all, self.samples, end, self.control.calls,
+                         list(events))
 
     def _sample(self) -> None:
         active = self.pool.active

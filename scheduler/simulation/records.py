@@ -81,6 +81,8 @@ class SimResult:
     samples: list[tuple[float, int, int, int]]  # (t, replicas incl. starting/draining, running, outstanding)
     end_s: float
     policy_calls: int
+    #: the node's memory's journal, when the spec asked for it (scheduler/simulation/journal.py)
+    node_memory_events: list[tuple[float, str, str]] = field(default_factory=list)
 
     def replica_starts(self) -> int:
         return sum(r.cold_started for r in self.replicas)
@@ -102,4 +104,5 @@ class SimResult:
         before = [s for s in self.samples if s[0] < t0]
         samples = ([(t0, *before[-1][1:])] if before else []) + [s for s in self.samples if s[0] >= t0]
         return SimResult(self.policy, [r for r in self.records if r.arrival_s >= t0], replicas, samples,
-                         max(self.end_s, t0), self.policy_calls)
+                         max(self.end_s, t0), self.policy_calls,
+                         [event for event in self.node_memory_events if event[0] >= t0])

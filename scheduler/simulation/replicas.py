@@ -19,6 +19,7 @@ from scheduler.collector import tier_of
 from scheduler.preload import preload_choice
 from scheduler.prewarm import PrewarmConfig, prewarm_plan
 from scheduler.simulation.events import Event
+from scheduler.simulation.journal import JournaledMemory
 from scheduler.simulation.models import prefetch
 from scheduler.simulation.records import Replica
 
@@ -32,7 +33,9 @@ class ReplicaPool:
         self.all: list[Replica] = []
         self.active: list[Replica] = []  # holding a GPU: starting, running, draining
         self.pending: list[Replica] = []  # wanted, waiting for a GPU (not paid)
-        self.node_host: OrderedDict[str, float] = OrderedDict()  # the node's host memory (host_models_per_node)
+        #: the node's host memory (host_models_per_node), with its journal when the spec asks for one
+        self.node_host: OrderedDict[str, float] = (JournaledMemory(lambda: sim.now) if sim.spec.journal_node_memory
+                                                   else OrderedDict())
         self.reads: dict[str, float] = {}  # checkpoints the prefetch is reading into it → when each read ends
         self.uses: dict[str, list[float]] = {}  # checkpoint → its requests' arrival times (the pre-warm's history)
         self.cold_asked = 0  # replicas asked for that start cold (the index into spec.cold_starts_s)

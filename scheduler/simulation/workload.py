@@ -101,6 +101,8 @@ class FleetSpec:
     #: ... the pre-warm's day, window and period compressed this many times, as live on the
     #: simulated backend compressed by ``simulation.time_scale`` (sdserve-bench validate)
     prewarm_time_scale: float = 1.0
+    #: keep the node's memory's journal (scheduler/simulation/journal.py), for lining a live replay up
+    journal_node_memory: bool = False
     #: LoRA adapters a replica keeps loaded (model.resident_loras; 0: LoRAs are not simulated), each
     #: loaded onto one checkpoint and gone when that checkpoint leaves the GPU; a load takes
     loras_per_replica: int = 0
