@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -160,8 +161,8 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.models:
         arg_overrides += model_overrides(arrivals, args)
     name = Path(config).stem
-    journal = Path(tempfile.mkdtemp(prefix="sdserve-validate-")) / "page-cache.journal"
-    live_only = [f"simulation.page_cache_journal={journal}"] if args.models else []
+    journal = Path(tempfile.mkdtemp(prefix="sdserve-validate-")) / "page-cache.journal" if args.models else None
+    live_only = [f"simulation.page_cache_journal={journal}"] if journal else []
     live = run_target(Target(name, config=config, overrides=arg_overrides + live_only,
                              deployment_overrides={WORKER_DEPLOYMENT: deployment}),
                       Workload("open", arrivals), RequestTemplate(model_prefix="simulated:" if args.models else None,
@@ -181,15 +182,17 @@ def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     return simulate_side(earlier, arrivals, args)
 
 
-def read_journal(path: Path, t0_wall: float) -> list[list[Any]]:
+def read_journal(path: Path | None, t0_wall: float) -> list[list[Any]]:
     """The live simulated page cache's journal, in seconds since the replay began, checkpoints by
-    their served names' markers with the simulated prefix dropped (as the simulator names them)."""
-    if not path.is_file():
+    their served names' markers with the simulated prefix dropped (as the simulator names them);
+    its file is removed once read."""
+    if path is None or not path.is_file():
         return []
     events = []
     for line in path.read_text().splitlines():
         wall, event, marker = line.split(maxsplit=2)
         events.append([round(float(wall) - t0_wall, 4), event, marker.removeprefix("simulated_")])
+    shutil.rmtree(path.parent, ignore_errors=True)
     return events
 
 

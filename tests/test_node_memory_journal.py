@@ -47,10 +47,12 @@ def test_the_live_simulated_page_cache_writes_the_same_journal(tmp_path: Path) -
 def test_the_live_journal_is_read_in_replay_seconds_under_the_simulators_names(tmp_path: Path) -> None:
     from benchmarks.validate import read_journal
 
-    journal = tmp_path / "journal"
+    journal = tmp_path / "run" / "journal"
+    journal.parent.mkdir()
     journal.write_text("1000.500000 in simulated_M0016\n1001.250000 out simulated_M0016\n")
     assert read_journal(journal, 1000.0) == [[0.5, "in", "M0016"], [1.25, "out", "M0016"]]
-    assert read_journal(tmp_path / "none", 1000.0) == []
+    assert not journal.parent.exists()  # the run's temporary directory, removed once read
+    assert read_journal(tmp_path / "none", 1000.0) == [] and read_journal(None, 1000.0) == []
 
 
 @pytest.mark.parametrize("live, simulated, expected", [
