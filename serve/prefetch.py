@@ -168,12 +168,14 @@ class Prefetcher:
         else:
             loop.call_soon_threadsafe(lambda: loop.call_later(max(0.0, seconds), self._ended, name, number))
 
-    def _end_dropped_reads(self) -> None:
+    def _end_dropped_reads(self, cache: SimulatedPageCache) -> None:
         """From the read's thread, after a simulated read: the reads whose checkpoint the page cache
         dropped before they ended (their slot went to a newer read) end now, so that the requests
         waiting for them go to a replica and load from disk at once, as in the simulator."""
-        for name, number in dict(self._reading).items():
-            if self.simulated is not None and not self.simulated.cached((name,)):
+        reading = dict(self._reading)
+        held = cache.cached(reading)
+        for name, number in reading.items():
+            if name not in held:
                 self._end_in(name, 0.0, number)
 
     def arrived(self, name: str) -> None:
@@ -237,7 +239,7 @@ class Prefetcher:
             if self.simulated is not None:
                 if self.simulated.read(name):
                     log.info("prefetch: %s into the simulated page cache", name)
-                    self._end_dropped_reads()
+                    self._end_dropped_reads(self.simulated)
                 ends_in = (self.simulated.ready_at(name, use=False) or 0.0) - self.simulated.clock()
                 return
             directory = checkpoint_directory(model_spec(self.settings, self.settings.model.served[name]))
