@@ -101,7 +101,7 @@ def save_history(path: Path, history: dict[str, list[float]]) -> None:
 class Prefetcher:
     def __init__(self, settings: AppSettings, app_name: str) -> None:
         self.settings, self.app_name = settings, app_name
-        self._asked: dict[str, float] = {}  # real checkpoint → when its read was last asked for
+        self._asked: dict[str, float] = {}  # checkpoint → when its read was last asked for (real ones: REPEAT_S)
         self._warmed: dict[str, float] = {}  # real checkpoint → when its files were last read ahead
         self.prewarm = prewarm_config(settings)
         self._history_file = history_file(settings, app_name)
@@ -154,17 +154,20 @@ class Prefetcher:
 
     def _ended(self, name: str, number: int) -> None:
         """On the event loop: read ``number`` of ``name`` is over (done, failed or dropped)."""
-        if self._reading.get(name) == number:
-            del self._reading[name]
+        self._forget(name, number)
         if self.on_read_ended is not None:
             self.on_read_ended()
+
+    def _forget(self, name: str, number: int) -> None:
+        """``name`` is no longer being read, if read ``number`` is still its latest."""
+        if self._reading.get(name) == number:
+            del self._reading[name]
 
     def _end_in(self, name: str, seconds: float, number: int) -> None:
         """From the read's thread: read ``number`` of ``name`` ends ``seconds`` from now."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            if self._reading.get(name) == number:
-                self._reading.pop(name, None)
+            self._forget(name, number)
         else:
             loop.call_soon_threadsafe(lambda: loop.call_later(max(0.0, seconds), self._ended, name, number))
 
