@@ -27,8 +27,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MULTINODE_TEST = "test_multinode.py::test_replicas_spread_over_nodes_and_survive_losing_one"
 MULTINODE_CHILD = pytest.StashKey["MultinodeChild"]()
-#: In one of pytest-xdist's workers (``make test``'s side run): each collects every test.
+#: In one of pytest-xdist's workers: each collects every test.
 IN_XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+#: This process runs every selected test: no xdist, or its only worker (``make test``'s side run).
+RUNS_EVERY_TEST = not IN_XDIST_WORKER or os.environ.get("PYTEST_XDIST_WORKER_COUNT") == "1"
 
 
 class MultinodeChild:
@@ -267,8 +269,9 @@ def split_applications(items: list[pytest.Item]) -> list[tuple[str, tuple[str, .
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests without Ray first; then Ray's, grouped by the application they deploy (each deployed
-    once), first-come order otherwise. Tests that use the cluster are marked ``ray``. Under xdist
-    (``make test``'s side run) the 3-node test goes first. An application's tests are all marked
+    once), first-come order otherwise; the 3-node test last (its cluster starts at collection and
+    runs beside the others), or first among several xdist workers (one of them waits on it while
+    the others run). Tests that use the cluster are marked ``ray``. An application's tests are all marked
     ``side_run`` or none are, else both of ``make test``'s runs would deploy it."""
     first_seen: dict[Any, int] = {}
     for item in items:
@@ -280,8 +283,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def order(indexed: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
         index, item = indexed
-        if IN_XDIST_WORKER and item.get_closest_marker("own_cluster"):  # first: it waits while the others run
-            return -1, 0, 0, index
+        if item.get_closest_marker("own_cluster"):
+            return (2 if RUNS_EVERY_TEST else -1), 0, 0, index
         if item.get_closest_marker("ray") is None:
             return 0, 0, 0, index
         marker = item.get_closest_marker("app")
@@ -293,10 +296,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """When the 3-node test is among the tests that will run (after ``-m``/``-k`` selection), start its
-    cluster now, in a subprocess: it runs beside the tests without Ray (one core each on a 2-core
-    machine) instead of after them; the test reads its result. Not in xdist's workers (each
-    collects every test): there the test starts it itself."""
-    if IN_XDIST_WORKER:
+    cluster now, in a subprocess: it runs beside the other tests instead of after them; the test,
+    last, reads its result. Not where several xdist workers each collect every test: there the
+    test starts it itself."""
+    if not RUNS_EVERY_TEST:
         return
     if any(item.nodeid.endswith(MULTINODE_TEST) for item in session.items) and not session.config.option.collectonly:
         session.config.stash[MULTINODE_CHILD] = start_multinode_child()
