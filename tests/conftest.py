@@ -271,8 +271,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tests without Ray first; then Ray's, grouped by the application they deploy (each deployed
     once), first-come order otherwise; the 3-node test last (its cluster starts at collection and
     runs beside the others), or first among several xdist workers (one of them waits on it while
-    the others run). Tests that use the cluster are marked ``ray``. An application's tests are all marked
-    ``side_run`` or none are, else both of ``make test``'s runs would deploy it."""
+    the others run). Tests that use the cluster are marked ``ray``. An application's tests are all
+    marked ``side_run`` or none are, else both of ``make test``'s runs would deploy it."""
     first_seen: dict[Any, int] = {}
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None:
