@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from scheduler.deadline_scaling import Backlog, replicas_to_save_deadlines
+from scheduler.deadline_scaling import Backlog, replicas_to_save_deadlines, steady_for
 from scheduler.keepalive import KeepAlivePlan, keep_alive_plan, keep_one, record_idle, regime_of
 
 
@@ -90,6 +90,9 @@ class AutoscalerInputs:
     backlog: Backlog | None = None  # queued requests' slack and service (None: counts only)
     slot_free_in_s: tuple[float, ...] | None = None  # when each running/starting slot frees
     recent_arrivals: int | None = None  # requests in the last 10 minutes (the load regime)
+    #: Which of ``slot_free_in_s`` count down as time passes (a busy slot whose request's end is
+    #: known, a starting replica); None: not known, the decision may change at any time with a queue.
+    slot_counts_down: tuple[bool, ...] | None = None
 
     @property
     def demand(self) -> int:
@@ -131,10 +134,11 @@ class Decision:
     state: AutoscalerState
     kind: DecisionKind
     detail: str
-    #: The first time this decision may change although nothing else does: with a queue, at once
-    #: (slack shrinks by the second); else when a need leaves the stable window, the scale-down
-    #: interval or the keep-alive or pre-warm runs out. None: only a new event (an arrival, a
-    #: reply, a replica's change) can change it.
+    #: The first time this decision may change although nothing else does: when a need leaves the
+    #: stable window, the scale-down interval or the keep-alive or pre-warm runs out, and with a
+    #: queue when the deadline rule's answer may change as slack shrinks (at once where the slots'
+    #: clocks are not known). None: only a new event (an arrival, a reply, a call that starts, a
+    #: replica's change) can change it.
     review_at: float | None = None
 
     @property
@@ -283,16 +287,33 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
         idle_regime=regime,
         idle_plan=None if plan is None else (plan.keep_alive_s, plan.prewarm_after_s, plan.source),
     )
-    review_at = now if inputs.queued else _review_at(new_state, config, plan, cold, now, window_s)
+    review_at = _review_at(new_state, config, plan, cold, now, window_s)
+    steady_s = _deadline_steady_for(inputs, config, provisioned) if inputs.queued else math.inf
+    if steady_s < math.inf:  # with a queue, the deadline rule's answer moves with the clock too
+        review_at = now + steady_s if review_at is None else min(review_at, now + steady_s)
     return Decision(desired, new_state, kind, detail, review_at)
+
+
+def _deadline_steady_for(inputs: AutoscalerInputs, config: AutoscalerConfig, provisioned: int) -> float:
+    """How long the deadline rule's answer holds with a queue and nothing happening (0: it may
+    change at once, as it may when the slots' clocks are not known)."""
+    if not config.deadline_aware or inputs.backlog is None or inputs.slot_free_in_s is None:
+        return math.inf
+    if inputs.slot_counts_down is None:
+        return 0.0
+    cold = config.default_cold_start_s if inputs.cold_start_s is None else inputs.cold_start_s
+    return steady_for(inputs.backlog, inputs.slot_free_in_s, inputs.slot_counts_down, cold,
+                      config.capacity_per_replica, max(0, config.max_replicas - provisioned))
 
 
 def _review_at(state: AutoscalerState, config: AutoscalerConfig, plan: KeepAlivePlan | None, cold: float,
                now: float, window_s: float) -> float | None:
     """When the rules' clocks next run out for ``state``: the first time the decision may change with
     unchanged inputs. A past need leaves the window (``window_s``: the stable window, or a cold start
-    while replicas start) that long after the next one began."""
-    times = [t + window_s for t, _ in state.need_history[1:]]
+    while replicas start) that long after the next one began: one still in it now leaves after now,
+    even where a window too short to move the clock sums to now."""
+    after_now = math.nextafter(now, math.inf)
+    times = [max(t + window_s, after_now) for t, _ in state.need_history[1:] if now - t < window_s]
     if state.last_scale_down_at is not None:
         times.append(state.last_scale_down_at + config.scale_down_interval_s)
     if state.idle_since is not None and plan is not None:

@@ -218,9 +218,13 @@ class Collector:
         busy = (known + [(base + load) / 2] * in_flight)[:in_flight]
         free = busy + [0.0] * (running * capacity - in_flight)
         free += [ready for ready in self.starts.ready_in(now, cold) for _ in range(capacity)]
+        # which slot times count down with the clock: a known end or a start still under way (the
+        # expected residual of a busy slot without word of its request stays as it is)
+        counts_down = [i < len(known) and t > 0 for i, t in enumerate(busy)]
+        counts_down += [False] * (running * capacity - in_flight) + [t > 0 for t in free[len(counts_down):]]
         return AutoscalerInputs(
             now=now, queued=len(jobs) - in_flight, in_flight=in_flight, running_replicas=running,
             starting_replicas=starting, service_time_s=self.rate.call_s, cold_start_s=self.cold_start_s,
             backlog=Backlog(tuple(slack), tuple(service)), slot_free_in_s=tuple(free),
-            recent_arrivals=self.arrivals.count(now),
+            slot_counts_down=tuple(counts_down), recent_arrivals=self.arrivals.count(now),
         )

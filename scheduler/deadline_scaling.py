@@ -12,7 +12,9 @@ never start a replica that is ready only after the work it was started for is go
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,3 +67,57 @@ def replicas_to_save_deadlines(backlog: Backlog, free_at_s: Sequence[float], col
         if best == 0:
             break
     return best_k, base, best
+
+
+def steady_for(backlog: Backlog, free_at_s: Sequence[float], counting_down: Sequence[bool], cold_start_s: float,
+               capacity: int, room: int) -> float:
+    """How long :func:`replicas_to_save_deadlines` keeps its answer if nothing happens meanwhile.
+
+    As time passes with no event, every slack falls by the time passed, and so does each slot time
+    that ``counting_down`` marks (a busy slot whose request's end is known, a starting replica),
+    down to zero; the others stay (an idle slot, a busy one whose end is unknown, a new replica a
+    cold start away). The replay compares values — slots with slots, a start with zero and with a
+    slack — and a comparison between two values that fall together never changes. So the answer
+    holds at least until a falling value could meet a fixed one below it: the least such gap among
+    the values each replay the answer rests on (the base and the trials it ran) holds. A lower
+    bound: the simulator asks again then (``Decision.review_at``), instead of every 0.1 s.
+    """
+    slots = list(zip(free_at_s, counting_down))
+    best, gap = _replay(backlog, slots)
+    for _ in range(room if best else 0):
+        slots += [(cold_start_s, False)] * capacity
+        trial, trial_gap = _replay(backlog, slots)
+        best, gap = min(best, trial), min(gap, trial_gap)
+        if best == 0:
+            break
+    return gap
+
+
+def _replay(backlog: Backlog, slots: list[tuple[float, bool]]) -> tuple[int, float]:
+    """:func:`misses` over ``slots`` ((time, falls with time) each), and the least gap from a falling
+    value down to a fixed one among those its FIFO replay holds or compares."""
+    if not backlog or not slots:
+        return misses(backlog, []) if not slots else 0, math.inf  # the same whatever the time
+    missed = 0
+    falling: list[float] = []
+    fixed: list[float] = [0.0]  # a start is never before now
+    gap = math.inf
+    heap = list(slots)
+    heapq.heapify(heap)
+    for value, falls in heap:
+        (falling if falls else fixed).append(value)
+    for slack, service in zip(backlog.slack_s, backlog.service_s):
+        value, falls = heapq.heappop(heap)
+        start, falls = (value, True) if falls and value > 0 else (max(0.0, value), False)
+        if start > slack:
+            missed += 1
+        elif not falls:  # the slack falls towards a fixed start
+            gap = min(gap, slack - start)
+        heapq.heappush(heap, (start + service, falls))
+        (falling if falls else fixed).append(start + service)
+    fixed.sort()
+    for value in falling:
+        below = bisect.bisect_right(fixed, value)
+        if below:
+            gap = min(gap, value - fixed[below - 1])
+    return missed, gap

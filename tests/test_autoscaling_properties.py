@@ -5,9 +5,10 @@ zero only after the keep-alive the decision itself planned, and that keep-alive 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from scheduler.autoscaling import (
@@ -107,12 +108,38 @@ def test_the_deadline_rule_starts_only_replicas_that_save_a_request(
     assert with_all < with_one_fewer  # the last replica started saves at least one request
 
 
+def _later(inputs: AutoscalerInputs, counts_down: tuple[bool, ...], dt: float) -> AutoscalerInputs:
+    """The same world ``dt`` seconds on with nothing happening: every slack ``dt`` less, the slots
+    that count down ``dt`` nearer (not below zero), the others as they were."""
+    backlog = Backlog(tuple(slack - dt for slack in inputs.backlog.slack_s), inputs.backlog.service_s)
+    slots = tuple(max(0.0, t - dt) if falls else t for t, falls in zip(inputs.slot_free_in_s, counts_down))
+    return dataclasses.replace(inputs, now=inputs.now + dt, backlog=backlog, slot_free_in_s=slots,
+                               slot_counts_down=tuple(falls and t > 0 for t, falls in zip(slots, counts_down)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(loaded_inputs(), states, configs, st.data(), st.floats(0, 0.999))
+def test_the_decision_holds_until_its_review(i: AutoscalerInputs, s: AutoscalerState, c: AutoscalerConfig,
+                                            data: st.DataObject, share: float) -> None:
+    """With nothing happening, a decision that keeps the fleet as it is (the target it has) is the
+    same at every time before its ``review_at``: the simulator calls the decider only then (after a
+    change of target or of the fleet it calls it again at once). Slack shrinks, busy and starting
+    slots count down."""
+    counts_down = tuple(t > 0 and data.draw(st.booleans()) for t in i.slot_free_in_s)
+    i = dataclasses.replace(i, slot_counts_down=counts_down)
+    s = dataclasses.replace(s, target=i.running_replicas + i.starting_replicas)
+    decision = decide(i, s, c)
+    assume(decision.desired == s.target)
+    dt = share * ((decision.review_at if decision.review_at is not None else i.now + 3600) - i.now)
+    if decision.review_at is not None and i.now + dt >= decision.review_at:
+        dt = 0.0  # a review a float's width away: no time before it but now
+    assert decide(_later(i, counts_down, dt), decision.state, c).desired == decision.desired
+
+
 @settings(max_examples=200, deadline=None)
 @given(loaded_inputs(), states, configs)
 def test_without_the_deadline_rule_the_backlog_changes_nothing(
         i: AutoscalerInputs, s: AutoscalerState, c: AutoscalerConfig) -> None:
-    import dataclasses
-
     off = dataclasses.replace(c, deadline_aware=False)
     counts_only = dataclasses.replace(i, backlog=None, slot_free_in_s=None)
     assert decide(i, s, off).desired == decide(counts_only, s, off).desired

@@ -23,7 +23,7 @@ from scheduler.collector import (
     ServiceRate,
     StartTracker,
 )
-from scheduler.deadline_scaling import Backlog, misses, replicas_to_save_deadlines
+from scheduler.deadline_scaling import Backlog, misses, replicas_to_save_deadlines, steady_for
 from scheduler.keepalive import (
     BIN_EDGES_S,
     cost_optimal_keep_alive,
@@ -62,6 +62,38 @@ CONFIG = AutoscalerConfig(max_replicas=4, default_cold_start_s=20.0, default_ser
 )
 def test_deadline_rule_table(slack, service, free_at, room, expected) -> None:
     assert replicas_to_save_deadlines(Backlog(slack, service), free_at, 20.0, 1, room) == expected
+
+
+@pytest.mark.parametrize(
+    "slack, free_at, counting_down, expected, tight",
+    [
+        # nobody waits: the answer holds whatever the time
+        ((), (0.0,), (False,), math.inf, False),
+        # a busy slot without word of its end (fixed at 30 s), slack 35 s: in time for 5 s more,
+        # then a replica ready in 20 s saves the request
+        ((35.0,), (30.0,), (False,), 5.0, True),
+        # the same slot counting down (its end is known): slack and slot fall together, until the
+        # slot reaches zero in 30 s (a bound: the answer changes only when the slack does, 5 s later)
+        ((35.0,), (30.0,), (True,), 30.0, False),
+        # a replica starting, ready in 10 s, slack 35 s: the slot reaches zero in 10 s
+        ((35.0,), (10.0,), (True,), 10.0, False),
+        # slack 25 s behind a fixed 30 s slot: missed now; the new replica (20 s) saves it until the
+        # slack falls to its 20 s, 5 s on
+        ((25.0,), (30.0,), (False,), 5.0, True),
+    ],
+)
+def test_deadline_rule_steady_for_table(slack, free_at, counting_down, expected, tight) -> None:
+    backlog = Backlog(slack, (2.0,) * len(slack))
+    steady = steady_for(backlog, free_at, counting_down, 20.0, 1, 1)
+    assert steady == pytest.approx(expected)
+    if steady < math.inf:  # the answer holds until then (and where the bound is tight, changes right after)
+        def later(dt: float) -> tuple[int, int, int]:
+            moved = Backlog(tuple(x - dt for x in slack), backlog.service_s)
+            slots = [max(0.0, t - dt) if down else t for t, down in zip(free_at, counting_down)]
+            return replicas_to_save_deadlines(moved, slots, 20.0, 1, 1)
+
+        assert later(0.0) == later(steady - 0.01)
+        assert (later(steady + 0.01) != later(0.0)) == tight
 
 
 def test_misses_replays_fifo_over_free_slots() -> None:
@@ -169,6 +201,10 @@ def test_collector_infers_queued_requests_and_their_slack() -> None:
     assert (inputs.queued, inputs.in_flight, inputs.recent_arrivals) == (2, 1, 3)
     assert inputs.backlog is not None and inputs.backlog.slack_s == pytest.approx((17.0, 17.0))  # 30 − 10 − 3
     assert inputs.slot_free_in_s == pytest.approx((5.0, 20.0))  # half a call; a replica asked for just now
+    assert inputs.slot_counts_down == (False, True)  # a call's expected residual stays; a start counts down
+    collector.started("a", at=8.0, tier="none")  # word of its call: it ends at 8 + 3 s
+    inputs = collector.inputs(now=10.0, running=1, starting=1, config=config)
+    assert inputs.slot_free_in_s == pytest.approx((1.0, 20.0)) and inputs.slot_counts_down == (True, True)
     collector.answered("a")
     assert collector.inputs(now=10.0, running=1, starting=1, config=config).queued == 1
     starts = StartTracker()

@@ -307,6 +307,32 @@ def test_the_shipped_configs_decide_the_same_when_called_only_where_it_can_chang
     _same_as_every_interval(_requests(trace), target.spec, target.policy)
 
 
+model_traces = st.lists(st.tuples(st.sampled_from([0.0, 0.3, 2.0, 15.0, 60.0]), st.sampled_from(["A", "B", "C"]),
+                                  st.sampled_from([(), ("x:1",), ("y:1",)]), st.sampled_from([30.0, 120.0])),
+                        min_size=3, max_size=30)
+
+
+@settings(max_examples=25, deadline=None)
+@given(trace=model_traces, config=st.sampled_from(["single.yaml", "batched.yaml"]), wait=st.booleans(),
+       blind=st.booleans())
+def test_the_shipped_configs_with_checkpoints_decide_the_same_when_called_only_where_it_can_change(
+        trace, config, wait, blind) -> None:
+    """With checkpoints and LoRAs the deadline rule reads each call's start and each checkpoint's
+    place, which calls and reads change between arrivals and answers."""
+    from benchmarks.sim_config import ModelReplay, load_target
+    from tests.conftest import CONFIGS
+
+    t, requests = 0.0, []
+    for gap, model, loras, timeout in trace:
+        t += gap
+        requests.append(SimRequest(t, timeout_s=timeout, model=model, loras=loras))
+    target = load_target(CONFIGS / config, cold_start_s=5.0, overrides=[
+        f"queue.wait_for_reads={str(wait).lower()}", f"queue.model_aware={str(not blind).lower()}"])
+    replay = ModelReplay(host_load_s=1.0, disk_load_s=8.0, lora_load_s=2.0, node_host_models=2)
+    target = replay.apply(target, requests)
+    _same_as_every_interval(requests, target.spec, target.policy)
+
+
 @settings(max_examples=30, deadline=None)
 @given(trace=sim_traces, up=st.sampled_from([0.0, 3.0]), down=st.sampled_from([5.0, 30.0]),
        look_back=st.sampled_from([2.0, 10.0]), interval=st.sampled_from([0.5, 2.0]), target=st.sampled_from([1.0, 2.0]))

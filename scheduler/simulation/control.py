@@ -3,10 +3,11 @@
 The live loops decide every ``control_interval_s`` (0.1 s), but most of those calls cannot change
 anything. The simulator calls the policy on the same 0.1 s grid only when its answer may differ: at
 the first grid point after an event that changes what the policy sees (an arrival, an answer, a
-replica ready or stopped), every interval while requests queue or right after the target changed,
-and otherwise when the policy says its own clocks run out (:meth:`ControlPolicy.review_at`: a
-keep-alive, a stable window, a scale-down interval, Ray's delays and look-back). Its target is
-applied at once.
+replica ready or stopped; any event at all while the policy says so, as sdserve's loop does with a
+queue), every interval right after the target changed and, for Ray's controller, while requests
+queue, and otherwise when the policy says its own clocks run out (:meth:`ControlPolicy.review_at`: a
+keep-alive, a stable window, a scale-down interval, the deadline rule's slack, Ray's delays and
+look-back). Its target is applied at once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ControlTicks:
         self.calls = 0
         self._asked: set[int] = set()  # grid points (in intervals) a call is scheduled at
         self._last = -1  # the grid point of the last call
+        self.watching = False  # the policy's answer may change with any event (ControlPolicy.watches_events)
 
     def counts_changed(self) -> None:
         self.total.set(self.sim.now, self.sim.outstanding)
@@ -76,7 +78,8 @@ class ControlTicks:
             self.target = target
             sim.pool.apply_target(target)
             sim.router.dispatch()
-        if sim.router.queued or changed or (spec.every_interval and self._live()):
+        self.watching = self.policy.watches_events()
+        if (sim.router.queued and self.policy.ticks_while_queued) or changed or (spec.every_interval and self._live()):
             self.schedule(sim.now)  # the next grid point
         elif (review := self.policy.review_at(sim.now)) is not None:
             self.schedule(review)

@@ -61,6 +61,8 @@ class Simulator:
                 handlers[kind](a, b)
             else:
                 handlers[kind](a)
+            if self.control.watching and kind is not Event.TICK:
+                self.control.changed()
             self._sample()
         end = max((r.done_s for r in self.records), default=0.0)
         events = getattr(self.pool.node_host, "events", [])  # a journal, when the spec asked for one

@@ -113,6 +113,15 @@ class ControlPolicy(Protocol):
         """When a change of the replicas at ``t`` becomes visible to the policy."""
         ...
 
+    #: Called at every grid point while requests wait at the router (Ray's controller: its counts
+    #: and means move with every one of them); else only where :meth:`review_at` and events say.
+    ticks_while_queued: bool
+
+    def watches_events(self) -> bool:
+        """After a call: whether any event may change its answer (the simulator then calls it at
+        the next grid point after each event, not only after arrivals, answers and fleet changes)."""
+        ...
+
     # what the ingress sees of each request (sdserve's loop listens; Ray's controller cannot)
     def accepted(self, key: str, job: PendingJob) -> None: ...
 
@@ -133,9 +142,13 @@ class _CountsOnly:
 
     look_back_s = 0.0
     reads_tiers = False
+    ticks_while_queued = True
 
     def review_at(self, now: float) -> float | None:
         return None
+
+    def watches_events(self) -> bool:
+        return False
 
     def sees_fleet_at(self, t: float) -> float:
         return t  # Ray's controller reads replica states at every step
@@ -313,6 +326,14 @@ class SdserveLoop:
 
     def review_at(self, now: float) -> float | None:
         return self._review_at
+
+    ticks_while_queued = False
+
+    def watches_events(self) -> bool:
+        """With a queue, the deadline rule reads each call's start and each checkpoint's place,
+        which change with events the loop is not told of one by one (a call, a read)."""
+        inputs = self.driver.last_inputs
+        return inputs is not None and inputs.queued > 0
 
     def sees_fleet_at(self, t: float) -> float:
         return self.driver.next_poll_from(t)
