@@ -25,7 +25,7 @@ from benchmarks.per_model import simulate_per_model
 from benchmarks.report import provenance
 from benchmarks.sim_bounds import bounds_row
 from benchmarks.sim_config import ModelReplay, SimTarget, a10_service_model, load_target
-from benchmarks.simulate import load_arrivals, run_one
+from benchmarks.simulate import load_arrivals, run_one, summarize_per_model
 from benchmarks.traces import Arrival, split_arrivals
 from scheduler.recommend import pareto_front
 from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S
@@ -155,13 +155,13 @@ class Part:
 def _run(job: tuple[Setting, SimTarget, str, Part, float]) -> Point:
     setting, target, name, part, slo_s = job
     if setting.policy == PER_MODEL:
-        summary = simulate_per_model(target, part.arrivals, slo_s, part.score_from_s)
+        summary = summarize_per_model(simulate_per_model(target, part.arrivals, part.score_from_s), slo_s)
     else:
         _, summary = run_one(target, target.requests(part.arrivals), a10_service_model(), slo_s,
                              score_from_s=part.score_from_s)
     return Point(setting.policy, setting.label, name, summary["slo_attainment"], summary["replica_seconds"],
                  summary["latency_s"]["p99"], summary["replica_starts"], summary.get("peak_replicas"), summary["alive_at_start"],
-                 summary.get("breakdown"))  # the per-model fleet's deployments run apart: none
+                 summary.get("breakdown"))
 
 
 def main(args: argparse.Namespace) -> int:

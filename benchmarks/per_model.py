@@ -5,56 +5,76 @@ Each checkpoint's requests go to their own deployment, whose replicas hold only 
 (its cold start loads it: no checkpoint load ever, LoRAs still load) and which scales by Ray's
 default policy with the given config's knobs. The deployments are simulated apart, each with the
 config's own ``max_replicas`` as its cap: the GPUs they share are **not** capped together, which
-favours this baseline (a deployment never waits for another's GPU). The result says how many
-replicas ran at once at the peak, so a reader sees how many GPUs that would have taken.
+favours this baseline (a deployment never waits for another's GPU). Their runs are then put
+together as one fleet's (:func:`merge_runs`), so the fleet is summarised as any other run is, and
+the result says how many replicas ran at once at the peak: how many GPUs that would have taken.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from benchmarks.sim_config import SimTarget, a10_service_model
-from scheduler.outcomes import Outcome
 from scheduler.simulation.fleet import simulate
+from scheduler.simulation.records import SimResult
 
 
-def simulate_per_model(target: SimTarget, arrivals: list[Any], slo_s: float, score_from_s: float = 0.0) -> dict[str, Any]:
-    """One deployment per checkpoint named in ``arrivals``, each ``target``'s config; a summary
-    shaped like the simulator's (SLO attainment, replica-seconds, p50/p99, cold starts), plus the
-    peak of replicas holding a GPU at once over all deployments; scored from ``score_from_s`` on
-    (what runs before it is warm-up)."""
+@dataclass(frozen=True)
+class PerModelRun:
+    """The per-model fleet's run: its deployments' runs as one fleet's."""
+
+    result: SimResult
+    deployments: int
+    alive_at_start: int  # replicas holding a GPU when scoring began, over all deployments
+
+    @property
+    def peak_replicas(self) -> int:
+        """Replicas holding a GPU at once, at the peak over all deployments."""
+        return max((replicas for _, replicas, _, _ in self.result.samples), default=0)
+
+
+def simulate_per_model(target: SimTarget, arrivals: list[Any], score_from_s: float = 0.0) -> PerModelRun:
+    """One deployment per checkpoint named in ``arrivals``, each ``target``'s config, scored from
+    ``score_from_s`` on (what runs before it is warm-up)."""
     by_model: dict[str, list[Any]] = defaultdict(list)
     for arrival in arrivals:
         by_model[arrival.model].append(arrival)
     service = a10_service_model()
-    latencies: list[float] = []
-    replica_seconds, starts, answered, alive = 0.0, 0, 0, 0
-    steps: dict[float, int] = defaultdict(int)  # time → change in replicas holding a GPU
+    runs, alive = [], 0
     for model, own in by_model.items():
         deployment = target.with_overrides(spec={"models_per_replica": 1, "default_model": model, "model_preload": False,
                                                  "host_models_per_node": 0, "host_models_per_replica": 0})
         result = simulate(deployment.requests(own), deployment.spec, service, deployment.policy())
         alive += result.alive_at(score_from_s) if score_from_s > 0 else deployment.spec.initial_replicas
-        result = result.from_time(score_from_s)
-        answered += len(result.records)
-        latencies += [r.latency_s for r in result.records if r.outcome == Outcome.OK]
-        replica_seconds += result.replica_seconds()
-        starts += result.replica_starts()
-        previous = 0
-        for t, holding, _, _ in result.samples:
-            steps[t] += holding - previous
-            previous = holding
-        steps[result.end_s] -= previous  # what is left stops after the last answer
-    running, peak = 0, 0
-    for t in sorted(steps):
-        running += steps[t]
-        peak = max(peak, running)
-    ok = np.array(latencies)
-    return {"slo_attainment": float(np.sum(ok <= slo_s)) / answered if answered else 0.0,
-            "replica_seconds": replica_seconds, "replica_starts": starts, "deployments": len(by_model),
-            "peak_replicas": peak, "alive_at_start": alive,
-            "latency_s": {"p50": float(np.percentile(ok, 50)) if len(ok) else None,
-                          "p99": float(np.percentile(ok, 99)) if len(ok) else None}}
+        runs.append(result.from_time(score_from_s))
+    return PerModelRun(merge_runs(runs, f"{target.name}, per checkpoint"), len(by_model), alive)
+
+
+def merge_runs(runs: list[SimResult], policy: str) -> SimResult:
+    """Fleets run apart as one: their requests in arrival order, their replicas (numbered anew, each
+    paid until its own fleet's last answer, as its run pays it) and their samples summed over time."""
+    records, replicas, changes = [], [], []
+    for n, run in enumerate(runs):
+        offset = len(replicas)
+        replicas += [dataclasses.replace(r, id=offset + r.id, stopped_s=run.end_s if r.stopped_s is None else r.stopped_s)
+                     for r in run.replicas]
+        records += [dataclasses.replace(r, replica=None if r.replica is None else offset + r.replica) for r in run.records]
+        changes += [(t, n, counts) for t, *counts in run.samples] + [(run.end_s, n, [0, 0, 0])]  # all stopped at its end
+    records.sort(key=lambda r: r.arrival_s)
+    records = [dataclasses.replace(r, index=i) for i, r in enumerate(records)]
+    samples: list[tuple[float, int, int, int]] = []
+    last: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    total = [0, 0, 0]
+    for t, n, counts in sorted(changes, key=lambda change: change[0]):
+        total = [sum_ + new - old for sum_, new, old in zip(total, counts, last[n])]
+        last[n] = counts
+        point = (t, *total)
+        if samples and samples[-1][0] == t:
+            samples[-1] = point  # several fleets changed at this instant: the last sum holds
+        else:
+            samples.append(point)
+    return SimResult(policy, records, replicas, samples, max((run.end_s for run in runs), default=0.0),
+                     sum(run.policy_calls for run in runs))

@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.config_spec import parse_config_spec
 from benchmarks.loadgen import Record
+from benchmarks.per_model import PerModelRun, simulate_per_model
 from benchmarks.report import provenance, write_outputs
 from benchmarks.sim_bounds import attach, bounds_row, describe_bounds, mode_key, own_lower_bound
 from benchmarks.sim_breakdown import breakdown, describe
@@ -49,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the cost bounds (busy time, lower bound, offline schedule)")
     parser.add_argument("--fixed", type=int, action="append", default=[], metavar="N",
                         help="add a fixed fleet of N warm replicas (the first config's rules)")
+    parser.add_argument("--per-model", action="append", default=[], metavar="PATH[#NAME[#OVERRIDE...]]",
+                        help="add one deployment per checkpoint, each this config (as --config; e.g. "
+                             "configs/ray-default.yaml): the naive per-model fleet, its deployments not "
+                             "capped together")
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S,
                         help="replica start → ready (default: the trace's median base-model load)")
     parser.add_argument("--cold-start-jitter-s", type=float, default=0.0, help="uniform ± jitter")
@@ -116,6 +121,30 @@ def run_one(target: SimTarget, requests: list[SimRequest], service: ServiceModel
     return result, summary
 
 
+def summarize_per_model(run: PerModelRun, slo_s: float) -> dict[str, Any]:
+    """The per-model fleet's summary: as any run's, with its deployments, the replicas it ran at
+    once at the peak, and those holding a GPU when scoring began."""
+    summary = summarize_result(run.result, slo_s)
+    summary.update(deployments=run.deployments, peak_replicas=run.peak_replicas, alive_at_start=run.alive_at_start)
+    return summary
+
+
+def _bounds_job(requests: list[SimRequest], spec: Any, time_scale: float, slo_s: float) -> dict[str, Any]:
+    """The cost bounds of one mode, in a worker process."""
+    return bounds_row(requests, a10_service_model(time_scale), spec, slo_s)
+
+
+def _per_model_job(job: tuple[SimTarget, list[Arrival], float]) -> dict[str, Any]:
+    """One per-model fleet's run, in a worker process."""
+    target, arrivals, slo_s = job
+    started = time.perf_counter()
+    run = simulate_per_model(target, arrivals)
+    summary = summarize_per_model(run, slo_s)
+    summary["simulator_seconds"] = time.perf_counter() - started
+    return {"target": {"config": target.path, "policy": "per-model", "spec": target.spec.__dict__},
+            "summary": summary, "samples": downsample(samples_of(run.result)), "records": []}
+
+
 def _simulate_job(job: tuple[SimTarget, list[SimRequest], float, float, Any]) -> dict[str, Any]:
     """One config's run, in a worker process (the configs of a comparison run side by side)."""
     target, requests, time_scale, slo_s, policy = job
@@ -124,6 +153,14 @@ def _simulate_job(job: tuple[SimTarget, list[SimRequest], float, float, Any]) ->
     return {"target": {"config": target.path, "policy": target.policy_kind, "spec": target.spec.__dict__},
             "summary": summary, "samples": downsample(samples_of(result)),
             "records": [r.to_dict() for r in records_of(result)] if len(requests) <= MAX_RECORDS else []}
+
+
+def _print_run(name: str, summary: dict[str, Any]) -> None:
+    loads = summary.get("model_loads")
+    print(f"[simulate] {name}: {summary['simulator_seconds']:.1f}s, "
+          f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s" + (
+              f", {loads['per_request']:.3f} loads/request ({loads['disk']} from disk, {loads['host']} from "
+              f"host, {loads['lora']} LoRA)" if loads else "") + f"; {describe(summary['breakdown'])}", flush=True)
 
 
 def load_arrivals(args: argparse.Namespace) -> list[Arrival]:
@@ -137,10 +174,11 @@ def load_arrivals(args: argparse.Namespace) -> list[Arrival]:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not args.config:
-        raise SystemExit("give at least one --config")
+    if not args.config and not args.per_model:
+        raise SystemExit("give at least one --config or --per-model")
+    if args.fixed and not args.config:
+        raise SystemExit("--fixed takes the rules of the first --config: give one")
     arrivals = load_arrivals(args)
-    service = a10_service_model(args.time_scale)
     targets = [config_target(c, args) for c in args.config]
     print(f"[simulate] SIMULATION: {len(arrivals)} requests over {arrivals[-1].at / 3600:.1f} h "
           f"(window {args.window or 'all'}), cold start {args.cold_start_s:g}s", flush=True)
@@ -152,25 +190,29 @@ def main(args: argparse.Namespace) -> int:
     runs = [(replay.apply(target, arrivals), policy) for target, policy in runs]
     jobs = [(target, target.requests(arrivals, args.size, args.timeout), args.time_scale, args.slo, policy)
             for target, policy in runs]
-    with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(jobs)))) as pool:
-        for (target, requests, *_), entry in zip(jobs, pool.map(_simulate_job, jobs)):
-            summary = entry["summary"]
-            loads = summary.get("model_loads")
-            print(f"[simulate] {target.name}: {summary['simulator_seconds']:.1f}s, "
-                  f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s" + (
-                      f", {loads['per_request']:.3f} loads/request ({loads['disk']} from disk, {loads['host']} from "
-                      f"host, {loads['lora']} LoRA)" if loads else "") + f"; {describe(summary['breakdown'])}", flush=True)
-            if len(requests) > MAX_RECORDS:
-                entry["records"] = []
+    per_model = [replay.apply(config_target(c, args), arrivals) for c in args.per_model]
+    if per_model and not per_model[0].spec.models_per_replica:
+        raise SystemExit("--per-model needs a trace that names checkpoints")
+    per_model = [t.with_overrides(name=f"{t.name}-per-model") for t in per_model]
+    modes: dict[str, tuple[list[SimRequest], Any]] = {}  # the cost bounds, one per mode (batch size, GPUs, cold start), from its first run's requests
+    for target, requests, *_ in jobs if args.bounds else []:
+        modes.setdefault(mode_key(target.spec), (requests, target.spec))
+    # everything runs side by side, the longest first: the per-model fleets, the bounds, the configs
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        per_model_futures = [(target, pool.submit(_per_model_job, (target, arrivals, args.slo))) for target in per_model]
+        bound_futures = {key: pool.submit(_bounds_job, requests, spec, args.time_scale, args.slo)
+                         for key, (requests, spec) in modes.items()}
+        futures = [(job[0], pool.submit(_simulate_job, job)) for job in jobs] + per_model_futures
+        for target, future in futures:
+            entry = future.result()
+            _print_run(target.name, entry["summary"])
             results[target.name] = entry
-    bounds: dict[str, dict[str, Any]] = {}
-    if args.bounds:
-        for target, requests, *_ in jobs:
-            key = mode_key(target.spec)
-            if key not in bounds:
-                bounds[key] = bounds_row(requests, service, target.spec, args.slo)
-                print(f"[simulate] {describe_bounds(key, bounds[key], len(requests))}", flush=True)
-                bounds[key]["requests"] = len(requests)
+        bounds = {key: future.result() for key, future in bound_futures.items()}
+    for key, row in bounds.items():
+        print(f"[simulate] {describe_bounds(key, row, len(modes[key][0]))}", flush=True)
+        row["requests"] = len(modes[key][0])
+    for target in [job[0] for job in jobs] + per_model:
+        if (key := mode_key(target.spec)) in bounds:
             attach(results[target.name]["summary"], bounds[key])
     meta = {**provenance(), "simulated": True,
             "bounds": bounds, "settings": {k: v for k, v in vars(args).items() if k != "func"},

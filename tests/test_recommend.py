@@ -182,11 +182,10 @@ def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each
             highest = direction["highest_below_share"].get(policy)  # when none reaches it: the highest
             assert (highest is None) == bool(meeting)
             assert highest is None or highest["slo_attainment"] == max(p["slo_attainment"] for p in scored)
-    for p in data["points"]:  # one fleet's breakdown for sdserve's and Ray's runs; the per-model fleet has none
+    for p in data["points"]:  # every run's breakdown, the per-model fleet's over all its deployments
         view = p["breakdown"]
-        assert (view is None) == (p["policy"] == heldout.PER_MODEL)
-        if view is not None:
-            assert sum(view["replica_seconds_by_fleet_size"].values()) == pytest.approx(p["replica_seconds"])
+        assert sum(view["replica_seconds_by_fleet_size"].values()) == pytest.approx(p["replica_seconds"])
+        assert sum(view["misses_by_cause"].values()) == round((1 - p["slo_attainment"]) * data["meta"]["parts"][p["part"]])
     report = (tmp_path / "m.md").read_text()
     assert "per-model deployments: its front" in report and "Serving only 98 % of the requests" in report
     assert "Cheapest held-out point at 98 % or more" in report
@@ -216,6 +215,30 @@ def test_heldout_with_a_warm_up_scores_the_later_part_after_the_earlier_one(tmp_
     assert any(p != points[False][(p["policy"], p["label"], later)] for p in warmed)
     assert data[True]["bounds"][later]["warm_at_start"] == max(p["alive_at_start"] for p in warmed)
     assert data[True]["meta"]["warm_up"] and "warm-up" in (tmp_path / "wTrue.md").read_text()
+
+
+def test_simulate_runs_the_per_model_fleet_beside_the_configs(tmp_path: Path) -> None:
+    """``--per-model``: one deployment per checkpoint, summarised as one fleet beside the configs,
+    against the same bounds, the bounds computed side by side with the runs."""
+    trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
+    args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], name="p",
+                 per_model=[CONFIGS / "ray-default.yaml"], out_dir=tmp_path, cold_start_s=10,
+                 set=["model.resident_models=1"], jobs=2)
+    assert simulate_cli.main(args) == 0
+    results = json.loads((tmp_path / "p.json").read_text())["results"]
+    fleet, single = results["ray-default-per-model"]["summary"], results["single"]["summary"]
+    models = {a.model for a in simulate_cli.load_arrivals(args)}
+    assert fleet["deployments"] == len(models) and fleet["peak_replicas"] == fleet["max_replicas"] >= 1
+    assert fleet["sent"] == single["sent"] == len(simulate_cli.load_arrivals(args))
+    assert fleet["model_loads"]["host"] == 0  # a deployment's replicas hold its one checkpoint
+    assert fleet["lower_bound_replica_seconds"] == single["lower_bound_replica_seconds"] > 0
+    assert fleet["replica_seconds"] >= fleet["lower_bound_replica_seconds"]
+    assert "ray-default-per-model" in (tmp_path / "p.md").read_text()
+    plain = tmp_path / "plain.csv"
+    plain.write_text("timestamp\n0\n5\n")
+    with pytest.raises(SystemExit, match="names checkpoints"):
+        simulate_cli.main(_args(simulate_cli.add_arguments, trace=plain, per_model=[CONFIGS / "ray-default.yaml"],
+                                out_dir=tmp_path, no_bounds=True))
 
 
 def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path) -> None:

@@ -348,6 +348,23 @@ def test_ray_default_decides_the_same_when_called_only_where_it_can_change(
     _same_as_every_interval(_requests(trace), spec, lambda: RayControlled("ray", config))
 
 
+def _on_queued_requests(ctx) -> tuple[float, dict]:
+    """A custom policy inside Ray's wrapper: one more replica per two requests waiting at the router."""
+    return ctx.current_num_replicas + ctx.total_queued_requests / 2, {}
+
+
+@settings(max_examples=30, deadline=None)
+@given(trace=sim_traces, look_back=st.sampled_from([2.0, 10.0]), interval=st.sampled_from([0.5, 2.0]))
+def test_a_custom_ray_policy_decides_the_same_when_called_only_where_it_can_change(
+        trace, look_back, interval) -> None:
+    """Its count of queued requests moves when the router hands one to a replica, between arrivals
+    and answers: the policy is called after that too."""
+    config = RayAutoscalingConfig(max_replicas=4, upscale_delay_s=0.0, downscale_delay_s=5.0,
+                                  look_back_period_s=look_back, metrics_interval_s=interval)
+    spec = FleetSpec(cold_start_s=5.0, gpu_slots=4, max_queued_requests=8)
+    _same_as_every_interval(_requests(trace), spec, lambda: RayControlled("ray", config, inner=_on_queued_requests))
+
+
 def test_a_simulated_call_holds_one_kind_of_request() -> None:
     """Two prompts and two edits that run the same steps at the same size arrive together at one
     batched replica: they go in two calls, never one (a pipeline call is one kind)."""

@@ -40,9 +40,9 @@ import numpy as np
 from scheduler.simulation.ordered_chains import (
     chain_links,
     cover_cost,
+    joined_covers,
     least_head_loads,
     one_request_calls,
-    ordered_chain_cost,
 )
 from scheduler.simulation.records import RequestRecord
 from scheduler.simulation.workload import ServiceModel, SimRequest
@@ -165,7 +165,8 @@ def chain_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, warm: int =
     jobs = sorted(jobs, key=lambda j: (j.arrival, j.latest_end))
     if one_request_calls(jobs, TOLERANCE_S):
         heads = _ordered_heads(jobs, cold_start_s, loads)
-        chains = sum(ordered_chain_cost(jobs, heads, stretch, TOLERANCE_S) for stretch in _stretches(jobs, heads))
+        chains = cover_cost(joined_covers([chain_links(jobs, heads, stretch, TOLERANCE_S)
+                                           for stretch in _stretches(jobs, heads)]))[0]
     else:
         heads = [cold_start_s + (loads.head_s(job) if loads else 0.0) for job in jobs]
         chains = sum(heads) - sum(_paired_saving(jobs, heads, stretch) for stretch in _stretches(jobs, heads))
@@ -218,13 +219,13 @@ def share_lower_bound(jobs: Sequence[BoundJob], cold_start_s: float, share: floa
     if needed == 0:
         return 0.0
     heads = _ordered_heads(jobs, cold_start_s, loads)
-    covers = [chain_links(jobs, heads, stretch, TOLERANCE_S) for stretch in _stretches(jobs, heads)]
+    cover = joined_covers([chain_links(jobs, heads, stretch, TOLERANCE_S) for stretch in _stretches(jobs, heads)])
     spared = sum(sorted(heads, reverse=True)[:warm]) if warm else 0.0
     least_busy = float(sum(sorted(job.service for job in jobs)[:needed]))
 
     def dual(price: float) -> tuple[float, float]:
-        solved = [cover_cost(cover, price) for cover in covers]
-        return sum(cost for cost, _ in solved) + price * needed - spared, sum(n for _, n in solved)
+        cost, covered = cover_cost(cover, price)
+        return cost + price * needed - spared, covered
 
     low, high = 0.0, max(h + job.service for h, job in zip(heads, jobs)) + 1.0  # at ``high`` all are worth it
     best, covered = dual(high)

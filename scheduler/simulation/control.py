@@ -3,11 +3,11 @@
 The live loops decide every ``control_interval_s`` (0.1 s), but most of those calls cannot change
 anything. The simulator calls the policy on the same 0.1 s grid only when its answer may differ: at
 the first grid point after an event that changes what the policy sees (an arrival, an answer, a
-replica ready or stopped; any event at all while the policy says so, as sdserve's loop does with a
-queue), every interval right after the target changed and, for Ray's controller, while requests
-queue, and otherwise when the policy says its own clocks run out (:meth:`ControlPolicy.review_at`: a
-keep-alive, a stable window, a scale-down interval, the deadline rule's slack, Ray's delays and
-look-back). Its target is applied at once.
+replica ready or stopped, a request count Ray's controller reads; any event at all while the policy
+says so, as sdserve's loop does with a queue), right after the target changed, and otherwise when
+the policy says its own clocks run out (:meth:`ControlPolicy.review_at`: a keep-alive, a stable
+window, a scale-down interval, the deadline rule's slack, Ray's delays and look-back). Its target is
+applied at once.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ class ControlTicks:
         self.watching = False  # the policy's answer may change with any event (ControlPolicy.watches_events)
 
     def counts_changed(self) -> None:
-        self.total.set(self.sim.now, self.sim.outstanding)
-        self.queued.set(self.sim.now, self.sim.router.queued)
+        moved = self.total.set(self.sim.now, self.sim.outstanding)
+        moved = self.queued.set(self.sim.now, self.sim.router.queued) or moved
+        if moved and self.policy.reads_counts:
+            self.changed()
 
     def _point(self, t: float) -> int:
         """The first point of the live loop's grid (multiples of the interval) at or after ``t``."""
@@ -79,7 +81,7 @@ class ControlTicks:
             sim.pool.apply_target(target)
             sim.router.dispatch()
         self.watching = self.policy.watches_events()
-        if (sim.router.queued and self.policy.ticks_while_queued) or changed or (spec.every_interval and self._live()):
+        if changed or (spec.every_interval and self._live()):
             self.schedule(sim.now)  # the next grid point
         elif (review := self.policy.review_at(sim.now)) is not None:
             self.schedule(review)

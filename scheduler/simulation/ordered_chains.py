@@ -116,6 +116,17 @@ def chain_links(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: Seque
     return ChainLinks(head, service, tuple(links))
 
 
+def joined_covers(covers: Sequence[ChainLinks]) -> ChainLinks:
+    """Several stretches' path covers as one: no link joins two stretches, so its least cost is the
+    sum of theirs, found by one linear program instead of one per stretch (which pays the solver's
+    set-up thousands of times over a trace)."""
+    offsets = np.cumsum([0] + [len(cover.head) for cover in covers])
+    links = tuple((before + offset, after + offset, idle, lane)
+                  for cover, offset in zip(covers, offsets) for before, after, idle, lane in cover.links)
+    return ChainLinks(np.concatenate([cover.head for cover in covers]) if covers else np.zeros(0),
+                      np.concatenate([cover.service for cover in covers]) if covers else np.zeros(0), links)
+
+
 def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: Sequence[int],
                        tolerance_s: float) -> float:
     """The least cost of starting lives (``heads``: each request's, were it first) and of the idle

@@ -42,9 +42,10 @@ class StepSeries:
         """The oldest point kept (the series is known from then on)."""
         return self._points[0][0]
 
-    def set(self, now: float, value: float) -> None:
+    def set(self, now: float, value: float) -> bool:
+        """The count is ``value`` from ``now`` on; whether that changed it."""
         if value == self._points[-1][1]:
-            return
+            return False
         self.last_change_s = now
         if self._points[-1][0] == now:
             self._points[-1] = (now, value)
@@ -52,6 +53,7 @@ class StepSeries:
             self._points.append((now, value))
         while len(self._points) > 1 and self._points[1][0] <= now - self.keep_s:
             self._points.popleft()
+        return True
 
     def sampled_mean(self, now: float, window_s: float, every_s: float, known_until: float) -> float:
         """Ray's view: the count sampled every ``every_s`` (replicas and handles record points at
@@ -68,11 +70,23 @@ class StepSeries:
         if not times:
             return self._value_at(last)
         times.reverse()
-        total = sum(self._value_at(a) * (b - a) for a, b in zip(times, times[1:]))
-        total += self._value_at(times[-1]) * (now - times[-1])
+        values = self._values_at(times)
+        total = sum(value * (b - a) for value, a, b in zip(values, times, times[1:]))
+        total += values[-1] * (now - times[-1])
         span = now - times[0]
         # rounded: float noise (3.0000000000000004) must not turn into another replica under ceil()
         return round(total / span, 9) if span > 0 else self._value_at(times[-1])
+
+    def _values_at(self, times: list[float]) -> list[float]:
+        """:meth:`_value_at` for each of ``times`` (ascending), in one walk over the points."""
+        points, values = self._points, []
+        value, i = points[0][1], 0
+        for t in times:
+            while i < len(points) and points[i][0] <= t:
+                value = points[i][1]
+                i += 1
+            values.append(value)
+        return values
 
     def _value_at(self, t: float) -> float:
         value = self._points[0][1]
@@ -113,9 +127,9 @@ class ControlPolicy(Protocol):
         """When a change of the replicas at ``t`` becomes visible to the policy."""
         ...
 
-    #: Called at every grid point while requests wait at the router (Ray's controller: its counts
-    #: and means move with every one of them); else only where :meth:`review_at` and events say.
-    ticks_while_queued: bool
+    #: Whether the policy reads the request counts (:class:`Observation`'s ``total`` and ``queued``,
+    #: Ray's controller): a change of them is news to it, as an arrival or an answer is.
+    reads_counts: bool
 
     def watches_events(self) -> bool:
         """After a call: whether any event may change its answer (the simulator then calls it at
@@ -142,7 +156,7 @@ class _CountsOnly:
 
     look_back_s = 0.0
     reads_tiers = False
-    ticks_while_queued = True
+    reads_counts = True
 
     def review_at(self, now: float) -> float | None:
         return None
@@ -327,7 +341,7 @@ class SdserveLoop:
     def review_at(self, now: float) -> float | None:
         return self._review_at
 
-    ticks_while_queued = False
+    reads_counts = False  # it is told of each request and reply instead
 
     def watches_events(self) -> bool:
         """With a queue, the deadline rule reads each call's start and each checkpoint's place,
