@@ -179,7 +179,8 @@ def plot_sweep(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 def outputs_markdown(stem: str, meta: dict[str, Any], table: str) -> str:
     """The Markdown of a result: its description, the table, and when, at which commit, by which command."""
-    said = f"\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n" if "commit" in meta else ""
+    took = f" · {meta['wall_s']:.0f} s" if "wall_s" in meta else ""
+    said = f"\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`{took}\n" if "commit" in meta else ""
     from benchmarks.sim_bounds import describe_bounds  # the simulator's bounds, where a result has them
 
     bounds = "".join(f"\n{describe_bounds(key, row, row.get('requests'))}\n" for key, row in meta.get("bounds", {}).items())

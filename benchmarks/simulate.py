@@ -174,6 +174,7 @@ def load_arrivals(args: argparse.Namespace) -> list[Arrival]:
 
 
 def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     if not args.config and not args.per_model:
         raise SystemExit("give at least one --config or --per-model")
     if args.fixed and not args.config:
@@ -214,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
     for target in [job[0] for job in jobs] + per_model:
         if (key := mode_key(target.spec)) in bounds:
             attach(results[target.name]["summary"], bounds[key])
-    meta = {**provenance(), "simulated": True,
+    meta = {**provenance(), "simulated": True, "wall_s": time.perf_counter() - started,
             "bounds": bounds, "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "description": args.description or "SIMULATION (fleet simulator, simulated A10 SD 1.5 service times)"}
     out_dir = Path(args.out_dir)
