@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 def one_request_calls(jobs: Sequence[BoundJob], tolerance_s: float) -> bool:
     """Whether ``jobs`` are calls of one request each (the next may start once this one's call is
     done; each ends ``service`` after its latest start): what the swap and the carried delay above
-    take. Pairs the swap cannot reorder get links both ways (:func:`ordered_chain_cost`)."""
+    take. Pairs the swap cannot reorder get links both ways (:func:`chain_links`)."""
     return all(abs(j.hand_over - j.arrival - j.service) <= tolerance_s
                and abs(j.latest_end - j.service - j.latest_start) <= tolerance_s for j in jobs)
 
@@ -125,14 +125,6 @@ def joined_covers(covers: Sequence[ChainLinks]) -> ChainLinks:
                   for cover, offset in zip(covers, offsets) for before, after, idle, lane in cover.links)
     return ChainLinks(np.concatenate([cover.head for cover in covers]) if covers else np.zeros(0),
                       np.concatenate([cover.service for cover in covers]) if covers else np.zeros(0), links)
-
-
-def ordered_chain_cost(jobs: Sequence[BoundJob], heads: Sequence[float], stretch: Sequence[int],
-                       tolerance_s: float) -> float:
-    """The least cost of starting lives (``heads``: each request's, were it first) and of the idle
-    time between calls, over the splits of ``stretch`` (indices of ``jobs``, sorted by arrival then
-    latest end) into lives in arrival order."""
-    return cover_cost(chain_links(jobs, heads, stretch, tolerance_s))[0]
 
 
 def cover_cost(cover: ChainLinks, price: float | None = None) -> tuple[float, float]:
