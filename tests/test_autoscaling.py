@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -217,3 +218,18 @@ def test_zero_only_after_the_keep_alive(i: AutoscalerInputs, s: AutoscalerState,
         assert i.queued + i.in_flight == 0
         assert decision.state.idle_since is not None
         assert i.now - decision.state.idle_since >= c.scale_to_zero_after_s
+
+
+def test_a_need_leaving_the_window_a_float_sum_from_now_is_reviewed_at_the_next_step() -> None:
+    """From the whole trace: need 4 ended at 1,174,871.1 and, with a replica starting, the window
+    is a cold start (22.7 s) long. At 1,174,893.8 it still counts (22.69999999995 s ago), although
+    1,174,871.1 + 22.7 sums to 1,174,893.8 exactly; 0.1 s later it has left and one replica goes. The
+    review must fall before that step, or the simulator scales down late."""
+    config = AutoscalerConfig(min_replicas=0, max_replicas=4, stable_window_s=20, scale_down_interval_s=5)
+    state = AutoscalerState(target=4, need_history=((1174862.0, 3), (1174871.0, 4), (1174871.1, 3),
+                                                    (1174875.9000000001, 2), (1174882.8, 1)))
+    now = AutoscalerInputs(now=1174893.8, queued=0, in_flight=1, running_replicas=3, starting_replicas=1,
+                           cold_start_s=22.7)
+    held = decide(now, state, config)
+    assert held.desired == 4 and held.review_at is not None and held.review_at <= 1174893.9
+    assert decide(dataclasses.replace(now, now=1174893.9), held.state, config).desired == 3
