@@ -195,8 +195,10 @@ def main(args: argparse.Namespace) -> int:
     if per_model and not per_model[0].spec.models_per_replica:
         raise SystemExit("--per-model needs a trace that names checkpoints")
     per_model = [t.with_overrides(name=f"{t.name}-per-model") for t in per_model]
-    modes: dict[str, tuple[list[SimRequest], Any]] = {}  # the cost bounds, one per mode (batch size, GPUs, cold start), from its first run's requests
-    for target, requests, *_ in jobs if args.bounds else []:
+    # the cost bounds, one per mode (batch size, GPUs, cold start), from the requests of its first run
+    modes: dict[str, tuple[list[SimRequest], Any]] = {}
+    ran = [(job[0], job[1]) for job in jobs] + [(t, t.requests(arrivals, args.size, args.timeout)) for t in per_model]
+    for target, requests in ran if args.bounds else []:
         modes.setdefault(mode_key(target.spec), (requests, target.spec))
     # everything runs side by side, the longest first: the per-model fleets, the bounds, the configs
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
