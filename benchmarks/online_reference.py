@@ -15,7 +15,9 @@ This measures that price on its own, without anything else a fleet pays for:
   request could have met the SLO after a cold start (*kind*: requests come in sessions of like
   requests, and a gap pays a miss only when the request that ends it needs a warm replica), or, in
   place of the recent requests, the kind with how long before it the request before it came and its
-  tenant's request before it came (*session*: a short gap says a session is under way). For a
+  tenant's request before it came (*session*: a short gap says a session is under way), or the kind
+  and recent requests with how many requests came in the 10 minutes after the same time the day
+  before (*recurrence*: traffic that repeats daily would keep a replica for its next request). For a
   price per missed request, coordinate descent over the classes (from the best single keep-alive)
   chooses each class's keep-alive on one part of the trace; the other part scores it. The same
   keep-alives as one fixed value for every class are the plain reference.
@@ -97,10 +99,33 @@ def session_classes(jobs: Sequence[BoundJob], tenants: Sequence[str], cold_start
     return classes
 
 
+DAY_S = 86400.0
+#: The recurrence class: requests in this long after the same time a day before, ...
+RECURRENCE_S = 600.0
+RECURRENCE_EDGES = (0, 1, 3)  # ... put at the largest of these they reach (0, 1–2, 3 or more)
+
+
+def recurrence_classes(jobs: Sequence[BoundJob], earlier: Sequence[float], cold_start_s: float,
+                       loads: LoadTimes | None) -> list[tuple[int, ...]]:
+    """Each job's recurrence class, known when it arrives: its kind and recent requests as in
+    :func:`request_kinds`, and the requests that arrived in the ``RECURRENCE_S`` after the same time
+    one day before (all in the past), at the largest edge of ``RECURRENCE_EDGES`` they reach.
+    ``earlier``: arrival times before the jobs' part, in the same time base (sorted), so the
+    part's first day sees the day before it. ``jobs`` in arrival order."""
+    times = [*earlier, *(job.arrival for job in jobs)]
+    classes: list[tuple[int, ...]] = []
+    for (kind, recent), job in zip(request_kinds(jobs, cold_start_s, loads), jobs):
+        then = job.arrival - DAY_S
+        count = bisect_left(times, then + RECURRENCE_S) - bisect_left(times, then)
+        classes.append((kind, recent, max(edge for edge in RECURRENCE_EDGES if count >= edge)))
+    return classes
+
+
 #: The class families tuned: name in the results → (label, what a class's key says).
 FAMILIES = {"per_class": ("per class", "slot {0}, recent {1}"),
             "per_kind": ("per kind", "fits a cold start {0}, recent {1}"),
-            "per_session": ("per session", "fits a cold start {0}, previous {1}+ s before, tenant's {2}+ s before")}
+            "per_session": ("per session", "fits a cold start {0}, previous {1}+ s before, tenant's {2}+ s before"),
+            "per_recurrence": ("per recurrence", "fits a cold start {0}, recent {1}, {2}+ a day before")}
 
 
 def _objective(run: dict[str, Any], jobs: int, price_s: float) -> float:
@@ -169,7 +194,10 @@ def main(args: argparse.Namespace) -> int:
     classes = {"per_class": {name: traffic_classes(j) for name, j in jobs.items()},
                "per_kind": {name: request_kinds(j, cold, loads) for name, j in jobs.items()},
                "per_session": {name: session_classes(j, [r.tenant for r in requests[name]], cold, loads)
-                               for name, j in jobs.items()}}
+                               for name, j in jobs.items()},
+               "per_recurrence": {"first": recurrence_classes(jobs["first"], [], cold, loads),
+                                  "last": recurrence_classes(jobs["last"], [j.arrival - args.split_s for j in jobs["first"]],
+                                                             cold, loads)}}
     bounds = {}
     for name, part in requests.items():
         print(f"[online-reference] {name} part: {len(part)} requests; its bounds, with the bound for serving "
@@ -212,7 +240,7 @@ def main(args: argparse.Namespace) -> int:
             "slo_s": args.slo, "target": args.target, "cold_start_s": cold, "loads": None if loads is None else vars(loads),
             "wall_s": time.perf_counter() - started,
             "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed, "
-                           "per traffic class, per kind of request or per session class, tuned on one part of the "
+                           "per traffic class, per kind of request, per session class or per recurrence class, tuned on one part of the "
                            "trace and scored on the other"}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +256,8 @@ def report(name: str, meta: dict[str, Any], bounds: dict[str, Any], directions: 
             f"({meta['cold_start_s']:g} s) and its LoRA loads. Its keep-alive after each call: one value, or one "
             f"per class of the call (requests in the last 10 minutes × the 3-hour slot of the day, or × whether "
             f"its request could have met the SLO after a cold start; or that × the gaps since the request before "
-            f"it and since its tenant's request before it), tuned on one part for a price per miss, "
+            f"it and since its tenant's request before it; or the kind and the recent requests × the requests "
+            f"in the 10 minutes after the same time the day before), tuned on one part for a price per miss, "
             f"scored on the other. A reference for what not foreseeing arrivals costs, not a bound. "
             f"SLO {meta['slo_s']:g} s.\n\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n")
     parts = []

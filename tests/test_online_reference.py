@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks import online_reference
-from benchmarks.online_reference import request_kinds, scored, session_classes, traffic_classes, tune_keep_alives
+from benchmarks.online_reference import (
+    recurrence_classes,
+    request_kinds,
+    scored,
+    session_classes,
+    traffic_classes,
+    tune_keep_alives,
+)
 from benchmarks.sim_bounds import shared_replica_run
 from scheduler.simulation.bounds import BoundJob, LoadTimes
 from tests.conftest import ROOT
@@ -53,6 +60,41 @@ def test_session_classes(requests: list[tuple[float, str]], expected: list[tuple
     largest edge it reaches; the request at 100 s is a 2 s call, which fits a cold start."""
     jobs = [_job(t, 2.0 if t == 100.0 else SERVICE) for t, _ in requests]
     assert session_classes(jobs, [tenant for _, tenant in requests], COLD, None) == expected
+
+
+DAY = 86_400.0
+
+
+@pytest.mark.parametrize("earlier, arrivals, expected", [
+    ([], [0.0, DAY + 100.0], [(0, 1, 0), (0, 1, 0)]),  # 100 s after the first: before this time yesterday
+    ([], [0.0, DAY - 300.0], [(0, 1, 0), (0, 1, 1)]),  # 300 s before it: in the 10 minutes after
+    ([], [0.0, 10.0, 20.0, DAY - 500.0], [(0, 1, 0), (0, 2, 0), (0, 3, 0), (0, 1, 3)]),  # three: the top edge
+    ([], [0.0, DAY - 600.0], [(0, 1, 0), (0, 1, 0)]),  # the window ends 600 s after (excluded)
+    ([-DAY + 50.0, -DAY + 60.0], [0.0], [(0, 1, 1)]),  # the part's first day sees the day before it
+    ([-DAY - 50.0], [0.0], [(0, 1, 0)]),  # ... only in the 10 minutes after
+])
+def test_recurrence_classes(earlier: list[float], arrivals: list[float], expected: list[tuple[int, ...]]) -> None:
+    """(kind, recent requests, the requests in the 10 minutes after the same time a day before: 0,
+    1 for 1-2, 3 for 3 or more)."""
+    assert recurrence_classes([_job(t) for t in arrivals], earlier, COLD, None) == expected
+
+
+def test_recurrence_keeps_a_replica_only_where_the_day_before_had_traffic() -> None:
+    """Each day a lone request at 09:00 and a burst of three 100 s apart from 15:00 (10 s calls:
+    each misses from a cold start). The kind and the recent requests see both first requests alike;
+    from the second day on the recurrence class does not (one request in the 10 minutes after 09:00
+    the day before, three after 15:00), so it keeps a replica after 15:00 only."""
+    offsets = (9 * 3600.0, 15 * 3600.0, 15 * 3600.0 + 100.0, 15 * 3600.0 + 200.0)
+    jobs = [_job(DAY * d + offset) for d in range(6) for offset in offsets]
+    classes = recurrence_classes(jobs, [], COLD, None)
+    assert classes[4:8] == [(0, 1, 1), (0, 1, 3), (0, 2, 1), (0, 3, 1)]
+    choice = tune_keep_alives(jobs, classes, COLD, SLO, None, price_s=1000.0)
+    assert choice[(0, 1, 1)] == 0.0 and choice[(0, 1, 3)] >= 90.0
+    run = scored(jobs, classes, choice, 0.0, COLD, SLO, None)
+    assert run["slo_attainment"] == 0.5  # each day's 09:00 and 15:00 miss, the burst's others are in time
+    kinds = request_kinds(jobs, COLD, None)
+    plain = scored(jobs, kinds, tune_keep_alives(jobs, kinds, COLD, SLO, None, price_s=1000.0), 0.0, COLD, SLO, None)
+    assert plain["slo_attainment"] == 0.5 and plain["replica_seconds"] > run["replica_seconds"]
 
 
 def test_kinds_keep_a_replica_only_after_requests_whose_sessions_need_one() -> None:
@@ -118,8 +160,9 @@ def test_the_command_on_a_many_model_trace(tmp_path: Path) -> None:
         lower = data["bounds"][d["score"]]["lower_bound_replica_seconds"]
         share = data["bounds"][d["score"]]["share_lower_bound"]  # serving 98 % of the part in time
         assert 0 < share <= lower
-        assert set(d["cheapest_meeting_target"]) == {"fixed", "per_class", "per_kind", "per_session"}
-        for row in d["fixed"] + d["per_class"] + d["per_kind"] + d["per_session"]:
+        assert set(d["cheapest_meeting_target"]) == {"fixed", *online_reference.FAMILIES}
+        assert len(d["per_recurrence"]) == len(online_reference.MISS_PRICES_S)
+        for row in d["fixed"] + [row for family in online_reference.FAMILIES for row in d[family]]:
             assert row["held_out"]["cold_starts"] >= 1 and 0 < row["held_out"]["slo_attainment"] <= 1
             assert row["held_out"]["over_lower_bound"] == pytest.approx(row["held_out"]["replica_seconds"] / lower)
             assert row["held_out"]["over_share_bound"] >= row["held_out"]["over_lower_bound"]
