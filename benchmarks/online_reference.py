@@ -195,9 +195,9 @@ def main(args: argparse.Namespace) -> int:
                "per_kind": {name: request_kinds(j, cold, loads) for name, j in jobs.items()},
                "per_session": {name: session_classes(j, [r.tenant for r in requests[name]], cold, loads)
                                for name, j in jobs.items()},
-               "per_recurrence": {"first": recurrence_classes(jobs["first"], [], cold, loads),
-                                  "last": recurrence_classes(jobs["last"], [j.arrival - args.split_s for j in jobs["first"]],
-                                                             cold, loads)}}
+               "per_recurrence": {
+                   "first": recurrence_classes(jobs["first"], [], cold, loads),
+                   "last": recurrence_classes(jobs["last"], [j.arrival - args.split_s for j in jobs["first"]], cold, loads)}}
     bounds = {}
     for name, part in requests.items():
         print(f"[online-reference] {name} part: {len(part)} requests; its bounds, with the bound for serving "
@@ -240,7 +240,8 @@ def main(args: argparse.Namespace) -> int:
             "slo_s": args.slo, "target": args.target, "cold_start_s": cold, "loads": None if loads is None else vars(loads),
             "wall_s": time.perf_counter() - started,
             "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed, "
-                           "per traffic class, per kind of request, per session class or per recurrence class, tuned on one part of the "
+                           "per traffic class, per kind of request, per session class or per recurrence class, "
+                           "tuned on one part of the "
                            "trace and scored on the other"}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
