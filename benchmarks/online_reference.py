@@ -241,8 +241,7 @@ def main(args: argparse.Namespace) -> int:
             "wall_s": time.perf_counter() - started,
             "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed, "
                            "per traffic class, per kind of request, per session class or per recurrence class, "
-                           "tuned on one part of the "
-                           "trace and scored on the other"}
+                           "tuned on one part of the trace and scored on the other"}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "bounds": bounds, "directions": directions}, indent=1))
