@@ -29,7 +29,7 @@ from scheduler.outcomes import Outcome
 from scheduler.simulation.fleet import simulate
 from scheduler.simulation.policies import FixedFleet
 from scheduler.simulation.records import SimResult
-from scheduler.simulation.workload import TRACE_MEDIAN_COLD_START_S, ServiceModel, SimRequest
+from scheduler.simulation.workload import STOP_ORDERS, TRACE_MEDIAN_COLD_START_S, ServiceModel, SimRequest
 
 #: Per-request records are kept in the JSON up to this many requests (the whole trace would be MBs).
 MAX_RECORDS = 1000
@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add one deployment per checkpoint, each this config (as --config; e.g. "
                              "configs/ray-default.yaml): the naive per-model fleet, its deployments not "
                              "capped together")
+    parser.add_argument("--stop-order", action="append", default=[], choices=STOP_ORDERS,
+                        help="which replicas a scale-down stops (repeat: every config under each): 'ray', "
+                             "Ray 2.60's (starting first, then the newest; the default), or 'least-loss', a "
+                             "what-if Ray offers no way to choose (idle first, then the fewest recent requests "
+                             "for the checkpoints only they hold), run as NAME-least-loss")
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S,
                         help="replica start → ready (default: the trace's median base-model load)")
     parser.add_argument("--cold-start-jitter-s", type=float, default=0.0, help="uniform ± jitter")
@@ -181,6 +186,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--fixed takes the rules of the first --config: give one")
     arrivals = load_arrivals(args)
     targets = [config_target(c, args) for c in args.config]
+    targets = [t if order == "ray" else t.with_overrides(name=f"{t.name}-{order}", spec={"stop_order": order})
+               for t in targets for order in args.stop_order or ["ray"]]
     print(f"[simulate] SIMULATION: {len(arrivals)} requests over {arrivals[-1].at / 3600:.1f} h "
           f"(window {args.window or 'all'}), cold start {args.cold_start_s:g}s", flush=True)
     results: dict[str, dict[str, Any]] = {}

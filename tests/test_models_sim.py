@@ -3,11 +3,16 @@ it is while a replica holding it is free (SIMULATION)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
+
 import pytest
 
 from scheduler.simulation.fleet import simulate
 from scheduler.simulation.models import DISK, HOST, NONE, Residency
-from scheduler.simulation.policies import FixedFleet
+from scheduler.simulation.policies import FixedFleet, Observation, _CountsOnly
+from scheduler.simulation.records import Replica
+from scheduler.simulation.replicas import least_loss_first
 from scheduler.simulation.workload import FleetSpec, SimRequest
 
 
@@ -81,10 +86,7 @@ def test_a_nodes_host_memory_is_shared_by_its_replicas_and_keeps_a_copy(own_host
 def test_a_checkpoint_in_the_nodes_memory_loads_where_the_coldest_checkpoints_are() -> None:
     """C is in the node's memory, so every replica would copy it from there: the copy goes to the
     replica whose checkpoint was wanted longest ago (B), not the one holding the hot A."""
-    from collections import OrderedDict
-
     from scheduler.simulation.models import dispatcher_choice
-    from scheduler.simulation.records import Replica
 
     node: OrderedDict[str, float] = OrderedDict(C=0.0)
     hot, cold = (Replica(k, 0.0, 0.0, 0.0, models=Residency(device=OrderedDict({m: 0.0}), host=node))
@@ -213,3 +215,56 @@ def test_a_request_behind_one_whose_checkpoint_is_read_does_not_wait_for_the_rea
     assert x.done_s == pytest.approx(31.0, abs=0.1)
     assert d.done_s == pytest.approx(2.0 if wait_for_reads else 35.0, abs=0.1)
     assert x.waited_for_read is wait_for_reads
+
+
+def _holding(rid: int, *models: str, busy: bool = False) -> Replica:
+    return Replica(rid, 0.0, 0.0, 0.0, busy=busy, models=Residency(device=OrderedDict.fromkeys(models)))
+
+
+@pytest.mark.parametrize("replicas, uses, expected", [
+    # newest first in; the one whose own checkpoint saw fewer requests in the last hour goes first
+    ([_holding(2, "B"), _holding(1, "A")], {"A": [1000.0], "B": [3000.0, 3500.0]}, [1, 2]),
+    # a checkpoint another replica holds too is no loss: 2 loses nothing
+    ([_holding(2, "B"), _holding(1, "A", "B")], {"A": [3500.0], "B": [3000.0, 3500.0]}, [2, 1]),
+    # requests more than an hour old do not count: both lose nothing, Ray's order stands
+    ([_holding(2, "B"), _holding(1, "A")], {"A": [100.0], "B": [200.0, 300.0]}, [2, 1]),
+    # idle before busy, whatever it holds
+    ([_holding(2, "B", busy=True), _holding(1, "A")], {"A": [3000.0] * 5}, [1, 2]),
+])
+def test_least_loss_first(replicas: list[Replica], uses: dict[str, list[float]], expected: list[int]) -> None:
+    assert [r.id for r in least_loss_first(replicas, uses, now=4000.0)] == expected
+
+
+@dataclass
+class _TwoThenOne(_CountsOnly):
+    """Two replicas until ``at_s``, then one."""
+
+    at_s: float
+    name: str = "two-then-one"
+
+    def __call__(self, obs: Observation) -> int:
+        return 2 if obs.now < self.at_s else 1
+
+    def review_at(self, now: float) -> float | None:
+        return self.at_s if now < self.at_s else None
+
+
+@pytest.mark.parametrize("stop_order, last_load", [("ray", DISK), ("least-loss", NONE)])
+def test_a_scale_down_stops_the_newest_replica_or_the_one_whose_checkpoint_is_least_wanted(
+        stop_order: str, last_load: str) -> None:
+    """Both replicas start with A; the newer one serves B four times, the older one A once. Ray
+    stops the newer and B's next request loads it from disk again; ``least-loss`` stops the older."""
+    spec = FleetSpec(initial_replicas=2, gpu_slots=2, max_queued_requests=-1, dispatch=True, shed_hopeless=False,
+                     models_per_replica=1, default_model="A", model_load_disk_s=10, stop_order=stop_order)
+    requests = [SimRequest(0.0, timeout_s=600, model="A")] + [
+        SimRequest(t, timeout_s=600, model="B") for t in (0.1, 20.0, 40.0, 60.0, 200.0)]
+    result = simulate(requests, spec, lambda images, pixels, steps: 1.0, _TwoThenOne(100.0))
+    assert [r.replica for r in result.records[:5]] == [0, 1, 1, 1, 1]
+    assert [r.model_load for r in result.records[:5]] == [NONE, DISK, NONE, NONE, NONE]
+    assert result.records[5].model_load == last_load
+    assert result.records[5].replica == (0 if stop_order == "ray" else 1)
+
+
+def test_an_unknown_stop_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="stop_order"):
+        FleetSpec(stop_order="oldest")

@@ -244,9 +244,13 @@ def test_simulate_runs_the_per_model_fleet_beside_the_configs(tmp_path: Path) ->
 def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path) -> None:
     trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
     args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], name="m",
-                 out_dir=tmp_path, cold_start_s=10, set=["model.resident_models=1"], no_bounds=True)
+                 out_dir=tmp_path, cold_start_s=10, set=["model.resident_models=1"], no_bounds=True,
+                 stop_order=["ray", "least-loss"])
     assert simulate_cli.main(args) == 0
-    loads = json.loads((tmp_path / "m.json").read_text())["results"]["single"]["summary"]["model_loads"]
+    results = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert {name: r["target"]["spec"]["stop_order"] for name, r in results.items()} == {
+        "single": "ray", "single-least-loss": "least-loss"}  # each config under each stop order
+    loads = results["single"]["summary"]["model_loads"]
     assert 0 < loads["per_request"] < 1 and loads["disk"] > 0 and loads["lora"] > 0
     markdown = (tmp_path / "m.md").read_text()
     assert "checkpoint loads / request" in markdown and "commit" in markdown

@@ -1,7 +1,8 @@
 """Replicas' lives in the simulator: started (cold start, waiting for a GPU), ready, stopped.
 
-Ray stops starting replicas first, then the newest running ones; a running replica that is stopped
-finishes what it holds (graceful shutdown) and pays until then. A replica beyond the GPUs
+Ray stops starting replicas first, then the newest running ones (``FleetSpec.stop_order``: or, a
+what-if, those whose stop loses least); a running replica that is stopped finishes what it holds
+(graceful shutdown) and pays until then. A replica beyond the GPUs
 (``FleetSpec.gpu_slots``) waits unpaid, as Ray's scheduler holds it PENDING, until a stopping one
 frees its GPU.
 """
@@ -204,5 +205,28 @@ class ReplicaPool:
         elif target < len(alive):
             not_running = [r for r in alive if r.state != "running"][::-1]
             running = [r for r in alive if r.state == "running"][::-1]
+            if self.sim.spec.stop_order == "least-loss":
+                running = least_loss_first(running, self.uses, self.sim.now)
             for replica in (not_running + running)[: len(alive) - target]:
                 self._stop(replica)
+
+
+#: How far back a checkpoint's requests count towards what losing its only GPU copy costs.
+LOSS_WINDOW_S = 3600.0
+
+
+def least_loss_first(running: list[Replica], uses: dict[str, list[float]], now: float) -> list[Replica]:
+    """``running`` (in Ray's order, newest first) reordered so a scale-down stops first the replica
+    whose stop loses least: idle before busy (a busy one pays its drain), then the fewest requests
+    in the last ``LOSS_WINDOW_S`` for the checkpoints no other of them holds on its GPU (each such
+    request would reload it), Ray's order among equals. ``uses``: each checkpoint's arrival times."""
+    def recent(model: str) -> int:
+        times = uses.get(model, [])
+        return len(times) - bisect.bisect_left(times, now - LOSS_WINDOW_S)
+
+    def loss(replica: Replica) -> tuple[bool, int]:
+        others = {model for other in running if other is not replica for model in other.models.device}
+        alone = [model for model in replica.models.device if model not in others]
+        return bool(replica.busy or replica.waiting), sum(recent(model) for model in alone)
+
+    return sorted(running, key=loss)

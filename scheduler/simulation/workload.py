@@ -34,6 +34,10 @@ class SimRequest:
     loras: tuple[str, ...] = ()  # its LoRA adapters ("id:scale"): a call holds one (checkpoint, LoRA set)
 
 
+#: Which replicas a scale-down stops (``FleetSpec.stop_order``).
+STOP_ORDERS = ("ray", "least-loss")
+
+
 @dataclass(frozen=True)
 class FleetSpec:
     """The live system's rules the simulator reproduces; each field names its live counterpart.
@@ -112,6 +116,11 @@ class FleetSpec:
     model_blind: bool = False
     #: the dispatcher tells the control loop where each request's checkpoint is (autoscaling.per_request_loads)
     per_request_loads: bool = True
+    #: Which replicas a scale-down stops: "ray", Ray 2.60's order (starting replicas first, then the
+    #: newest running: ``deployment_scheduler._get_replicas_to_stop``), or "least-loss", a what-if
+    #: that Ray offers no way to choose: the running replicas whose stop loses least first
+    #: (scheduler/simulation/replicas.py: ``least_loss_first``)
+    stop_order: str = "ray"
     control_interval_s: float = 0.1
     #: Call the policy at every ``control_interval_s`` grid point, as the live loop does, instead of
     #: only where its answer may change (the reference the faster schedule is tested against).
@@ -132,3 +141,5 @@ class FleetSpec:
             raise ValueError("cold_start_s and cold_start_jitter_s must be >= 0")
         if self.control_interval_s <= 0:
             raise ValueError("control_interval_s must be > 0")
+        if self.stop_order not in STOP_ORDERS:
+            raise ValueError(f"stop_order must be one of {', '.join(STOP_ORDERS)}, got {self.stop_order!r}")
