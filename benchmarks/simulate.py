@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-order", action="append", default=[], choices=STOP_ORDERS,
                         help="which replicas a scale-down stops (repeat: every config under each): 'ray', "
                              "Ray 2.60's (starting first, then the newest; the default), or 'least-loss', a "
-                             "what-if Ray offers no way to choose (idle first, then the fewest recent requests "
-                             "for the checkpoints only they hold), run as NAME-least-loss")
+                             "what-if Ray offers no way to choose (the fewest requests in the last hour for the "
+                             "checkpoints only they hold first), run as NAME-least-loss")
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S,
                         help="replica start → ready (default: the trace's median base-model load)")
     parser.add_argument("--cold-start-jitter-s", type=float, default=0.0, help="uniform ± jitter")

@@ -228,8 +228,9 @@ def _holding(rid: int, *models: str, busy: bool = False) -> Replica:
     ([_holding(2, "B"), _holding(1, "A", "B")], {"A": [3500.0], "B": [3000.0, 3500.0]}, [2, 1]),
     # requests more than an hour old do not count: both lose nothing, Ray's order stands
     ([_holding(2, "B"), _holding(1, "A")], {"A": [100.0], "B": [200.0, 300.0]}, [2, 1]),
-    # idle before busy, whatever it holds
-    ([_holding(2, "B", busy=True), _holding(1, "A")], {"A": [3000.0] * 5}, [1, 2]),
+    # busy or idle does not count: the busy one holds nothing wanted, it goes first (it drains)
+    ([_holding(2, "B", busy=True), _holding(1, "A")], {"A": [3000.0] * 5}, [2, 1]),
+    ([_holding(2, "B"), _holding(1, "A", busy=True)], {"B": [3000.0] * 5}, [1, 2]),
 ])
 def test_least_loss_first(replicas: list[Replica], uses: dict[str, list[float]], expected: list[int]) -> None:
     assert [r.id for r in least_loss_first(replicas, uses, now=4000.0)] == expected
