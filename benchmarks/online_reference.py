@@ -17,7 +17,9 @@ This measures that price on its own, without anything else a fleet pays for:
   place of the recent requests, the kind with how long before it the request before it came and its
   tenant's request before it came (*session*: a short gap says a session is under way), or the kind
   and recent requests with how many requests came in the 10 minutes after the same time the day
-  before (*recurrence*: traffic that repeats daily would keep a replica for its next request). For a
+  before (*recurrence*: traffic that repeats daily would keep a replica for its next request), or
+  with how popular the call's checkpoint was over the day before it (*popularity*: a keep-alive per
+  popularity class of model, where requests for a hot checkpoint might come back sooner). For a
   price per missed request, coordinate descent over the classes (from the best single keep-alive)
   chooses each class's keep-alive on one part of the trace; the other part scores it. The same
   keep-alives as one fixed value for every class are the plain reference.
@@ -33,6 +35,7 @@ import argparse
 import json
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,11 +124,38 @@ def recurrence_classes(jobs: Sequence[BoundJob], earlier: Sequence[float], cold_
     return classes
 
 
+#: The popularity class: the rank of a request's checkpoint by its requests in the day before it,
+#: put at the largest of these it reaches (the most used; the 2nd to 5th; the 6th on, or none before)
+POPULARITY_EDGES = (1, 2, 6)
+
+
+def popularity_classes(jobs: Sequence[BoundJob], earlier: Sequence[tuple[float, str]], cold_start_s: float,
+                       loads: LoadTimes | None) -> list[tuple[int, ...]]:
+    """Each job's popularity class, known when it arrives: its kind and recent requests as in
+    :func:`request_kinds`, and its checkpoint's rank among the checkpoints by their requests in the
+    ``DAY_S`` before it, at the largest edge of ``POPULARITY_EDGES`` it reaches. ``earlier``: the
+    (arrival, checkpoint) of the requests before the jobs' part, in the same time base, in order."""
+    seen = [*earlier, *((job.arrival, job.model) for job in jobs)]
+    counts: Counter[str] = Counter()
+    first, ranks = 0, []
+    for arrival, model in seen:
+        while seen[first][0] < arrival - DAY_S:
+            counts[seen[first][1]] -= 1
+            first += 1
+        own = counts[model]
+        rank = 1 + sum(count > own for count in counts.values()) if own else POPULARITY_EDGES[-1]
+        ranks.append(max(edge for edge in POPULARITY_EDGES if rank >= edge))
+        counts[model] += 1
+    return [(kind, recent, rank)
+            for (kind, recent), rank in zip(request_kinds(jobs, cold_start_s, loads), ranks[len(earlier):])]
+
+
 #: The class families tuned: name in the results → (label, what a class's key says).
 FAMILIES = {"per_class": ("per class", "slot {0}, recent {1}"),
             "per_kind": ("per kind", "fits a cold start {0}, recent {1}"),
             "per_session": ("per session", "fits a cold start {0}, previous {1}+ s before, tenant's {2}+ s before"),
-            "per_recurrence": ("per recurrence", "fits a cold start {0}, recent {1}, {2}+ a day before")}
+            "per_recurrence": ("per recurrence", "fits a cold start {0}, recent {1}, {2}+ a day before"),
+            "per_popularity": ("per popularity", "fits a cold start {0}, recent {1}, its checkpoint ranked {2}+")}
 
 
 def _objective(run: dict[str, Any], jobs: int, price_s: float) -> float:
@@ -197,7 +227,11 @@ def main(args: argparse.Namespace) -> int:
                                for name, j in jobs.items()},
                "per_recurrence": {
                    "first": recurrence_classes(jobs["first"], [], cold, loads),
-                   "last": recurrence_classes(jobs["last"], [j.arrival - args.split_s for j in jobs["first"]], cold, loads)}}
+                   "last": recurrence_classes(jobs["last"], [j.arrival - args.split_s for j in jobs["first"]], cold, loads)},
+               "per_popularity": {
+                   "first": popularity_classes(jobs["first"], [], cold, loads),
+                   "last": popularity_classes(jobs["last"], [(j.arrival - args.split_s, j.model) for j in jobs["first"]],
+                                              cold, loads)}}
     bounds = {}
     for name, part in requests.items():
         print(f"[online-reference] {name} part: {len(part)} requests; its bounds, with the bound for serving "
@@ -240,7 +274,8 @@ def main(args: argparse.Namespace) -> int:
             "slo_s": args.slo, "target": args.target, "cold_start_s": cold, "loads": None if loads is None else vars(loads),
             "wall_s": time.perf_counter() - started,
             "description": "SIMULATION: what not foreseeing arrivals costs. One shared replica's keep-alive, fixed, "
-                           "per traffic class, per kind of request, per session class or per recurrence class, "
+                           "per traffic class, per kind of request, per session class, per recurrence class or "
+                           "per popularity class of its checkpoint, "
                            "tuned on one part of the trace and scored on the other"}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +292,8 @@ def report(name: str, meta: dict[str, Any], bounds: dict[str, Any], directions: 
             f"per class of the call (requests in the last 10 minutes × the 3-hour slot of the day, or × whether "
             f"its request could have met the SLO after a cold start; or that × the gaps since the request before "
             f"it and since its tenant's request before it; or the kind and the recent requests × the requests "
-            f"in the 10 minutes after the same time the day before), tuned on one part for a price per miss, "
+            f"in the 10 minutes after the same time the day before, or × its checkpoint's rank by its requests "
+            f"in the day before), tuned on one part for a price per miss, "
             f"scored on the other. A reference for what not foreseeing arrivals costs, not a bound. "
             f"SLO {meta['slo_s']:g} s.\n\n{meta['when']} · commit {meta['commit']} · `{meta['command']}`\n")
     parts = []

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import online_reference
 from benchmarks.online_reference import (
+    popularity_classes,
     recurrence_classes,
     request_kinds,
     scored,
@@ -95,6 +96,44 @@ def test_recurrence_keeps_a_replica_only_where_the_day_before_had_traffic() -> N
     kinds = request_kinds(jobs, COLD, None)
     plain = scored(jobs, kinds, tune_keep_alives(jobs, kinds, COLD, SLO, None, price_s=1000.0), 0.0, COLD, SLO, None)
     assert plain["slo_attainment"] == 0.5 and plain["replica_seconds"] > run["replica_seconds"]
+
+
+def _model_job(arrival: float, model: str) -> BoundJob:
+    return dataclasses.replace(_job(arrival), model=model)
+
+
+@pytest.mark.parametrize("earlier, requests, expected", [
+    # none before: unseen (6); A once before (1st); B once, A twice (2nd); A and B twice each (1st: none above)
+    ([], [(0.0, "A"), (10.0, "A"), (20.0, "B"), (30.0, "B"), (40.0, "A")],
+     [(0, 1, 6), (0, 2, 1), (0, 3, 6), (0, 4, 2), (0, 5, 1)]),
+    ([], [(0.0, "A"), (DAY + 1.0, "A")], [(0, 1, 6), (0, 1, 6)]),  # over a day before: not counted
+    ([(-DAY + 100.0, "A")], [(0.0, "A")], [(0, 1, 1)]),  # the part before counts
+    ([(-DAY - 1.0, "A")], [(0.0, "A")], [(0, 1, 6)]),  # ... within the day before only
+    ([(-10.0, "A"), (-5.0, "B"), (-4.0, "C"), (-3.0, "D"), (-2.0, "E"), (-1.0, "E")], [(0.0, "A")],
+     [(0, 1, 2)]),  # E above, A tied with B, C, D: 2nd
+])
+def test_popularity_classes(earlier: list[tuple[float, str]], requests: list[tuple[float, str]],
+                            expected: list[tuple[int, ...]]) -> None:
+    """(kind, recent requests, its checkpoint's rank by requests in the day before: 1 for the
+    most used, 2 for the 2nd to 5th, 6 for the 6th on or none before)."""
+    jobs = [_model_job(t, model) for t, model in requests]
+    assert popularity_classes(jobs, earlier, COLD, None) == expected
+
+
+def test_popularity_keeps_a_replica_only_after_the_hot_checkpoints_requests() -> None:
+    """Each hour a request for the hot H, another for H 100 s later, and a lone one for C half an
+    hour on: the kind and the recent requests see H's first and C's alike, its popularity class does
+    not once a day of history ranks H above C."""
+    jobs = [_model_job(3600.0 * k + offset, model) for k in range(6)
+            for offset, model in ((0.0, "H"), (100.0, "H"), (1800.0, "C"))]
+    classes = popularity_classes(jobs, [], COLD, None)
+    assert classes[3:6] == [(0, 1, 1), (0, 2, 1), (0, 1, 2)]  # the second hour: H, H, C
+    choice = tune_keep_alives(jobs, classes, COLD, SLO, None, price_s=1000.0)
+    assert choice[(0, 1, 1)] >= 90.0 and choice[(0, 1, 2)] == 0.0
+    run = scored(jobs, classes, choice, 0.0, COLD, SLO, None)
+    kinds = request_kinds(jobs, COLD, None)
+    plain = scored(jobs, kinds, tune_keep_alives(jobs, kinds, COLD, SLO, None, price_s=1000.0), 0.0, COLD, SLO, None)
+    assert run["slo_attainment"] >= plain["slo_attainment"] and run["replica_seconds"] < plain["replica_seconds"]
 
 
 def test_kinds_keep_a_replica_only_after_requests_whose_sessions_need_one() -> None:
