@@ -220,8 +220,9 @@ def least_loss_first(running: list[Replica], uses: dict[str, list[float]], now: 
     whose stop loses least: the fewest requests in the last ``LOSS_WINDOW_S`` for the checkpoints
     no other of them holds on its GPU (each such request would load it again), Ray's order among
     equals. Busy or idle does not count: a busy replica drains its call, paid either way, while the
-    idle one left takes the next request (stopping idle replicas first lost SLO on days 1–11 of the
-    production trace, as did stopping busy ones first). ``uses``: each checkpoint's arrival times."""
+    idle one left takes the next request (on days 1–11 of the production trace, stopping idle
+    replicas first, or busy ones first, scored below this rule without the node's memory and no
+    better with it). ``uses``: each checkpoint's arrival times."""
     def recent(model: str) -> int:
         times = uses.get(model, [])
         return len(times) - bisect.bisect_left(times, now - LOSS_WINDOW_S)
