@@ -13,7 +13,10 @@ architecture, random weights, 2.1 GB fp16) and measures, through the code a work
 - **deadline**: a request whose deadline falls mid-run must stop within one step (its overrun past
   the deadline against the step time);
 - **switch**: the checkpoint's weights copied from pinned host RAM into a built pipeline (the host
-  tier), against a load from disk.
+  tier), against a load from disk;
+- **LoRA**: an SD 1.5-size adapter (``sd15-shaped-lora``, rank 64, 72 MiB) loaded, split into reading
+  its file and applying it to the pipeline, and hotswapped into a loaded one
+  (:mod:`benchmarks.lora_load`).
 
 It writes JSON and Markdown with the device, driver, CUDA, torch and diffusers versions. ``--dry-run``
 runs the same sequence anywhere (CI runs it in ``make test``): the tiny model on CPU, 64×64, batches
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import lora_load
 from benchmarks.report import write_result
 from benchmarks.switch import drop_page_cache
 
@@ -49,6 +53,7 @@ class Plan:
     def __init__(self, dry_run: bool) -> None:
         self.dry_run = dry_run
         self.models = ("tiny", "tiny:1") if dry_run else ("sd15-shaped", "sd15-shaped:1")
+        self.loras = ("tiny-lora:1", "tiny-lora:2") if dry_run else ("sd15-shaped-lora:1", "sd15-shaped-lora:2")
         self.device, self.dtype = ("cpu", "float32") if dry_run else ("cuda", "float16")
         self.side = 64 if dry_run else 512
         self.batches = (1, 2) if dry_run else (1, 2, 4, 8)
@@ -210,7 +215,7 @@ def _switch(plan: Plan, generator: Any, other: Any) -> dict[str, Any]:
 def run_check(plan: Plan) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {"environment": _environment(plan), "plan": {
-        "models": plan.models, "size": f"{plan.side}x{plan.side}", "batches": plan.batches, "steps": plan.steps,
+        "models": plan.models, "loras": plan.loras, "size": f"{plan.side}x{plan.side}", "batches": plan.batches, "steps": plan.steps,
         "dtype": plan.dtype, "dry_run": plan.dry_run}}
     print("[gpu-check] building or finding the checkpoints, timing imports and the CUDA context", flush=True)
     result["start"] = _start(plan)
@@ -233,6 +238,12 @@ def run_check(plan: Plan) -> dict[str, Any]:
     result["deadline"] = _deadline(plan, generator, result["steps"]["1"]["s_per_step"])
     disk_s, other = _load(plan, plan.models[1], cold=False)
     result["switch"] = {**_switch(plan, generator, other), "disk_s": disk_s}
+    del other
+    print("[gpu-check] LoRA: reading and applying an adapter", flush=True)
+    from models.built_loras import resolve_lora
+
+    files = [lora_load.weights_file(resolve_lora(source)) for source in plan.loras]
+    result["lora"] = lora_load.measure_on(generator.pipeline, files, repeat=3)
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -255,7 +266,8 @@ def _markdown(result: dict[str, Any]) -> str:
               f"{dl['overrun_s'] if dl['overrun_s'] is not None else float('nan'):.3f} s against a step of {dl['step_s']:.3f} s.",
               f"Switch ({sw['weights_gb']} GB): host RAM{' (pinned)' if sw['pinned'] else ''} → device "
               f"{sw['host_to_device_s']:.3f} s, device → host {sw['device_to_host_s']:.3f} s, disk {sw['disk_s']:.2f} s.",
-              f"Whole check: {result['seconds']:.0f} s."]
+              f"Whole check: {result['seconds']:.0f} s.", ""]
+    lines += lora_load.table(result["lora"], result["plan"]["loras"], result["plan"]["models"][0])
     return "\n".join(lines)
 
 

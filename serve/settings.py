@@ -42,7 +42,7 @@ class ModelSettings(_Section):
         "'model' (default: this model)")
     loras: dict[str, str] = Field(
         default_factory=dict, description="LoRA adapters, served name → source ('tiny-lora:N', a diffusers LoRA "
-        "directory or .safetensors file); a request applies some with 'loras': [{id, scale}]")
+        "directory or .safetensors file; 'sd15-shaped-lora:N' only to measure); a request applies some with 'loras': [{id, scale}]")
     resident_models: int = Field(
         0, ge=0, description="checkpoints a worker replica keeps loaded at once; 0: the whole catalog, loaded at "
         "start; fewer: loaded on first use, the least recently used unloaded")

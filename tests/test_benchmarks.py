@@ -236,7 +236,12 @@ def test_the_gpu_check_runs_its_whole_sequence_as_a_dry_run_on_cpu() -> None:
     deadline = result["deadline"]
     assert deadline["outcome"] == "deadline_exceeded" and deadline["steps_done"] < deadline["steps"]
     assert result["switch"]["host_to_device_s"] > 0 and result["start"]["weights_disk_cold_s"] > 0
-    assert "DRY RUN" in _markdown(result)
+    lora = result["lora"]
+    assert lora["hotswap_error"] == "" and {what: s["n"] for what, s in lora["figures"].items()} == {
+        "read, page cache cold": 3, "read, page cache warm": 3, "apply (state dict in memory)": 3, "delete": 3,
+        "apply, UNet layers only": 3, "whole load, page cache cold": 3, "whole load, page cache warm": 3,
+        "hotswap apply, UNet layers only (into a loaded adapter)": 3}
+    assert "DRY RUN" in _markdown(result) and "| apply (state dict in memory) |" in _markdown(result)
 
 
 @pytest.mark.parametrize(("polls", "expected"), [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import time
+from pathlib import Path
 
 import pytest
 
@@ -260,6 +261,24 @@ def test_tiny_specs_name_their_seed(spec: str, seed: int | None) -> None:
     assert tiny_seed(spec) == seed
 
 
+@pytest.mark.parametrize(("source", "family"), [
+    ("tiny-lora:2", ("tiny-lora", 2)), ("sd15-shaped-lora:1", ("sd15-shaped-lora", 1)), ("tiny-lora", None),
+    ("sd15-shaped-lora:x", None), ("other-lora:1", None), ("/loras/style.safetensors", None)])
+def test_built_lora_sources_name_their_family_and_seed(source: str, family: tuple[str, int] | None) -> None:
+    from models.built_loras import built_lora_family
+
+    assert built_lora_family(source) == family
+
+
+def test_an_adapter_source_that_is_neither_built_nor_on_disk_is_refused_by_name(tmp_path: Path) -> None:
+    from models.built_loras import resolve_lora
+
+    with pytest.raises(FileNotFoundError, match="'missing.safetensors'.*sd15-shaped-lora:N"):
+        resolve_lora("missing.safetensors", tmp_path)
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    assert resolve_lora(str(tmp_path / "style.safetensors")) == str(tmp_path / "style.safetensors")
+
+
 def test_a_worker_says_where_each_checkpoint_came_from_and_sheds_a_job_its_load_would_make_late() -> None:
     from scheduler.admission import ReplicaRules
     from scheduler.outcomes import Outcome
@@ -312,7 +331,7 @@ def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_e
         recwarn: pytest.WarningsRecorder) -> None:
     from models.generator import load_generator
     from models.loader import ModelSpec
-    from models.tiny_lora import resolve_lora
+    from models.built_loras import resolve_lora
 
     loras = {f"l{k}": resolve_lora(f"tiny-lora:{k}") for k in (1, 2)}
     generator = load_generator(ModelSpec("tiny", device="cpu"), loras=loras, resident_loras=1)
