@@ -73,12 +73,12 @@ def _summary(seconds: list[float]) -> dict[str, Any]:
 
 
 def measure(models: list[str], lora: str, device: str, repeat: int, dtype: str = "auto") -> dict[str, Any]:
+    from models.built_loras import resolve_lora
     from models.catalog import CatalogGenerator
     from models.generator import DiffusionGenerator
     from models.host_tier import restore, snapshot
     from models.loader import ModelSpec, _weights_location, load_pipeline
     from models.request import GenerationRequest
-    from models.built_loras import resolve_lora
 
     specs = [ModelSpec(m, device=device, dtype=dtype) for m in models]
     directories = [Path(_weights_location(s)) for s in specs]  # builds tiny ones first, outside the timing

@@ -18,13 +18,13 @@ from pathlib import Path  # noqa: E402
 from typing import Any
 
 from models.backends import load_backend
+from models.built_loras import resolve_lora
 from models.catalog import CatalogGenerator
 from models.generator import GroupedGenerator
 from models.loader import ModelSpec
 from models.memory import cached_probes, device_budget_bytes, measure_probes
 from models.simulated import A10_SD15_STEP_TIME_S, SimulationProfile
 from models.tiny import default_cache_dir
-from models.built_loras import resolve_lora
 from scheduler.adaptive_batching import AdaptiveConfig
 from scheduler.memory import MemoryModel, MemoryProbe
 from serve.settings import AppSettings

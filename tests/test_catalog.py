@@ -329,9 +329,9 @@ def test_a_worker_says_where_each_checkpoint_came_from_and_sheds_a_job_its_load_
 
 def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_exactly(
         recwarn: pytest.WarningsRecorder) -> None:
+    from models.built_loras import resolve_lora
     from models.generator import load_generator
     from models.loader import ModelSpec
-    from models.built_loras import resolve_lora
 
     loras = {f"l{k}": resolve_lora(f"tiny-lora:{k}") for k in (1, 2)}
     generator = load_generator(ModelSpec("tiny", device="cpu"), loras=loras, resident_loras=1)
