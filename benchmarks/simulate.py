@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Ray 2.60's (starting first, then the newest; the default), or 'least-loss', a "
                              "what-if Ray offers no way to choose (the fewest requests in the last hour for the "
                              "checkpoints only they hold first), run as NAME-least-loss")
+    parser.add_argument("--lora-warming", type=int, action="append", default=[], metavar="K",
+                        help="a what-if (repeat: every config under each; 0: off, the default): an idle replica "
+                             "loads the K adapters its checkpoints' requests used most in the last day, one at "
+                             "a time (scheduler/simulation/lora_warming.py), run as NAME-lora-warming-K")
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S,
                         help="replica start → ready (default: the trace's median base-model load)")
     parser.add_argument("--cold-start-jitter-s", type=float, default=0.0, help="uniform ± jitter")
@@ -106,7 +110,8 @@ def summarize_result(result: SimResult, slo_s: float) -> dict[str, Any]:
     if ran:  # checkpoints replayed: loads per request that ran, by the tier they came from
         tiers = Counter(r.model_load for r in ran)
         summary["model_loads"] = {"per_request": (tiers["host"] + tiers["disk"]) / len(ran), "host": tiers["host"],
-                                  "disk": tiers["disk"], "lora": sum(r.lora_loads for r in ran)}
+                                  "disk": tiers["disk"], "lora": sum(r.lora_loads for r in ran),
+                                  "lora_warmed": sum(r.warm_loads for r in result.replicas)}
     summary["breakdown"] = breakdown(result, slo_s)
     return summary
 
@@ -165,7 +170,8 @@ def _print_run(name: str, summary: dict[str, Any]) -> None:
     print(f"[simulate] {name}: {summary['simulator_seconds']:.1f}s, "
           f"SLO {100 * summary['slo_attainment']:.2f}%, {summary['replica_seconds']:.0f} replica-s" + (
               f", {loads['per_request']:.3f} loads/request ({loads['disk']} from disk, {loads['host']} from "
-              f"host, {loads['lora']} LoRA)" if loads else "") + f"; {describe(summary['breakdown'])}", flush=True)
+              f"host, {loads['lora']} LoRA" + (f", {loads['lora_warmed']} warmed while idle" if loads.get("lora_warmed") else "")
+              + ")" if loads else "") + f"; {describe(summary['breakdown'])}", flush=True)
 
 
 def load_arrivals(args: argparse.Namespace) -> list[Arrival]:
@@ -188,6 +194,8 @@ def main(args: argparse.Namespace) -> int:
     targets = [config_target(c, args) for c in args.config]
     targets = [t if order == "ray" else t.with_overrides(name=f"{t.name}-{order}", spec={"stop_order": order})
                for t in targets for order in args.stop_order or ["ray"]]
+    targets = [t if not k else t.with_overrides(name=f"{t.name}-lora-warming-{k}", spec={"lora_warming": k})
+               for t in targets for k in args.lora_warming or [0]]
     print(f"[simulate] SIMULATION: {len(arrivals)} requests over {arrivals[-1].at / 3600:.1f} h "
           f"(window {args.window or 'all'}), cold start {args.cold_start_s:g}s", flush=True)
     results: dict[str, dict[str, Any]] = {}

@@ -245,11 +245,15 @@ def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path
     trace = ROOT / "benchmarks" / "traces" / "synthetic-models.csv"
     args = _args(simulate_cli.add_arguments, trace=trace, config=[CONFIGS / "single.yaml"], name="m",
                  out_dir=tmp_path, cold_start_s=10, set=["model.resident_models=1"], no_bounds=True,
-                 stop_order=["ray", "least-loss"])
+                 stop_order=["ray", "least-loss"], lora_warming=[0, 2])
     assert simulate_cli.main(args) == 0
     results = json.loads((tmp_path / "m.json").read_text())["results"]
-    assert {name: r["target"]["spec"]["stop_order"] for name, r in results.items()} == {
-        "single": "ray", "single-least-loss": "least-loss"}  # each config under each stop order
+    assert {name: (r["target"]["spec"]["stop_order"], r["target"]["spec"]["lora_warming"])
+            for name, r in results.items()} == {
+        "single": ("ray", 0), "single-lora-warming-2": ("ray", 2), "single-least-loss": ("least-loss", 0),
+        "single-least-loss-lora-warming-2": ("least-loss", 2)}  # each config under each stop order and warming
+    assert results["single-lora-warming-2"]["summary"]["model_loads"]["lora_warmed"] > 0
+    assert results["single"]["summary"]["model_loads"]["lora_warmed"] == 0
     loads = results["single"]["summary"]["model_loads"]
     assert 0 < loads["per_request"] < 1 and loads["disk"] > 0 and loads["lora"] > 0
     markdown = (tmp_path / "m.md").read_text()

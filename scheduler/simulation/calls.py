@@ -190,3 +190,4 @@ class CallRunner:
             return
         self.assigned(replica)
         sim.router.dispatch()
+        sim.pool.warm(replica)

@@ -18,6 +18,7 @@ class Event(IntEnum):
     TICK = 6  # the control loop (a: its token)
     ROUTE = 7  # one of Ray's routing tasks tries again (a: the task)
     PREWARM = 8  # sdserve's pre-warm reads predicted checkpoints into the node's memory
+    WARMED = 9  # an idle replica's adapter load ends (FleetSpec.lora_warming)
 
 
 class EventQueue:

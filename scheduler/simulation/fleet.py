@@ -53,7 +53,8 @@ class Simulator:
         handlers = {Event.ARRIVE: self._arrive, Event.READY: self.pool.ready, Event.FINISH: self._finish,
                     Event.CALL_DONE: self.calls.call_done, Event.EXPIRE: self._expire,
                     Event.BATCH: self.calls.batch_timer, Event.TICK: self.control.tick,
-                    Event.ROUTE: self.router.route, Event.PREWARM: self.pool.prewarm}
+                    Event.ROUTE: self.router.route, Event.PREWARM: self.pool.prewarm,
+                    Event.WARMED: self.pool.warmed}
         total = len(self.requests)
         while self.events and self.resolved < total:
             self.now, kind, a, b = self.events.pop()
@@ -87,7 +88,7 @@ class Simulator:
         self.outstanding += 1
         self.events.push(self.deadline[i], Event.EXPIRE, i)
         self.router.enqueue(i)
-        self.pool.arrived(r.model)
+        self.pool.arrived(r.model, r.loras)
         self.counts_changed()
         self.control.changed()
 

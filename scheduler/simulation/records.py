@@ -36,6 +36,8 @@ class Replica:
     rules: ReplicaRules = field(default_factory=ReplicaRules)  # the worker's admission and batch rules
     learning: list[CallLearning] = field(default_factory=list)  # the running call's, learnt when it ends
     models: Residency = field(default_factory=Residency)  # checkpoints it holds (models simulated)
+    warming: tuple[str, str] | None = None  # the (checkpoint, adapter) it is loading while idle
+    warm_loads: int = 0  # adapters it loaded while idle (FleetSpec.lora_warming)
 
     @property
     def ongoing(self) -> int:

@@ -21,6 +21,7 @@ from scheduler.preload import preload_choice
 from scheduler.prewarm import PrewarmConfig, prewarm_plan
 from scheduler.simulation.events import Event
 from scheduler.simulation.journal import JournaledMemory
+from scheduler.simulation.lora_warming import AdapterUses, next_to_warm
 from scheduler.simulation.models import prefetch
 from scheduler.simulation.records import Replica
 
@@ -39,6 +40,7 @@ class ReplicaPool:
                                                    else OrderedDict())
         self.reads: dict[str, float] = {}  # checkpoints the prefetch is reading into it → when each read ends
         self.uses: dict[str, list[float]] = {}  # checkpoint → its requests' arrival times (the pre-warm's history)
+        self.adapter_uses = AdapterUses()  # each checkpoint's adapters, as used (FleetSpec.lora_warming)
         self.cold_asked = 0  # replicas asked for that start cold (the index into spec.cold_starts_s)
         self._views: list[tuple[float, int, int]] = [(0.0, 0, 0)]  # (time, running, starting) as Serve shows them
 
@@ -103,12 +105,14 @@ class ReplicaPool:
         self.viewed()
         return replica
 
-    def arrived(self, model: str) -> None:
+    def arrived(self, model: str, loras: tuple[str, ...] = ()) -> None:
         """A request for ``model`` arrived: the pre-warm's history; with ``host_prefetch``, read it
         into the node's host memory now if no replica holds it on its GPU and it is not there already."""
         spec = self.sim.spec
         if model:
             self.uses.setdefault(model, []).append(self.sim.now)
+            if spec.lora_warming and loras:
+                self.adapter_uses.add(self.sim.now, model, loras)
         if spec.host_prefetch and spec.host_models_per_node and model and \
                 not any(r.models.holds(model) for r in self.active + self.pending):
             self._prefetch(model)
@@ -182,6 +186,37 @@ class ReplicaPool:
             self.sim.router.dispatch()
             self.sim.counts_changed()
             self.viewed()
+            self.warm(replica)
+
+    def warm(self, replica: Replica) -> None:
+        """With ``lora_warming``: if ``replica`` runs with nothing to do, start loading the next
+        adapter its checkpoints' requests used most (scheduler/simulation/lora_warming.py)."""
+        spec, now = self.sim.spec, self.sim.now
+        if not (spec.lora_warming and spec.loras_per_replica) or replica.state != "running" \
+                or replica.busy or replica.waiting:
+            return
+        pick = next_to_warm(replica.models.device, replica.models.loras,
+                            lambda model: self.adapter_uses.top(model, now, spec.lora_warming))
+        if pick is not None:
+            replica.busy, replica.warming = True, pick
+            self.sim.events.push(now + spec.lora_load_s, Event.WARMED, replica.id)
+
+    def warmed(self, rid: int) -> None:
+        """An idle replica's adapter load ended: the adapter is loaded (its checkpoint cannot have
+        left the GPU: only calls evict); then what was sent to it meanwhile, or the next adapter."""
+        replica, spec = self.all[rid], self.sim.spec
+        model, adapter = replica.warming or ("", "")
+        replica.busy, replica.warming = False, None
+        if model in replica.models.device:
+            replica.models.load_loras(model, (adapter,), spec)
+            replica.warm_loads += 1
+        if replica.state == "draining" and not replica.waiting:
+            self.release(replica)
+        elif replica.waiting:
+            self.sim.calls.assigned(replica)
+        else:
+            self.sim.router.dispatch()
+            self.warm(replica)
 
     def release_if_drained(self, replica: Replica) -> None:
         if replica.state == "draining" and not replica.busy and not replica.waiting:

@@ -111,6 +111,10 @@ class FleetSpec:
     #: loaded onto one checkpoint and gone when that checkpoint leaves the GPU; a load takes
     loras_per_replica: int = 0
     lora_load_s: float = 4.4  # (the production trace's LoRA load median)
+    #: a what-if (scheduler/simulation/lora_warming.py): an idle replica loads, one at a time, the
+    #: adapters its checkpoints' requests used most in the last day, up to this many per checkpoint
+    #: (0: off)
+    lora_warming: int = 0
     #: sdserve's dispatcher ignores where checkpoints are (any free replica; a miss pays a load): the
     #: model-blind baseline
     model_blind: bool = False
