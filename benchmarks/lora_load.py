@@ -61,7 +61,14 @@ def measure_on(pipeline: Any, files: list[Path], repeat: int) -> dict[str, Any]:
     """The figures for the adapter ``files`` on a loaded ``pipeline`` (left as it was found)."""
     from safetensors.torch import load_file
 
-    pipeline.load_lora_weights(str(files[0]), adapter_name="warm-up")  # imports, first-use costs out
+    from models.adapters import quiet_foreign_missing_keys
+
+    def load(source: Any, name: str, **options: Any) -> None:
+        """``load_lora_weights`` as a replica calls it (transformers' false MISSING reports dropped)."""
+        with quiet_foreign_missing_keys(name):
+            pipeline.load_lora_weights(source, adapter_name=name, **options)
+
+    load(str(files[0]), "warm-up")  # imports, first-use costs out
     pipeline.delete_adapters("warm-up")
     figures: dict[str, list[float]] = {}
 
@@ -76,18 +83,19 @@ def measure_on(pipeline: Any, files: list[Path], repeat: int) -> dict[str, Any]:
         drop_page_cache(path.parent)
         state = timed("read, page cache cold", lambda: load_file(str(path)))
         timed("read, page cache warm", lambda: load_file(str(path)))
-        timed("apply (state dict in memory)", lambda: pipeline.load_lora_weights(dict(state), adapter_name="a"))
+        timed("apply (state dict in memory)", lambda: load(dict(state), "a"))
         timed("delete", lambda: pipeline.delete_adapters("a"))
         unet_only = {key: value for key, value in state.items() if key.startswith("unet.")}
-        timed("apply, UNet layers only", lambda: pipeline.load_lora_weights(dict(unet_only), adapter_name="u"))
+        timed("apply, UNet layers only", lambda: load(dict(unet_only), "u"))
         pipeline.delete_adapters("u")
         drop_page_cache(path.parent)
-        timed("whole load, page cache cold", lambda: pipeline.load_lora_weights(str(path), adapter_name="b"))
+        timed("whole load, page cache cold", lambda: load(str(path), "b"))
         pipeline.delete_adapters("b")
-        timed("whole load, page cache warm", lambda: pipeline.load_lora_weights(str(path), adapter_name="b"))
+        timed("whole load, page cache warm", lambda: load(str(path), "b"))
         pipeline.delete_adapters("b")
         if not hotswap_error:
-            hotswap_error = _hotswap(pipeline, [load_file(str(f)) for f in (path, files[(k + 1) % len(files)])], timed)
+            hotswap_error = _hotswap(pipeline, load, [load_file(str(f)) for f in (path, files[(k + 1) % len(files)])],
+                                     timed)
     return {
         "adapter_bytes": [f.stat().st_size for f in files],
         "adapted_tensors": len(load_file(str(files[0]))),
@@ -97,14 +105,13 @@ def measure_on(pipeline: Any, files: list[Path], repeat: int) -> dict[str, Any]:
     }
 
 
-def _hotswap(pipeline: Any, states: list[dict[str, Any]], timed: Any) -> str:
+def _hotswap(pipeline: Any, load: Any, states: list[dict[str, Any]], timed: Any) -> str:
     """Load the first adapter's UNet layers as slot ``s``, time hotswapping the second's into it,
     then delete the slot; the error if diffusers refuses (nothing timed)."""
     unet_only = [{k: v for k, v in state.items() if k.startswith("unet.")} for state in states]
     try:
-        pipeline.load_lora_weights(dict(unet_only[0]), adapter_name="s")
-        timed("hotswap apply, UNet layers only (into a loaded adapter)",
-              lambda: pipeline.load_lora_weights(dict(unet_only[1]), adapter_name="s", hotswap=True))
+        load(dict(unet_only[0]), "s")
+        timed("hotswap apply, UNet layers only (into a loaded adapter)", lambda: load(dict(unet_only[1]), "s", hotswap=True))
         return ""
     except Exception as error:  # noqa: BLE001 - reported in the result: which diffusers refuses
         return f"{type(error).__name__}: {error}"

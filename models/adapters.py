@@ -11,13 +11,48 @@ so a checkpoint not loaded yet is priced by what the others measured.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from scheduler.load_timing import LoadTiming
 
-__all__ = ["LoadedAdapters"]
+__all__ = ["LoadedAdapters", "quiet_foreign_missing_keys"]
+
+#: The logger transformers' PEFT integration reports a text encoder's adapter load on.
+TRANSFORMERS_PEFT_LOGGER = "transformers.integrations.peft"
+
+
+class ForeignMissingKeys(logging.Filter):
+    """Drops transformers' loading report when the keys it calls missing are not the loaded adapter's.
+
+    Loading a second adapter into a text encoder (transformers 5, diffusers 0.42), transformers logs
+    every parameter the adapter's file does not hold (the wrapped base layers, the other adapters,
+    the embeddings) as MISSING, "newly initialized". None is touched (tests/test_catalog.py compares
+    them before and after), so a replica with several adapters would log a false alarm of dozens of
+    lines on every load. A report naming a key of the adapter being loaded is a real one and passes.
+    """
+
+    def __init__(self, adapter: str) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = [line for line in record.getMessage().splitlines() if "MISSING" in line and "|" in line]
+        return not lines or any(f".{self.adapter}." in line for line in lines)
+
+
+@contextlib.contextmanager
+def quiet_foreign_missing_keys(adapter: str) -> Iterator[None]:
+    """While ``adapter`` loads: transformers' false MISSING reports dropped (:class:`ForeignMissingKeys`)."""
+    logger, quiet = logging.getLogger(TRANSFORMERS_PEFT_LOGGER), ForeignMissingKeys(adapter)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class LoadedAdapters:

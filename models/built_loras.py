@@ -64,7 +64,7 @@ def ensure_built_lora(family: str, seed: int, cache_dir: Path | None = None) -> 
     """The directory of the built adapter ``family:seed``, built first if it is not cached."""
     shape = SHAPES[family]
     target = (cache_dir or default_cache_dir()) / f"{family}-v{shape.version}-seed{seed}"
-    return build_once(target, WEIGHTS_FILE, lambda work, out: _build(shape, seed, shape.base(cache_dir), out))
+    return build_once(target, WEIGHTS_FILE, lambda work, out: build_lora(shape, seed, shape.base(cache_dir), out))
 
 
 def ensure_tiny_lora(seed: int, cache_dir: Path | None = None) -> Path:
@@ -72,7 +72,8 @@ def ensure_tiny_lora(seed: int, cache_dir: Path | None = None) -> Path:
     return ensure_built_lora(TINY_LORA, seed, cache_dir)
 
 
-def _build(shape: LoraShape, seed: int, base: Path, out: Path) -> None:
+def build_lora(shape: LoraShape, seed: int, base: Path, out: Path) -> None:
+    """Save an adapter of ``shape`` on the checkpoint at ``base``, weights drawn from ``seed``, into ``out``."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft import LoraConfig

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.adapters import LoadedAdapters
+from models.adapters import LoadedAdapters, quiet_foreign_missing_keys
 from models.edits import composite, edit_arguments, edit_pipeline
 from models.host_tier import RESIDENT, HostWeights, restore, snapshot
 from models.loader import ModelSpec, load_pipeline
@@ -245,9 +245,11 @@ class DiffusionGenerator(GroupedGenerator):
     def _load_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
         """Load the adapters not yet in this pipeline, then delete the least recently used ones
         beyond ``resident_loras`` (never one this call needs); seconds spent loading."""
-        return self.loaded_adapters.load(
-            loras, lambda name: self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name),
-            self.pipeline.delete_adapters)
+        return self.loaded_adapters.load(loras, self._load_adapter, self.pipeline.delete_adapters)
+
+    def _load_adapter(self, name: str) -> None:
+        with quiet_foreign_missing_keys(name):
+            self.pipeline.load_lora_weights(self.lora_paths[name], adapter_name=name)
 
     def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> float:
         """Set the call's adapters (loading any not yet in this pipeline); seconds spent loading."""

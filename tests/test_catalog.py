@@ -349,6 +349,63 @@ def test_a_pipeline_keeps_at_most_its_resident_loras_and_reloads_a_deleted_one_e
     assert not [w for w in recwarn if "peft_config" in str(w.message)]  # several adapters are the design
 
 
+def test_a_second_text_encoder_adapter_loads_without_a_false_missing_keys_report_and_touches_nothing(
+        tmp_path: Path) -> None:
+    """transformers reports every parameter a second text-encoder adapter's file lacks as MISSING,
+    "newly initialized"; the generator drops that report, and nothing was in fact touched: the base
+    weights and the first adapter's are as before, and each adapter still changes the image."""
+    import logging
+
+    import torch
+
+    from models.adapters import TRANSFORMERS_PEFT_LOGGER
+    from models.built_loras import LoraShape, build_lora
+    from models.generator import load_generator
+    from models.loader import ModelSpec
+    from models.tiny import ensure_tiny_model
+
+    shape = LoraShape("test", 4, ("to_q",), ("q_proj", "k_proj"), ensure_tiny_model, 0.5, False)
+    for seed in (1, 2):
+        build_lora(shape, seed, ensure_tiny_model(), tmp_path / f"te{seed}")
+    generator = load_generator(ModelSpec("tiny", device="cpu"), loras={f"te{k}": str(tmp_path / f"te{k}") for k in (1, 2)})
+    reports: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(TRANSFORMERS_PEFT_LOGGER).addHandler(handler)
+
+    def image(*names: str) -> bytes:
+        request = GenerationRequest("a lighthouse", 64, 64, 2, 1.0, 5, loras=tuple((n, 1.0) for n in names))
+        return generator.generate([request])[0].images[0]
+
+    try:
+        base = image()
+        first = image("te1")
+        text_encoder = generator.pipeline.text_encoder
+        before = {k: v.clone() for k, v in text_encoder.state_dict().items()}
+        second = image("te2")
+        after = text_encoder.state_dict()
+    finally:
+        logging.getLogger(TRANSFORMERS_PEFT_LOGGER).removeHandler(handler)
+    assert not [r for r in reports if "MISSING" in r]
+    assert all(torch.equal(value, after[key]) for key, value in before.items())  # base and te1 untouched
+    assert len({base, first, second}) == 3 and image("te1") == first
+
+
+@pytest.mark.parametrize(("lines", "passes"), [
+    (["encoder.layers.{0, 1}.self_attn.q_proj.base_layer.weight | MISSING |",
+      "encoder.layers.{0, 1}.self_attn.k_proj.lora_B.te1.weight | MISSING |"], False),  # others' keys: false
+    (["encoder.layers.{0, 1}.self_attn.k_proj.lora_B.te2.weight | MISSING |"], True),  # its own: real
+    (["some other warning about te1"], True),  # not a missing-keys report
+])
+def test_only_missing_keys_reports_about_the_adapter_being_loaded_pass(lines: list[str], passes: bool) -> None:
+    import logging
+
+    from models.adapters import ForeignMissingKeys
+
+    record = logging.LogRecord("transformers.integrations.peft", logging.WARNING, "", 0, "\n".join(lines), None, None)
+    assert ForeignMissingKeys("te2").filter(record) is passes
+
+
 def test_a_simulated_catalog_loads_from_disk_then_host_memory_with_its_profiles_times() -> None:
     """SIMULATION: the simulated backend with a catalog and one checkpoint on its 'GPU' brings the
     others in from disk (``simulation.load_time_s``) or host memory (``host_load_time_s``)."""
