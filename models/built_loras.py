@@ -54,22 +54,11 @@ def built_lora_family(source: str) -> tuple[str, int] | None:
     return (name, int(seed)) if name in SHAPES and sep and seed.isdigit() else None
 
 
-def tiny_lora_seed(source: str) -> int | None:
-    """The seed of a ``tiny-lora:N`` source; None for any other."""
-    family = built_lora_family(source)
-    return family[1] if family and family[0] == TINY_LORA else None
-
-
 def ensure_built_lora(family: str, seed: int, cache_dir: Path | None = None) -> Path:
     """The directory of the built adapter ``family:seed``, built first if it is not cached."""
     shape = SHAPES[family]
     target = (cache_dir or default_cache_dir()) / f"{family}-v{shape.version}-seed{seed}"
     return build_once(target, WEIGHTS_FILE, lambda work, out: build_lora(shape, seed, shape.base(cache_dir), out))
-
-
-def ensure_tiny_lora(seed: int, cache_dir: Path | None = None) -> Path:
-    """The directory of the tiny LoRA from ``seed``, built first if it is not cached."""
-    return ensure_built_lora(TINY_LORA, seed, cache_dir)
 
 
 def build_lora(shape: LoraShape, seed: int, base: Path, out: Path) -> None:

@@ -12,15 +12,12 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Container, Iterable
 
+from scheduler.placement import adapter_ids
+
 #: How far back a checkpoint's adapter uses count.
 WINDOW_S = 86_400.0
 #: An adapter used fewer times than this with a checkpoint in the window is not warmed for it.
 MIN_USES = 2
-
-
-def adapter_id(lora: str) -> str:
-    """The adapter of an ``id:scale`` use (the scale is per call; the adapter is loaded once)."""
-    return lora.partition(":")[0]
 
 
 class AdapterUses:
@@ -32,7 +29,7 @@ class AdapterUses:
 
     def add(self, now: float, model: str, loras: Iterable[str]) -> None:
         uses = self.by_model.setdefault(model, deque())
-        uses.extend((now, adapter) for adapter in dict.fromkeys(adapter_id(lora) for lora in loras))
+        uses.extend((now, adapter) for adapter in sorted(adapter_ids(loras)))  # sorted: the same order every run
 
     def top(self, model: str, now: float, k: int) -> list[str]:
         """The ``k`` adapters used most with ``model`` in the window (at least ``MIN_USES`` times),
