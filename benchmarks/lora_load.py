@@ -107,10 +107,10 @@ def measure_on(pipeline: Any, files: list[Path], repeat: int) -> dict[str, Any]:
 
 def _hotswap(pipeline: Any, load: Any, states: list[dict[str, Any]], timed: Any) -> str:
     """Load the first adapter's UNet layers as slot ``s``, time hotswapping the second's into it,
-    then delete the slot; the error if diffusers refuses (nothing timed)."""
+    then delete the slot; the error if diffusers refuses the hotswap (nothing timed)."""
     unet_only = [{k: v for k, v in state.items() if k.startswith("unet.")} for state in states]
+    load(dict(unet_only[0]), "s")
     try:
-        load(dict(unet_only[0]), "s")
         timed("hotswap apply, UNet layers only (into a loaded adapter)", lambda: load(dict(unet_only[1]), "s", hotswap=True))
         return ""
     except Exception as error:  # noqa: BLE001 - reported in the result: which diffusers refuses

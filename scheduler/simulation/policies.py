@@ -75,7 +75,7 @@ class StepSeries:
         total += values[-1] * (now - times[-1])
         span = now - times[0]
         # rounded: float noise (3.0000000000000004) must not turn into another replica under ceil()
-        return round(total / span, 9) if span > 0 else self._value_at(times[-1])
+        return round(total / span, 9) if span > 0 else values[-1]
 
     def _values_at(self, times: list[float]) -> list[float]:
         """:meth:`_value_at` for each of ``times`` (ascending), in one walk over the points."""
@@ -89,12 +89,7 @@ class StepSeries:
         return values
 
     def _value_at(self, t: float) -> float:
-        value = self._points[0][1]
-        for point_t, point_v in self._points:
-            if point_t > t:
-                break
-            value = point_v
-        return value
+        return self._values_at([t])[0]
 
 
 @dataclass
