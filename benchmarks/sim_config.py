@@ -91,6 +91,7 @@ class ModelReplay:
     lora_load_s: float = 4.4
     checkpoint_gb: float = 2.1
     node_host_models: int = 0  # >0: host memory is the node's, this many checkpoints, shared
+    cold_start_overhead_s: float | None = None  # a cold start in parts (FleetSpec.cold_start_overhead_s)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -101,13 +102,18 @@ class ModelReplay:
         models.add_argument("--checkpoint-gb", type=float, default=cls.checkpoint_gb, help="one checkpoint in host memory")
         models.add_argument("--node-host-models", type=int, default=0, help="host memory per node, in checkpoints, "
                             "shared by its replicas (0: model.host_memory_gb per replica)")
+        models.add_argument("--cold-start-overhead-s", type=float, default=None, metavar="S",
+                            help="a cold start is S plus the load of the checkpoint the replica starts with, "
+                                 "from host memory (--host-load-s) or disk (--disk-load-s); default: "
+                                 "--cold-start-s for every cold start")
         models.add_argument("--one-checkpoint", action="store_true",
                             help="replay every request for one checkpoint without LoRAs (the trace's times, "
                                  "sizes and steps; its checkpoint and LoRA columns ignored)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ModelReplay":
-        return cls(args.host_load_s, args.disk_load_s, args.lora_load_s, args.checkpoint_gb, args.node_host_models)
+        return cls(args.host_load_s, args.disk_load_s, args.lora_load_s, args.checkpoint_gb, args.node_host_models,
+                   args.cold_start_overhead_s)
 
     def apply(self, target: SimTarget, arrivals: list[Any]) -> SimTarget:
         """``target`` replaying models when the arrivals name checkpoints: its config's
@@ -125,7 +131,8 @@ class ModelReplay:
             "host_models_per_node": self.node_host_models,
             "loras_per_replica": model.resident_loras or 10**9,
             "model_load_host_s": self.host_load_s, "model_load_disk_s": self.disk_load_s,
-            "lora_load_s": self.lora_load_s, "default_model": used.most_common(1)[0][0]})
+            "lora_load_s": self.lora_load_s, "default_model": used.most_common(1)[0][0],
+            "cold_start_overhead_s": self.cold_start_overhead_s})
 
 
 def _worker(app: dict[str, Any], path: str) -> dict[str, Any]:

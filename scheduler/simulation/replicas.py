@@ -79,18 +79,20 @@ class ReplicaPool:
 
     def new(self, now: float, cold: bool = True) -> Replica:
         """A replica asked for at ``now``: it starts (or waits for a GPU); ``cold`` False: already warm."""
-        spec, sim = self.sim.spec, self.sim
-        if cold and spec.cold_starts_s:  # as measured, replica by replica
-            cold_s = spec.cold_starts_s[self.cold_asked % len(spec.cold_starts_s)]
-        else:
-            jitter = sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s) if cold else 0.0
-            cold_s = max(0.0, spec.cold_start_s + jitter)
-        self.cold_asked += cold
-        replica = Replica(len(self.all), now, now + (cold_s if cold else 0.0), cold_s, rules=self._rules())
+        spec = self.sim.spec
+        replica = Replica(len(self.all), now, now, 0.0, rules=self._rules())
         if spec.host_models_per_node:
             replica.models.host = self.node_host  # the node's host memory: shared, outlives replicas
+        checkpoint_s = 0.0
         if spec.models_per_replica and spec.default_model:
-            replica.models.load(self._preload() if spec.model_preload else spec.default_model, spec, now)
+            _, checkpoint_s = replica.models.load(self._preload() if spec.model_preload else spec.default_model,
+                                                  spec, now)
+        if cold:
+            replica.cold_start_s = self._cold_start(checkpoint_s)
+            replica.ready_s = now + replica.cold_start_s
+        else:  # warm from the start: what it reports as its cold start
+            replica.cold_start_s = spec.cold_start_s if spec.cold_start_overhead_s is None else \
+                spec.cold_start_overhead_s + spec.model_load_host_s
         self.all.append(replica)
         if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
             replica.state = "pending"  # no GPU free until a stopping replica lets go of one
@@ -99,11 +101,24 @@ class ReplicaPool:
             self.active.append(replica)
             if cold:
                 replica.cold_started = True
-                sim.events.push(replica.ready_s, Event.READY, replica.id)
+                self.sim.events.push(replica.ready_s, Event.READY, replica.id)
             else:
                 replica.state = "running"  # warm from the start
         self.viewed()
         return replica
+
+    def _cold_start(self, checkpoint_s: float) -> float:
+        """The next cold start: as measured, replica by replica; else ``cold_start_s`` ± jitter, or,
+        with ``cold_start_overhead_s``, that ± jitter plus ``checkpoint_s``, the load of the
+        checkpoint the replica starts with."""
+        spec = self.sim.spec
+        self.cold_asked += 1
+        if spec.cold_starts_s:
+            return spec.cold_starts_s[(self.cold_asked - 1) % len(spec.cold_starts_s)]
+        jitter = self.sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s)
+        if spec.cold_start_overhead_s is None:
+            return max(0.0, spec.cold_start_s + jitter)
+        return max(0.0, spec.cold_start_overhead_s + jitter) + checkpoint_s
 
     def arrived(self, model: str, loras: tuple[str, ...] = ()) -> None:
         """A request for ``model`` arrived: the pre-warm's history; with ``host_prefetch``, read it

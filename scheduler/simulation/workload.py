@@ -55,6 +55,11 @@ class FleetSpec:
     max_queued_requests: int = 64  # the deployment's max_queued_requests (-1: unbounded) → 503
     cold_start_s: float = TRACE_MEDIAN_COLD_START_S  # replica start → ready
     cold_start_jitter_s: float = 0.0  # uniform ± jitter on each cold start
+    #: With models replayed, a cold start made of its parts: this (± jitter: starting the process,
+    #: imports, building the pipeline) plus the load of the checkpoint the replica starts with, from
+    #: where it is then (host memory: ``model_load_host_s``; disk: ``model_load_disk_s``). None:
+    #: ``cold_start_s`` for every cold start, whatever tier its checkpoint comes from.
+    cold_start_overhead_s: float | None = None
     #: Replica by replica, in the order they are asked for (cycling): each cold start, e.g. a live
     #: run's measured ones (sdserve-bench validate). Empty: ``cold_start_s`` ± jitter for all.
     cold_starts_s: tuple[float, ...] = ()
@@ -143,6 +148,11 @@ class FleetSpec:
             raise ValueError("max_batch_size and max_ongoing_requests must be >= 1")
         if self.cold_start_s < 0 or self.cold_start_jitter_s < 0:
             raise ValueError("cold_start_s and cold_start_jitter_s must be >= 0")
+        if self.cold_start_overhead_s is not None:
+            if self.cold_start_overhead_s < 0:
+                raise ValueError("cold_start_overhead_s must be >= 0")
+            if self.cold_starts_s:
+                raise ValueError("give cold_starts_s (measured, whole) or cold_start_overhead_s (in parts), not both")
         if self.control_interval_s <= 0:
             raise ValueError("control_interval_s must be > 0")
         if self.stop_order not in STOP_ORDERS:
