@@ -53,6 +53,10 @@ def sdserve_settings(grid: str = "full") -> list[Setting]:
         keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 600), (30,)
     elif grid == "dense":  # 16, as Ray's: medium with the midpoint of its widest step (window 300 s)
         keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 300, 600), (30,)
+    elif grid == "fast-start":  # 12, as Ray's: shorter keep-alives and windows, for a cold start well under the SLO
+        keeps = [(f"fixed {k:g}s", {"keep_alive": "fixed", "cold_start_penalty_s": None, "scale_to_zero_after_s": k})
+                 for k in (0, 30)] + [keeps[0], keeps[1]]
+        windows, objectives = (0, 20, 120), (30,)
     return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o}s",
                     {**knobs, "stable_window_s": w, "latency_objective_s": o})
             for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]
@@ -69,6 +73,8 @@ def ray_settings(grid: str = "full", policy: str = RAY) -> list[Setting]:
         axes = ((1, 2), (30,), (60, 600), (60, 300, 1200), (30,))
     elif grid == "dense":  # 16, as sdserve's: medium with the midpoint of its widest step (to zero 600 s)
         axes = ((1, 2), (30,), (60, 600), (60, 300, 600, 1200), (30,))
+    elif grid == "fast-start":  # 12, as sdserve's: no upscale delay, to zero at once, after 60 or 300 s
+        axes = ((1, 2), (0,), (30, 600), (0, 60, 300), (30,))
     return [Setting(policy, f"target {t:g}, up {u:g}s, down {d:g}s, to zero {z:g}s, look-back {b:g}s",
                     {"target_ongoing_requests": t, "upscale_delay_s": u, "downscale_delay_s": d,
                      "downscale_to_zero_delay_s": z, "look_back_period_s": b})
@@ -117,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the first part ends, seconds from the trace's start (default: 11 days)")
     parser.add_argument("--config", default="configs/single.yaml", help="sdserve's config")
     parser.add_argument("--ray-config", default="configs/ray-default.yaml", help="Ray's default policy")
-    parser.add_argument("--grid", choices=("full", "dense", "medium", "small"), default="full")
+    parser.add_argument("--grid", choices=("full", "dense", "medium", "small", "fast-start"), default="full")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an args key in both configs (e.g. model.resident_models=4)")
     ModelReplay.add_arguments(parser)
@@ -212,7 +218,9 @@ def main(args: argparse.Namespace) -> int:
             "grid": args.grid, "wall_s": time.perf_counter() - started,
             "description": f"SIMULATION: knobs chosen on one part of the trace, scored on the other; "
                            f"{sum(s.policy == SDSERVE for s in settings)} settings per policy; SLO {args.slo:g}s; "
-                           f"cold start {args.cold_start_s:g}s" + (
+                           + (f"cold start {args.cold_start_s:g}s" if replay.cold_start_overhead_s is None or not per_model
+                              else f"cold start {replay.cold_start_overhead_s:g}s + the load of its first checkpoint "
+                                   f"from host memory ({replay.host_load_s:g}s) or disk ({replay.disk_load_s:g}s)") + (
                                "; the later part scored after a warm-up on the earlier one (the whole trace "
                                "replayed, only the later part's requests and replica-seconds counted)"
                                if args.warm_up else "") + (

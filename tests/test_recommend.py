@@ -131,7 +131,7 @@ def test_heldout_tunes_each_policy_on_one_part_and_scores_it_on_the_other(tmp_pa
     data = json.loads((tmp_path / "h.json").read_text())
     settings = len(heldout.sdserve_settings("small")) + len(heldout.ray_settings("small")) + 2  # + the shipped
     assert len(data["points"]) == 2 * settings  # every setting on both parts
-    for size in ("full", "dense", "medium", "small"):  # as many settings for each
+    for size in ("full", "dense", "medium", "small", "fast-start"):  # as many settings for each
         assert len(heldout.sdserve_settings(size)) == len(heldout.ray_settings(size)), size
     first, second = data["directions"]
     assert (first["tune"], first["score"]) == (second["score"], second["tune"])
