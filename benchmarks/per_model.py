@@ -1,13 +1,14 @@
 """The naive per-model fleet: one deployment per checkpoint, each sized by Ray's default policy
 (SIMULATION; baseline (c) of the model-aware comparison).
 
-Each checkpoint's requests go to their own deployment, whose replicas hold only that checkpoint
-(its cold start loads it: no checkpoint load ever, LoRAs still load) and which scales by Ray's
-default policy with the given config's knobs. The deployments are simulated apart, each with the
-config's own ``max_replicas`` as its cap: the GPUs they share are **not** capped together, which
-favours this baseline (a deployment never waits for another's GPU). Their runs are then put
-together as one fleet's (:func:`merge_runs`), so the fleet is summarised as any other run is, and
-the result says how many replicas ran at once at the peak: how many GPUs that would have taken.
+Each checkpoint's requests go to their own deployment, whose replicas hold only that checkpoint (its
+cold start loads it: no checkpoint load ever, LoRAs still load; with a cold start in parts the
+node's memory keeps it after its first read) and which scales by Ray's default policy with the given
+config's knobs. The deployments are simulated apart, each with the config's own ``max_replicas`` as
+its cap: the GPUs they share are **not** capped together, which favours this baseline (a deployment
+never waits for another's GPU). Their runs are then put together as one fleet's
+(:func:`merge_runs`), so the fleet is summarised as any other run is, and the result says how many
+replicas ran at once at the peak: how many GPUs that would have taken.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ def simulate_per_model(target: SimTarget, arrivals: list[Any], score_from_s: flo
     service = a10_service_model()
     runs, alive = [], 0
     for model, own in by_model.items():
+        # with a cold start in parts, the node's page cache keeps the deployment's one checkpoint once
+        # read, and every start after the first reads it from memory (shared with the other
+        # deployments, it might not stay: this favours the baseline too)
+        in_parts = target.spec.cold_start_overhead_s is not None
         deployment = target.with_overrides(spec={"models_per_replica": 1, "default_model": model, "model_preload": False,
-                                                 "host_models_per_node": 0, "host_models_per_replica": 0})
+                                                 "host_models_per_node": int(in_parts), "host_models_per_replica": 0})
         result = simulate(deployment.requests(own), deployment.spec, service, deployment.policy())
         alive += result.alive_at(score_from_s) if score_from_s > 0 else deployment.spec.initial_replicas
         runs.append(result.from_time(score_from_s))

@@ -49,3 +49,16 @@ def test_merged_runs_pay_and_count_what_the_runs_did() -> None:
     assert merged.samples == [(0.0, 1, 0, 1), (1.0, 3, 0, 2), (2.0, 3, 1, 2), (3.0, 3, 3, 2), (8.0, 2, 2, 1),
                               (12.0, 1, 1, 1), (20.0, 0, 0, 0)]
     assert (merged.end_s, merged.policy_calls) == (20.0, 7)
+
+
+def test_with_a_cold_start_in_parts_a_deployment_reads_its_checkpoint_from_disk_once() -> None:
+    """Each deployment's checkpoint stays in the node's memory after its first read: its first cold
+    start pays the read from disk, later ones the load from memory."""
+    arrivals = [Arrival(0.0, model="A"), Arrival(5000.0, model="A")]
+    replay = ModelReplay(host_load_s=3.0, disk_load_s=30.0, cold_start_overhead_s=5.0)
+    at_zero = {"DiffusionWorker": ["autoscaling_config.initial_replicas=0"]}
+    target = replay.apply(load_target(CONFIGS / "ray-default.yaml", cold_start_s=10, deployment_overrides=at_zero),
+                          arrivals)
+    run = simulate_per_model(target, arrivals)
+    starts = [r.ready_s - r.started_s for r in run.result.replicas if r.cold_started]
+    assert starts == pytest.approx([35.0, 8.0])
