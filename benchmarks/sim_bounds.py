@@ -28,9 +28,7 @@ from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
 def least_cold_start(spec: FleetSpec) -> float:
     """The shortest cold start ``spec`` has: with a cold start in parts, its checkpoint read ahead
     into host memory (which hindsight can always do)."""
-    if spec.cold_start_overhead_s is not None and spec.models_per_replica:
-        return max(0.0, spec.cold_start_overhead_s - spec.cold_start_jitter_s) + spec.model_load_host_s
-    return max(0.0, spec.cold_start_s - spec.cold_start_jitter_s)
+    return spec.cold_start_with(spec.model_load_host_s, -spec.cold_start_jitter_s)
 
 
 def mode_key(spec: FleetSpec) -> str:

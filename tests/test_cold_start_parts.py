@@ -71,3 +71,15 @@ def test_the_replay_option_reaches_the_spec_only_when_the_trace_names_checkpoint
     assert named.spec.cold_start_overhead_s == 9.5
     unnamed = replay.apply(target, [Arrival(0.0), Arrival(1.0)])
     assert unnamed.spec.cold_start_overhead_s is None and unnamed.spec.cold_start_s == 22.7
+
+
+@pytest.mark.parametrize("spec, checkpoint_s, jitter_s, expected", [
+    (FleetSpec(cold_start_s=20), 30.0, 0.0, 20.0),  # flat: the checkpoint's tier does not count
+    (FleetSpec(cold_start_s=20), 30.0, -25.0, 0.0),  # never below zero
+    (FleetSpec(cold_start_s=20, cold_start_overhead_s=5, models_per_replica=1), 30.0, 1.0, 36.0),
+    (FleetSpec(cold_start_s=20, cold_start_overhead_s=5, models_per_replica=1), 3.0, -6.0, 3.0),
+    (FleetSpec(cold_start_s=20, cold_start_overhead_s=5), 30.0, 0.0, 20.0),  # no models replayed: flat
+])
+def test_one_cold_start_rule_for_the_simulator_and_the_bounds(spec: FleetSpec, checkpoint_s: float, jitter_s: float,
+                                                              expected: float) -> None:
+    assert spec.cold_start_with(checkpoint_s, jitter_s) == pytest.approx(expected)

@@ -91,8 +91,7 @@ class ReplicaPool:
             replica.cold_start_s = self._cold_start(checkpoint_s)
             replica.ready_s = now + replica.cold_start_s
         else:  # warm from the start: what it reports as its cold start
-            replica.cold_start_s = spec.cold_start_s if spec.cold_start_overhead_s is None else \
-                spec.cold_start_overhead_s + spec.model_load_host_s
+            replica.cold_start_s = spec.cold_start_with(spec.model_load_host_s)
         self.all.append(replica)
         if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
             replica.state = "pending"  # no GPU free until a stopping replica lets go of one
@@ -108,17 +107,14 @@ class ReplicaPool:
         return replica
 
     def _cold_start(self, checkpoint_s: float) -> float:
-        """The next cold start: as measured, replica by replica; else ``cold_start_s`` ± jitter, or,
-        with ``cold_start_overhead_s``, that ± jitter plus ``checkpoint_s``, the load of the
-        checkpoint the replica starts with."""
+        """The next cold start: as measured, replica by replica; else the spec's, ± jitter, with
+        ``checkpoint_s`` (the load of the checkpoint the replica starts with) in a cold start in parts."""
         spec = self.sim.spec
         self.cold_asked += 1
         if spec.cold_starts_s:
             return spec.cold_starts_s[(self.cold_asked - 1) % len(spec.cold_starts_s)]
-        jitter = self.sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s)
-        if spec.cold_start_overhead_s is None:
-            return max(0.0, spec.cold_start_s + jitter)
-        return max(0.0, spec.cold_start_overhead_s + jitter) + checkpoint_s
+        jitter_s = self.sim.rng.uniform(-spec.cold_start_jitter_s, spec.cold_start_jitter_s)
+        return spec.cold_start_with(checkpoint_s, jitter_s)
 
     def arrived(self, model: str, loras: tuple[str, ...] = ()) -> None:
         """A request for ``model`` arrived: the pre-warm's history; with ``host_prefetch``, read it

@@ -136,6 +136,13 @@ class FleetSpec:
     every_interval: bool = False
     seed: int = 0
 
+    def cold_start_with(self, checkpoint_s: float, jitter_s: float = 0.0) -> float:
+        """A cold start ``jitter_s`` off whose first checkpoint loads in ``checkpoint_s``: that load
+        counts only in a cold start in parts (``cold_start_overhead_s``, with models replayed)."""
+        if self.cold_start_overhead_s is None or not self.models_per_replica:
+            return max(0.0, self.cold_start_s + jitter_s)
+        return max(0.0, self.cold_start_overhead_s + jitter_s) + checkpoint_s
+
     @property
     def tells_loads(self) -> bool:
         """Whether sdserve's dispatcher tells the control loop where each request's checkpoint comes
