@@ -218,9 +218,7 @@ def main(args: argparse.Namespace) -> int:
             "grid": args.grid, "wall_s": time.perf_counter() - started,
             "description": f"SIMULATION: knobs chosen on one part of the trace, scored on the other; "
                            f"{sum(s.policy == SDSERVE for s in settings)} settings per policy; SLO {args.slo:g}s; "
-                           + (f"cold start {args.cold_start_s:g}s" if replay.cold_start_overhead_s is None or not per_model
-                              else f"cold start {replay.cold_start_overhead_s:g}s + the load of its first checkpoint "
-                                   f"from host memory ({replay.host_load_s:g}s) or disk ({replay.disk_load_s:g}s)") + (
+                           + replay.cold_start_text(args.cold_start_s, per_model) + (
                                "; the later part scored after a warm-up on the earlier one (the whole trace "
                                "replayed, only the later part's requests and replica-seconds counted)"
                                if args.warm_up else "") + (

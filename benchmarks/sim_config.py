@@ -115,6 +115,13 @@ class ModelReplay:
         return cls(args.host_load_s, args.disk_load_s, args.lora_load_s, args.checkpoint_gb, args.node_host_models,
                    args.cold_start_overhead_s)
 
+    def cold_start_text(self, cold_start_s: float, models: bool = True) -> str:
+        """The cold start a run replays, in words (``models``: the trace names checkpoints)."""
+        if self.cold_start_overhead_s is None or not models:
+            return f"cold start {cold_start_s:g}s"
+        return (f"cold start {self.cold_start_overhead_s:g}s + the load of its first checkpoint from host memory "
+                f"({self.host_load_s:g}s) or disk ({self.disk_load_s:g}s)")
+
     def apply(self, target: SimTarget, arrivals: list[Any]) -> SimTarget:
         """``target`` replaying models when the arrivals name checkpoints: its config's
         ``model.resident_models`` (0, the whole catalog, is taken as 1), ``resident_loras`` (0:

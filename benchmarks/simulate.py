@@ -196,13 +196,14 @@ def main(args: argparse.Namespace) -> int:
                for t in targets for order in args.stop_order or ["ray"]]
     targets = [t if not k else t.with_overrides(name=f"{t.name}-lora-warming-{k}", spec={"lora_warming": k})
                for t in targets for k in args.lora_warming or [0]]
+    replay = ModelReplay.from_args(args)
+    cold = replay.cold_start_text(args.cold_start_s, any(a.model for a in arrivals))
     print(f"[simulate] SIMULATION: {len(arrivals)} requests over {arrivals[-1].at / 3600:.1f} h "
-          f"(window {args.window or 'all'}), cold start {args.cold_start_s:g}s", flush=True)
+          f"(window {args.window or 'all'}), {cold}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     runs = [(t, None) for t in targets] + [
         (targets[0].with_overrides(name=f"fixed-{n}", spec={"initial_replicas": n}), FixedFleet(n, f"fixed-{n}"))
         for n in args.fixed]
-    replay = ModelReplay.from_args(args)
     runs = [(replay.apply(target, arrivals), policy) for target, policy in runs]
     jobs = [(target, target.requests(arrivals, args.size, args.timeout), args.time_scale, args.slo, policy)
             for target, policy in runs]

@@ -83,3 +83,11 @@ def test_the_replay_option_reaches_the_spec_only_when_the_trace_names_checkpoint
 def test_one_cold_start_rule_for_the_simulator_and_the_bounds(spec: FleetSpec, checkpoint_s: float, jitter_s: float,
                                                               expected: float) -> None:
     assert spec.cold_start_with(checkpoint_s, jitter_s) == pytest.approx(expected)
+
+
+def test_the_runs_say_which_cold_start_they_replay() -> None:
+    assert ModelReplay().cold_start_text(22.7) == "cold start 22.7s"
+    in_parts = ModelReplay(host_load_s=2.8, disk_load_s=35.0, cold_start_overhead_s=10.9)
+    assert in_parts.cold_start_text(22.7) == ("cold start 10.9s + the load of its first checkpoint from host memory "
+                                              "(2.8s) or disk (35s)")
+    assert in_parts.cold_start_text(22.7, models=False) == "cold start 22.7s"  # a trace that names no checkpoints
