@@ -158,10 +158,10 @@ class Part:
     score_from_s: float = 0.0
 
 
-def _run(job: tuple[Setting, SimTarget, str, Part, float]) -> Point:
-    setting, target, name, part, slo_s = job
+def _run(job: tuple[Setting, SimTarget, str, Part, float, bool]) -> Point:
+    setting, target, name, part, slo_s, shared_gpus = job
     if setting.policy == PER_MODEL:
-        summary = summarize_per_model(simulate_per_model(target, part.arrivals, part.score_from_s), slo_s)
+        summary = summarize_per_model(simulate_per_model(target, part.arrivals, part.score_from_s, shared_gpus), slo_s)
     else:
         _, summary = run_one(target, target.requests(part.arrivals), a10_service_model(), slo_s,
                              score_from_s=part.score_from_s)
@@ -188,7 +188,8 @@ def main(args: argparse.Namespace) -> int:
         ray_settings(args.grid, PER_MODEL) if per_model else [])
     shipped = [Setting(SDSERVE, f"shipped {args.config}", {}), Setting(RAY, f"shipped {args.ray_config}", {})] + (
         [Setting(PER_MODEL, f"shipped {args.ray_config}, per checkpoint", {})] if per_model else [])
-    jobs = [(s, _variant(bases, s), name, part, args.slo) for s in settings + shipped for name, part in runs.items()]
+    jobs = [(s, _variant(bases, s), name, part, args.slo, replay.per_model_shared_gpus)
+            for s in settings + shipped for name, part in runs.items()]
     print(f"[heldout] SIMULATION: {len(arrivals)} requests split {len(first)} / {len(second)}; "
           f"{len(settings)} settings ({sum(s.policy == SDSERVE for s in settings)} sdserve, "
           f"{sum(s.policy == RAY for s in settings)} Ray, {sum(s.policy == PER_MODEL for s in settings)} per-model) "
@@ -222,8 +223,8 @@ def main(args: argparse.Namespace) -> int:
                                "; the later part scored after a warm-up on the earlier one (the whole trace "
                                "replayed, only the later part's requests and replica-seconds counted)"
                                if args.warm_up else "") + (
-                               f"; checkpoints and LoRAs replayed ({asdict(replay)}, settings {args.overrides}); the "
-                               f"per-model fleet's deployments do not share a GPU cap" if per_model else "")}
+                               f"; checkpoints and LoRAs replayed ({asdict(replay)}, settings {args.overrides}); "
+                               + replay.per_model_text(bases[RAY].spec.gpu_slots) if per_model else "")}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{args.name}.json").write_text(json.dumps(

@@ -92,6 +92,7 @@ class ModelReplay:
     checkpoint_gb: float = 2.1
     node_host_models: int = 0  # >0: host memory is the node's, this many checkpoints, shared
     cold_start_overhead_s: float | None = None  # a cold start in parts (FleetSpec.cold_start_overhead_s)
+    per_model_shared_gpus: bool = False  # the per-model fleet's deployments share the GPU cap (benchmarks/per_model.py)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -106,6 +107,9 @@ class ModelReplay:
                             help="a cold start is S plus the load of the checkpoint the replica starts with, "
                                  "from host memory (--host-load-s) or disk (--disk-load-s); default: "
                                  "--cold-start-s for every cold start")
+        models.add_argument("--per-model-shared-gpus", action="store_true",
+                            help="the per-model fleet's deployments share the config's GPUs (max_replicas), as "
+                                 "deployments on one cluster do; default: each has its own, which favours it")
         models.add_argument("--one-checkpoint", action="store_true",
                             help="replay every request for one checkpoint without LoRAs (the trace's times, "
                                  "sizes and steps; its checkpoint and LoRA columns ignored)")
@@ -113,7 +117,7 @@ class ModelReplay:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ModelReplay":
         return cls(args.host_load_s, args.disk_load_s, args.lora_load_s, args.checkpoint_gb, args.node_host_models,
-                   args.cold_start_overhead_s)
+                   args.cold_start_overhead_s, getattr(args, "per_model_shared_gpus", False))
 
     def cold_start_text(self, cold_start_s: float, models: bool = True) -> str:
         """The cold start a run replays, in words (``models``: the trace names checkpoints)."""
@@ -121,6 +125,12 @@ class ModelReplay:
             return f"cold start {cold_start_s:g}s"
         return (f"cold start {self.cold_start_overhead_s:g}s + the load of its first checkpoint from host memory "
                 f"({self.host_load_s:g}s) or disk ({self.disk_load_s:g}s)")
+
+    def per_model_text(self, gpus: int | None) -> str:
+        """How the per-model fleet's deployments hold GPUs, in words."""
+        if self.per_model_shared_gpus:
+            return f"the per-model fleet's deployments share the {gpus} GPUs"
+        return "the per-model fleet's deployments do not share a GPU cap"
 
     def apply(self, target: SimTarget, arrivals: list[Any]) -> SimTarget:
         """``target`` replaying models when the arrivals name checkpoints: its config's

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-model", action="append", default=[], metavar="PATH[#NAME[#OVERRIDE...]]",
                         help="add one deployment per checkpoint, each this config (as --config; e.g. "
                              "configs/ray-default.yaml): the naive per-model fleet, its deployments not "
-                             "capped together")
+                             "capped together unless --per-model-shared-gpus")
     parser.add_argument("--stop-order", action="append", default=[], choices=STOP_ORDERS,
                         help="which replicas a scale-down stops (repeat: every config under each): 'ray', "
                              "Ray 2.60's (starting first, then the newest; the default), or 'least-loss', a "
@@ -144,11 +144,11 @@ def _bounds_job(requests: list[SimRequest], spec: Any, time_scale: float, slo_s:
     return bounds_row(requests, a10_service_model(time_scale), spec, slo_s)
 
 
-def _per_model_job(job: tuple[SimTarget, list[Arrival], float]) -> dict[str, Any]:
+def _per_model_job(job: tuple[SimTarget, list[Arrival], float, bool]) -> dict[str, Any]:
     """One per-model fleet's run, in a worker process."""
-    target, arrivals, slo_s = job
+    target, arrivals, slo_s, shared_gpus = job
     started = time.perf_counter()
-    run = simulate_per_model(target, arrivals)
+    run = simulate_per_model(target, arrivals, shared_gpus=shared_gpus)
     summary = summarize_per_model(run, slo_s)
     summary["simulator_seconds"] = time.perf_counter() - started
     return {"target": {"config": target.path, "policy": "per-model", "spec": target.spec.__dict__},
@@ -210,7 +210,8 @@ def main(args: argparse.Namespace) -> int:
     per_model = [replay.apply(config_target(c, args), arrivals) for c in args.per_model]
     if per_model and not per_model[0].spec.models_per_replica:
         raise SystemExit("--per-model needs a trace that names checkpoints")
-    per_model = [t.with_overrides(name=f"{t.name}-per-model") for t in per_model]
+    suffix = "-per-model" + ("-shared-gpus" if replay.per_model_shared_gpus else "")
+    per_model = [t.with_overrides(name=f"{t.name}{suffix}") for t in per_model]
     # the cost bounds, one per mode (batch size, GPUs, cold start), from the requests of its first run
     modes: dict[str, tuple[list[SimRequest], Any]] = {}
     ran = [(job[0], job[1]) for job in jobs] + [(t, t.requests(arrivals, args.size, args.timeout)) for t in per_model]
@@ -218,7 +219,8 @@ def main(args: argparse.Namespace) -> int:
         modes.setdefault(mode_key(target.spec), (requests, target.spec))
     # everything runs side by side, the longest first: the per-model fleets, the bounds, the configs
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        per_model_futures = [(target, pool.submit(_per_model_job, (target, arrivals, args.slo))) for target in per_model]
+        per_model_futures = [(target, pool.submit(_per_model_job, (target, arrivals, args.slo, replay.per_model_shared_gpus)))
+                             for target in per_model]
         bound_futures = {key: pool.submit(_bounds_job, requests, spec, args.time_scale, args.slo)
                          for key, (requests, spec) in modes.items()}
         futures = [(job[0], pool.submit(_simulate_job, job)) for job in jobs] + per_model_futures

@@ -10,6 +10,7 @@ from benchmarks.per_model import merge_runs, simulate_per_model
 from benchmarks.sim_config import ModelReplay, load_target
 from benchmarks.simulate import summarize_per_model
 from benchmarks.traces import Arrival
+from scheduler.simulation.gpus import GpuSlots
 from scheduler.simulation.records import Replica, RequestRecord, SimResult
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -62,3 +63,71 @@ def test_with_a_cold_start_in_parts_a_deployment_reads_its_checkpoint_from_disk_
     run = simulate_per_model(target, arrivals)
     starts = [r.ready_s - r.started_s for r in run.result.replicas if r.cold_started]
     assert starts == pytest.approx([35.0, 8.0])
+
+
+def _two_models(initial: int) -> tuple[list[Arrival], object]:
+    """A's requests at 0 and 2 s, B's at 1 s; Ray's default policy, scaling down after 30 s idle."""
+    arrivals = [Arrival(0.0, model="A"), Arrival(1.0, model="B"), Arrival(2.0, model="A")]
+    start = {"DiffusionWorker": [f"autoscaling_config.initial_replicas={initial}", "autoscaling_config.max_replicas=1",
+                                 "autoscaling_config.downscale_delay_s=30"]}
+    return arrivals, ModelReplay().apply(load_target(CONFIGS / "ray-default.yaml", cold_start_s=10,
+                                                     deployment_overrides=start), arrivals)
+
+
+def test_deployments_sharing_the_gpus_wait_for_each_other() -> None:
+    """With one GPU shared, B's replica waits PENDING while A's holds the GPU, and starts the moment
+    A's stops; apart, B starts at once. Every request is still answered (or expires) exactly once."""
+    arrivals, target = _two_models(initial=0)
+    apart = simulate_per_model(target, arrivals)
+    shared = simulate_per_model(target, arrivals, shared_gpus=True)
+    assert apart.peak_replicas == 2 and shared.peak_replicas == 1
+    a_replica, b_replica = sorted(shared.result.replicas, key=lambda r: r.started_s)
+    assert a_replica.stopped_s is not None and b_replica.started_s == pytest.approx(a_replica.stopped_s)
+    assert b_replica.started_s > 30  # A's replica keeps its GPU through the downscale delay
+    b_apart = [r for r in apart.result.replicas if r.started_s == 1.0]
+    assert len(b_apart) == 1 and b_apart[0].ready_s == pytest.approx(11.0)  # apart: B starts when asked for
+    assert [r.outcome for r in apart.result.records] == [r.outcome for r in shared.result.records] == ["ok"] * 3
+    b_waits = shared.result.records[1].latency_s
+    assert b_waits > apart.result.records[1].latency_s + 30
+
+
+def test_enough_shared_gpus_change_nothing() -> None:
+    """A shared cap no deployment reaches gives every request the same fate as running apart."""
+    arrivals = [Arrival(float(k) * 37.0, model="ABC"[k % 3]) for k in range(30)]
+    target = ModelReplay().apply(load_target(CONFIGS / "ray-default.yaml", cold_start_s=10), arrivals)
+    apart = simulate_per_model(target, arrivals)
+    shared = simulate_per_model(target.with_overrides(spec={"gpu_slots": 100}), arrivals, shared_gpus=True)
+    assert [(r.arrival_s, r.outcome, r.done_s) for r in shared.result.records] == \
+        [(r.arrival_s, r.outcome, r.done_s) for r in apart.result.records]
+
+
+def test_warm_replicas_at_the_start_go_to_the_most_used_checkpoints_as_far_as_the_gpus_go() -> None:
+    arrivals = [Arrival(100.0 + k, model=m) for k, m in enumerate("BBBAAC")]
+    target = ModelReplay().apply(load_target(CONFIGS / "ray-default.yaml", cold_start_s=10), arrivals)
+    shared = simulate_per_model(target.with_overrides(spec={"gpu_slots": 2}), arrivals, shared_gpus=True)
+    assert shared.alive_at_start == 2  # initial_replicas 1 each: B's and A's, not C's
+    b_and_a, c = shared.result.records[:5], shared.result.records[5]
+    assert all(r.outcome == "ok" and not shared.result.replicas[r.replica].cold_started for r in b_and_a)
+    assert c.outcome != "ok" and c.replica is None  # both GPUs held (Ray's 600 s downscale delay): C waits out its time
+
+
+def test_a_gpu_let_go_starts_the_replica_that_waited_longest_in_any_pool() -> None:
+    class Pool:
+        def __init__(self) -> None:
+            self.sim, self.started = None, []
+
+        def start_pending(self, replica: Replica, now: float) -> None:
+            self.started.append((replica.id, now))
+
+    first, second = Pool(), Pool()
+    gpus = GpuSlots(1)
+    assert gpus.take() and not gpus.take()
+    gpus.wait(second, Replica(1, 1.0, 0.0, 0.0))
+    gpus.wait(first, Replica(2, 2.0, 0.0, 0.0))
+    gpus.wait(first, cancelled := Replica(3, 3.0, 0.0, 0.0))
+    gpus.cancel(cancelled)
+    gpus.let_go(10.0)
+    gpus.let_go(20.0)
+    assert (second.started, first.started, gpus.held) == ([(1, 10.0)], [(2, 20.0)], 1)
+    gpus.let_go(30.0)  # nobody waits: the GPU stays free
+    assert gpus.held == 0 and gpus.take(force=True) and gpus.take(force=True) and gpus.held == 2

@@ -34,6 +34,9 @@ class EventQueue:
         heapq.heappush(self._heap, (t, kind == Event.TICK, self.seq, kind, a, b))
         return self.seq
 
+    def next_time(self) -> float:
+        return self._heap[0][0]
+
     def pop(self) -> tuple[float, Event, int, int]:
         t, _, _, kind, a, b = heapq.heappop(self._heap)
         return t, kind, a, b

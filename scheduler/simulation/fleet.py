@@ -16,6 +16,7 @@ from scheduler.outcomes import Outcome
 from scheduler.simulation.calls import CallRunner
 from scheduler.simulation.control import ControlTicks
 from scheduler.simulation.events import Event, EventQueue
+from scheduler.simulation.gpus import GpuSlots
 from scheduler.simulation.policies import ControlPolicy
 from scheduler.simulation.records import RequestRecord, SimResult
 from scheduler.simulation.replicas import ReplicaPool
@@ -25,7 +26,9 @@ from scheduler.simulation.workload import FleetSpec, ServiceModel, SimRequest
 
 class Simulator:
     def __init__(self, requests: list[SimRequest], spec: FleetSpec, service: ServiceModel,
-                 policy: ControlPolicy) -> None:
+                 policy: ControlPolicy, gpus: GpuSlots | None = None) -> None:
+        """``gpus``: a GPU cap shared with other fleets (scheduler/simulation/gpus.py); by default
+        the fleet's own, ``spec.gpu_slots``."""
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         self.spec, self.service, self.policy = spec, service, policy
         self.rng = random.Random(spec.seed)
@@ -33,6 +36,7 @@ class Simulator:
         self.deadline = [r.arrival_s + r.timeout_s for r in self.requests]
         self.events = EventQueue()
         self.now = 0.0
+        self.gpus = gpus if gpus is not None else GpuSlots(spec.gpu_slots)
         self.pool, self.router, self.calls = ReplicaPool(self), Router(self), CallRunner(self)
         self.control = ControlTicks(self, policy)
         self.outstanding = 0  # accepted, not answered
@@ -41,6 +45,13 @@ class Simulator:
         self.samples: list[tuple[float, int, int, int]] = []
 
     def run(self) -> SimResult:
+        self.start()
+        while self.events and self.resolved < len(self.requests):
+            self.step()
+        return self.result(self.records_end())
+
+    def start(self) -> None:
+        """The fleet at time 0 (its warm replicas) and every arrival, as events."""
         for _ in range(self.spec.initial_replicas):
             self.pool.new(0.0, cold=False)
         self.control.target = self.spec.initial_replicas
@@ -50,24 +61,31 @@ class Simulator:
             self.control.schedule(0.0)
         if self.pool.prewarms() is not None:
             self.events.push(0.0, Event.PREWARM)
-        handlers = {Event.ARRIVE: self._arrive, Event.READY: self.pool.ready, Event.FINISH: self._finish,
-                    Event.CALL_DONE: self.calls.call_done, Event.EXPIRE: self._expire,
-                    Event.BATCH: self.calls.batch_timer, Event.TICK: self.control.tick,
-                    Event.ROUTE: self.router.route, Event.PREWARM: self.pool.prewarm,
-                    Event.WARMED: self.pool.warmed}
-        total = len(self.requests)
-        while self.events and self.resolved < total:
-            self.now, kind, a, b = self.events.pop()
-            if kind in (Event.FINISH, Event.BATCH):
-                handlers[kind](a, b)
-            else:
-                handlers[kind](a)
-            if self.control.watching and kind is not Event.TICK:
-                self.control.changed()
-            self._sample()
-        end = max((r.done_s for r in self.records), default=0.0)
+        self._handlers = {Event.ARRIVE: self._arrive, Event.READY: self.pool.ready, Event.FINISH: self._finish,
+                          Event.CALL_DONE: self.calls.call_done, Event.EXPIRE: self._expire,
+                          Event.BATCH: self.calls.batch_timer, Event.TICK: self.control.tick,
+                          Event.ROUTE: self.router.route, Event.PREWARM: self.pool.prewarm,
+                          Event.WARMED: self.pool.warmed}
+
+    def step(self) -> None:
+        """The next event."""
+        self.now, kind, a, b = self.events.pop()
+        if kind in (Event.FINISH, Event.BATCH):
+            self._handlers[kind](a, b)
+        else:
+            self._handlers[kind](a)
+        if self.control.watching and kind is not Event.TICK:
+            self.control.changed()
+        self._sample()
+
+    def records_end(self) -> float:
+        """When the last request was answered."""
+        return max((r.done_s for r in self.records), default=0.0)
+
+    def result(self, end_s: float) -> SimResult:
+        """The run so far, ending at ``end_s`` (a replica still up is paid until then)."""
         events = getattr(self.pool.node_host, "events", [])  # a journal, when the spec asked for one
-        return SimResult(self.policy.name, self.records, self.pool.all, self.samples, end, self.control.calls,
+        return SimResult(self.policy.name, self.records, self.pool.all, self.samples, end_s, self.control.calls,
                          list(events))
 
     def _sample(self) -> None:

@@ -3,8 +3,8 @@
 Ray stops starting replicas first, then the newest running ones (``FleetSpec.stop_order``: or, a
 what-if, those whose stop loses least); a running replica that is stopped finishes what it holds
 (graceful shutdown) and pays until then. A replica beyond the GPUs
-(``FleetSpec.gpu_slots``) waits unpaid, as Ray's scheduler holds it PENDING, until a stopping one
-frees its GPU.
+(``FleetSpec.gpu_slots``, or a cap shared with other fleets: :mod:`.gpus`) waits unpaid, as Ray's
+scheduler holds it PENDING, until a stopping one frees its GPU.
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ class ReplicaPool:
         else:  # warm from the start: what it reports as its cold start
             replica.cold_start_s = spec.cold_start_with(spec.model_load_host_s)
         self.all.append(replica)
-        if cold and spec.gpu_slots is not None and len(self.active) >= spec.gpu_slots:
+        if not self.sim.gpus.take(force=not cold):
             replica.state = "pending"  # no GPU free until a stopping replica lets go of one
             self.pending.append(replica)
+            self.sim.gpus.wait(self, replica)
         else:
             self.active.append(replica)
             if cold:
@@ -177,17 +178,22 @@ class ReplicaPool:
         return {str(i): tier_of(self.sim.requests[i].model, on_device, in_host) for i in waiting}
 
     def release(self, replica: Replica) -> None:
-        """``replica`` stopped: its GPU goes to the oldest pending replica, whose start begins now."""
-        now = self.sim.now
-        replica.state, replica.stopped_s = "stopped", now
+        """``replica`` stopped: its GPU goes to the replica that has waited longest for one."""
+        replica.state, replica.stopped_s = "stopped", self.sim.now
         self.active.remove(replica)
-        if self.pending:
-            waiting = self.pending.pop(0)
-            waiting.state, waiting.started_s = "starting", now
-            waiting.ready_s = now + waiting.cold_start_s
-            waiting.cold_started = True
-            self.active.append(waiting)
-            self.sim.events.push(waiting.ready_s, Event.READY, waiting.id)
+        self.sim.gpus.let_go(self.sim.now)
+        self.viewed()
+
+    def start_pending(self, replica: Replica, now: float) -> None:
+        """A GPU let go at ``now`` (here, or in a fleet sharing the cap) goes to ``replica``, waiting
+        for one: its start begins."""
+        self.sim.now = max(self.sim.now, now)
+        self.pending.remove(replica)
+        replica.state, replica.started_s = "starting", now
+        replica.ready_s = now + replica.cold_start_s
+        replica.cold_started = True
+        self.active.append(replica)
+        self.sim.events.push(replica.ready_s, Event.READY, replica.id)
         self.viewed()
 
     def ready(self, rid: int) -> None:
@@ -237,6 +243,7 @@ class ReplicaPool:
         if replica.state == "pending":
             replica.state, replica.stopped_s = "stopped", replica.started_s  # never held a GPU: free
             self.pending.remove(replica)
+            self.sim.gpus.cancel(replica)
         elif replica.state == "running" and (replica.busy or replica.waiting):
             replica.state = "draining"
         else:
