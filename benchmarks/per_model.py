@@ -50,15 +50,15 @@ def simulate_per_model(target: SimTarget, arrivals: list[Any], score_from_s: flo
     for arrival in arrivals:
         by_model[arrival.model].append(arrival)
     by_use = sorted(by_model, key=lambda model: -len(by_model[model]))  # the most used first
-    warm_left = target.spec.gpu_slots if shared_gpus and target.spec.gpu_slots is not None else None
     gpus = GpuSlots(target.spec.gpu_slots if shared_gpus else None)
+    warm_left = gpus.slots  # None: every deployment starts with its initial replicas
+    # with a cold start in parts, the node's page cache keeps the deployment's one checkpoint once
+    # read, and every start after the first reads it from memory (shared with the other
+    # deployments, it might not stay: this favours the baseline too)
+    in_parts = target.spec.cold_start_overhead_s is not None
     service = a10_service_model()
     sims = []
     for model in by_use:
-        # with a cold start in parts, the node's page cache keeps the deployment's one checkpoint once
-        # read, and every start after the first reads it from memory (shared with the other
-        # deployments, it might not stay: this favours the baseline too)
-        in_parts = target.spec.cold_start_overhead_s is not None
         overrides = {"models_per_replica": 1, "default_model": model, "model_preload": False,
                      "host_models_per_node": int(in_parts), "host_models_per_replica": 0}
         if warm_left is not None:  # warm at the start only while the GPUs last

@@ -43,6 +43,11 @@ class Simulator:
         self.resolved = 0
         self.reports: dict[int, CallReport] = {}  # ok requests' replies, told to the policy when answered
         self.samples: list[tuple[float, int, int, int]] = []
+        self._handlers = {Event.ARRIVE: self._arrive, Event.READY: self.pool.ready, Event.FINISH: self._finish,
+                          Event.CALL_DONE: self.calls.call_done, Event.EXPIRE: self._expire,
+                          Event.BATCH: self.calls.batch_timer, Event.TICK: self.control.tick,
+                          Event.ROUTE: self.router.route, Event.PREWARM: self.pool.prewarm,
+                          Event.WARMED: self.pool.warmed}
 
     def run(self) -> SimResult:
         self.start()
@@ -61,11 +66,6 @@ class Simulator:
             self.control.schedule(0.0)
         if self.pool.prewarms() is not None:
             self.events.push(0.0, Event.PREWARM)
-        self._handlers = {Event.ARRIVE: self._arrive, Event.READY: self.pool.ready, Event.FINISH: self._finish,
-                          Event.CALL_DONE: self.calls.call_done, Event.EXPIRE: self._expire,
-                          Event.BATCH: self.calls.batch_timer, Event.TICK: self.control.tick,
-                          Event.ROUTE: self.router.route, Event.PREWARM: self.pool.prewarm,
-                          Event.WARMED: self.pool.warmed}
 
     def step(self) -> None:
         """The next event."""
