@@ -126,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=("full", "dense", "medium", "small", "fast-start"), default="full")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an args key in both configs (e.g. model.resident_models=4)")
+    parser.add_argument("--gpus", type=int, default=None, metavar="N",
+                        help="the GPUs: both policies' max_replicas and the cap (default: the configs')")
     ModelReplay.add_arguments(parser)
     parser.add_argument("--cold-start-s", type=float, default=TRACE_MEDIAN_COLD_START_S)
     parser.add_argument("--slo", type=float, default=30.0)
@@ -140,6 +142,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score the later part after running the earlier one first, as production would "
                              "(history, replicas and memory carried over; only the later part scored)")
     parser.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+
+
+def base_targets(args: argparse.Namespace, replay: ModelReplay, arrivals: list[Arrival]) -> dict[str, SimTarget]:
+    """sdserve's and Ray's configs as every setting varies them, on ``args.gpus`` GPUs if given."""
+    bases = {SDSERVE: replay.apply(load_target(args.config, args.cold_start_s, args.overrides), arrivals),
+             RAY: replay.apply(load_target(args.ray_config, args.cold_start_s, args.overrides), arrivals)}
+    if args.gpus is None:
+        return bases
+    gpus = {"gpu_slots": args.gpus}
+    return {SDSERVE: bases[SDSERVE].with_overrides(policy={"max_replicas": args.gpus}, spec=gpus),
+            RAY: bases[RAY].with_overrides(ray={"max_replicas": args.gpus}, spec=gpus)}
 
 
 def _variant(bases: dict[str, SimTarget], setting: Setting) -> SimTarget:
@@ -181,8 +194,7 @@ def main(args: argparse.Namespace) -> int:
     if args.warm_up:  # the later part: the whole trace replayed, scored from the split on
         runs[list(parts)[1]] = Part(arrivals, args.split_s)
     replay = ModelReplay.from_args(args)
-    bases = {SDSERVE: replay.apply(load_target(args.config, args.cold_start_s, args.overrides), arrivals),
-             RAY: replay.apply(load_target(args.ray_config, args.cold_start_s, args.overrides), arrivals)}
+    bases = base_targets(args, replay, arrivals)
     per_model = bases[RAY].spec.models_per_replica > 0  # checkpoints replayed: the per-model fleet too
     settings = sdserve_settings(args.grid) + ray_settings(args.grid) + (
         ray_settings(args.grid, PER_MODEL) if per_model else [])
@@ -219,6 +231,7 @@ def main(args: argparse.Namespace) -> int:
             "grid": args.grid, "wall_s": time.perf_counter() - started,
             "description": f"SIMULATION: knobs chosen on one part of the trace, scored on the other; "
                            f"{sum(s.policy == SDSERVE for s in settings)} settings per policy; SLO {args.slo:g}s; "
+                           f"{bases[RAY].spec.gpu_slots} GPUs; "
                            + replay.cold_start_text(args.cold_start_s, per_model) + (
                                "; the later part scored after a warm-up on the earlier one (the whole trace "
                                "replayed, only the later part's requests and replica-seconds counted)"

@@ -268,3 +268,17 @@ def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path
                                                                             set=["model.resident_models=1"]))
     assert target.spec.models_per_replica == 1
     assert ModelReplay.from_args(args).apply(target, arrivals).spec.models_per_replica == 0
+
+
+def test_heldout_gpus_sets_both_policies_bounds_and_the_cap() -> None:
+    from benchmarks import heldout
+    from benchmarks.sim_config import ModelReplay
+    from benchmarks.traces import Arrival
+
+    arrivals = [Arrival(0.0)]
+    for gpus, expected in ((None, 4), (8, 8)):
+        args = _args(heldout.add_arguments, trace=SYNTHETIC, **({} if gpus is None else {"gpus": gpus}))
+        bases = heldout.base_targets(args, ModelReplay(), arrivals)
+        sdserve, ray = bases[heldout.SDSERVE], bases[heldout.RAY]
+        assert sdserve.spec.gpu_slots == ray.spec.gpu_slots == expected
+        assert sdserve.policy_kwargs["max_replicas"] == ray.ray_config.max_replicas == expected
