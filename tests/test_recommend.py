@@ -270,7 +270,7 @@ def test_simulate_replays_the_checkpoints_and_loras_a_trace_names(tmp_path: Path
     assert ModelReplay.from_args(args).apply(target, arrivals).spec.models_per_replica == 0
 
 
-def test_heldout_gpus_sets_both_policies_bounds_and_the_cap() -> None:
+def test_heldout_gpus_sets_both_policies_max_replicas_and_the_gpu_cap() -> None:
     from benchmarks import heldout
     from benchmarks.sim_config import ModelReplay
     from benchmarks.traces import Arrival
