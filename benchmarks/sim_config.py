@@ -58,9 +58,12 @@ class SimTarget:
     def with_overrides(self, spec: dict[str, Any] | None = None, ray: dict[str, Any] | None = None,
                        policy: dict[str, Any] | None = None, name: str | None = None) -> "SimTarget":
         """A variant (the recommender and the Pareto sweep change knobs this way)."""
+        spec = dict(spec or {})
+        if policy and "latency_objective_s" in policy:  # the dispatcher's due times follow the objective
+            spec.setdefault("due_within_s", policy["latency_objective_s"])
         return dataclasses.replace(
             self, name=name or self.name,
-            spec=dataclasses.replace(self.spec, **(spec or {})),
+            spec=dataclasses.replace(self.spec, **spec),
             ray_config=dataclasses.replace(self.ray_config, **(ray or {})),
             policy_kwargs={**self.policy_kwargs, **(policy or {})},
         )
@@ -202,6 +205,8 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         gpu_slots=ray_config.max_replicas,  # max_replicas = the GPUs you have, in every shipped config
         shed_hopeless=settings.deadlines.shed_hopeless,
         dispatch=settings.queue.dispatch,
+        urgent_within_s=settings.queue.urgent_within_s,
+        due_within_s=kwargs.get("latency_objective_s"),
         models_per_replica=settings.model.resident_models,
         loras_per_replica=settings.model.resident_loras,
         # both need sdserve's dispatcher (live: the ingress answers from its queue); Ray cannot

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from scheduler.deadline_scaling import Backlog, replicas_to_save_deadlines, steady_for
+from scheduler.deadline_scaling import Backlog, replicas_to_save_deadlines, starts_that_can_wait, steady_for
 from scheduler.keepalive import KeepAlivePlan, keep_alive_plan, keep_one, record_idle, regime_of
 
 
@@ -49,6 +49,10 @@ class AutoscalerConfig:
     default_cold_start_s: float = 25.0  # replica start → ready, until replicas report one
     deadline_aware: bool = True  # start replicas that save queued requests' deadlines (needs backlog)
     latency_objective_s: float | None = None  # aim to answer within this (the collector's slack)
+    #: None: every replica a rule asks for starts at once. A number: only the starts the deadline
+    #: rule's replay of the queue needs, each when its first request's slack is down to a cold start
+    #: plus this margin, so that requests arriving meanwhile share it (deadline_scaling.starts_that_can_wait)
+    just_in_time_margin_s: float | None = None
     keep_alive: str = "fixed"  # "fixed": scale_to_zero_after_s; "histogram": learned (Shahrad et al.)
     keep_alive_percentile: float = 0.99  # histogram: keep one replica up to this idle-time quantile
     cold_start_penalty_s: float | None = None  # histogram: set → cost-optimal keep-alive (keepalive.py)
@@ -72,6 +76,8 @@ class AutoscalerConfig:
             raise ValueError("need 0 < prewarm_percentile < keep_alive_percentile <= 1")
         if self.latency_objective_s is not None and self.latency_objective_s <= 0:
             raise ValueError("latency_objective_s must be > 0 (or unset)")
+        if self.just_in_time_margin_s is not None and self.just_in_time_margin_s < 0:
+            raise ValueError("just_in_time_margin_s must be >= 0 (or unset)")
         if self.cold_start_penalty_s is not None and self.cold_start_penalty_s < 0:
             raise ValueError("cold_start_penalty_s must be >= 0 (or unset)")
 
@@ -119,6 +125,7 @@ class DecisionKind(StrEnum):
 
     BURST = "burst"  # the backlog needs more replicas, counting what drains during a cold start
     DEADLINE = "deadline"  # queued requests would miss their deadlines without more replicas
+    JUST_IN_TIME = "just in time"  # a start the queue asks for waits: its requests' slack outlasts a cold start
     BACKLOG = "backlog"  # more work than replicas, but a new one would be ready only after it drains
     STEADY = "steady"  # the need over the stable window is what runs
     COOLING_DOWN = "cooling down"  # too soon after the last scale-down
@@ -261,6 +268,11 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     else:
         desired, kind = current - 1, DecisionKind.LOW_DEMAND
         detail = f"need {window_need} over {window_s:g}s, one step down"
+    waits, waits_for = _starts_that_can_wait(inputs, config, desired - current)
+    if waits:
+        desired, kind = desired - waits, DecisionKind.JUST_IN_TIME
+        detail = (f"{waits} start{'s' if waits > 1 else ''} can wait "
+                  + ("for a request that needs it" if waits_for == math.inf else f"{waits_for:.1f}s"))
 
     idle_for = 0.0 if idle_since is None else now - idle_since
     wants_one = plan is None or keep_one(idle_for, plan, cold)
@@ -289,9 +301,19 @@ def decide(inputs: AutoscalerInputs, state: AutoscalerState, config: AutoscalerC
     )
     review_at = _review_at(new_state, config, plan, cold, now, window_s)
     steady_s = _deadline_steady_for(inputs, config, provisioned) if inputs.queued else math.inf
+    steady_s = min(steady_s, waits_for)
     if steady_s < math.inf:  # with a queue, the deadline rule's answer moves with the clock too
         review_at = now + steady_s if review_at is None else min(review_at, now + steady_s)
     return Decision(desired, new_state, kind, detail, review_at)
+
+
+def _starts_that_can_wait(inputs: AutoscalerInputs, config: AutoscalerConfig, new: int) -> tuple[int, float]:
+    """Of ``new`` replicas the rules ask for, how many wait (just in time), and for how long."""
+    margin = config.just_in_time_margin_s
+    if margin is None or new <= 0 or inputs.backlog is None or inputs.slot_free_in_s is None:
+        return 0, math.inf
+    cold = config.default_cold_start_s if inputs.cold_start_s is None else inputs.cold_start_s
+    return starts_that_can_wait(inputs.backlog, inputs.slot_free_in_s, cold, margin, config.capacity_per_replica, new)
 
 
 def _deadline_steady_for(inputs: AutoscalerInputs, config: AutoscalerConfig, provisioned: int) -> float:

@@ -121,3 +121,54 @@ def _replay(backlog: Backlog, slots: list[tuple[float, bool]]) -> tuple[int, flo
         if below:
             gap = min(gap, value - fixed[below - 1])
     return missed, gap
+
+
+def starts_that_can_wait(backlog: Backlog, free_at_s: Sequence[float], cold_start_s: float, margin_s: float,
+                         capacity: int, new: int) -> tuple[int, float]:
+    """Of ``new`` replicas the rules would start now, how many to leave unstarted, and for how long
+    that answer holds if nothing happens meanwhile (``math.inf``: until something does).
+
+    The burst rule starts a replica for each request it cannot see served, and a request arriving
+    at an idle fleet gets a replica at once. The lower bound's replica lives
+    (``scheduler/simulation/ordered_chains.py``) do neither: a life puts its first request off to
+    its latest start, so that requests arriving meanwhile share its cold start, and no life starts
+    that the queue can do without. This is the online form of both, in the FIFO replay of the
+    deadline rule: a start waits where the replay with it ``margin_s`` later still answers every
+    queued request in time, strictly within its slack; a start that serves no queued request in
+    that replay waits until one arrives that needs it. While any queued request would miss even
+    with every start at once, nothing waits: the replay's estimates are then wrong somewhere, and
+    a replica started now is the best guard. A waiting start is asked about again when the least
+    slack of the requests it would serve falls to its start (the caller's ``Decision.review_at``).
+    """
+    if not new or not backlog:
+        return 0, math.inf
+    slots = [(t, False) for t in free_at_s]
+    if misses(backlog, [t for t, _ in slots] + [cold_start_s] * capacity * new):
+        return 0, math.inf
+    for late in range(new, 0, -1):
+        trial = (slots + [(cold_start_s, False)] * capacity * (new - late)
+                 + [(cold_start_s + margin_s, True)] * capacity * late)
+        missed, gap = _replay_late(backlog, trial)
+        if not missed and gap > _SAME_INSTANT_S:
+            return late, gap
+    return 0, math.inf
+
+
+_SAME_INSTANT_S = 1e-6  # a start this close to a request's slack no longer waits
+
+
+def _replay_late(backlog: Backlog, slots: list[tuple[float, bool]]) -> tuple[int, float]:
+    """:func:`misses` over ``slots`` ((time, started late) each), and the least slack left to a
+    request that a late slot serves (``math.inf`` if they serve none)."""
+    heap = [(value, late, i) for i, (value, late) in enumerate(slots)]
+    heapq.heapify(heap)
+    missed, gap = 0, math.inf
+    for slack, service in zip(backlog.slack_s, backlog.service_s):
+        value, late, i = heapq.heappop(heap)
+        start = max(0.0, value)
+        if start > slack:
+            missed += 1
+        if late:
+            gap = min(gap, slack - start)
+        heapq.heappush(heap, (start + service, late, i))
+    return missed, gap

@@ -9,7 +9,15 @@ should not wait behind one with 10 minutes left. So the queue is two-level:
   was idle starts at the current virtual time, so it is served at once rather than paying for its
   silence or cashing it in. Over any backlogged stretch, each tenant gets a share of dispatches in
   proportion to its weight (an API key, else the client address, is a tenant);
-- **within a tenant**, earliest deadline first (ties: arrival order).
+- **within a tenant**, earliest deadline first (ties: arrival order);
+- **urgent requests first** (``urgent_within_s``, off by default): a request within that many seconds
+  of its due time (its deadline, or sooner: when the latency objective says it should be answered)
+  goes ahead of the fair order, earliest due first. Fair order alone lets a newly arrived tenant's
+  request pass one that has waited most of its objective, which then misses it; earliest deadline
+  first is the order that meets every due time whenever any order can (Liu and Layland, 1973), so
+  the queue falls back to it exactly where a request's time is running out, and stays fair
+  elsewhere. An urgent request is still charged to its tenant, so a flood of urgent requests buys
+  its tenant no extra share over a backlogged stretch.
 
 The queue only orders; what to do with a request that can no longer finish, and where to send the
 next one, is the dispatcher's (``serve/dispatcher.py``) and the simulator's. Removal (a client that
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +43,12 @@ class QueuedJob:
     shape: Hashable = ()  # what can share a pipeline call with it (size, steps): for batches
     model: str = ""  # its checkpoint ("": the default): where the dispatcher prefers to send it
     adapters: tuple[str, ...] = ()  # its LoRA adapters' ids: the dispatcher prefers where they are loaded
+    due: float | None = None  # when it should be answered (absolute; None: its deadline): for urgency
+
+
+def _due(job: QueuedJob) -> float:
+    """When ``job`` should be answered: its due time, never after its deadline."""
+    return job.deadline if job.due is None else min(job.due, job.deadline)
 
 
 @dataclass
@@ -46,9 +61,14 @@ class _Tenant:
 
 
 class FairQueue:
-    def __init__(self, weights: Mapping[str, float] | None = None, default_weight: float = 1.0) -> None:
+    def __init__(self, weights: Mapping[str, float] | None = None, default_weight: float = 1.0,
+                 urgent_within_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
+        """``urgent_within_s``: None, fair order only; a number, a request that close to its due time
+        goes first. ``clock``: now, on the deadlines' clock (the simulator passes its own)."""
         if default_weight <= 0 or any(w <= 0 for w in (weights or {}).values()):
             raise ValueError("tenant weights must be > 0")
+        self.clock = clock
+        self._by_due: list[tuple[float, int, str]] = []  # (due, seq, job id) of waiting requests, with urgency
         self.weights = dict(weights or {})
         self.default_weight = default_weight
         self._tenants: dict[str, _Tenant] = {}
@@ -56,6 +76,21 @@ class FairQueue:
         self._jobs: dict[str, tuple[QueuedJob, int]] = {}  # waiting (not removed): job and its seq
         self._seq = itertools.count()
         self._virtual = 0.0  # the start tag of the request dispatched last
+        self._urgent_within_s: float | None = None
+        self.urgent_within_s = urgent_within_s
+
+    @property
+    def urgent_within_s(self) -> float | None:
+        return self._urgent_within_s
+
+    @urgent_within_s.setter
+    def urgent_within_s(self, value: float | None) -> None:
+        """Set or change urgency (a reconfigured dispatcher): the waiting requests keep their place."""
+        if value is not None and value < 0:
+            raise ValueError("urgent_within_s must be >= 0 (or unset)")
+        self._urgent_within_s = value
+        self._by_due = [] if value is None else [(_due(job), seq, job.job_id) for job, seq in self._jobs.values()]
+        heapq.heapify(self._by_due)
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -75,6 +110,8 @@ class FairQueue:
             self._active[job.tenant] = tenant
         seq = next(self._seq)
         heapq.heappush(tenant.heap, (job.deadline, seq, job.job_id))
+        if self.urgent_within_s is not None:
+            heapq.heappush(self._by_due, (_due(job), seq, job.job_id))
         tenant.waiting += 1
         self._jobs[job.job_id] = (job, seq)
 
@@ -112,6 +149,10 @@ class FairQueue:
     def pop(self, accept: Callable[[QueuedJob], bool] | None = None) -> QueuedJob | None:
         """The next request in fair order; with ``accept``, the first tenant head it accepts (a
         replica whose batch takes only one shape of work)."""
+        for job in self._urgent():
+            if accept is None or accept(job):
+                self._charge(job)
+                return job
         for _, _, name in self._order():
             tenant = self._tenants[name]
             job = self._jobs[tenant.heap[0][2]][0]
@@ -127,6 +168,9 @@ class FairQueue:
 
     def peek(self) -> QueuedJob | None:
         """The request :meth:`pop` would return, left in the queue."""
+        urgent = self._urgent()
+        if urgent:
+            return urgent[0]
         order = self._order()
         return self._jobs[self._tenants[order[0][2]].heap[0][2]][0] if order else None
 
@@ -135,21 +179,50 @@ class FairQueue:
         of the queue and charged to its tenant as a dispatch; None if none of them. (A free replica
         that holds some requests' checkpoint takes one of those when the head's checkpoint is
         held by another replica: the look-ahead bounds how far it may go past the order.)"""
-        tags = []
-        for name, tenant in self._active.items():
-            for k, seq in enumerate(self._waiting_in_order(tenant)):
-                tags.append((tenant.start + k / tenant.weight, seq, name))
-        by_seq = {seq: job for job, seq in self._jobs.values()}
-        for _, seq, name in sorted(tags)[:look_ahead]:
-            job = by_seq[seq]
+        for job in self.in_order()[:look_ahead]:
             if accept(job):
-                tenant = self._tenants[name]
-                self.remove(job.job_id)
-                self._virtual = max(self._virtual, tenant.start)
-                tenant.finish = tenant.start + 1.0 / tenant.weight
-                tenant.start = tenant.finish
+                self._charge(job)
                 return job
         return None
+
+    def in_order(self) -> list[QueuedJob]:
+        """The waiting requests in the order they go if nothing else arrives and no more become
+        urgent: the urgent ones, earliest due first, then each tenant's k-th request (earliest
+        deadline first) with tag start + k / weight, all in order of (tag, arrival)."""
+        urgent = self._urgent()
+        first = {job.job_id for job in urgent}
+        tags = []
+        for tenant in self._active.values():
+            for k, seq in enumerate(self._waiting_in_order(tenant)):
+                tags.append((tenant.start + k / tenant.weight, seq))
+        by_seq = {seq: job for job, seq in self._jobs.values()}
+        return urgent + [by_seq[seq] for _, seq in sorted(tags) if by_seq[seq].job_id not in first]
+
+    def _charge(self, job: QueuedJob) -> None:
+        """Take ``job`` out of the queue as a dispatch of its tenant's (its tag advances)."""
+        tenant = self._tenants[job.tenant]
+        self.remove(job.job_id)
+        self._virtual = max(self._virtual, tenant.start)
+        tenant.finish = tenant.start + 1.0 / tenant.weight
+        tenant.start = tenant.finish
+
+    def _urgent(self) -> list[QueuedJob]:
+        """The waiting requests within ``urgent_within_s`` of their due time, earliest due first."""
+        if self.urgent_within_s is None:
+            return []
+        while self._by_due and not self._waiting(*self._by_due[0][1:]):
+            heapq.heappop(self._by_due)  # dispatched or removed earlier
+        horizon = self.clock() + self.urgent_within_s
+        if not self._by_due or self._by_due[0][0] > horizon:
+            return []
+        return [self._jobs[job_id][0] for _, seq, job_id in sorted(e for e in self._by_due if e[0] <= horizon)
+                if self._waiting(seq, job_id)]
+
+    def _waiting(self, seq: int, job_id: str) -> bool:
+        """Whether this entry is a waiting request (not one that left, nor an earlier stay of a
+        request queued again)."""
+        entry = self._jobs.get(job_id)
+        return entry is not None and entry[1] == seq
 
     def position(self, job_id: str) -> int:
         """How many waiting requests go before ``job_id`` if nothing else arrives: each tenant's

@@ -121,10 +121,11 @@ class Dispatcher:
         self.on_sent: Callable[[str, str], None] | None = None
 
     def configure(self, weights: dict[str, float], model_aware: bool = True, default_model: str = "",
-                  wait_for_reads: bool = True) -> None:
+                  wait_for_reads: bool = True, urgent_within_s: float | None = None) -> None:
         """``default_model``: the served name a request without a ``model`` (empty) gets, as the
         replicas name it when they say what they hold."""
         self.queue.weights = dict(weights)
+        self.queue.urgent_within_s = urgent_within_s
         self.model_aware = model_aware
         self.default_model = default_model
         self.wait_for_reads = wait_for_reads
@@ -173,7 +174,7 @@ class Dispatcher:
     # ---- requests ------------------------------------------------------------------------------
 
     async def acquire(self, job_id: str, tenant: str, deadline: float, shape: Hashable = (), model: str = "",
-                      adapters: tuple[str, ...] = ()) -> str:
+                      adapters: tuple[str, ...] = (), due: float | None = None) -> str:
         """Wait in fair order for a free slot; return the replica to send the job to. Raises
         :class:`QueueFull` at once when the queue is at its bound, :class:`Expired` if the deadline
         passes first (at dequeue); a cancelled wait leaves the queue at once."""
@@ -183,7 +184,7 @@ class Dispatcher:
         granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = granted
         model = model or self.default_model  # placed, preloaded and prefetched by its real name
-        self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model, adapters))
+        self.queue.push(QueuedJob(job_id, tenant, deadline, shape, model, adapters, due))
         if self.on_queued is not None:
             self.on_queued(model)
         if self.on_unheld is not None and self.model_aware and model not in self.checkpoints_on_devices():

@@ -69,7 +69,14 @@ class RequestLifecycle:
         self.recorder.weighted_tenants = tuple(settings.queue.tenant_weights)
         if self.dispatcher is not None:
             queue = settings.queue
-            self.dispatcher.configure(queue.tenant_weights, queue.model_aware, settings.model.name, queue.wait_for_reads)
+            self.dispatcher.configure(queue.tenant_weights, queue.model_aware, settings.model.name, queue.wait_for_reads,
+                                      queue.urgent_within_s)
+
+    def _due(self, job: WorkerJob) -> float | None:
+        """When ``job`` should be answered: its arrival plus the latency objective, if one is set
+        (the queue's urgency counts down to it; its deadline, later, still ends it)."""
+        objective = self.settings.autoscaling.policy.get("latency_objective_s")
+        return None if objective is None else job.accepted_at + float(objective)
 
     def job(self, request: GenerationRequest, body_timeout: float | None, header_timeout: str | None,
             request_id: str, tenant: str = "") -> WorkerJob:
@@ -120,7 +127,8 @@ class RequestLifecycle:
             if self.dispatcher is not None:
                 try:
                     replica = await self.dispatcher.acquire(job.job_id, client, job.deadline, job.request.batch_key,
-                                                            job.request.model, tuple(n for n, _ in job.request.loras))
+                                                            job.request.model, tuple(n for n, _ in job.request.loras),
+                                                            self._due(job))
                 except Expired:
                     return progress.late_reply(time.time() - job.accepted_at)
                 job = dataclasses.replace(job, replica_id=replica)

@@ -182,6 +182,10 @@ class QueueSettings(_Section):
         True, description="with model_aware and model.prefetch: a request whose checkpoint is still being read "
         "from disk waits in the queue until the read ends, and free replicas take the requests behind it; "
         "false: it goes to a free replica, which waits for the read (scheduler/preload.py)")
+    urgent_within_s: float | None = Field(
+        None, ge=0, description="with dispatch: a request this many seconds from its due time (its deadline, "
+        "or its arrival plus autoscaling.policy.latency_objective_s if sooner) goes ahead of the fair order, "
+        "earliest due first (scheduler/fair_queue.py); unset: fair order only")
     tenant_weights: dict[str, float] = Field(
         default_factory=dict, description="share of dispatches per tenant (as request logs name it: "
         "'key-<digest>' for an API key, else the client address); others weigh 1")

@@ -67,6 +67,22 @@ def test_earliest_deadline_first_within_a_tenant() -> None:
     assert asyncio.run(scenario()) == "r1"
 
 
+def test_with_urgency_a_request_near_its_due_time_passes_the_fair_order() -> None:
+    async def scenario(urgent_within_s: float | None) -> str:
+        d = await _busy()
+        d.configure({}, urgent_within_s=urgent_within_s)
+        now = time.time()
+        waited = asyncio.ensure_future(d.acquire("a1", "A", now + 600, due=now + 5))  # A already dispatched "busy"
+        newcomer = asyncio.ensure_future(d.acquire("b1", "B", now + 600, due=now + 30))
+        await _settle()
+        d.release("busy")
+        await _settle()
+        return "a1" if waited.done() else "b1" if newcomer.done() else ""
+
+    assert asyncio.run(scenario(None)) == "b1"  # fair: B has not been served, A has
+    assert asyncio.run(scenario(10.0)) == "a1"  # 5 s from due: it goes first
+
+
 def test_a_cancelled_wait_leaves_the_queue_and_an_expired_one_is_refused_at_dequeue() -> None:
     async def scenario() -> None:
         d = await _busy()

@@ -117,3 +117,83 @@ def test_take_finds_the_first_accepted_request_within_the_look_ahead_and_charges
     assert taken is not None and taken.job_id == "j2" and "j2" not in queue and len(queue) == 5
     # t1 was charged a dispatch: t2's request goes next, then t1's in deadline order
     assert [queue.pop().job_id for _ in range(5)] == ["other", "j0", "j1", "j3", "j4"]
+
+
+# ---- urgency: a request near its due time goes first -----------------------------------------------
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _urgent_queue(within: float | None) -> tuple[FairQueue, _Clock]:
+    """Tenant a's three requests came at 0, tenant b's one at 8; each is due 30 s after it came."""
+    clock = _Clock()
+    queue = FairQueue(urgent_within_s=within, clock=clock)
+    for k in range(3):
+        queue.push(QueuedJob(f"a{k}", "a", 120.0, due=30.0))
+    queue.push(QueuedJob("b0", "b", 128.0, due=38.0))
+    return queue, clock
+
+
+@pytest.mark.parametrize(("within", "now", "expected"), [
+    (None, 12.0, ["a0", "b0", "a1", "a2"]),  # fair order: b's newcomer passes a's waiting requests
+    (20.0, 5.0, ["a0", "b0", "a1", "a2"]),  # a's are 25 s from due: not yet urgent
+    (20.0, 12.0, ["a0", "a1", "a2", "b0"]),  # 18 s from due: a's go first, earliest due first
+    (5.0, 12.0, ["a0", "b0", "a1", "a2"]),
+])
+def test_urgent_requests_go_ahead_of_the_fair_order(within, now, expected) -> None:
+    queue, clock = _urgent_queue(within)
+    clock.now = now
+    assert [job.job_id for job in queue.in_order()] == expected
+    assert queue.peek().job_id == expected[0]
+    assert _drain(queue) == expected
+
+
+def test_without_a_due_time_the_deadline_counts_and_urgent_dispatches_are_charged() -> None:
+    clock = _Clock()
+    queue = FairQueue(urgent_within_s=10.0, clock=clock)
+    queue.push(QueuedJob("a0", "a", 15.0))  # due: its deadline
+    queue.push(QueuedJob("a1", "a", 100.0))
+    queue.push(QueuedJob("b0", "b", 100.0))
+    queue.push(QueuedJob("b1", "b", 100.0))
+    clock.now = 6.0
+    assert queue.pop().job_id == "a0"  # 9 s from its deadline
+    # a0 was charged to tenant a: b goes next (uncharged, a1 would, having come first)
+    assert _drain(queue) == ["b0", "a1", "b1"]
+
+
+def test_turning_urgency_on_keeps_what_waits_and_a_requeued_request_comes_out_once() -> None:
+    queue, clock = _urgent_queue(None)
+    queue.urgent_within_s = 20.0
+    clock.now = 12.0
+    queue.remove("a1")
+    queue.push(QueuedJob("a1", "a", 120.0, due=30.0))  # back in the queue (a retry)
+    assert _drain(queue) == ["a0", "a2", "a1", "b0"]
+    with pytest.raises(ValueError, match="urgent_within_s"):
+        FairQueue(urgent_within_s=-1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 60)), min_size=1, max_size=30),
+       st.floats(0, 30), st.lists(st.floats(0, 5), min_size=30, max_size=30))
+def test_with_urgency_every_request_comes_out_once_and_urgent_ones_by_due_time(items, within, steps) -> None:
+    clock = _Clock()
+    queue = FairQueue(urgent_within_s=within, clock=clock)
+    for k, (tenant, due) in enumerate(items):
+        queue.push(QueuedJob(f"{tenant}{k}", tenant, 200.0, due=due))
+    out = []
+    for step in steps:
+        clock.now += step
+        urgent = [job.due for job in queue if job.due <= clock.now + within]
+        job = queue.pop()
+        if job is None:
+            break
+        if urgent:
+            assert job.due == min(urgent)  # the most urgent one, whatever its tenant
+        out.append(job.job_id)
+    out += _drain(queue)
+    assert sorted(out) == sorted(f"{tenant}{k}" for k, (tenant, _) in enumerate(items))

@@ -76,7 +76,9 @@ class Router:
         self.routing: dict[int, list[int]] = {}  # routing task → [its request, backoff attempt (-1: fresh)]
         self._task_ids = 0
         self.rng = random.Random(sim.spec.seed + 1)  # the routers' own draws
-        self.fair = FairQueue() if sim.spec.dispatch else None  # sdserve's dispatcher's queue
+        # sdserve's dispatcher's queue, on the simulated clock
+        self.fair = FairQueue(urgent_within_s=sim.spec.urgent_within_s, clock=lambda: sim.now) \
+            if sim.spec.dispatch else None
         self._fill_due = False
         self._wake_at = 0.0  # when the dispatcher looks again for a request held for its read
         # Ray's model multiplexing, when checkpoints are simulated and Ray's router routes
@@ -95,7 +97,9 @@ class Router:
     def enqueue(self, i: int) -> None:
         if self.fair is not None:
             r = self.sim.requests[i]
-            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps, r.model, r.kind, r.loras)))
+            within = self.sim.spec.due_within_s
+            self.fair.push(QueuedJob(str(i), r.tenant, self.sim.deadline[i], (r.pixels, r.steps, r.model, r.kind, r.loras),
+                                     due=None if within is None else r.arrival_s + within))
         else:
             self.queue.append(i)
         self.queued += 1

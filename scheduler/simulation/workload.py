@@ -83,6 +83,10 @@ class FleetSpec:
     #: earliest deadline first within one) and go to a replica the instant it has a free slot,
     #: followed by the next ones of the same shape. False: Ray's router, as below.
     dispatch: bool = False
+    #: with dispatch: a request this close to its due time goes first (``queue.urgent_within_s``), its
+    #: due time its arrival plus ``due_within_s`` (``autoscaling.policy.latency_objective_s``) if set
+    urgent_within_s: float | None = None
+    due_within_s: float | None = None
     #: Ray's router (``RAY_SERVE_ROUTER_RETRY_*``): a queued request is routed by a task that polls
     #: for a free slot, backing off from this (0: a freed slot is filled at once, no polling) ...
     router_initial_backoff_s: float = 0.025
