@@ -40,8 +40,9 @@ class Setting:
     knobs: dict[str, Any]  # AutoscalerConfig fields (sdserve) or Ray autoscaling_config fields
 
 
-def sdserve_settings(grid: str = "full") -> list[Setting]:
-    """Keep-alive (learned with a cold-start penalty, or fixed) × stable window × latency objective."""
+def sdserve_settings(grid: str = "full", objective: float | None = None) -> list[Setting]:
+    """Keep-alive (learned with a cold-start penalty, or fixed) × stable window × latency objective
+    (``objective``, when given — ``--set autoscaling.policy.latency_objective_s=…`` — is the only one)."""
     keeps: list[tuple[str, dict[str, Any]]] = [
         (f"learned {p:g}", {"keep_alive": "histogram", "cold_start_penalty_s": p}) for p in (50, 150, 300, 600, 1000)
     ] + [(f"fixed {k:g}s", {"keep_alive": "fixed", "cold_start_penalty_s": None, "scale_to_zero_after_s": k})
@@ -57,9 +58,20 @@ def sdserve_settings(grid: str = "full") -> list[Setting]:
         keeps = [(f"fixed {k:g}s", {"keep_alive": "fixed", "cold_start_penalty_s": None, "scale_to_zero_after_s": k})
                  for k in (0, 30)] + [keeps[0], keeps[1]]
         windows, objectives = (0, 20, 120), (30,)
-    return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o}s",
+    if objective is not None:
+        objectives = (objective,)
+    return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o:g}s",
                     {**knobs, "stable_window_s": w, "latency_objective_s": o})
             for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]
+
+
+def _objective_set(overrides: list[str]) -> float | None:
+    """The latency objective a ``--set`` gives sdserve's policy, if any (the last one counts)."""
+    values = [item.split("=", 1)[1] for item in overrides if item.startswith(OBJECTIVE_KEY + "=")]
+    return float(values[-1]) if values else None
+
+
+OBJECTIVE_KEY = "autoscaling.policy.latency_objective_s"
 
 
 def ray_settings(grid: str = "full", policy: str = RAY) -> list[Setting]:
@@ -196,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
     replay = ModelReplay.from_args(args)
     bases = base_targets(args, replay, arrivals)
     per_model = bases[RAY].spec.models_per_replica > 0  # checkpoints replayed: the per-model fleet too
-    settings = sdserve_settings(args.grid) + ray_settings(args.grid) + (
+    settings = sdserve_settings(args.grid, _objective_set(args.overrides)) + ray_settings(args.grid) + (
         ray_settings(args.grid, PER_MODEL) if per_model else [])
     shipped = [Setting(SDSERVE, f"shipped {args.config}", {}), Setting(RAY, f"shipped {args.ray_config}", {})] + (
         [Setting(PER_MODEL, f"shipped {args.ray_config}, per checkpoint", {})] if per_model else [])

@@ -282,3 +282,11 @@ def test_heldout_gpus_sets_both_policies_max_replicas_and_the_gpu_cap() -> None:
         sdserve, ray = bases[heldout.SDSERVE], bases[heldout.RAY]
         assert sdserve.spec.gpu_slots == ray.spec.gpu_slots == expected
         assert sdserve.policy_kwargs["max_replicas"] == ray.ray_config.max_replicas == expected
+
+
+def test_a_latency_objective_set_on_the_command_line_replaces_the_grids() -> None:
+    chosen = heldout._objective_set(["model.resident_models=4", f"{heldout.OBJECTIVE_KEY}=29", "queue.x=1"])
+    assert chosen == 29.0
+    assert {s.knobs["latency_objective_s"] for s in heldout.sdserve_settings("fast-start", chosen)} == {29.0}
+    assert {s.knobs["latency_objective_s"] for s in heldout.sdserve_settings("fast-start")} == {30}
+    assert heldout._objective_set(["model.resident_models=4"]) is None
