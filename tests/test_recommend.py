@@ -285,6 +285,8 @@ def test_heldout_gpus_sets_both_policies_max_replicas_and_the_gpu_cap() -> None:
 
 
 def test_a_latency_objective_set_on_the_command_line_replaces_the_grids() -> None:
+    from benchmarks import heldout
+
     chosen = heldout._objective_set(["model.resident_models=4", f"{heldout.OBJECTIVE_KEY}=29", "queue.x=1"])
     assert chosen == 29.0
     assert {s.knobs["latency_objective_s"] for s in heldout.sdserve_settings("fast-start", chosen)} == {29.0}
