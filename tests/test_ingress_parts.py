@@ -81,3 +81,21 @@ def test_the_decision_log_keeps_every_change_and_the_latest() -> None:
     latest = read["latest"]["app/DiffusionWorker"]
     assert latest["reason"] == "steady: detail" and latest["queued"] == 2
     assert log.read(limit=0)["recent"] == []
+
+
+def test_the_lifecycle_gives_the_dispatcher_its_urgency_and_each_job_its_due_time() -> None:
+    from serve.dispatcher import Dispatcher
+    from serve.lifecycle import RequestLifecycle
+    from serve.settings import AppSettings
+
+    settings = AppSettings.model_validate({"queue": {"urgent_within_s": 20},
+                                           "autoscaling": {"policy": {"latency_objective_s": 29}}})
+    lifecycle = RequestLifecycle(None, ReplyLearner(MetricsRecorder("test-urgency"), 30.0),  # type: ignore[arg-type]
+                                 MetricsRecorder("test-urgency"))
+    lifecycle.dispatcher = Dispatcher()
+    lifecycle.configure(settings)
+    assert lifecycle.dispatcher.queue.urgent_within_s == 20
+    assert lifecycle._due(WorkerJob(REQUEST, "a", 100.0)) == 129.0  # arrival + the latency objective
+    lifecycle.configure(AppSettings())
+    assert lifecycle.dispatcher.queue.urgent_within_s is None
+    assert lifecycle._due(WorkerJob(REQUEST, "a", 100.0)) is None  # no objective: the deadline counts
