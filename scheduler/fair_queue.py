@@ -13,10 +13,9 @@ should not wait behind one with 10 minutes left. So the queue is two-level:
 - **urgent requests first** (``urgent_within_s``, off by default): a request within that many seconds
   of its due time (its deadline, or sooner: when the latency objective says it should be answered)
   goes ahead of the fair order, earliest due first. Fair order alone lets a newly arrived tenant's
-  request pass one that has waited most of its objective, which then misses it; earliest deadline
-  first is the order that meets every due time whenever any order can (Liu and Layland, 1973), so
-  the queue falls back to it exactly where a request's time is running out, and stays fair
-  elsewhere. An urgent request is still charged to its tenant, so a flood of urgent requests buys
+  request pass one that has waited most of its objective, which then misses it; on one replica,
+  earliest due first meets every due time whenever any order can (Jackson's rule, 1955), so the
+  queue falls back to it exactly where a request's time is running out, and stays fair elsewhere. An urgent request is still charged to its tenant, so a flood of urgent requests buys
   its tenant no extra share over a backlogged stretch.
 
 The queue only orders; what to do with a request that can no longer finish, and where to send the
@@ -227,7 +226,7 @@ class FairQueue:
     def position(self, job_id: str) -> int:
         """How many waiting requests go before ``job_id`` if nothing else arrives: each tenant's
         k-th request (earliest deadline first) goes with tag start + k / weight, all in order of
-        (tag, arrival)."""
+        (tag, arrival). Urgency aside: requests that become urgent later may still pass it."""
         job, seq = self._jobs[job_id]
         ranks = {name: self._waiting_in_order(t) for name, t in self._active.items()}
         own = ranks[job.tenant]
