@@ -55,10 +55,6 @@ class AutoscalerConfig:
     just_in_time_margin_s: float | None = None
     keep_alive: str = "fixed"  # "fixed": scale_to_zero_after_s; "histogram": learned (Shahrad et al.)
     keep_alive_percentile: float = 0.99  # histogram: keep one replica up to this idle-time quantile
-    #: None: the keep-alive is the plan's. A number: after a call that a replica started on its
-    #: request's arrival could not have answered within the latency objective, keep one replica at
-    #: least this long (requests come in sessions of like requests: the next may be one too)
-    keep_alive_after_long_s: float | None = None
     cold_start_penalty_s: float | None = None  # histogram: set → cost-optimal keep-alive (keepalive.py)
     prewarm_percentile: float = 0.05  # histogram: pre-warm before this quantile if > a cold start
     keep_alive_min_samples: int = 20  # histogram: idle periods needed before it replaces the fixed one
@@ -80,8 +76,6 @@ class AutoscalerConfig:
             raise ValueError("need 0 < prewarm_percentile < keep_alive_percentile <= 1")
         if self.latency_objective_s is not None and self.latency_objective_s <= 0:
             raise ValueError("latency_objective_s must be > 0 (or unset)")
-        if self.keep_alive_after_long_s is not None and self.keep_alive_after_long_s < 0:
-            raise ValueError("keep_alive_after_long_s must be >= 0 (or unset)")
         if self.just_in_time_margin_s is not None and self.just_in_time_margin_s < 0:
             raise ValueError("just_in_time_margin_s must be >= 0 (or unset)")
         if self.cold_start_penalty_s is not None and self.cold_start_penalty_s < 0:
@@ -105,9 +99,6 @@ class AutoscalerInputs:
     #: Which of ``slot_free_in_s`` count down as time passes (a busy slot whose request's end is
     #: known, a starting replica); None: not known, the decision may change at any time with a queue.
     slot_counts_down: tuple[bool, ...] | None = None
-    #: The last call answered, with its loads, took longer than the latency objective leaves after a
-    #: cold start: a request like it misses unless a replica is up when it comes.
-    last_call_outlasts_cold_start: bool = False
 
     @property
     def demand(self) -> int:
@@ -235,11 +226,7 @@ def _learn_idle(state: AutoscalerState, busy: bool, inputs: AutoscalerInputs, co
     if state.idle_since is None or plan is None:  # idle from now on
         regime = regime_of(inputs.recent_arrivals)
         histogram = histograms[regime] if regime < len(histograms) else ()
-        plan = _keep_alive(histogram, config, cold_start_s)
-        after_long = config.keep_alive_after_long_s
-        if inputs.last_call_outlasts_cold_start and after_long is not None and plan.keep_alive_s < after_long:
-            plan = KeepAlivePlan(after_long, None, "after a call longer than a cold start leaves")
-        return histograms, regime, plan
+        return histograms, regime, _keep_alive(histogram, config, cold_start_s)
     return histograms, regime, KeepAlivePlan(*plan)
 
 

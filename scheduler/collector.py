@@ -152,7 +152,6 @@ class Collector:
         self.load = Ewma()
         self.tier_load: dict[str, Ewma] = {tier: Ewma() for tier in TIERS}  # load seconds per call, by tier
         self.expected: dict[str, str] = {}  # queued request → the tier its checkpoint is expected from
-        self.last_call_s: float | None = None  # the last answered call's seconds, its loads included
         self.sent: dict[str, tuple[float, str]] = {}  # request on a replica → (sent at, expected tier)
 
     def accepted(self, key: str, job: PendingJob) -> None:
@@ -185,7 +184,6 @@ class Collector:
         return 0.0 if tier == "none" else (self.load.value or 0.0)
 
     def replied(self, call: CallReport) -> None:
-        self.last_call_s = call.seconds + call.load_s
         self.rate.observe(call.seconds, call.images, call.steps, call.pixels)
         self.load.add(call.load_s)
         if call.load_tier in self.tier_load:
@@ -229,6 +227,4 @@ class Collector:
             starting_replicas=starting, service_time_s=self.rate.call_s, cold_start_s=self.cold_start_s,
             backlog=Backlog(tuple(slack), tuple(service)), slot_free_in_s=tuple(free),
             slot_counts_down=tuple(counts_down), recent_arrivals=self.arrivals.count(now),
-            last_call_outlasts_cold_start=(objective is not None and self.last_call_s is not None
-                                           and cold + self.last_call_s > objective),
         )

@@ -4,7 +4,6 @@ do without does not start — tables of inputs → expected outputs, and the sim
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -90,30 +89,3 @@ def test_requests_arriving_while_a_start_waits_share_it_in_the_simulator() -> No
     assert len(just_in_time.replicas) == 1
     assert all(r.latency_s <= 30.0 for r in just_in_time.records)
     assert just_in_time.replica_seconds() < burst.replica_seconds()
-
-
-def test_after_a_call_a_cold_start_could_not_have_answered_one_replica_stays() -> None:
-    """Requests come in sessions of like requests: after one that no replica started on its arrival
-    could have answered in time, the next may be one too, and it needs a replica already up."""
-    config = AutoscalerConfig(**{**CONFIG.__dict__, "keep_alive_after_long_s": 60.0})
-    idle = AutoscalerInputs(now=100.0, queued=0, in_flight=0, running_replicas=1, starting_replicas=0,
-                            cold_start_s=COLD, last_call_outlasts_cold_start=True)
-    first = decide(idle, AutoscalerState(target=1), config)
-    assert first.desired == 1 and first.review_at == pytest.approx(160.0), first.reason
-    later = decide(dataclasses.replace(idle, now=160.0), first.state, config)
-    assert later.desired == 0
-    short = dataclasses.replace(idle, last_call_outlasts_cold_start=False)
-    assert decide(short, AutoscalerState(target=1), config).desired == 0  # the plan's 0 s keep-alive
-    assert decide(idle, AutoscalerState(target=1), CONFIG).desired == 0  # the knob unset
-
-
-def test_the_collector_tells_whether_the_last_call_outlasts_what_a_cold_start_leaves() -> None:
-    from scheduler.collector import CallReport, Collector
-
-    config = AutoscalerConfig(default_cold_start_s=COLD, latency_objective_s=30.0)
-    collector = Collector()
-    assert not collector.inputs(0.0, 1, 0, config).last_call_outlasts_cold_start  # nothing answered yet
-    collector.replied(CallReport(seconds=11.7, images=8, steps=25, pixels=512 * 512, load_s=8.8))
-    assert collector.inputs(0.0, 1, 0, config).last_call_outlasts_cold_start  # 10 + 20.5 > 30
-    collector.replied(CallReport(seconds=1.8, images=1, steps=25, pixels=512 * 512, load_s=2.8))
-    assert not collector.inputs(0.0, 1, 0, config).last_call_outlasts_cold_start
