@@ -150,7 +150,7 @@ class FairQueue:
         replica whose batch takes only one shape of work)."""
         for job in self._urgent():
             if accept is None or accept(job):
-                self._charge(job)
+                self._charge(job, out_of_order=True)
                 return job
         for _, _, name in self._order():
             tenant = self._tenants[name]
@@ -197,11 +197,14 @@ class FairQueue:
         by_seq = {seq: job for job, seq in self._jobs.values()}
         return urgent + [by_seq[seq] for _, seq in sorted(tags) if by_seq[seq].job_id not in first]
 
-    def _charge(self, job: QueuedJob) -> None:
-        """Take ``job`` out of the queue as a dispatch of its tenant's (its tag advances)."""
+    def _charge(self, job: QueuedJob, out_of_order: bool = False) -> None:
+        """Take ``job`` out of the queue as a dispatch of its tenant's (its tag advances). An urgent
+        dispatch (``out_of_order``) leaves the virtual time where the fair order is: a tenant that
+        joins next starts there, not behind the tag of a flood whose request was urgent."""
         tenant = self._tenants[job.tenant]
         self.remove(job.job_id)
-        self._virtual = max(self._virtual, tenant.start)
+        if not out_of_order:
+            self._virtual = max(self._virtual, tenant.start)
         tenant.finish = tenant.start + 1.0 / tenant.weight
         tenant.start = tenant.finish
 

@@ -197,3 +197,17 @@ def test_with_urgency_every_request_comes_out_once_and_urgent_ones_by_due_time(i
         out.append(job.job_id)
     out += _drain(queue)
     assert sorted(out) == sorted(f"{tenant}{k}" for k, (tenant, _) in enumerate(items))
+
+
+def test_urgent_dispatches_of_one_tenant_do_not_push_a_newcomer_behind_the_others() -> None:
+    clock = _Clock()
+    queue = FairQueue(urgent_within_s=10.0, clock=clock)
+    for k in range(5):
+        queue.push(QueuedJob(f"b{k}", "b", 200.0))
+    for k in range(5):
+        queue.push(QueuedJob(f"a{k}", "a", 100.0))
+    clock.now = 95.0
+    assert [queue.pop().job_id for _ in range(5)] == ["a0", "a1", "a2", "a3", "a4"]  # all urgent
+    queue.push(QueuedJob("c0", "c", 300.0))
+    # c joins where the fair order is (b's first tag), not at a's tag after its urgent run
+    assert _drain(queue) == ["b0", "c0", "b1", "b2", "b3", "b4"]
