@@ -65,13 +65,13 @@ def sdserve_settings(grid: str = "full", objective: float | None = None) -> list
             for (keep, knobs), w, o in itertools.product(keeps, windows, objectives)]
 
 
+OBJECTIVE_KEY = "autoscaling.policy.latency_objective_s"  # a --set of it replaces the grid's objectives
+
+
 def _objective_set(overrides: list[str]) -> float | None:
     """The latency objective a ``--set`` gives sdserve's policy, if any (the last one counts)."""
     values = [item.split("=", 1)[1] for item in overrides if item.startswith(OBJECTIVE_KEY + "=")]
     return float(values[-1]) if values else None
-
-
-OBJECTIVE_KEY = "autoscaling.policy.latency_objective_s"
 
 
 def ray_settings(grid: str = "full", policy: str = RAY) -> list[Setting]:

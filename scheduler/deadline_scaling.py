@@ -142,9 +142,9 @@ def starts_that_can_wait(backlog: Backlog, free_at_s: Sequence[float], cold_star
     """
     if not new or not backlog:
         return 0, math.inf
-    slots = [(t, False) for t in free_at_s]
-    if misses(backlog, [t for t, _ in slots] + [cold_start_s] * capacity * new):
+    if misses(backlog, list(free_at_s) + [cold_start_s] * capacity * new):
         return 0, math.inf
+    slots = [(t, False) for t in free_at_s]
     for late in range(new, 0, -1):
         trial = (slots + [(cold_start_s, False)] * capacity * (new - late)
                  + [(cold_start_s + margin_s, True)] * capacity * late)

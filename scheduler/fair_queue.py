@@ -158,7 +158,7 @@ class FairQueue:
             if accept is None or accept(job):
                 heapq.heappop(tenant.heap)
                 del self._jobs[job.job_id]
-                self._virtual = tenant.start
+                self._virtual = tenant.start  # the fair order's own tag (a look-ahead may have passed it)
                 tenant.finish = tenant.start + 1.0 / tenant.weight
                 tenant.start = tenant.finish
                 self._left(name)
