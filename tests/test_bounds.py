@@ -1,5 +1,5 @@
 """The cost bounds: the lower bound is never above any schedule's cost (brute force on tiny traces,
-every simulated policy), the offline schedule is a schedule (never below the optimum)."""
+every simulated policy), the offline and online schedules are schedules (never below the optimum)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from scheduler.simulation.bounds import (
     request_jobs,
 )
 from scheduler.simulation.fleet import simulate
-from scheduler.simulation.offline import best_offline_schedule, offline_schedule
+from scheduler.simulation.offline import best_offline_schedule, offline_schedule, online_schedules
 from scheduler.simulation.policies import FixedFleet, RayControlled, SdserveLoop
 from scheduler.simulation.ray_autoscaler import RayAutoscalingConfig
 from scheduler.simulation.workload import FleetSpec, SimRequest
@@ -103,6 +103,8 @@ def test_the_optimum_lies_between_the_lower_bound_and_the_offline_schedule(trace
     schedule = best_offline_schedule(jobs, cold)
     if schedule.late == 0:
         assert best <= schedule.replica_seconds + 1e-6
+    for _, online in online_schedules(jobs, cold):
+        assert online.late > 0 or best <= online.replica_seconds + 1e-6
 
 
 @settings(max_examples=60, deadline=None)
@@ -132,6 +134,8 @@ def test_with_loads_the_optimum_lies_between_the_lower_bound_and_the_offline_sch
     schedule = best_offline_schedule(jobs, cold, loads=LOADS)
     if schedule.late == 0:
         assert best <= schedule.replica_seconds + 1e-6
+    for _, online in online_schedules(jobs, cold, loads=LOADS):
+        assert online.late > 0 or best <= online.replica_seconds + 1e-6
 
 
 def test_each_life_s_first_request_pays_its_adapters() -> None:

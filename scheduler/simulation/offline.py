@@ -13,6 +13,12 @@ says how many it holds in memory at once for that, to compare with the node's ca
 adapter not loaded on that checkpoint an adapter load; a replica keeps its least recently used
 checkpoints and adapters up to its budgets. A request is in time when its loads and its call fit its
 window.
+
+With ``online`` the same rules run without hindsight of arrivals (:func:`online_schedules`): a
+replica stops when its work runs out, and a new one starts only once its request is there. It is a
+reference, not a bound: it still knows each request's call and loads exactly when it arrives, and
+reads every checkpoint from disk ahead of time, which no live policy does; it keeps no replica
+waiting for a request that has not come, which a live policy may.
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ def _alive_at(lives: list[_Life], t0: float, t1: float, exclude: _Life | None = 
 
 
 def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | None = None,
-                     delay: float = 0.0, warm: int = 0, loads: LoadTimes | None = None) -> OfflineSchedule:
+                     delay: float = 0.0, warm: int = 0, loads: LoadTimes | None = None,
+                     online: bool = False) -> OfflineSchedule:
     """A schedule with hindsight: in arrival order, each request alone where it adds least to the
     bill and starts earliest within its window — after a replica's current work (keeping it through
     a gap shorter than a cold start, else stopping it and restarting it just in time) or on a new
@@ -101,13 +108,18 @@ def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | 
     request no replica can start in time goes late on a new replica if the cap allows, else on the
     replica free first (``replicas`` reports the most alive at once as the schedule came out).
     ``delay``: how far into its window a request that starts a replica is put off. ``warm``:
-    replicas running at time 0, paid from then (holding nothing)."""
+    replicas running at time 0, paid from then (holding nothing). ``online``: no replica is kept
+    through a gap or restarted for a request before it arrives (see the module's docstring)."""
     lives: list[_Life] = [_Life([[0.0, 0.0]], 0.0) for _ in range(warm)]
     cost = 0.0
     starts = late = checkpoint_loads = lora_loads = 0
     reads: list[tuple[float, str]] = []  # (when a checkpoint load begins, which)
     cap = gpus if gpus is not None else len(jobs) + 1
+    stopped: list[_Life] = []  # online: replicas whose work ran out, never used again
     for job in sorted(jobs, key=lambda j: j.arrival):
+        if online:  # a replica stops when its work runs out: nothing told it this request was coming
+            stopped += [life for life in lives if life.free_at <= job.arrival]
+            lives = [life for life in lives if life.free_at > job.arrival]
         # (added cost, start, replica or -1, restart, loads)
         best: tuple[float, float, int, bool, tuple[int, int]] | None = None
         for k, life in enumerate(lives):
@@ -129,6 +141,8 @@ def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | 
         counts = _loads(None, job, loads)
         loading = _seconds(counts, loads)
         fresh = job.arrival + delay * max(0.0, job.latest_start - loading - job.arrival)
+        if online:  # started once the request is there, and put off as far into its window
+            fresh = max(fresh, job.arrival + cold_start_s)
         room = _alive_at(lives, fresh - cold_start_s, fresh + loading + job.service) < cap
         if fresh + loading <= job.latest_start + TOLERANCE_S and room and (
                 best is None or best[0] > cold_start_s + loading + job.service):
@@ -136,7 +150,8 @@ def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | 
         if best is None:
             late += 1
             if room or not lives:
-                best = (cold_start_s + loading + job.service, job.arrival, -1, True, counts)
+                best = (cold_start_s + loading + job.service, job.arrival + (cold_start_s if online else 0.0), -1, True,
+                        counts)
             else:
                 k = min(range(len(lives)), key=lambda i: lives[i].free_at)
                 start = max(job.arrival, lives[k].free_at)
@@ -163,7 +178,7 @@ def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | 
                 life.spans[-1][1] = end
             life.free_at = end
         _hold(life, job, loads)
-    most = _most_alive([span for life in lives for span in life.spans])
+    most = _most_alive([span for life in lives + stopped for span in life.spans])
     peak = _host_reads_peak(reads, loads.disk_s - loads.checkpoint_s) if loads else 0
     return OfflineSchedule(cost, most, starts, late, checkpoint_loads, lora_loads, peak)
 
@@ -178,6 +193,13 @@ def best_offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: i
     """The cheapest :func:`offline_schedule` over :data:`DELAYS` among those with fewest late."""
     return min((offline_schedule(jobs, cold_start_s, gpus, d, warm, loads) for d in DELAYS),
                key=lambda o: (o.late, o.replica_seconds))
+
+
+def online_schedules(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | None = None,
+                     warm: int = 0, loads: LoadTimes | None = None) -> list[tuple[float, OfflineSchedule]]:
+    """:func:`offline_schedule` without hindsight of arrivals, at each of :data:`DELAYS`: the
+    reference is each of them, none chosen with hindsight of how it scores."""
+    return [(d, offline_schedule(jobs, cold_start_s, gpus, d, warm, loads, online=True)) for d in DELAYS]
 
 
 def _most_alive(spans: list[list[float]]) -> int:
