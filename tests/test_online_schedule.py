@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.sim_bounds import bounds_row, describe_bounds
 from scheduler.simulation.bounds import BoundJob, LoadTimes, jobs_for
 from scheduler.simulation.offline import DELAYS, offline_schedule, online_schedules
+from scheduler.simulation.workload import FleetSpec, SimRequest
 
 
 def test_a_replica_is_not_kept_through_a_gap_without_hindsight() -> None:
@@ -46,3 +48,15 @@ def test_a_request_that_finds_work_under_way_queues_behind_it_and_pays_its_loads
 def test_every_delay_is_reported() -> None:
     jobs = jobs_for([(0.0, 1.0), (25.0, 1.0)], slo_s=30.0)
     assert [delay for delay, _ in online_schedules(jobs, 10.0)] == list(DELAYS)
+
+
+def test_the_bounds_report_gives_the_online_schedule_at_each_delay() -> None:
+    # cold start 10 s, SLO 30 s, calls of 2 s at 0 s and 15 s: put off by half its window or more,
+    # the first request's replica is still at work when the second comes, and one start serves both
+    service = lambda images, pixels, steps: 2.0  # noqa: E731
+    requests = [SimRequest(arrival_s=0.0), SimRequest(arrival_s=15.0)]
+    row = bounds_row(requests, service, FleetSpec(cold_start_s=10.0, gpu_slots=2), 30.0)
+    assert [(ref["delay"], ref["cold_starts"], ref["late"]) for ref in row["online_schedule"]] == [
+        (0.0, 2, 0), (0.25, 2, 0), (0.5, 1, 0), (0.75, 1, 0), (1.0, 1, 0)]
+    text = describe_bounds("batch 1", row, len(requests))
+    assert "**online schedule**" in text and "| 0.5 of the window | 14 | " in text
