@@ -198,7 +198,8 @@ def best_offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: i
 def online_schedules(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | None = None,
                      warm: int = 0, loads: LoadTimes | None = None) -> list[tuple[float, OfflineSchedule]]:
     """:func:`offline_schedule` without hindsight of arrivals, at each of :data:`DELAYS`: the
-    reference is each of them, none chosen with hindsight of how it scores."""
+    reference is each of them, none chosen with hindsight of how it scores. Replicas running at time
+    0 (``warm``) stop with nothing to do, as any other."""
     return [(d, offline_schedule(jobs, cold_start_s, gpus, d, warm, loads, online=True)) for d in DELAYS]
 
 
