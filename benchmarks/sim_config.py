@@ -218,6 +218,7 @@ def load_target(path: str | Path, cold_start_s: float, overrides: list[str] | No
         prewarm_time_scale=settings.simulation.time_scale if settings.model.backend == "simulated" else 1.0,
         model_blind=not settings.queue.model_aware,
         per_request_loads=settings.autoscaling.per_request_loads,
+        per_request_adapters=settings.autoscaling.per_request_adapters,
         seed=seed,
     )
     return SimTarget(name or Path(path).stem, str(path), spec, kind, ray_config, kwargs, settings)

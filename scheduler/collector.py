@@ -42,6 +42,9 @@ class PendingJob:
     images: int
     steps: int
     pixels: int = REFERENCE_PIXELS  # per image
+    #: LoRA adapters it names, when its loads are counted by them (autoscaling.per_request_adapters;
+    #: None: not counted)
+    adapters: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,13 @@ class CallReport:
     capacity: int | None = None  # requests per call the replica would take now (adaptive)
     load_s: float = 0.0  # the checkpoint and LoRA loads the call paid first (many models)
     load_tier: str = ""  # where its checkpoint came from: none (resident), host, disk ("": not said)
+    adapters: int = 0  # LoRA adapters the call's request named
 
 
 #: Where a request's checkpoint comes from for its call (the dispatcher's and the replies' words).
 TIERS = ("none", "host", "disk")
+#: Requests naming more adapters than this share one mean load (per tier) with those naming this many.
+MOST_ADAPTERS = 3
 
 
 def tier_of(model: str, device: Collection[str], host: Collection[str]) -> str:
@@ -151,6 +157,10 @@ class Collector:
         #: counts in every queued request's service, so a mix that loads often gets more replicas.
         self.load = Ewma()
         self.tier_load: dict[str, Ewma] = {tier: Ewma() for tier in TIERS}  # load seconds per call, by tier
+        #: load seconds per call by tier and the adapters its request named: a request naming two
+        #: adapters whose checkpoint is not resident loads both (4.4 s each in production), which
+        #: the tier's mean over all calls, mostly without adapters, leaves out
+        self.adapter_load: dict[tuple[str, int], Ewma] = {}
         self.expected: dict[str, str] = {}  # queued request → the tier its checkpoint is expected from
         self.sent: dict[str, tuple[float, str]] = {}  # request on a replica → (sent at, expected tier)
 
@@ -175,9 +185,15 @@ class Collector:
             self.sent[key] = (at, tier)
             self.expected.pop(key, None)
 
-    def load_s(self, tier: str | None) -> float:
-        """The load a call from ``tier`` is expected to pay: that tier's mean once measured, else
-        nothing for a resident checkpoint and the mean over all calls for any other."""
+    def load_s(self, tier: str | None, adapters: int | None = None) -> float:
+        """The load a call from ``tier`` is expected to pay: with ``adapters`` (the request's count),
+        the mean over calls from that tier whose requests named as many, once measured; else that
+        tier's mean once measured; else nothing for a resident checkpoint and the mean over all calls
+        for any other."""
+        if adapters is not None and tier in TIERS:
+            counted = self.adapter_load.get((tier, min(adapters, MOST_ADAPTERS)))
+            if counted is not None and counted.value is not None:
+                return counted.value
         measured = self.tier_load[tier].value if tier in self.tier_load else None
         if measured is not None:
             return measured
@@ -188,6 +204,7 @@ class Collector:
         self.load.add(call.load_s)
         if call.load_tier in self.tier_load:
             self.tier_load[call.load_tier].add(call.load_s)
+            self.adapter_load.setdefault((call.load_tier, min(call.adapters, MOST_ADAPTERS)), Ewma()).add(call.load_s)
         if call.cold_start_s:
             self.cold_start_s = call.cold_start_s
         if call.capacity:
@@ -205,7 +222,8 @@ class Collector:
         slack, service = [], []
         objective = config.latency_objective_s
         for key, job in items[in_flight:]:
-            own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + self.load_s(self.expected.get(key))
+            own = (self.rate.estimate(job.images, job.steps, job.pixels) or base) + self.load_s(self.expected.get(key),
+                                                                                              job.adapters)
             due = job.deadline if objective is None else min(job.deadline, job.accepted_at + objective)
             slack.append(due - now - own)
             service.append(own)
@@ -213,8 +231,9 @@ class Collector:
         cold = config.default_cold_start_s if self.cold_start_s is None else self.cold_start_s
         # a busy slot frees when its request's load and call are expected to end; without word of
         # it, after about half a call (the expected residual); an idle one now
-        known = sorted(max(0.0, at + self.load_s(tier) + (self.rate.estimate(job.images, job.steps, job.pixels) or base)
-                           - now) for key, (at, tier) in self.sent.items() if (job := self.jobs.get(key)) is not None)
+        known = sorted(max(0.0, at + self.load_s(tier, job.adapters)
+                           + (self.rate.estimate(job.images, job.steps, job.pixels) or base) - now)
+                       for key, (at, tier) in self.sent.items() if (job := self.jobs.get(key)) is not None)
         busy = (known + [(base + load) / 2] * in_flight)[:in_flight]
         free = busy + [0.0] * (running * capacity - in_flight)
         free += [ready for ready in self.starts.ready_in(now, cold) for _ in range(capacity)]

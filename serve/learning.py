@@ -68,7 +68,7 @@ class ReplyLearner:
             self.scaling.replied(CallReport(
                 max(0.0, reply.service_time_s - load_s), reply.batch_images, reply.steps_done, r.width * r.height,
                 replica.cold_start_s if replica else None, replica.capacity if replica else None, load_s,
-                reply.call.model_load if reply.call is not None else ""))
+                reply.call.model_load if reply.call is not None else "", len(r.loras)))
 
     def _replica_started(self, replica_id: str, cold_start_s: float) -> None:
         if replica_id not in self.cold_starts:

@@ -103,8 +103,9 @@ class RequestLifecycle:
         if self.scaling is not None:
             self.scaling.start()
             r = job.request
+            adapters = len(r.loras) if self.settings.autoscaling.per_request_adapters else None
             self.scaling.accepted(job.job_id, PendingJob(
-                job.accepted_at, job.deadline, r.n, r.effective_steps, r.width * r.height))
+                job.accepted_at, job.deadline, r.n, r.effective_steps, r.width * r.height, adapters))
         progress = JobProgress()
         wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
         try:

@@ -264,6 +264,9 @@ class ControlLoopSettings(_Section):
         True, description="with a catalog and sdserve's model-aware dispatcher: count each request's checkpoint "
         "load by where its checkpoint is (resident, host memory, disk; scheduler/collector.py); false: the mean "
         "load per call for every request")
+    per_request_adapters: bool = Field(
+        False, description="with per_request_loads: count each request's LoRA adapters too (its expected load is "
+        "the mean over calls from its checkpoint's tier whose requests named as many adapters)")
     policy: dict[str, Any] = Field(default_factory=dict, description="AutoscalerConfig fields")
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from scheduler.admission import Admission, JobView, earliest_deadline_first
 from scheduler.collector import CallReport
 from scheduler.outcomes import Outcome
+from scheduler.placement import adapter_ids
 from scheduler.simulation.events import Event
 from scheduler.simulation.models import DISK, HOST
 from scheduler.simulation.records import CallLearning, Replica
@@ -163,7 +164,7 @@ class CallRunner:
                 record.outcome = Outcome.OK
                 record.service_time_s, record.batch_images = duration, images
                 sim.reports[i] = CallReport(pipeline_s, images, steps, pixels, self._reported_cold_start(replica),
-                                            capacity, loaded_s, tier or "")
+                                            capacity, loaded_s, tier or "", len(adapter_ids(sim.requests[i].loras)))
                 finishing.append(i)
         return end
 

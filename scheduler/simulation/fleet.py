@@ -13,6 +13,7 @@ import random
 
 from scheduler.collector import CallReport, PendingJob
 from scheduler.outcomes import Outcome
+from scheduler.placement import adapter_ids
 from scheduler.simulation.calls import CallRunner
 from scheduler.simulation.control import ControlTicks
 from scheduler.simulation.events import Event, EventQueue
@@ -102,7 +103,8 @@ class Simulator:
             self._answer(i, Outcome.OVERLOADED)
             return
         r = self.requests[i]
-        self.policy.accepted(str(i), PendingJob(r.arrival_s, self.deadline[i], r.n, r.steps, r.pixels))
+        adapters = len(adapter_ids(r.loras)) if self.spec.per_request_adapters else None
+        self.policy.accepted(str(i), PendingJob(r.arrival_s, self.deadline[i], r.n, r.steps, r.pixels, adapters))
         self.outstanding += 1
         self.events.push(self.deadline[i], Event.EXPIRE, i)
         self.router.enqueue(i)

@@ -129,6 +129,8 @@ class FleetSpec:
     model_blind: bool = False
     #: the dispatcher tells the control loop where each request's checkpoint is (autoscaling.per_request_loads)
     per_request_loads: bool = True
+    #: the control loop counts each request's adapters in its load (autoscaling.per_request_adapters)
+    per_request_adapters: bool = False
     #: Which replicas a scale-down stops: "ray", Ray 2.60's order (starting replicas first, then the
     #: newest running: ``deployment_scheduler._get_replicas_to_stop``), or "least-loss", a what-if
     #: that Ray offers no way to choose: the running replicas whose stop loses least first
