@@ -97,15 +97,19 @@ class RequestLifecycle:
         finally:
             self.fair.give_back(client)
 
+    def _pending(self, job: WorkerJob) -> PendingJob:
+        """What the control loop is told of an accepted request (its adapters only where it counts them)."""
+        assert job.deadline is not None
+        r = job.request
+        adapters = len(r.loras) if self.settings.autoscaling.per_request_adapters else None
+        return PendingJob(job.accepted_at, job.deadline, r.n, r.effective_steps, r.width * r.height, adapters)
+
     async def _forward(self, job: WorkerJob, client: str, on_event: OnEvent | None) -> WorkerReply:
         assert job.deadline is not None
         self.learner.outstanding += 1
         if self.scaling is not None:
             self.scaling.start()
-            r = job.request
-            adapters = len(r.loras) if self.settings.autoscaling.per_request_adapters else None
-            self.scaling.accepted(job.job_id, PendingJob(
-                job.accepted_at, job.deadline, r.n, r.effective_steps, r.width * r.height, adapters))
+            self.scaling.accepted(job.job_id, self._pending(job))
         progress = JobProgress()
         wait_s = max(0.0, job.deadline - time.time()) + self.settings.deadlines.ingress_slack_s
         try:

@@ -158,3 +158,28 @@ def test_a_replica_busy_loading_from_disk_gets_a_second_started_for_the_request_
 
     assert decision(told=True) == 2
     assert decision(told=False) == 1
+
+
+@pytest.mark.parametrize(("adapters", "tier", "queued_service"), [
+    (None, "host", 2.0 + 4.0),  # not counted: the tier's mean over its calls, with and without adapters
+    (0, "host", 2.0 + 2.8),  # counted: the mean over calls from host memory that named none
+    (2, "host", 2.0 + 2.8 + 2 * 4.4),  # ... or two
+    (5, "host", 2.0 + 2.8 + 3 * 4.4),  # more than three share the mean of three
+    (1, "none", 2.0 + 4.0),  # no call resident with one adapter measured yet: the tier's mean
+    (2, "", 2.0 + 6.0),  # a tier not said: the mean over all calls, whatever the adapters
+])
+def test_a_requests_adapters_count_in_its_load_when_told(adapters, tier, queued_service) -> None:
+    """Calls from host memory loaded 2.8 s with no adapter, 11.6 s with two, 16.0 s with three; a
+    resident call loaded 4 s (the tier means set to 4 s, the mean over all calls to 6 s)."""
+    from scheduler.collector import Collector
+
+    collector = Collector()
+    for load, count in ((2.8, 0), (2.8 + 2 * 4.4, 2), (2.8 + 3 * 4.4, 3)):
+        collector.replied(CallReport(2.0, 1, 25, 512 * 512, load_s=load, load_tier="host", adapters=count))
+    collector.replied(CallReport(2.0, 1, 25, 512 * 512, load_s=4.0, load_tier="none"))
+    collector.tier_load["host"].value = collector.tier_load["none"].value = 4.0
+    collector.load.value = 6.0
+    collector.accepted("a", PendingJob(0.0, 100.0, 1, 25, 512 * 512, adapters))
+    collector.expect({"a": tier})
+    inputs = collector.inputs(0.0, running=0, starting=0, config=AutoscalerConfig())
+    assert inputs.backlog.service_s == (pytest.approx(queued_service),)

@@ -99,3 +99,27 @@ def test_the_lifecycle_gives_the_dispatcher_its_urgency_and_each_job_its_due_tim
     lifecycle.configure(AppSettings())
     assert lifecycle.dispatcher.queue.urgent_within_s is None
     assert lifecycle._due(WorkerJob(REQUEST, "a", 100.0)) is None  # no objective: the deadline counts
+
+
+def test_the_control_loop_hears_of_a_requests_adapters_only_where_it_counts_them() -> None:
+    """Accepted: the adapters count goes with the job only with ``per_request_adapters``; replied:
+    the call's report names its request's adapters either way (the loop learns loads by them)."""
+    import dataclasses
+
+    from serve.lifecycle import RequestLifecycle
+    from serve.settings import AppSettings
+
+    with_loras = dataclasses.replace(REQUEST, loras=(("x", 1.0), ("y", 0.5)))
+    job = WorkerJob(with_loras, "a", 100.0, deadline=130.0)
+    lifecycle = RequestLifecycle(None, ReplyLearner(MetricsRecorder("test-adapters"), 30.0),  # type: ignore[arg-type]
+                                 MetricsRecorder("test-adapters"))
+    lifecycle.configure(AppSettings())
+    assert lifecycle._pending(job).adapters is None
+    lifecycle.configure(AppSettings.model_validate({"autoscaling": {"per_request_adapters": True}}))
+    assert lifecycle._pending(job).adapters == 2
+
+    reports = []
+    learner = ReplyLearner(MetricsRecorder("test-adapters-replies"), 30.0)
+    learner.scaling = type("Spy", (), {"replied": lambda self, call: reports.append(call)})()  # type: ignore[assignment]
+    learner.learn(job, reply())
+    assert [call.adapters for call in reports] == [2]

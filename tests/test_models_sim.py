@@ -269,3 +269,26 @@ def test_a_scale_down_stops_the_newest_replica_or_the_one_whose_checkpoint_is_le
 def test_an_unknown_stop_order_is_refused() -> None:
     with pytest.raises(ValueError, match="stop_order"):
         FleetSpec(stop_order="oldest")
+
+
+@pytest.mark.parametrize("counted", [False, True])
+def test_the_control_loop_is_told_each_requests_adapters_when_it_counts_them(counted: bool) -> None:
+    """With ``per_request_adapters`` each accepted request tells the loop how many adapters it
+    names (else nothing), and each reply how many its call's request named, either way."""
+    accepted: dict[str, int | None] = {}
+    replied: list[int] = []
+
+    @dataclass
+    class Listening(FixedFleet):
+        def accepted(self, key, job) -> None:  # type: ignore[no-untyped-def]
+            accepted[key] = job.adapters
+
+        def replied(self, call) -> None:  # type: ignore[no-untyped-def]
+            replied.append(call.adapters)
+
+    spec = FleetSpec(initial_replicas=1, gpu_slots=1, models_per_replica=1, loras_per_replica=4,
+                     default_model="a", per_request_adapters=counted)
+    requests = [SimRequest(0.0, model="a", loras=("x:1.0", "y:0.5")), SimRequest(5.0, model="a")]
+    simulate(requests, spec, lambda images, pixels, steps: 1.0, Listening(1))
+    assert accepted == ({"0": 2, "1": 0} if counted else {"0": None, "1": None})
+    assert replied == [2, 0]
