@@ -43,7 +43,7 @@ RAY_TIME_KNOBS = ("upscale_delay_s", "downscale_delay_s", "downscale_to_zero_del
 FLOORS = {"metrics_interval_s": 0.25, "look_back_period_s": 1.0}
 POLICY_TIME_KNOBS = ("stable_window_s", "scale_down_interval_s", "scale_to_zero_after_s",
                      "default_service_time_s", "default_cold_start_s", "latency_objective_s",
-                     "cold_start_penalty_s", "keep_alive_max_s")
+                     "cold_start_penalty_s", "keep_alive_max_s", "just_in_time_margin_s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +87,8 @@ def compressed_overrides(path: str, k: float) -> tuple[list[str], list[str]]:
         policy = loop.get("policy") or {}
         arg_overrides += [f"autoscaling.policy.{knob}={policy[knob] / k}" for knob in POLICY_TIME_KNOBS
                           if policy.get(knob) is not None]
+        urgent = (args.get("queue") or {}).get("urgent_within_s")
+        arg_overrides += [f"queue.urgent_within_s={urgent / k}"] if urgent is not None else []
         return arg_overrides, []
     scaling = worker.get("autoscaling_config") or {}
     ray_defaults = RayAutoscalingConfig()
