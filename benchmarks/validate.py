@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", required=True, help="START..END of the trace")
     parser.add_argument("--time-scale", type=float, default=15.0, help="k: compress everything k×")
     parser.add_argument("--config", action="append", default=[], help="sim-* Serve configs to validate")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of every config's args, in trace time (time knobs are compressed "
+                             "k× with the config's own), e.g. queue.urgent_within_s=25")
     parser.add_argument("--slo", type=float, default=30.0, help="latency objective in trace time, seconds")
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--name", default="sim-vs-live")
@@ -73,13 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "overrides) and recompute only the simulation: for a changed simulator")
 
 
-def compressed_overrides(path: str, k: float) -> tuple[list[str], list[str]]:
-    """``args`` and worker-deployment overrides that run ``path``'s config k× faster."""
-    config = load_config(path)
+def compressed_overrides(path: str, k: float, overrides: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """``args`` and worker-deployment overrides that run ``path``'s config, with ``overrides`` of its
+    args (``--set``, in trace time), k× faster: the overrides first, then the compressed times."""
+    config = load_config(path, list(overrides))
     app = config["applications"][0]
     args = app.get("args") or {}
     timeout = ((args.get("deadlines") or {}).get("default_timeout_s")) or 120.0
-    arg_overrides = [f"simulation.time_scale={k}", f"deadlines.default_timeout_s={timeout / k}"]
+    arg_overrides = [*overrides, f"simulation.time_scale={k}", f"deadlines.default_timeout_s={timeout / k}"]
     worker = next(d for d in app["deployments"] if d["name"] == WORKER_DEPLOYMENT)
     loop = (args.get("autoscaling") or {})
     if app.get("external_scaler_enabled") and loop.get("enabled"):  # sdserve's loop: knobs in args
@@ -158,7 +163,7 @@ def agreement(live: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
 
 def validate_one(config: str, args: argparse.Namespace) -> dict[str, Any]:
     k = args.time_scale
-    arg_overrides, deployment = compressed_overrides(config, k)
+    arg_overrides, deployment = compressed_overrides(config, k, args.overrides)
     arrivals = _arrivals(args)  # compressed k× by --time-scale
     if args.models:
         arg_overrides += model_overrides(arrivals, args)
