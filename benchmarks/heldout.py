@@ -54,10 +54,11 @@ def sdserve_settings(grid: str = "full", objective: float | None = None) -> list
         keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 600), (30,)
     elif grid == "dense":  # 16, as Ray's: medium with the midpoint of its widest step (window 300 s)
         keeps, windows, objectives = [keeps[1], keeps[3], keeps[5], keeps[7]], (20, 120, 300, 600), (30,)
-    elif grid == "fast-start":  # 12, as Ray's: shorter keep-alives and windows, for a cold start well under the SLO
+    elif grid in ("fast-start", "fast-start-wide"):  # 12, as Ray's: shorter keep-alives and windows, for a
+        # cold start well under the SLO; wide (16, as Ray's): the window also reaches Ray's longest downscale delay
         keeps = [(f"fixed {k:g}s", {"keep_alive": "fixed", "cold_start_penalty_s": None, "scale_to_zero_after_s": k})
                  for k in (0, 30)] + [keeps[0], keeps[1]]
-        windows, objectives = (0, 20, 120), (30,)
+        windows, objectives = (0, 20, 120) + ((600,) if grid == "fast-start-wide" else ()), (30,)
     if objective is not None:
         objectives = (objective,)
     return [Setting(SDSERVE, f"{keep}, window {w}s, objective {o:g}s",
@@ -87,6 +88,8 @@ def ray_settings(grid: str = "full", policy: str = RAY) -> list[Setting]:
         axes = ((1, 2), (30,), (60, 600), (60, 300, 600, 1200), (30,))
     elif grid == "fast-start":  # 12, as sdserve's: no upscale delay, to zero at once, after 60 or 300 s
         axes = ((1, 2), (0,), (30, 600), (0, 60, 300), (30,))
+    elif grid == "fast-start-wide":  # 16, as sdserve's: fast-start, to zero also after 1200 s (the full grid's longest)
+        axes = ((1, 2), (0,), (30, 600), (0, 60, 300, 1200), (30,))
     return [Setting(policy, f"target {t:g}, up {u:g}s, down {d:g}s, to zero {z:g}s, look-back {b:g}s",
                     {"target_ongoing_requests": t, "upscale_delay_s": u, "downscale_delay_s": d,
                      "downscale_to_zero_delay_s": z, "look_back_period_s": b})
@@ -135,7 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the first part ends, seconds from the trace's start (default: 11 days)")
     parser.add_argument("--config", default="configs/single.yaml", help="sdserve's config")
     parser.add_argument("--ray-config", default="configs/ray-default.yaml", help="Ray's default policy")
-    parser.add_argument("--grid", choices=("full", "dense", "medium", "small", "fast-start"), default="full")
+    parser.add_argument("--grid", choices=("full", "dense", "medium", "small", "fast-start", "fast-start-wide"),
+                        default="full")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an args key in both configs (e.g. model.resident_models=4)")
     parser.add_argument("--gpus", type=int, default=None, metavar="N",

@@ -131,8 +131,12 @@ def test_heldout_tunes_each_policy_on_one_part_and_scores_it_on_the_other(tmp_pa
     data = json.loads((tmp_path / "h.json").read_text())
     settings = len(heldout.sdserve_settings("small")) + len(heldout.ray_settings("small")) + 2  # + the shipped
     assert len(data["points"]) == 2 * settings  # every setting on both parts
-    for size in ("full", "dense", "medium", "small", "fast-start"):  # as many settings for each
+    for size in ("full", "dense", "medium", "small", "fast-start", "fast-start-wide"):  # as many settings for each
         assert len(heldout.sdserve_settings(size)) == len(heldout.ray_settings(size)), size
+    labels = {grid: {s.label for s in heldout.sdserve_settings(grid)} for grid in ("fast-start", "fast-start-wide")}
+    wide = labels["fast-start-wide"] - labels["fast-start"]
+    assert {s.split(", ")[1] for s in wide} == {"window 600s"}  # wide: fast-start, reaching Ray's longest downscale delay
+    assert len(heldout.ray_settings("fast-start-wide")) == 16
     first, second = data["directions"]
     assert (first["tune"], first["score"]) == (second["score"], second["tune"])
     for direction in data["directions"]:
