@@ -110,6 +110,8 @@ class Point:
     peak_replicas: int | None = None  # the per-model fleet: replicas at once over all its deployments
     alive_at_start: int = 0  # replicas holding a GPU when scoring began (after a warm-up: what it left)
     breakdown: dict[str, Any] | None = None  # where its replica-seconds went, its misses by cause (sim_breakdown)
+    p50_s: float | None = None
+    loads: dict[str, Any] | None = None  # checkpoints replayed: loads per request by tier (simulate's model_loads)
 
 
 def cheapest_meeting(points: list[Point], target: float) -> Point:
@@ -196,7 +198,7 @@ def _run(job: tuple[Setting, SimTarget, str, Part, float, bool]) -> Point:
                              score_from_s=part.score_from_s)
     return Point(setting.policy, setting.label, name, summary["slo_attainment"], summary["replica_seconds"],
                  summary["latency_s"]["p99"], summary["replica_starts"], summary.get("peak_replicas"), summary["alive_at_start"],
-                 summary.get("breakdown"))
+                 summary.get("breakdown"), summary["latency_s"]["p50"], summary.get("model_loads"))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -15,11 +15,33 @@ def _pct(point: dict[str, Any]) -> str:
     return f"{100 * point['slo_attainment']:.2f}%"
 
 
+#: The columns :func:`_row` fills, after the setting's (and the tuned part's) own.
+COLUMNS = ("held out: SLO", "replica-s", "/ lower bound", "p50 / p99, s", "loads / request (host, disk; LoRA)",
+           "cold starts")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _loads(point: dict[str, Any]) -> str:
+    """Checkpoint loads per request that ran, how many from host memory and from disk, and LoRA loads."""
+    loads = point.get("loads")
+    if not loads:
+        return "-"
+    return f"{loads['per_request']:.3f} ({loads['host']:,}, {loads['disk']:,}; {loads['lora']:,})"
+
+
 def _row(point: dict[str, Any], lower: float) -> str:
-    p99 = "-" if point["p99_s"] is None else f"{point['p99_s']:.1f}"
-    return (f"{_pct(point)} | {point['replica_seconds']:.0f} | {point['replica_seconds'] / lower:.2f} | {p99} | "
+    return (f"{_pct(point)} | {point['replica_seconds']:.0f} | {point['replica_seconds'] / lower:.2f} | "
+            f"{_seconds(point.get('p50_s'))} / {_seconds(point['p99_s'])} | {_loads(point)} | "
             f"{point['replica_starts']}" + (f" (peak: {point['peak_replicas']} replicas at once)"
                                             if point.get("peak_replicas") else ""))
+
+
+def _header(*first: str) -> list[str]:
+    columns = (*first, *COLUMNS)
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def _matched_markdown(baseline: str, matched: list[dict[str, Any]], direction: dict[str, Any], tune: str,
@@ -72,8 +94,7 @@ def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, An
     lines = [f"## Tuned on the {tune}, scored on the {score}", "",
              f"Held-out part. {describe_bounds(score, held, held.get('requests'))}", "",
              f"Each policy's choice: the cheapest setting with ≥ {100 * target:g}% on the {tune}.", "",
-             "| policy | setting | tuned: SLO, replica-s | held out: SLO | replica-s | / lower bound | p99, s | cold starts |",
-             "|---|---|---|---|---|---|---|---|"]
+             *_header("policy", "setting", "tuned: SLO, replica-s")]
     policies = list(direction["fronts"])
     for policy in policies:
         choice = direction["choices"][policy]
@@ -87,9 +108,7 @@ def direction_markdown(direction: dict[str, Any], bounds: dict[str, dict[str, An
     for baseline, matched in direction["matched"].items():
         lines += _matched_markdown(baseline, matched, direction, tune, score)
     for policy in policies:
-        lines += [f"{policy}: front on the {tune}, held out", "",
-                  "| setting | tuned: SLO, replica-s | held out: SLO | replica-s | / lower bound | p99, s | cold starts |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"{policy}: front on the {tune}, held out", "", *_header("setting", "tuned: SLO, replica-s")]
         for entry in direction["fronts"][policy]:
             tuned = entry["tuned"]
             lines.append(f"| {tuned['label']} | {_pct(tuned)}, {tuned['replica_seconds']:.0f} | "

@@ -192,6 +192,14 @@ def test_heldout_on_a_many_model_trace_adds_the_per_model_fleet_and_matches_each
         assert sum(view["misses_by_cause"].values()) == round((1 - p["slo_attainment"]) * data["meta"]["parts"][p["part"]])
     report = (tmp_path / "m.md").read_text()
     assert "per-model deployments: its front" in report and "Serving only 98 % of the requests" in report
+    for p in data["points"]:  # p50 and the checkpoint loads by tier beside each point (the per-model
+        assert p["p50_s"] <= p["p99_s"]  # fleet's deployments hold one checkpoint each: it loads none)
+        assert (p["loads"]["host"] + p["loads"]["disk"] > 0) == (p["policy"] != heldout.PER_MODEL)
+    for direction in data["directions"]:  # in the report's rows of each policy's choice
+        for choice in direction["choices"].values():
+            p, loads = choice["held_out"], choice["held_out"]["loads"]
+            assert (f"| {p['p50_s']:.1f} / {p['p99_s']:.1f} | {loads['per_request']:.3f} ({loads['host']:,}, "
+                    f"{loads['disk']:,}; {loads['lora']:,}) | {p['replica_starts']}") in report
     assert "Cheapest held-out point at 98 % or more" in report
     for direction in data["directions"]:
         for policy, highest in direction["highest_below_share"].items():
