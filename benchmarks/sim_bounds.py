@@ -65,6 +65,7 @@ def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpe
            "slo_s": slo_s, "busy_seconds": busy_time(jobs), "lower_bound_replica_seconds": lower,
            "offline_replica_seconds": offline.replica_seconds, "offline_replicas": offline.replicas,
            "offline_cold_starts": offline.cold_starts, "offline_late": offline.late,
+           "offline_p50_s": offline.p50_s, "offline_p99_s": offline.p99_s,
            "offline_over_lower_bound": offline.replica_seconds / lower if lower else None}
     if loads:
         row.update({"loads_charged": asdict(loads), "lower_bound_without_loads": chain_lower_bound(jobs, cold, warm),
@@ -74,7 +75,8 @@ def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpe
     if share is not None and spec.max_batch_size == 1:
         row.update({"share": share, "share_lower_bound": share_lower_bound(jobs, cold, share, warm, loads)})
     row["online_schedule"] = [{"delay": delay, "replica_seconds": o.replica_seconds, "late": o.late,
-                               "cold_starts": o.cold_starts, "loads": o.loads, "lora_loads": o.lora_loads}
+                               "cold_starts": o.cold_starts, "loads": o.loads, "lora_loads": o.lora_loads,
+                               "p50_s": o.p50_s, "p99_s": o.p99_s}
                               for delay, o in online_schedules(request_jobs(requests, service, slo_s), cold,
                                                                spec.gpu_slots, warm, loads)]
     row["keep_alive_reference"] = keep_alive_reference(jobs, cold, slo_s, loads)
@@ -117,6 +119,8 @@ def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) 
     text = (f"Bounds ({key}): busy time {row['busy_seconds']:,.0f}, lower bound "
             f"{row['lower_bound_replica_seconds']:,.0f}, offline schedule {row['offline_replica_seconds']:,.0f} "
             f"replica-seconds ({row['offline_over_lower_bound']:.2f}× the bound; the optimum lies between)")
+    if row.get("offline_p50_s") is not None:
+        text += f"; the offline schedule's latency p50 / p99 {_p50_p99(row['offline_p50_s'], row['offline_p99_s'])} s"
     if row.get("offline_late"):
         text += f"; the offline schedule starts {row['offline_late']} requests after their windows (no replica could take them in time)"
     text += "."
@@ -140,10 +144,12 @@ def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) 
                  "hindsight of arrivals. A replica stops when its work runs out and starts only once its request is "
                  "there, put off that far into its window; it still knows each request's call and loads when it "
                  "arrives and reads checkpoints ahead from disk, which no live policy does.\n\n"
-                 "| put off | replica-s | ÷ lower bound | in time | cold starts |\n|---|---|---|---|---|\n" + "".join(
+                 "| put off | replica-s | ÷ lower bound | in time | p50 / p99, s | cold starts |\n"
+                 "|---|---|---|---|---|---|\n" + "".join(
                      f"| {ref['delay']:g} of the window | {ref['replica_seconds']:,.0f} | "
                      f"{ref['replica_seconds'] / row['lower_bound_replica_seconds']:.2f} | "
-                     f"{100 * (1 - ref['late'] / requests):.2f} % | {ref['cold_starts']:,} |\n"
+                     f"{100 * (1 - ref['late'] / requests):.2f} % | {_p50_p99(ref.get('p50_s'), ref.get('p99_s'))} | "
+                     f"{ref['cold_starts']:,} |\n"
                      for ref in row["online_schedule"]))
     if row.get("keep_alive_reference"):
         text += ("\n\nA reference, not a bound: one replica kept alive K s after each call, which every request "
@@ -154,6 +160,11 @@ def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) 
                      f"{ref['replica_seconds'] / row['lower_bound_replica_seconds']:.2f} | "
                      f"{100 * ref['slo_attainment']:.2f} % | {ref['cold_starts']:,} |\n" for ref in row["keep_alive_reference"]))
     return text
+
+
+def _p50_p99(p50: float | None, p99: float | None) -> str:
+    """A schedule's latency percentiles as the reports print them ("-" where a result predates them)."""
+    return "-" if p50 is None or p99 is None else f"{p50:.1f} / {p99:.1f}"
 
 
 #: Keep-alives the reference below is computed for, seconds.

@@ -23,15 +23,19 @@ def test_a_replica_is_not_kept_through_a_gap_without_hindsight() -> None:
     assert (online.replica_seconds, online.cold_starts, online.late) == (2 * (10 + 1), 2, 2)
 
 
-@pytest.mark.parametrize(("delay", "starts", "replica_s"), [
-    (0.0, 2, 2 * (10 + 1)),  # the first call at 10 s, over by 25 s: the second starts its own
-    (1.0, 1, 10 + 1 + 1),  # the first put off to 29 s; the second, at 25 s, queues behind it
+@pytest.mark.parametrize(("delay", "starts", "replica_s", "latencies"), [
+    (0.0, 2, 2 * (10 + 1), (11, 11)),  # the first call at 10 s, over by 25 s: the second starts its own
+    (1.0, 1, 10 + 1 + 1, (30, 6)),  # the first put off to 29 s; the second, at 25 s, queues behind it
 ])
-def test_putting_a_start_off_lets_a_later_request_share_it(delay: float, starts: int, replica_s: float) -> None:
+def test_putting_a_start_off_lets_a_later_request_share_it(delay: float, starts: int, replica_s: float,
+                                                           latencies: tuple[float, float]) -> None:
     # cold start 10 s, SLO 30 s, calls of 1 s at 0 s and 25 s
     jobs = jobs_for([(0.0, 1.0), (25.0, 1.0)], slo_s=30.0)
     online = offline_schedule(jobs, 10.0, delay=delay, online=True)
     assert (online.cold_starts, online.replica_seconds, online.late) == (starts, pytest.approx(replica_s), 0)
+    # what the saving costs the requests: putting the start off is waiting, sharing it queueing
+    assert (online.p50_s, online.p99_s) == (pytest.approx(sum(latencies) / 2), pytest.approx(
+        min(latencies) + 0.99 * abs(latencies[0] - latencies[1])))
 
 
 def test_a_request_that_finds_work_under_way_queues_behind_it_and_pays_its_loads() -> None:
@@ -55,3 +59,11 @@ def test_the_bounds_report_gives_the_online_schedule_at_each_delay() -> None:
         (0.0, 2, 0), (0.25, 2, 0), (0.5, 1, 0), (0.75, 1, 0), (1.0, 1, 0)]
     text = describe_bounds("batch 1", row, len(requests))
     assert "**online schedule**" in text and "| 0.5 of the window | 14 | " in text
+    # put off by half its window (14 s), the first ends at 16 s; the second queues behind it to 18 s
+    half = next(ref for ref in row["online_schedule"] if ref["delay"] == 0.5)
+    assert (half["p50_s"], half["p99_s"]) == (pytest.approx(3 + 0.5 * 13), pytest.approx(3 + 0.99 * 13))
+    assert "| 100.00 % | 9.5 / 15.9 | 1 |" in text
+    # hindsight's cheapest schedule (the first of the least costly put-offs) is the same: one start
+    # shared by putting the first off, paid for in latency
+    assert (row["offline_p50_s"], row["offline_p99_s"]) == (half["p50_s"], half["p99_s"])
+    assert "the offline schedule's latency p50 / p99 9.5 / 15.9 s" in text

@@ -27,6 +27,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from scheduler.simulation.bounds import TOLERANCE_S, BoundJob, LoadTimes
 
 
@@ -39,6 +41,10 @@ class OfflineSchedule:
     loads: int = 0  # checkpoint loads (beyond each cold start's own)
     lora_loads: int = 0
     host_reads_peak: int = 0  # checkpoints held in the node's memory at once for the loads
+    #: each request's latency (arrival to the end of its call) at the median and the 99th percentile:
+    #: what the schedule's starts put off and its queues cost the requests
+    p50_s: float | None = None
+    p99_s: float | None = None
 
 
 @dataclass
@@ -114,6 +120,7 @@ def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | 
     cost = 0.0
     starts = late = checkpoint_loads = lora_loads = 0
     reads: list[tuple[float, str]] = []  # (when a checkpoint load begins, which)
+    latencies: list[float] = []
     cap = gpus if gpus is not None else len(jobs) + 1
     stopped: list[_Life] = []  # online: replicas whose work ran out, never used again
     for job in sorted(jobs, key=lambda j: j.arrival):
@@ -165,6 +172,7 @@ def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | 
         if counts[0]:
             reads.append((start, job.model))
         end = start + _seconds(counts, loads) + job.service
+        latencies.append(end - job.arrival)
         if k < 0:
             lives.append(_Life([[start - cold_start_s, end]], end))
             life = lives[-1]
@@ -180,7 +188,8 @@ def offline_schedule(jobs: Sequence[BoundJob], cold_start_s: float, gpus: int | 
         _hold(life, job, loads)
     most = _most_alive([span for life in lives + stopped for span in life.spans])
     peak = _host_reads_peak(reads, loads.disk_s - loads.checkpoint_s) if loads else 0
-    return OfflineSchedule(cost, most, starts, late, checkpoint_loads, lora_loads, peak)
+    p50, p99 = np.percentile(latencies, (50, 99)).tolist() if latencies else (None, None)
+    return OfflineSchedule(cost, most, starts, late, checkpoint_loads, lora_loads, peak, p50, p99)
 
 
 #: How far into its window the request that starts a replica is put off (0: on arrival, 1: at its
