@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.sim_breakdown import causes, fleet_shares
+from benchmarks.sim_breakdown import causes, fleet_shares, uses
 from benchmarks.sim_report import pyplot
 from scheduler.outcomes import Outcome
 
@@ -37,6 +37,7 @@ ROWS = [
     ("lower bound over the windows it kept", lambda s: s.get("own_lower_bound_replica_seconds")),
     ("checkpoint loads / request (from disk, from host); LoRA loads", lambda s: _loads(s.get("model_loads"))),
     ("replica-seconds by replicas up (simulation)", lambda s: s.get("breakdown") and fleet_shares(s["breakdown"])),
+    ("replica-seconds by use (simulation)", lambda s: s.get("breakdown") and uses(s["breakdown"])),
     ("misses by cause (simulation)", lambda s: s.get("breakdown") and causes(s["breakdown"])),
     ("s from first request to 1st, 2nd, ... replica running",
      lambda s: ", ".join(f"{t:.1f}" for t in s.get("seconds_to_running_replicas", [])) or "-"),

@@ -15,8 +15,11 @@ from benchmarks.sim_breakdown import (
     TOO_LONG,
     causes,
     describe,
+    idle_starts,
     miss_causes,
     replica_seconds_by_fleet_size,
+    replica_seconds_by_use,
+    uses,
 )
 from scheduler.outcomes import Outcome
 from scheduler.simulation.records import Replica, RequestRecord, SimResult
@@ -43,6 +46,29 @@ def test_replica_seconds_by_fleet_size(intervals, expected) -> None:
     paid = replica_seconds_by_fleet_size(run)
     assert paid == pytest.approx(expected)
     assert sum(paid.values()) == pytest.approx(run.replica_seconds())
+
+
+def test_replica_seconds_by_use() -> None:
+    # replica 0 warm from 0, stopped at 60: a call of two requests at 10-20 s after a 3 s load (its
+    # members count it once), one of 5 s at 30 s; replica 1 starts at 40, ready at 52, serves
+    # nothing, stopped at 55; replica 2 starts at 80, ready at 90, still up at the end (100 s), one
+    # call of 4 s at 90 s after a 1 s load
+    replicas = [_replica(0, 0, 60), _replica(1, 40, 55, ready=52), _replica(2, 80, None, ready=90)]
+    for r in replicas[1:]:
+        r.cold_started = True
+    calls = [(0, 7.0, 10.0, 3.0, 10.0), (0, 8.0, 10.0, 3.0, 10.0), (0, 29.0, 30.0, 0.0, 5.0), (2, 85.0, 91.0, 1.0, 4.0)]
+    records = [RequestRecord(0, arrival, 1, outcome=Outcome.OK, done_s=start + call, start_s=start, replica=rid,
+                             load_s=load, call_s=call) for rid, arrival, start, load, call in calls]
+    records.append(RequestRecord(0, 41.0, 1, outcome=Outcome.SHED, done_s=41.0))  # never in a call
+    run = _run(replicas, records)
+    by_use = replica_seconds_by_use(run)
+    assert by_use == pytest.approx({"cold starts": 12 + 10, "loads": 3 + 1, "calls": 10 + 5 + 4,
+                                    "idle": (60 - 3 - 15) + (15 - 12) + (20 - 10 - 1 - 4)})
+    assert sum(by_use.values()) == pytest.approx(run.replica_seconds())
+    assert idle_starts(run) == 1  # replica 1; replica 0 was warm, replica 2 served a call
+    said = uses({"replica_seconds_by_use": by_use, "starts_that_served_nothing": 1})
+    assert said == "cold starts 22 (23 %), loads 4 (4 %), calls 19 (20 %), idle 50 (53 %) (1 starts served nothing)"
+    assert uses({"replica_seconds_by_fleet_size": {}}) is None  # a result from before this view
 
 
 def _record(arrival: float, done: float, replica: int | None = 0, start: float | None = None, load: float = 0.0,
@@ -93,6 +119,11 @@ def test_a_simulation_breaks_down_to_its_totals() -> None:
     summary = summarize_result(result, 10.0)
     view = summary["breakdown"]
     assert sum(view["replica_seconds_by_fleet_size"].values()) == pytest.approx(summary["replica_seconds"])
+    assert sum(view["replica_seconds_by_use"].values()) == pytest.approx(summary["replica_seconds"])
+    # calls of one request, 5 s each unless a deadline cut one short
+    assert view["replica_seconds_by_use"]["calls"] == pytest.approx(sum(r.call_s or 0.0 for r in result.records))
+    assert 0 < view["replica_seconds_by_use"]["calls"] <= 5.0 * len(result.records)
+    assert view["replica_seconds_by_use"]["cold starts"] == 0.0 and view["starts_that_served_nothing"] == 0  # warm
     late = sum(1 for r in result.records if not (r.outcome == Outcome.OK and r.latency_s <= 10.0))
     assert late > 0 and sum(view["misses_by_cause"].values()) == late
     assert view["misses_by_cause"][QUEUED] > 0  # one replica, a request every 3 s: a queue builds
