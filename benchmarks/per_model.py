@@ -76,10 +76,12 @@ def simulate_per_model(target: SimTarget, arrivals: list[Any], score_from_s: flo
 
 def merge_runs(runs: list[SimResult], policy: str) -> SimResult:
     """Fleets run apart as one: their requests in arrival order, their replicas (numbered anew, each
-    paid until its own fleet's last answer, as its run pays it) and their samples summed over time."""
+    paid until its own fleet's last answer, as its run pays it) and their samples summed over time.
+    A run scored from a time on has lost the replicas stopped before it, so its ids have gaps: each
+    run's are moved past the largest id so far, never onto another run's."""
     records, replicas, changes = [], [], []
     for n, run in enumerate(runs):
-        offset = len(replicas)
+        offset = max((r.id for r in replicas), default=-1) + 1
         replicas += [dataclasses.replace(r, id=offset + r.id, stopped_s=run.end_s if r.stopped_s is None else r.stopped_s)
                      for r in run.replicas]
         records += [dataclasses.replace(r, replica=None if r.replica is None else offset + r.replica) for r in run.records]

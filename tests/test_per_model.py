@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.per_model import merge_runs, simulate_per_model
+from benchmarks.sim_breakdown import replica_seconds_by_use
 from benchmarks.sim_config import ModelReplay, load_target
 from benchmarks.simulate import summarize_per_model
 from benchmarks.traces import Arrival
@@ -50,6 +51,23 @@ def test_merged_runs_pay_and_count_what_the_runs_did() -> None:
     assert merged.samples == [(0.0, 1, 0, 1), (1.0, 3, 0, 2), (2.0, 3, 1, 2), (3.0, 3, 3, 2), (8.0, 2, 2, 1),
                               (12.0, 1, 1, 1), (20.0, 0, 0, 0)]
     assert (merged.end_s, merged.policy_calls) == (20.0, 7)
+
+
+def test_merged_runs_scored_from_a_time_keep_each_request_on_its_own_replica() -> None:
+    """Scored after a warm-up, a run keeps only the replicas alive then, so its ids have gaps (here
+    0 and 3, of 0–3): merged, no two replicas share an id and each request still names the replica
+    that served it, so the views by replica (misses by cause, replica-seconds by use) read the
+    right one."""
+    first = SimResult("a", [RequestRecord(0, 10.0, 1, "ok", 15.0, start_s=12.0, replica=3, call_s=3.0)],
+                      [Replica(0, 0.0, 2.0, 2.0, stopped_s=30.0), Replica(3, 9.0, 11.0, 2.0, stopped_s=16.0)], [], 30.0, 0)
+    second = SimResult("b", [RequestRecord(0, 12.0, 1, "ok", 20.0, start_s=14.0, replica=1, call_s=6.0)],
+                       [Replica(0, 1.0, 3.0, 2.0, stopped_s=4.0), Replica(1, 5.0, 7.0, 2.0, stopped_s=25.0)], [], 25.0, 0)
+    merged = merge_runs([first, second], "both")
+    ids = [r.id for r in merged.replicas]
+    assert len(set(ids)) == len(ids) == 4
+    by_id = {r.id: r for r in merged.replicas}
+    assert [(rec.arrival_s, by_id[rec.replica].started_s) for rec in merged.records] == [(10.0, 9.0), (12.0, 5.0)]
+    assert sum(replica_seconds_by_use(merged).values()) == pytest.approx(merged.replica_seconds())
 
 
 def test_with_a_cold_start_in_parts_a_deployment_reads_its_checkpoint_from_disk_once() -> None:
