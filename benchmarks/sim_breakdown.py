@@ -1,6 +1,6 @@
 """Where a simulated run's replica-seconds go, and why its late requests were late (SIMULATION).
 
-One point of SLO attainment and cost hides what a policy could change. Two views show it:
+One point of SLO attainment and cost hides what a policy could change. Three views show it:
 
 - **replica-seconds by fleet size**: what was paid while n replicas held a GPU at once. With one
   replica up the fleet mostly waits for the next request (keep-alive: it pays for not knowing when
@@ -102,7 +102,7 @@ def miss_causes(result: SimResult, slo_s: float) -> dict[str, int]:
 
 
 def breakdown(result: SimResult, slo_s: float) -> dict[str, dict]:
-    """Both views, JSON-ready (fleet sizes as strings)."""
+    """The three views, JSON-ready (fleet sizes as strings)."""
     return {"replica_seconds_by_fleet_size": {str(n): s for n, s in replica_seconds_by_fleet_size(result).items()},
             "replica_seconds_by_use": replica_seconds_by_use(result), "starts_that_served_nothing": idle_starts(result),
             "misses_by_cause": miss_causes(result, slo_s)}
@@ -135,7 +135,8 @@ def causes(view: dict[str, dict]) -> str:
 
 
 def describe(view: dict[str, dict]) -> str:
-    """One sentence: the shares paid with one replica up and with more, and the misses by cause."""
+    """One sentence: the shares paid with one replica up and with more, the replica-seconds by use
+    (when the result has them), and the misses by cause."""
     by_use = uses(view)
     return (f"{fleet_shares(view)}; " + (f"by use: {by_use}; " if by_use else "")
             + f"its {sum(view['misses_by_cause'].values())} misses: {causes(view)}")
