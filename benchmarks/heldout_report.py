@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.heldout import SDSERVE, Point, strictly_beaten
-from benchmarks.sim_bounds import describe_bounds
+from benchmarks.sim_bounds import describe_bounds, p50_p99_text
 from benchmarks.sim_breakdown import describe
 from benchmarks.sim_report import plot_pareto
 
@@ -20,10 +20,6 @@ COLUMNS = ("held out: SLO", "replica-s", "/ lower bound", "p50 / p99, s", "loads
            "cold starts")
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def _loads(point: dict[str, Any]) -> str:
     """Checkpoint loads per request that ran, how many from host memory and from disk, and LoRA loads."""
     loads = point.get("loads")
@@ -34,7 +30,7 @@ def _loads(point: dict[str, Any]) -> str:
 
 def _row(point: dict[str, Any], lower: float) -> str:
     return (f"{_pct(point)} | {point['replica_seconds']:.0f} | {point['replica_seconds'] / lower:.2f} | "
-            f"{_seconds(point.get('p50_s'))} / {_seconds(point['p99_s'])} | {_loads(point)} | "
+            f"{p50_p99_text(point.get('p50_s'), point['p99_s'])} | {_loads(point)} | "
             f"{point['replica_starts']}" + (f" (peak: {point['peak_replicas']} replicas at once)"
                                             if point.get("peak_replicas") else ""))
 

@@ -120,7 +120,7 @@ def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) 
             f"{row['lower_bound_replica_seconds']:,.0f}, offline schedule {row['offline_replica_seconds']:,.0f} "
             f"replica-seconds ({row['offline_over_lower_bound']:.2f}× the bound; the optimum lies between)")
     if row.get("offline_p50_s") is not None:
-        text += f"; the offline schedule's latency p50 / p99 {_p50_p99(row['offline_p50_s'], row['offline_p99_s'])} s"
+        text += f"; the offline schedule's latency p50 / p99 {p50_p99_text(row['offline_p50_s'], row['offline_p99_s'])} s"
     if row.get("offline_late"):
         text += f"; the offline schedule starts {row['offline_late']} requests after their windows (no replica could take them in time)"
     text += "."
@@ -148,7 +148,7 @@ def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) 
                  "|---|---|---|---|---|---|\n" + "".join(
                      f"| {ref['delay']:g} of the window | {ref['replica_seconds']:,.0f} | "
                      f"{ref['replica_seconds'] / row['lower_bound_replica_seconds']:.2f} | "
-                     f"{100 * (1 - ref['late'] / requests):.2f} % | {_p50_p99(ref.get('p50_s'), ref.get('p99_s'))} | "
+                     f"{100 * (1 - ref['late'] / requests):.2f} % | {p50_p99_text(ref.get('p50_s'), ref.get('p99_s'))} | "
                      f"{ref['cold_starts']:,} |\n"
                      for ref in row["online_schedule"]))
     if row.get("keep_alive_reference"):
@@ -162,9 +162,9 @@ def describe_bounds(key: str, row: dict[str, Any], requests: int | None = None) 
     return text
 
 
-def _p50_p99(p50: float | None, p99: float | None) -> str:
-    """A schedule's latency percentiles as the reports print them ("-" where a result predates them)."""
-    return "-" if p50 is None or p99 is None else f"{p50:.1f} / {p99:.1f}"
+def p50_p99_text(p50: float | None, p99: float | None) -> str:
+    """Latency percentiles as the reports print them, in seconds ("-" for one a result predates)."""
+    return " / ".join("-" if value is None else f"{value:.1f}" for value in (p50, p99))
 
 
 #: Keep-alives the reference below is computed for, seconds.
