@@ -60,7 +60,8 @@ def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpe
     warm = spec.initial_replicas if warm is None else warm
     loads = load_times(spec)
     lower = chain_lower_bound(jobs, cold, warm, loads)
-    offline = best_offline_schedule(request_jobs(requests, service, slo_s), cold, spec.gpu_slots, warm, loads)
+    alone = jobs if spec.max_batch_size == 1 else request_jobs(requests, service, slo_s)  # calls of one request
+    offline = best_offline_schedule(alone, cold, spec.gpu_slots, warm, loads)
     row = {"max_batch_size": spec.max_batch_size, "gpus": spec.gpu_slots, "cold_start_s": cold, "warm_at_start": warm,
            "slo_s": slo_s, "busy_seconds": busy_time(jobs), "lower_bound_replica_seconds": lower,
            "offline_replica_seconds": offline.replica_seconds, "offline_replicas": offline.replicas,
@@ -77,8 +78,7 @@ def bounds_row(requests: list[SimRequest], service: ServiceModel, spec: FleetSpe
     row["online_schedule"] = [{"delay": delay, "replica_seconds": o.replica_seconds, "late": o.late,
                                "cold_starts": o.cold_starts, "loads": o.loads, "lora_loads": o.lora_loads,
                                "p50_s": o.p50_s, "p99_s": o.p99_s}
-                              for delay, o in online_schedules(request_jobs(requests, service, slo_s), cold,
-                                                               spec.gpu_slots, warm, loads)]
+                              for delay, o in online_schedules(alone, cold, spec.gpu_slots, warm, loads)]
     row["keep_alive_reference"] = keep_alive_reference(jobs, cold, slo_s, loads)
     row["seconds"] = time.perf_counter() - started
     return row
